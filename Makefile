@@ -1,0 +1,27 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.setup-stamp
+BFCL   := bfcl-eval==2026.3.23 mpmath==1.3.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	# BFCL pins numpy 1.26 and dozens of API SDKs; its data, API classes and checker need none of them.
+	$(BIN)/python -m pip install -q --no-deps $(BFCL)
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/envtune demo
+
+test: setup
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
+
+clean:
+	rm -rf $(VENV) runs out

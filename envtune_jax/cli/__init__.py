@@ -1,0 +1,1 @@
+"""The `envtune` command line: one module per subcommand, each exposing `register(subparsers)`."""

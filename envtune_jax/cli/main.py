@@ -1,0 +1,45 @@
+"""Entry point of `envtune`: builds the parser from the subcommand modules and dispatches.
+
+Each subcommand lives in `envtune_jax/cli/<name>.py` and exposes `register(subparsers)`, which adds
+its parser and sets `func` (called with the parsed namespace). Heavy imports (jax, transformers)
+happen inside those functions so `envtune --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = ("convert", "export", "generate", "train", "eval", "bench", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="envtune",
+        description="Environment Tuning for multi-turn tool-use agents (Qwen3, JAX/Flax NNX, BFCL V3).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"envtune_jax.cli.{name}")
+        except ModuleNotFoundError as exc:  # a subcommand still being built on this branch
+            if exc.name != f"envtune_jax.cli.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

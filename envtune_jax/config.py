@@ -1,0 +1,204 @@
+"""Typed configuration: dataclasses loaded from YAML with `key=value` overrides.
+
+Every concern (model, mesh, sampler, rl, environment, curriculum, checkpoint, logging) owns a
+dataclass. `load(cls, yaml_path, overrides)` builds one, rejecting unknown keys (with the closest
+valid key suggested) and values of the wrong type, so a typo fails loudly instead of silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message says which and why."""
+
+
+def _suggest(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(sorted(valid))}."
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Converts `value` (from YAML or a CLI string) to `annotation`, or raises ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} does not fit {annotation}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {list(args)}.{_suggest(str(value), [str(a) for a in args])}")
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping for {annotation.__name__}, got {value!r}")
+        return from_dict(annotation, value, where)
+    if origin in (list, tuple, Sequence):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_type = args[0] if args else Any
+        items = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if "e" in value.lower() else int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """Builds dataclass `cls` from a (nested) mapping; unknown keys raise ConfigError."""
+    types_by_name = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in types_by_name:
+            raise ConfigError(f"unknown config key '{path}'.{_suggest(key, list(types_by_name))}")
+        kwargs[key] = _coerce(value, types_by_name[key], path)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain-data view of a config dataclass, suitable for YAML/JSON."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Applies `a.b.c=value` strings to a nested dict (values parsed as YAML scalars)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. rl.learning_rate=1e-6)")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{key}' is not a section")
+        parsed = yaml.safe_load(raw) if raw.strip() else ""
+        node[keys[-1]] = raw if isinstance(parsed, (dict, list)) and not raw.strip()[:1] in "[{" else parsed
+    return data
+
+
+def _validate_overrides(cls: type, overrides: Sequence[str]) -> None:
+    """Rejects override keys that do not exist, naming the closest valid one."""
+    for item in overrides:
+        dotted = item.split("=", 1)[0].strip()
+        node_cls: Any = cls
+        walked = []
+        for key in dotted.split("."):
+            walked.append(key)
+            if not dataclasses.is_dataclass(node_cls):
+                break
+            types_by_name = _field_types(node_cls)
+            if key not in types_by_name:
+                raise ConfigError(f"unknown config key '{'.'.join(walked)}'.{_suggest(key, list(types_by_name))}")
+            node_cls = types_by_name[key]
+
+
+def load_yaml_with_includes(path: str | Path) -> dict[str, Any]:
+    """Reads a YAML file; a top-level `base: other.yaml` is merged underneath (relative path)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = data.pop("base", None)
+    if base:
+        merged = load_yaml_with_includes(path.parent / base)
+        _deep_merge(merged, data)
+        return merged
+    return data
+
+
+def _deep_merge(into: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def load(cls: type[T], yaml_path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Loads `cls` from an optional YAML file plus `key=value` overrides."""
+    data = load_yaml_with_includes(yaml_path) if yaml_path else {}
+    _validate_overrides(cls, overrides)
+    apply_overrides(data, overrides)
+    return from_dict(cls, data)
+
+
+def save(config: Any, path: str | Path) -> None:
+    """Writes the resolved config as YAML (saved next to every run's checkpoints)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
