@@ -1,0 +1,67 @@
+"""Building the (data, fsdp, tensor) device mesh for single-host, multi-host and fake-CPU set-ups.
+
+`MeshConfig` sizes may be -1 (at most one): that axis takes all remaining devices. Multi-host runs
+call `initialize_distributed()` first (auto-detected on TPU pods, SLURM, or from env variables);
+fake multi-device meshes on CPU come from `XLA_FLAGS=--xla_force_host_platform_device_count=8`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import jax
+from jax.sharding import AxisType, Mesh
+
+from envtune_jax.sharding import MESH_AXES
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+
+def resolve_mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:
+    sizes = [config.data, config.fsdp, config.tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {config}")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh axis sizes must be positive or -1, got {config}")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ValueError(f"{num_devices} devices cannot fill mesh {config} ({known} fixed)")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {num_devices}")
+    return tuple(sizes)  # type: ignore[return-value]
+
+
+def make_mesh(config: MeshConfig | None = None, devices=None) -> Mesh:
+    """A mesh over all (or the given) devices with axes (data, fsdp, tensor)."""
+    config = config or MeshConfig()
+    devices = list(devices) if devices is not None else jax.devices()
+    shape = resolve_mesh_shape(config, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def initialize_distributed() -> bool:
+    """Calls `jax.distributed.initialize()` when this looks like a multi-process run.
+
+    TPU pod slices and SLURM are auto-detected by JAX; elsewhere set JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID. Returns whether initialisation happened.
+    """
+    explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
+    if explicit:
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+        return True
+    if "SLURM_JOB_ID" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ:
+        jax.distributed.initialize()
+        return True
+    return False

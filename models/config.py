@@ -1,0 +1,172 @@
+"""Qwen3 model configuration: architecture read from an HF `config.json`, plus runtime choices.
+
+Architecture fields mirror the HF names (vocab, hidden, intermediate, layers, heads, kv heads,
+head_dim — independent of hidden/heads —, rope_theta, rms_norm_eps, tied embeddings, max
+positions). Runtime fields (param/compute dtypes, attention implementation, remat policy) are ours.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+AttentionImpl = Literal["reference", "xla", "cudnn", "splash"]
+RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
+
+
+class NotAQwen3Checkpoint(ValueError):
+    """The directory or config is not a dense Qwen3 checkpoint; the message names file and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3Config:
+    vocab_size: int = 151936
+    hidden_size: int = 2560
+    intermediate_size: int = 9728
+    num_layers: int = 36
+    num_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 40960
+    # runtime
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    attention_impl: AttentionImpl = "reference"
+    remat: str = "none"  # one RematPolicy for all layers, or comma-separated, one per layer
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        self.remat_policies()  # validates
+
+    def remat_policies(self) -> tuple[str, ...]:
+        """The remat policy of each layer."""
+        names = [p.strip() for p in self.remat.split(",")]
+        allowed = RematPolicy.__args__  # type: ignore[attr-defined]
+        for name in names:
+            if name not in allowed:
+                raise ValueError(f"unknown remat policy '{name}'; choose from {allowed}")
+        if len(names) == 1:
+            return tuple(names) * self.num_layers
+        if len(names) != self.num_layers:
+            raise ValueError(f"remat lists {len(names)} policies for {self.num_layers} layers")
+        return tuple(names)
+
+    @property
+    def num_params(self) -> int:
+        d, f, h = self.hidden_size, self.intermediate_size, self.head_dim
+        attn = d * h * (self.num_heads * 2 + self.num_kv_heads * 2) + 2 * h
+        per_layer = attn + 3 * d * f + 2 * d
+        head = 0 if self.tie_word_embeddings else self.vocab_size * d
+        return self.vocab_size * d + self.num_layers * per_layer + d + head
+
+    def replace(self, **changes: Any) -> "Qwen3Config":
+        return dataclasses.replace(self, **changes)
+
+
+_HF_FIELDS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "intermediate_size": "intermediate_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads",
+    "num_key_value_heads": "num_kv_heads",
+    "head_dim": "head_dim",
+    "rope_theta": "rope_theta",
+    "rms_norm_eps": "rms_norm_eps",
+    "tie_word_embeddings": "tie_word_embeddings",
+    "max_position_embeddings": "max_position_embeddings",
+}
+
+
+def _rope_theta(hf: dict[str, Any]) -> float | None:
+    if "rope_theta" in hf:
+        return hf["rope_theta"]
+    params = hf.get("rope_parameters") or {}
+    return params.get("rope_theta")
+
+
+def from_hf_dict(hf: dict[str, Any], source: str = "config.json", **runtime: Any) -> Qwen3Config:
+    """Builds a Qwen3Config from the contents of an HF config.json, rejecting other models."""
+    model_type = hf.get("model_type")
+    archs = hf.get("architectures") or []
+    if model_type != "qwen3" or (archs and "Qwen3ForCausalLM" not in archs):
+        raise NotAQwen3Checkpoint(
+            f"{source}: model_type={model_type!r}, architectures={archs}; envtune-jax loads dense Qwen3 "
+            "(model_type 'qwen3', Qwen3ForCausalLM) only")
+    rope_scaling = hf.get("rope_scaling") or (hf.get("rope_parameters") or {})
+    if rope_scaling.get("rope_type", rope_scaling.get("type", "default")) not in ("default", None):
+        raise NotAQwen3Checkpoint(f"{source}: rope scaling {rope_scaling} is not supported")
+    kwargs: dict[str, Any] = {}
+    for hf_name, ours in _HF_FIELDS.items():
+        value = _rope_theta(hf) if hf_name == "rope_theta" else hf.get(hf_name)
+        if value is None:
+            if hf_name == "head_dim":
+                value = hf["hidden_size"] // hf["num_attention_heads"]
+            elif hf_name == "tie_word_embeddings":
+                value = False
+            else:
+                raise NotAQwen3Checkpoint(f"{source}: missing field '{hf_name}'")
+        kwargs[ours] = value
+    kwargs["rope_theta"] = float(kwargs["rope_theta"])
+    return Qwen3Config(**kwargs, **runtime)
+
+
+def load_hf_config(hf_dir: str | Path, **runtime: Any) -> Qwen3Config:
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise NotAQwen3Checkpoint(f"{path}: not found; expected a Hugging Face checkpoint directory")
+    return from_hf_dict(json.loads(path.read_text()), str(path), **runtime)
+
+
+def to_hf_dict(config: Qwen3Config) -> dict[str, Any]:
+    """The HF config.json contents for this architecture (loadable by transformers)."""
+    hf = {hf_name: getattr(config, ours) for hf_name, ours in _HF_FIELDS.items()}
+    hf.update(
+        architectures=["Qwen3ForCausalLM"],
+        model_type="qwen3",
+        hidden_act="silu",
+        attention_bias=False,
+        attention_dropout=0.0,
+        initializer_range=0.02,
+        use_cache=True,
+        use_sliding_window=False,
+        sliding_window=None,
+        max_window_layers=config.num_layers,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        torch_dtype=config.param_dtype,
+        rope_scaling=None,
+    )
+    return hf
+
+
+PRESETS: dict[str, Qwen3Config] = {
+    "qwen3-0.6b": Qwen3Config(hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16,
+                              num_kv_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-1.7b": Qwen3Config(hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
+                              num_kv_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-4b": Qwen3Config(hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32,
+                            num_kv_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-4b-instruct-2507": Qwen3Config(hidden_size=2560, intermediate_size=9728, num_layers=36,
+                                          num_heads=32, num_kv_heads=8, head_dim=128,
+                                          tie_word_embeddings=True, rope_theta=5_000_000.0,
+                                          max_position_embeddings=262144),
+    "qwen3-8b": Qwen3Config(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32,
+                            num_kv_heads=8, head_dim=128, tie_word_embeddings=False),
+    # CPU demo/tests: the real vocabulary, tiny everything else (head_dim != hidden/heads on purpose).
+    "tiny": Qwen3Config(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                        num_kv_heads=2, head_dim=32, tie_word_embeddings=True, max_position_embeddings=4096),
+}
+
+
+def preset(name: str, **runtime: Any) -> Qwen3Config:
+    if name not in PRESETS:
+        import difflib
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        raise KeyError(f"unknown preset '{name}'" + (f"; did you mean '{close[0]}'?" if close else f"; choose from {sorted(PRESETS)}"))
+    return PRESETS[name].replace(**runtime)

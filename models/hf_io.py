@@ -1,0 +1,212 @@
+"""Hugging Face safetensors ⇄ NNX Qwen3: streamed, sharded import and exact export.
+
+Import builds the model abstractly (no random init), then reads one tensor at a time from the
+(single-file or index-sharded) safetensors checkpoint, rearranges it into our layout and places
+it straight onto its devices: with a mesh, each device receives only its shard, so the full model
+never sits twice in host memory. Export writes config.json, generation_config.json, ≤5 GB
+safetensors shards with an index, and the tokenizer files of the source; it writes into a
+temporary folder renamed into place at the end, so a failure leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from tqdm.auto import tqdm
+
+from envtune_jax.sharding import named_sharding
+from models.config import NotAQwen3Checkpoint, Qwen3Config, load_hf_config, to_hf_dict
+from models.qwen3 import Qwen3
+from models.weights import expected_hf_shape, hf_to_ours, ours_to_hf
+
+MAX_SHARD_BYTES = 5 * 1000**3
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
+DEFAULT_GENERATION_CONFIG = {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643,
+                             "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, malformed, or does not match the model; names file and tensor."""
+
+
+def _tensor_index(hf_dir: Path) -> dict[str, Path]:
+    """Maps each tensor name to the safetensors file holding it."""
+    index_path = hf_dir / "model.safetensors.index.json"
+    if index_path.is_file():
+        weight_map = json.loads(index_path.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index_path}: no 'weight_map'")
+        for file in set(weight_map.values()):
+            if not (hf_dir / file).is_file():
+                raise CheckpointError(f"{index_path}: lists {file}, which is missing")
+        return {name: hf_dir / file for name, file in weight_map.items()}
+    single = hf_dir / "model.safetensors"
+    if single.is_file():
+        with safe_open(str(single), framework="numpy") as f:
+            return {name: single for name in f.keys()}
+    raise CheckpointError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def _flat_params(model_or_state) -> list[tuple[tuple, nnx.Variable]]:
+    state = nnx.state(model_or_state, nnx.Param) if isinstance(model_or_state, nnx.Module) else model_or_state
+    return list(nnx.to_flat_state(state))
+
+
+def _read_tensors(hf_dir: Path, names: Iterable[str], index: dict[str, Path]) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (name, array) one at a time, opening each file once per run of names it holds."""
+    handles: dict[Path, object] = {}
+    try:
+        for name in names:
+            path = index[name]
+            if path not in handles:
+                handles[path] = safe_open(str(path), framework="numpy").__enter__()
+            yield name, handles[path].get_tensor(name)
+    finally:
+        for handle in handles.values():
+            handle.__exit__(None, None, None)
+
+
+def load_pretrained(hf_dir: str | os.PathLike, dtype: str = "float32", mesh=None, compute_dtype: str | None = None,
+                    progress: bool = True, **runtime) -> Qwen3:
+    """Loads an HF Qwen3 checkpoint into an NNX model (params in `dtype`, optionally sharded on `mesh`)."""
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise CheckpointError(f"{hf_dir}: not a directory")
+    cfg = load_hf_config(hf_dir, param_dtype=dtype, dtype=compute_dtype or dtype, **runtime)
+    return load_weights(hf_dir, cfg, mesh=mesh, progress=progress)
+
+
+def load_weights(hf_dir: Path, cfg: Qwen3Config, mesh=None, progress: bool = True) -> Qwen3:
+    abstract = nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    index = _tensor_index(hf_dir)
+    flat = _flat_params(state)
+    wanted = {var.get_metadata()["hf_key"]: (path, var) for path, var in flat}
+    missing = [name for name in wanted if name not in index]
+    if missing:
+        raise CheckpointError(f"{hf_dir}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    unexpected = [n for n in index if n not in wanted and not (cfg.tie_word_embeddings and n == "lm_head.weight")]
+    if unexpected:
+        raise CheckpointError(f"{hf_dir}: tensors this Qwen3 config has no place for: {unexpected[:5]}")
+    dtype = jnp.dtype(cfg.param_dtype)
+    bar = tqdm(total=len(wanted), desc=f"loading {hf_dir.name}", unit="tensor", disable=not progress)
+    for name, hf_array in _read_tensors(hf_dir, sorted(wanted, key=lambda n: str(index[n])), index):
+        _, var = wanted[name]
+        meta = var.get_metadata()
+        shape = tuple(var.shape)
+        want_hf = expected_hf_shape(meta["hf_layout"], meta["layout"], shape)
+        if tuple(hf_array.shape) != want_hf:
+            raise CheckpointError(f"{index[name]}: tensor '{name}' has shape {tuple(hf_array.shape)}, "
+                                  f"config.json implies {want_hf}")
+        ours = hf_to_ours(hf_array, meta["hf_layout"], meta["layout"], shape).astype(dtype)
+        var.set_value(_place(ours, meta["logical_axes"], mesh))
+        bar.update(1)
+    bar.close()
+    return nnx.merge(graphdef, state)
+
+
+def _place(host_array: np.ndarray, logical_axes, mesh) -> jax.Array:
+    if mesh is None:
+        return jnp.asarray(host_array)
+    sharding = named_sharding(mesh, logical_axes, host_array.shape)
+    return jax.make_array_from_callback(host_array.shape, sharding, lambda idx: host_array[idx])
+
+
+def _to_host(value: jax.Array) -> np.ndarray:
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        value = multihost_utils.process_allgather(value, tiled=True)
+    return np.asarray(jax.device_get(value))
+
+
+def export_tensors(model: Qwen3, dtype: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (HF name, array in HF layout), one tensor at a time."""
+    for _, var in _flat_params(model):
+        meta = var.get_metadata()
+        host = _to_host(var[...])
+        if dtype is not None:
+            host = host.astype(jnp.dtype(dtype))
+        yield meta["hf_key"], ours_to_hf(host, meta["hf_layout"], meta["layout"])
+
+
+def save_pretrained(model: Qwen3, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
+                    dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES, progress: bool = True) -> Path:
+    """Writes an HF-layout checkpoint (loadable by transformers). Only process 0 writes."""
+    out_dir = Path(out_dir)
+    cfg = model.config
+    if jax.process_index() != 0:
+        for _ in export_tensors(model, dtype):  # join the collective gathers
+            pass
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        _write_checkpoint(model, tmp, dtype, max_shard_bytes, progress)
+        hf_config = to_hf_dict(cfg)
+        hf_config["torch_dtype"] = dtype or cfg.param_dtype
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+        generation = DEFAULT_GENERATION_CONFIG
+        if tokenizer_dir is not None and (Path(tokenizer_dir) / "generation_config.json").is_file():
+            generation = json.loads((Path(tokenizer_dir) / "generation_config.json").read_text())
+        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
+        if tokenizer_dir is not None:
+            for name in TOKENIZER_FILES:
+                if (Path(tokenizer_dir) / name).is_file():
+                    shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_checkpoint(model: Qwen3, out: Path, dtype, max_shard_bytes: int, progress: bool) -> None:
+    shards: list[dict[str, np.ndarray]] = [{}]
+    sizes = [0]
+    total = 0
+    flat = _flat_params(model)
+    for name, array in tqdm(export_tensors(model, dtype), total=len(flat), desc="exporting", unit="tensor",
+                            disable=not progress):
+        if sizes[-1] and sizes[-1] + array.nbytes > max_shard_bytes:
+            _flush(shards, out, len(shards))
+            shards.append({})
+            sizes.append(0)
+        shards[-1][name] = array
+        sizes[-1] += array.nbytes
+        total += array.nbytes
+    count = len(shards)
+    if count == 1:
+        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+        return
+    _flush(shards, out, count)
+    weight_map = {}
+    for i in range(1, count + 1):
+        file = f"model-{i:05d}-of-{count:05d}.safetensors"
+        os.rename(out / f"shard-{i}.safetensors", out / file)
+        with safe_open(str(out / file), framework="numpy") as f:
+            weight_map.update({k: file for k in f.keys()})
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def _flush(shards: list[dict[str, np.ndarray]], out: Path, number: int) -> None:
+    """Writes the last open shard to disk and frees its arrays."""
+    if shards[-1]:
+        save_file(shards[-1], str(out / f"shard-{number}.safetensors"), metadata={"format": "pt"})
+        shards[-1] = {}
+
+
+__all__ = ["load_pretrained", "save_pretrained", "export_tensors", "CheckpointError", "NotAQwen3Checkpoint"]

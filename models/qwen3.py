@@ -1,0 +1,157 @@
+"""Qwen3 decoder in Flax NNX: GQA attention with QK-RMSNorm before RoPE, SwiGLU, fp32 norms.
+
+Weights use our einsum layouts (q [D, N, H], o [N, H, D], gate/up [D, F], down [F, D],
+embeddings and lm_head [V, D]); each is declared once with its logical axes and HF name.
+Callers pass positions and segment ids (padding/packing), or a KVCache for incremental decoding.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from envtune_jax.sharding import constrain
+from models import kv_cache as kv
+from models.attention import MaskInfo, attend
+from models.config import Qwen3Config
+from models.layers import MLP, RMSNorm, apply_rope, rope_cos_sin
+from models.weights import WeightSpec, declare_weight
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute everything
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Qwen3Config, prefix: str, rngs: nnx.Rngs):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        pd = jnp.dtype(cfg.param_dtype)
+        p = f"{prefix}.self_attn"
+        self.q = declare_weight(WeightSpec("D N H", ("embed", "q_heads", "head_dim"), f"{p}.q_proj.weight", "(N H) D"), (d, n, h), pd, rngs)
+        self.k = declare_weight(WeightSpec("D K H", ("embed", "kv_heads", "head_dim"), f"{p}.k_proj.weight", "(K H) D"), (d, k, h), pd, rngs)
+        self.v = declare_weight(WeightSpec("D K H", ("embed", "kv_heads", "head_dim"), f"{p}.v_proj.weight", "(K H) D"), (d, k, h), pd, rngs)
+        self.o = declare_weight(WeightSpec("N H D", ("q_heads", "head_dim", "embed"), f"{p}.o_proj.weight", "D (N H)"), (n, h, d), pd, rngs)
+        self.q_norm = RMSNorm(h, cfg.rms_norm_eps, f"{p}.q_norm.weight", "H", "norm", pd, rngs)
+        self.k_norm = RMSNorm(h, cfg.rms_norm_eps, f"{p}.k_norm.weight", "H", "norm", pd, rngs)
+        self.dtype = jnp.dtype(cfg.dtype)
+        self.head_dim = h
+        self.rope_theta = cfg.rope_theta
+        self.impl = cfg.attention_impl
+
+    def __call__(self, x_btd, positions_bt, segments_bt, cache_kv=None, cache_lengths_b=None):
+        """Returns (out [B, T, D], (new_keys, new_values) or None)."""
+        dt = self.dtype
+        q = jnp.einsum("BTD,DNH->BTNH", x_btd, self.q[...].astype(dt))
+        k = jnp.einsum("BTD,DKH->BTKH", x_btd, self.k[...].astype(dt))
+        v = jnp.einsum("BTD,DKH->BTKH", x_btd, self.v[...].astype(dt))
+        q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = rope_cos_sin(positions_bt, self.head_dim, self.rope_theta)
+        q = constrain(apply_rope(q, cos, sin), ("act_batch", "act_seq", "act_q_heads", None))
+        k = constrain(apply_rope(k, cos, sin), ("act_batch", "act_seq", "act_kv_heads", None))
+        if cache_kv is None:
+            info = MaskInfo(positions_bt, segments_bt, positions_bt, segments_bt, self_attention=True)
+            out = attend(q, k, v, info, self.impl)
+            new_cache = None
+        else:
+            keys, values = cache_kv
+            keys = kv.write(keys, k, cache_lengths_b)
+            values = kv.write(values, v, cache_lengths_b)
+            s = keys.shape[1]
+            slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (x_btd.shape[0], s))
+            filled = (slots < (cache_lengths_b[:, None] + x_btd.shape[1])).astype(jnp.int32)
+            info = MaskInfo(positions_bt, jnp.ones_like(segments_bt), slots, filled, self_attention=False)
+            impl = "reference" if self.impl == "splash" else self.impl
+            out = attend(q, keys.astype(dt), values.astype(dt), info, impl)
+            new_cache = (keys, values)
+        out = constrain(out, ("act_batch", "act_seq", "act_q_heads", None))
+        return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt)), new_cache
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: Qwen3Config, index: int, rngs: nnx.Rngs):
+        prefix = f"model.layers.{index}"
+        pd = jnp.dtype(cfg.param_dtype)
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, f"{prefix}.input_layernorm.weight", "D", "norm", pd, rngs)
+        self.attn = Attention(cfg, prefix, rngs)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, f"{prefix}.post_attention_layernorm.weight", "D", "norm", pd, rngs)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, f"{prefix}.mlp", pd, jnp.dtype(cfg.dtype), rngs)
+
+    def __call__(self, x_btd, positions_bt, segments_bt, cache_kv=None, cache_lengths_b=None):
+        attn_out, new_cache = self.attn(self.input_norm(x_btd), positions_bt, segments_bt, cache_kv, cache_lengths_b)
+        x_btd = x_btd + attn_out
+        x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
+        return constrain(x_btd, ("act_batch", "act_seq", "act_embed")), new_cache
+
+
+class Qwen3(nnx.Module):
+    """The Qwen3 causal LM. `model(tokens)` → logits [B, T, V] (fp32)."""
+
+    def __init__(self, cfg: Qwen3Config, rngs: nnx.Rngs):
+        self.config = cfg
+        pd = jnp.dtype(cfg.param_dtype)
+        self.embed = declare_weight(WeightSpec("V D", ("vocab", "embed"), "model.embed_tokens.weight", "V D"),
+                                    (cfg.vocab_size, cfg.hidden_size), pd, rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, i, rngs) for i in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "model.norm.weight", "D", "norm", pd, rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = declare_weight(WeightSpec("V D", ("vocab", "embed"), "lm_head.weight", "V D"),
+                                          (cfg.vocab_size, cfg.hidden_size), pd, rngs)
+
+    def unembedding(self) -> jax.Array:
+        """The output projection [V, D] (the embedding itself when tied)."""
+        return (self.embed if self.config.tie_word_embeddings else self.lm_head)[...]
+
+    def hidden_states(self, tokens_bt, positions_bt=None, segment_ids_bt=None, cache: kv.KVCache | None = None,
+                      num_new_b=None):
+        """Final-normed hidden states [B, T, D] and the updated cache (or None).
+
+        Without a cache: positions default to 0..T-1, segment ids to all ones (0 marks padding).
+        With a cache: tokens are appended after each sequence's cached tokens; `num_new_b` [B]
+        says how many of the T tokens are real per sequence (default all).
+        """
+        b, t = tokens_bt.shape
+        dt = jnp.dtype(self.config.dtype)
+        if cache is not None:
+            positions_bt = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+            segment_ids_bt = jnp.ones((b, t), jnp.int32)
+        if positions_bt is None:
+            positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (b, t))
+        if segment_ids_bt is None:
+            segment_ids_bt = jnp.ones((b, t), jnp.int32)
+        x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(dt)
+        x = constrain(x, ("act_batch", "act_seq", "act_embed"))
+        new_keys, new_values = [], []
+        policies = self.config.remat_policies()
+        for i, layer in enumerate(self.layers):
+            layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
+            lengths = cache.lengths if cache is not None else None
+            if policies[i] != "none" and cache is None:
+                call = nnx.remat(lambda lyr, *a: lyr(*a), policy=_REMAT_POLICIES[policies[i]])
+                x, layer_new = call(layer, x, positions_bt, segment_ids_bt)
+            else:
+                x, layer_new = layer(x, positions_bt, segment_ids_bt, layer_cache, lengths)
+            if layer_new is not None:
+                new_keys.append(layer_new[0])
+                new_values.append(layer_new[1])
+        x = self.final_norm(x)
+        if cache is None:
+            return x, None
+        num_new_b = jnp.full((b,), t, jnp.int32) if num_new_b is None else num_new_b.astype(jnp.int32)
+        return x, kv.KVCache(tuple(new_keys), tuple(new_values), cache.lengths + num_new_b)
+
+    def logits(self, hidden_btd: jax.Array) -> jax.Array:
+        """Logits [B, T, V] in fp32 from final hidden states."""
+        w = self.unembedding().astype(hidden_btd.dtype)
+        out = jnp.einsum("BTD,VD->BTV", hidden_btd, w, preferred_element_type=jnp.float32)
+        return constrain(out, ("act_batch", "act_seq", "act_vocab"))
+
+    def __call__(self, tokens_bt, positions_bt=None, segment_ids_bt=None) -> jax.Array:
+        hidden, _ = self.hidden_states(tokens_bt, positions_bt, segment_ids_bt)
+        return self.logits(hidden)
+
+
+def init_model(cfg: Qwen3Config, seed: int = 0) -> Qwen3:
+    """A randomly initialised model (normal(0.02) matrices, unit norms)."""
+    return Qwen3(cfg, rngs=nnx.Rngs(params=seed))

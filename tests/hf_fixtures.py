@@ -1,0 +1,57 @@
+"""Tiny random Qwen3 checkpoints written by `transformers` itself, for parity tests."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+TINY_VARIANTS = {
+    # name: (hidden, intermediate, layers, heads, kv_heads, head_dim, tied, rope_theta)
+    "tied_kv2": (64, 128, 2, 4, 2, 32, True, 1e6),
+    "untied_kv1": (48, 96, 2, 4, 1, 16, False, 5e6),
+    "tied_kv4_theta5e6": (64, 160, 3, 8, 2, 24, True, 5e6),
+    "untied_mha": (32, 64, 2, 4, 4, 8, False, 1e6),
+}
+
+
+def write_tiny_qwen3(out_dir: Path, variant: str = "tied_kv2", vocab_size: int = 512, seed: int = 0,
+                     dtype: str = "float32") -> Path:
+    """Creates a random Qwen3ForCausalLM with transformers and saves it (safetensors) to out_dir."""
+    import torch
+    import transformers
+
+    hidden, inter, layers, heads, kv, head_dim, tied, theta = TINY_VARIANTS[variant]
+    config = transformers.Qwen3Config(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, tie_word_embeddings=tied,
+        rope_theta=theta, max_position_embeddings=2048, rms_norm_eps=1e-6,
+    )
+    torch.manual_seed(seed)
+    model = transformers.Qwen3ForCausalLM(config)
+    with torch.no_grad():  # make norms non-trivial so a mis-mapped norm shows up
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1.0 + 0.1 * torch.randn_like(param))
+    model = model.to(getattr(torch, dtype))
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def hf_model(path: str, dtype: str = "float32"):
+    import torch
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+
+
+def hf_logits(path: Path, tokens: np.ndarray, attention_mask: np.ndarray | None = None, dtype: str = "float32") -> np.ndarray:
+    import torch
+
+    model = hf_model(str(path), dtype)
+    with torch.no_grad():
+        kwargs = {"input_ids": torch.tensor(tokens)}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = torch.tensor(attention_mask)
+        return model(**kwargs).logits.float().numpy()
