@@ -1,0 +1,199 @@
+"""The turn protocol and reward bookkeeping shared by every environment (BFCL and synthetic).
+
+Protocol (the official BFCL harness): within a turn, each step with at least one call is executed and
+its results returned; a step with no call ends the turn, the turn is scored, and the next turn's user
+message is revealed. A step with calls beyond `max_steps_per_turn` force-quits the episode (its calls
+still run). Augmentation switches (config) add hints to failing results, return format errors as
+feedback without ending the turn, and block calls on turns that expect none (with a warning prepended
+to the next user message). Subclasses supply the task: opening messages, execution, ground truth, checks.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Sequence
+
+from environments.base import EpisodeFinishedError, EpisodeOutcome, StepResult, ToolCallLike, ToolEnvironment
+from environments.config import EnvironmentConfig
+from environments.executor import ExecutedCall
+from environments.rewards import progress_reward, syntax_reward, turn_reward
+
+EMPTY_TURN_WARNING = (
+    "[System warning] Your previous reply called a tool although the request could not be completed: "
+    "a needed function or parameter was missing. In that situation do not call tools; say what is "
+    "missing or ask the user for it."
+)
+
+
+class TurnBasedEpisode(ToolEnvironment):
+    """Implements reset/step/truncate/outcome over the hooks below."""
+
+    def __init__(self, config: EnvironmentConfig):
+        self.config = config
+        self._started = False
+
+    # ---- hooks -------------------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def num_turns(self) -> int: ...
+
+    @abc.abstractmethod
+    def _start(self) -> None:
+        """Creates fresh task state (instances, ground-truth twin)."""
+
+    @abc.abstractmethod
+    def _opening_messages(self, turn: int) -> list[dict[str, Any]]:
+        """User message(s) opening `turn` (and offers any tools that become available in it)."""
+
+    @abc.abstractmethod
+    def _expects_calls(self, turn: int) -> bool: ...
+
+    @abc.abstractmethod
+    def _execute(self, call: ToolCallLike) -> ExecutedCall: ...
+
+    @abc.abstractmethod
+    def _hint(self, executed: ExecutedCall) -> str | None:
+        """Actionable hint for a failing result, or None."""
+
+    @abc.abstractmethod
+    def _close_turn(self, turn: int) -> tuple[bool, bool]:
+        """Advances the ground truth through `turn`; returns (state matches, responses contained)."""
+
+    # ---- protocol ----------------------------------------------------------------------------------
+    def reset(self) -> list[dict[str, Any]]:
+        self._start()
+        self._started = True
+        self._turn = 0
+        self._steps_in_turn = 0
+        self._made_call_in_turn = False
+        self._turn_rewards: list[float] = []
+        self._all_turns_pass = True
+        self._done = False
+        self._warn_next_turn = False
+        self._log: list[list[str]] = [[]]
+        self._counters = dict(
+            steps=0, tool_calls=0, valid_calls=0, invalid_calls=0, tool_errors=0, format_errors=0,
+            format_error_steps=0, hints=0, blocked_calls=0, turns_completed=0, force_quit=0, truncated=0,
+        )
+        return self._opening_messages(0)
+
+    @property
+    def done(self) -> bool:
+        return self._started and self._done
+
+    def steps_log(self) -> list[list[str]]:
+        return [list(turn) for turn in self._log] if self._started else []
+
+    def step(self, assistant_text: str, calls: Sequence[ToolCallLike], format_errors: Sequence[str]) -> StepResult:
+        if not self._started:
+            raise EpisodeFinishedError("call reset() before step()")
+        if self._done:
+            raise EpisodeFinishedError(f"episode {self.episode_id} is already done")
+        self._log[self._turn].append(assistant_text)
+        self._counters["steps"] += 1
+        if format_errors:
+            self._counters["format_errors"] += len(format_errors)
+            self._counters["format_error_steps"] += 1
+        feedback = [{"role": "tool", "content": str(error)} for error in format_errors] if self.config.format_feedback else []
+
+        if calls and self.config.empty_turn_warning and not self._expects_calls(self._turn):
+            self._counters["blocked_calls"] += len(calls)
+            self._made_call_in_turn = True
+            self._warn_next_turn = True
+            return self._end_turn()
+        if not calls and not feedback:
+            return self._end_turn()
+
+        messages = []
+        for call in calls:
+            messages.append(self._run_call(call))
+        messages += feedback
+        if calls:
+            self._made_call_in_turn = True
+        self._steps_in_turn += 1
+        cap = self.config.max_steps_per_turn
+        if cap is not None and self._steps_in_turn > cap:
+            self._counters["force_quit"] = 1
+            self._finish_episode_early()
+            return StepResult(messages, turn_ended=True, done=True)
+        return StepResult(messages, turn_ended=False, done=False)
+
+    def _run_call(self, call: ToolCallLike) -> dict[str, Any]:
+        executed = self._execute(call)
+        self._counters["tool_calls"] += 1
+        self._counters["valid_calls" if executed.valid else "invalid_calls"] += 1
+        if executed.raised or executed.reported_error:
+            self._counters["tool_errors"] += 1
+        content = executed.result
+        if self.config.hints:
+            hint = self._hint(executed)
+            if hint:
+                self._counters["hints"] += 1
+                content = f"{content}\n{hint}"
+        return {"role": "tool", "name": executed.name, "content": content}
+
+    def _score_current_turn(self) -> None:
+        turn = self._turn
+        state_ok, responses_ok = self._close_turn(turn)
+        expects = self._expects_calls(turn)
+        reward = turn_reward(expects, self._made_call_in_turn, state_ok, responses_ok)
+        self._turn_rewards.append(reward)
+        if expects and not (self._made_call_in_turn and state_ok and responses_ok):
+            self._all_turns_pass = False
+        self._counters["turns_completed"] += 1
+
+    def _end_turn(self) -> StepResult:
+        self._score_current_turn()
+        self._turn += 1
+        if self._turn >= self.num_turns:
+            self._done = True
+            return StepResult([], turn_ended=True, done=True)
+        self._steps_in_turn = 0
+        self._made_call_in_turn = False
+        self._log.append([])
+        messages = self._opening_messages(self._turn)
+        if self._warn_next_turn and messages:
+            first = dict(messages[0])
+            first["content"] = f"{EMPTY_TURN_WARNING}\n\n{first['content']}"
+            messages = [first] + messages[1:]
+        self._warn_next_turn = False
+        return StepResult(messages, turn_ended=True, done=False)
+
+    def _finish_episode_early(self) -> None:
+        """Force-quit / truncation: the current turn is scored on what ran; later turns score 0.
+
+        As in the official evaluation, the verdict can only pass if this was the last turn.
+        """
+        self._score_current_turn()
+        if self._turn < self.num_turns - 1:
+            self._all_turns_pass = False
+        self._done = True
+
+    def truncate(self, reason: str) -> None:
+        if not self._started:
+            raise EpisodeFinishedError("call reset() before truncate()")
+        if self._done:
+            return
+        self._counters["truncated"] = 1
+        if not self._log[self._turn]:  # the current turn never started: it is unreached, like the rest
+            self._all_turns_pass = False
+            self._done = True
+            return
+        self._finish_episode_early()
+
+    def outcome(self) -> EpisodeOutcome:
+        if not self._started:
+            raise EpisodeFinishedError("call reset() before outcome()")
+        turn_rewards = self._turn_rewards + [0.0] * (self.num_turns - len(self._turn_rewards))
+        correct = self._done and self._all_turns_pass
+        progress = progress_reward(turn_rewards, self.num_turns)
+        syntax = syntax_reward(
+            self._counters["steps"], self._counters["format_error_steps"],
+            self._counters["valid_calls"], self._counters["invalid_calls"],
+        )
+        binary = 1.0 if correct else 0.0
+        chosen = {"progress": progress, "syntax": syntax, "binary": binary}[self.config.reward]
+        return EpisodeOutcome(
+            entry_id=self.episode_id, turn_rewards=turn_rewards, progress_reward=progress,
+            syntax_reward=syntax, binary_reward=binary, reward=chosen, correct=correct,
+            counters=dict(self._counters),
+        )
