@@ -30,14 +30,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input: printed as one line, no traceback (unless --debug)."""
+    from envtune_jax.config import ConfigError
+    from models.config import NotAQwen3Checkpoint
+    from models.hf_io import CheckpointError
+
+    errors: list[type[BaseException]] = [ConfigError, NotAQwen3Checkpoint, CheckpointError, FileNotFoundError]
+    try:
+        from environments.bfcl_data import BfclDataMissingError
+        errors.append(BfclDataMissingError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - narrowed just below
+        if args.debug or not isinstance(exc, _user_errors()):
+            raise
+        print(f"envtune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 
