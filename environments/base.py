@@ -82,6 +82,11 @@ class ToolEnvironment(abc.ABC):
     def episode_id(self) -> str:
         """Stable id of the task instance (BFCL entry id, or synthetic task id)."""
 
+    @property
+    @abc.abstractmethod
+    def category(self) -> str:
+        """Reporting group (BFCL category, or "synthetic")."""
+
     @abc.abstractmethod
     def reset(self) -> list[dict[str, Any]]:
         """Starts (or restarts) the episode; returns the opening user message(s) of turn 0."""

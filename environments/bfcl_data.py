@@ -174,15 +174,38 @@ def offered_tool_docs(entry: BfclEntry) -> tuple[list[dict[str, Any]], dict[int,
 
     Mirrors the official loader: docs of every involved class in order, withheld ones removed (in the
     order `missed_function` names them) and kept without the suffix for the hold-out turn's message.
+    Returns fresh objects; `shared_offered_tool_docs` returns cached ones that must not be modified.
     """
-    offered = [doc for class_name in entry.involved_classes for doc in func_docs(class_name)]
-    withheld: dict[int, list[dict[str, Any]]] = {}
-    for turn_index, names in sorted(entry.missed_function.items()):
-        withheld[turn_index] = []
+    offered_json, withheld_json = _offered_tool_docs_json(*_docs_key(entry))
+    return json.loads(offered_json), {turn: json.loads(text) for turn, text in withheld_json}
+
+
+def shared_offered_tool_docs(entry: BfclEntry) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
+    """Like offered_tool_docs, but cached and shared between callers: treat as read-only."""
+    return _shared_offered_tool_docs(*_docs_key(entry))
+
+
+def _docs_key(entry: BfclEntry) -> tuple[tuple[str, ...], tuple[tuple[int, tuple[str, ...]], ...]]:
+    return tuple(entry.involved_classes), tuple((t, tuple(n)) for t, n in sorted(entry.missed_function.items()))
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_offered_tool_docs(involved_classes, missed_function):
+    offered_json, withheld_json = _offered_tool_docs_json(involved_classes, missed_function)
+    return json.loads(offered_json), {turn: json.loads(text) for turn, text in withheld_json}
+
+
+@functools.lru_cache(maxsize=None)
+def _offered_tool_docs_json(involved_classes, missed_function) -> tuple[str, tuple[tuple[int, str], ...]]:
+    offered = [doc for class_name in involved_classes for doc in func_docs(class_name)]
+    withheld: list[tuple[int, str]] = []
+    for turn_index, names in missed_function:
+        held_out = []
         for name in names:
             position = next((i for i, doc in enumerate(offered) if doc["name"] == name), None)
             if position is not None:
-                withheld[turn_index].append(offered.pop(position))
+                held_out.append(offered.pop(position))
+        withheld.append((turn_index, json.dumps(held_out)))
     for doc in offered:
         doc["description"] = doc["description"] + PYTHON_SYNTAX_NOTE
-    return offered, withheld
+    return json.dumps(offered), tuple(withheld)

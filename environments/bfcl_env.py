@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
-from environments.bfcl_data import BfclEntry, offered_tool_docs
+from environments.bfcl_data import BfclEntry, shared_offered_tool_docs
 from environments.config import EnvironmentConfig
 from environments.episode_core import TurnBasedEpisode
 from environments.executor import ExecutedCall, SafeExecutor, create_instances
@@ -41,12 +41,16 @@ class BfclEpisode(TurnBasedEpisode):
     def __init__(self, entry: BfclEntry, config: EnvironmentConfig | None = None):
         super().__init__(config or EnvironmentConfig.evaluation())
         self.entry = entry
-        self._tool_docs, self._withheld_docs = offered_tool_docs(entry)
+        self._tool_docs, self._withheld_docs = shared_offered_tool_docs(entry)  # read-only
         self._truth_calls = [[parse_ground_truth_call(s) for s in turn] for turn in entry.ground_truth]
 
     @property
     def episode_id(self) -> str:
         return self.entry.id
+
+    @property
+    def category(self) -> str:
+        return self.entry.category
 
     @property
     def num_turns(self) -> int:

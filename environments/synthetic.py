@@ -122,6 +122,10 @@ class SyntheticEpisode(TurnBasedEpisode):
         return self.task.id
 
     @property
+    def category(self) -> str:
+        return "synthetic"
+
+    @property
     def num_turns(self) -> int:
         return len(self.task.turns)
 

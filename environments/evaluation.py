@@ -1,0 +1,102 @@
+"""The evaluation loop: episodes played by a policy through the text protocol, batched across episodes.
+
+Each round asks the policy for one step of every unfinished episode, decodes the calls (official BFCL
+rule, `protocol.decode_for_evaluation`), steps the environment and extends the conversation. Finished
+episodes yield an `EpisodeRecord`: the outcome (official verdict, rewards, counters) and the visible
+step texts in the official result layout, so the run can be re-scored by the official evaluation.
+`evaluate_bfcl` does this for a list of entries, optionally split across worker processes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Sequence
+
+from environments.base import EpisodeOutcome, ToolCall, ToolEnvironment
+from environments.bfcl_data import BfclEntry
+from environments.bfcl_env import BfclEpisode
+from environments.config import EnvironmentConfig
+from environments.policies import Policy, PolicyState
+from environments.pool import map_in_chunks
+from environments.protocol import decode_for_evaluation, history_message
+
+Decoder = Callable[[str, ToolEnvironment], "tuple[list[ToolCall], list[str]]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeRecord:
+    episode_id: str
+    category: str
+    outcome: EpisodeOutcome
+    steps: list[list[str]]  # official result layout: per turn, per step, the visible text
+
+    def to_json(self) -> dict[str, Any]:
+        outcome = self.outcome
+        return {
+            "id": self.episode_id, "category": self.category, "correct": outcome.correct,
+            "progress_reward": outcome.progress_reward, "turn_rewards": outcome.turn_rewards,
+            "counters": outcome.counters,
+        }
+
+
+def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: Decoder = decode_for_evaluation,
+                 keep_history: bool = True) -> list[EpisodeRecord]:
+    """Plays every episode to the end; records are in the order of `episodes`.
+
+    The `messages` a policy receives are the live conversation lists (read them, do not modify them);
+    with keep_history=False they stay empty (for policies that ignore them: oracle, replay, do-nothing).
+    """
+    conversations: list[list[dict[str, Any]]] = []
+    for env in episodes:
+        opening = env.reset()
+        conversations.append(list(opening) if keep_history else [])
+    tools = [env.tools() if keep_history else [] for env in episodes]
+    turn_of = [0] * len(episodes)
+    step_of = [0] * len(episodes)
+    active = [i for i, env in enumerate(episodes) if not env.done]
+    while active:
+        states = [
+            PolicyState(episodes[i].episode_id, turn_of[i], step_of[i], conversations[i], tools[i],
+                        episodes[i].call_syntax)
+            for i in active
+        ]
+        steps = policy.act(states)
+        if len(steps) != len(active):
+            raise RuntimeError(f"policy {policy.name} returned {len(steps)} steps for {len(active)} states")
+        for i, step in zip(active, steps):
+            env = episodes[i]
+            if step is None:
+                env.truncate(f"policy {policy.name} stopped")
+                continue
+            calls, errors = decode(step.text, env)
+            result = env.step(step.text, calls, errors)
+            if keep_history:
+                conversations[i].append(history_message(step.reasoning, step.text, calls))
+                conversations[i].extend(result.messages)
+            if result.turn_ended:
+                turn_of[i], step_of[i] = turn_of[i] + 1, 0
+            else:
+                step_of[i] += 1
+        active = [i for i in active if not episodes[i].done]
+    return [
+        EpisodeRecord(env.episode_id, env.category, env.outcome(), env.steps_log())
+        for env in episodes
+    ]
+
+
+def _evaluate_chunk(entries: list[BfclEntry], policy: Policy, config: EnvironmentConfig,
+                    keep_history: bool) -> list[EpisodeRecord]:
+    return run_episodes([BfclEpisode(entry, config) for entry in entries], policy, keep_history=keep_history)
+
+
+def evaluate_bfcl(entries: Sequence[BfclEntry], policy: Policy, config: EnvironmentConfig | None = None,
+                  workers: int = 1, keep_history: bool = True) -> list[EpisodeRecord]:
+    """Records for `entries` (in order). workers > 1 splits the entries across processes; the policy
+    must then be picklable (oracle, replay and do-nothing are; a model policy should run with workers=1)."""
+    config = config or EnvironmentConfig.evaluation()
+    if workers <= 1 or len(entries) < 2:
+        return _evaluate_chunk(list(entries), policy, config, keep_history)
+    run_chunk = functools.partial(_evaluate_chunk, policy=policy, config=config, keep_history=keep_history)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return map_in_chunks(pool, run_chunk, list(entries), workers)
