@@ -146,3 +146,15 @@ def test_history_assistant_message_follows_the_official_harness():
     assert with_calls == {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {"a": 1}}],
                           "reasoning_content": "why"}
     assert bfcl_history_assistant_message("", "Bye", []) == {"role": "assistant", "content": "Bye", "reasoning_content": ""}
+
+
+def test_chat_config_loads_from_overrides():
+    from envtune_jax.chat.chat_config import ChatConfig
+    from envtune_jax.config import ConfigError, load
+
+    config = load(ChatConfig, None, ["style=paper", "paper_variant=stage34", "require_call_newlines=true"])
+    assert config == ChatConfig(style="paper", paper_variant="stage34", require_call_newlines=True)
+    with pytest.raises(ConfigError, match="qwen_fc"):
+        load(ChatConfig, None, ["style=chatml"])
+    with pytest.raises(ValueError, match="paper_variant"):
+        ChatConfig(paper_variant="stage5")
