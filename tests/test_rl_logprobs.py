@@ -31,35 +31,30 @@ def _numpy_logprobs_and_entropy(hidden_btd, unembed_dv, targets_bt, temperature)
 SHAPES = [(2, 13, 8, 37, 4, 5), (1, 8, 16, 32, 8, 32), (3, 5, 4, 19, 16, 64), (2, 7, 8, 50, 3, 16)]
 
 
+def _values_and_gradients(fn, logp_weights_bt, entropy_weights_bt):
+    """Jitted (h, w) -> (logp_bt, entropy_bt, d/dh, d/dw) of sum(w_l * logp) + sum(w_e * entropy)."""
+    def run(hidden_btd, unembed_dv):
+        outputs, pullback = jax.vjp(fn, hidden_btd, unembed_dv)
+        return (*outputs, *pullback((logp_weights_bt, entropy_weights_bt)))
+    return jax.jit(run)
+
+
 @pytest.mark.parametrize("batch,tokens,model_dim,vocab,chunk_t,chunk_v", SHAPES)
-def test_chunked_values_match_reference_and_numpy(batch, tokens, model_dim, vocab, chunk_t, chunk_v):
+def test_chunked_matches_reference_and_numpy_values_and_gradients(batch, tokens, model_dim, vocab, chunk_t, chunk_v):
     hidden_btd, unembed_dv, targets_bt = _inputs(batch, tokens, model_dim, vocab)
-    logp_bt, entropy_bt = token_logprobs_and_entropy(hidden_btd, unembed_dv, targets_bt, 0.7, chunk_t, chunk_v)
-    ref_logp_bt, ref_entropy_bt = reference(hidden_btd, unembed_dv, targets_bt, 0.7)
+    logp_weights_bt, entropy_weights_bt = np.random.default_rng(7).standard_normal((2, batch, tokens), np.float32)
+    chunked = _values_and_gradients(
+        lambda h, w: token_logprobs_and_entropy(h, w, targets_bt, 0.7, chunk_t, chunk_v),
+        logp_weights_bt, entropy_weights_bt)
+    plain = _values_and_gradients(
+        lambda h, w: token_logprobs_and_entropy_reference(h, w, targets_bt, 0.7), logp_weights_bt, entropy_weights_bt)
+    got, want = chunked(hidden_btd, unembed_dv), plain(hidden_btd, unembed_dv)
+    assert got[0].shape == got[1].shape == (batch, tokens)
+    for name, got_x, want_x in zip(("logp", "entropy", "d_hidden", "d_unembed"), got, want):
+        np.testing.assert_allclose(got_x, want_x, **TOL, err_msg=name)
     np_logp_bt, np_entropy_bt = _numpy_logprobs_and_entropy(hidden_btd, unembed_dv, targets_bt, 0.7)
-    assert logp_bt.shape == entropy_bt.shape == (batch, tokens)
-    np.testing.assert_allclose(logp_bt, ref_logp_bt, **TOL)
-    np.testing.assert_allclose(entropy_bt, ref_entropy_bt, **TOL)
-    np.testing.assert_allclose(logp_bt, np_logp_bt, **TOL)
-    np.testing.assert_allclose(entropy_bt, np_entropy_bt, **TOL)
-
-
-@pytest.mark.parametrize("batch,tokens,model_dim,vocab,chunk_t,chunk_v", [SHAPES[0], SHAPES[3]])
-def test_chunked_gradients_match_reference(batch, tokens, model_dim, vocab, chunk_t, chunk_v):
-    hidden_btd, unembed_dv, targets_bt = _inputs(batch, tokens, model_dim, vocab, seed=1)
-    rng = np.random.default_rng(7)
-    logp_weights_bt, entropy_weights_bt = rng.standard_normal((2, batch, tokens)).astype(np.float32)
-
-    def objective(fn):
-        def scalar(hidden_btd, unembed_dv):
-            logp_bt, entropy_bt = fn(hidden_btd, unembed_dv)
-            return jnp.sum(logp_bt * logp_weights_bt) + jnp.sum(entropy_bt * entropy_weights_bt)
-        return jax.jit(jax.grad(scalar, argnums=(0, 1)))
-
-    chunked = objective(lambda h, w: token_logprobs_and_entropy(h, w, targets_bt, 0.7, chunk_t, chunk_v))
-    plain = objective(lambda h, w: token_logprobs_and_entropy_reference(h, w, targets_bt, 0.7))
-    for got, want in zip(chunked(hidden_btd, unembed_dv), plain(hidden_btd, unembed_dv)):
-        np.testing.assert_allclose(got, want, **TOL)
+    np.testing.assert_allclose(got[0], np_logp_bt, **TOL)
+    np.testing.assert_allclose(got[1], np_entropy_bt, **TOL)
 
 
 def test_jit_with_traced_temperature():
