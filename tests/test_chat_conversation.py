@@ -68,7 +68,8 @@ def test_non_canonical_samples_are_kept_exactly(tokenizer):
     assert ids[sampled.start:sampled.end] == one_token_per_char + [IM_END_ID]
     assert mask == [0] * sampled.start + [1] * (sampled.end - sampled.start) + [0] * (len(ids) - sampled.end)
     assert conversation.sampled_text(sampled) == text
-    history = [{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": text}, {"role": "user", "content": "Again"}]
+    history = [{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": text},
+               {"role": "user", "content": "Again"}]
     retokenised = encode_text(tokenizer, render_messages(history))
     assert retokenised != ids and len(retokenised) < len(ids)  # re-tokenising would have drifted
     assert tokenizer.decode(retokenised, skip_special_tokens=False) == conversation.text()
@@ -82,7 +83,8 @@ def test_unterminated_sample_is_closed_by_the_environment(tokenizer):
     assert sampled.unterminated
     environment = conversation.append_environment([{"role": "tool", "content": "r"}])
     assert conversation.ids[environment.start] == IM_END_ID and conversation.loss_mask[environment.start] == 0
-    assert conversation.text().endswith("cut off mid<|im_end|>\n<|im_start|>user\n<tool_response>\nr\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert conversation.text().endswith("cut off mid<|im_end|>\n<|im_start|>user\n<tool_response>\nr\n"
+                                        "</tool_response><|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_turn_and_step_boundaries(tokenizer):

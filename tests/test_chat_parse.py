@@ -24,7 +24,8 @@ def _only_error(result: ParseResult, error_type: type) -> pe.ParseError:
 
 
 def test_well_formed_qwen_fc_step():
-    text = "Sure.\n" + _block('{"name": "ls", "arguments": {"a": true}}') + "\n" + _block('{"name": "cd", "arguments": {"folder": "x"}}')
+    first, second = '{"name": "ls", "arguments": {"a": true}}', '{"name": "cd", "arguments": {"folder": "x"}}'
+    text = "Sure.\n" + _block(first) + "\n" + _block(second)
     result = parse_tool_calls(text, OFFERED)
     assert result.calls == (ToolCall("ls", {"a": True}), ToolCall("cd", {"folder": "x"}))
     assert result.errors == () and result.num_call_blocks == 2 and result.answer_text == "Sure."

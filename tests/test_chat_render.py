@@ -102,7 +102,8 @@ def test_official_rules_on_small_cases(reference_format_prompt):
 def test_environment_segment_is_the_tail_of_the_full_rendering():
     history = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [
         {"name": "f", "arguments": {}}]}]
-    environment = [{"role": "tool", "content": "r1"}, {"role": "tool", "content": "r2"}, {"role": "user", "content": "next"}]
+    environment = [{"role": "tool", "content": "r1"}, {"role": "tool", "content": "r2"},
+                   {"role": "user", "content": "next"}]
     for style in ("qwen_fc", "paper"):
         full = render_messages(history + environment, [], style)
         segment = render_environment_segment(environment, style)
@@ -119,11 +120,14 @@ def test_paper_style_layout_and_variants():
     stage12 = render_messages(messages, tools, "paper", paper_variant="stage12")
     stage34 = render_messages(messages, tools, "paper", paper_variant="stage34")
     for text in (stage12, stage34):
-        assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>user\nlist files<|im_end|>\n<|im_start|>assistant\n")
+        assert text.startswith("<|im_start|>system\n")
+        assert text.endswith("<|im_start|>user\nlist files<|im_end|>\n<|im_start|>assistant\n")
         assert '\n{"name": "ls", "description": "list"' in text and "<answer>" in text and "<think>" in text
     assert PAPER_STAGE34_RULES in stage34 and PAPER_STAGE34_RULES not in stage12
-    step = {"role": "assistant", "content": "", "reasoning_content": "need ls", "tool_calls": [{"name": "ls", "arguments": {}}]}
-    assert render_assistant_body(step, "paper") == '<think>\nneed ls\n</think>\n<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>'
+    step = {"role": "assistant", "content": "", "reasoning_content": "need ls",
+            "tool_calls": [{"name": "ls", "arguments": {}}]}
+    assert render_assistant_body(step, "paper") == (
+        '<think>\nneed ls\n</think>\n<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>')
     reply = {"role": "assistant", "content": "Done.", "reasoning_content": "ok"}
     assert render_assistant_body(reply, "paper") == "<think>\nok\n</think>\n<answer>\nDone.\n</answer>"
     with pytest.raises(MessageError, match="not both"):
@@ -145,7 +149,8 @@ def test_history_assistant_message_follows_the_official_harness():
     with_calls = bfcl_history_assistant_message("why", "ignored text", [{"name": "f", "arguments": {"a": 1}}])
     assert with_calls == {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {"a": 1}}],
                           "reasoning_content": "why"}
-    assert bfcl_history_assistant_message("", "Bye", []) == {"role": "assistant", "content": "Bye", "reasoning_content": ""}
+    without_calls = bfcl_history_assistant_message("", "Bye", [])
+    assert without_calls == {"role": "assistant", "content": "Bye", "reasoning_content": ""}
 
 
 def test_chat_config_loads_from_overrides():

@@ -42,7 +42,8 @@ def entry_docs(entry: dict) -> tuple[list[dict], dict[int, list[dict]]]:
     """(offered raw docs, {turn index: held-out raw docs}) of an entry, in the official order."""
     docs = [dict(doc) for name in entry["involved_classes"] for doc in _docs_of_class(name)]
     by_name = {doc["name"]: doc for doc in docs}
-    held_out = {int(turn): [by_name[name] for name in names] for turn, names in entry.get("missed_function", {}).items()}
+    missed = entry.get("missed_function", {})
+    held_out = {int(turn): [by_name[name] for name in names] for turn, names in missed.items()}
     withheld = {doc["name"] for group in held_out.values() for doc in group}
     return [doc for doc in docs if doc["name"] not in withheld], held_out
 

@@ -125,13 +125,15 @@ def test_added_tokens_are_single_ids_with_the_qwen3_ids(tokenizer):
         assert encode_text(tokenizer, spec.content) == [spec.token_id]
         assert encode_text(tokenizer, f"a{spec.content}b") == [64, spec.token_id, 65]
         assert tokenizer.id_to_token(spec.token_id) == spec.content
-    decoded = tokenizer.decode(encode_text(tokenizer, "<|im_start|>hi<think>x</think><|im_end|>"), skip_special_tokens=True)
+    ids = encode_text(tokenizer, "<|im_start|>hi<think>x</think><|im_end|>")
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
     assert decoded == "hi<think>x</think>"  # only the special=True ones are dropped
 
 
 def test_decode_inverts_encode(tokenizer):
     for text in _corpus(400):
-        assert tokenizer.decode(encode_text(tokenizer, text), skip_special_tokens=False) == tokenizer.normalizer.normalize_str(text)
+        decoded = tokenizer.decode(encode_text(tokenizer, text), skip_special_tokens=False)
+        assert decoded == tokenizer.normalizer.normalize_str(text)
 
 
 def test_saved_tokenizer_loads_in_transformers_with_the_same_ids(tokenizer, tmp_path):

@@ -28,4 +28,5 @@ class ChatConfig:
         if self.style not in PROMPT_STYLES:
             raise ValueError(f"chat.style must be one of {list(PROMPT_STYLES)}, got {self.style!r}")
         if self.paper_variant not in PAPER_PROMPT_VARIANTS:
-            raise ValueError(f"chat.paper_variant must be one of {list(PAPER_PROMPT_VARIANTS)}, got {self.paper_variant!r}")
+            raise ValueError(
+                f"chat.paper_variant must be one of {list(PAPER_PROMPT_VARIANTS)}, got {self.paper_variant!r}")

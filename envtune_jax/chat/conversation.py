@@ -78,7 +78,8 @@ class TokenConversation:
         if not ids:
             raise ConversationError("append_sampled() got no tokens")
         if IM_END_ID in ids[:-1]:
-            raise ConversationError(f"<|im_end|> at position {ids.index(IM_END_ID)} of {len(ids)}: cut the sample after it")
+            position = ids.index(IM_END_ID)
+            raise ConversationError(f"<|im_end|> at position {position} of {len(ids)}: cut the sample after it")
         vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         if min(ids) < 0 or max(ids) >= vocab_size:
             raise ConversationError(f"sampled ids must lie in [0, {vocab_size}), got {min(ids)}..{max(ids)}")

@@ -49,7 +49,8 @@ class NotAnObjectError(ParseError):
 
     @property
     def message(self) -> str:
-        return f'{self._where()} must be a JSON object {{"name": ..., "arguments": {{...}}}}, got a JSON {self.type_name}.'
+        expected = '{"name": ..., "arguments": {...}}'
+        return f"{self._where()} must be a JSON object {expected}, got a JSON {self.type_name}."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +114,8 @@ class UnmatchedTagError(ParseError):
 
     @property
     def message(self) -> str:
-        return f"Your response has a {self.tag} tag without its matching {'opening' if self.tag.startswith('</') else 'closing'} tag."
+        missing = "opening" if self.tag.startswith("</") else "closing"
+        return f"Your response has a {self.tag} tag without its matching {missing} tag."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +124,8 @@ class MixedTextError(ParseError):
 
     @property
     def message(self) -> str:
-        return f"Your response has text outside the <think>, <tool_call> and <answer> tags: {_clip(self.text.strip())!r}"
+        outside = _clip(self.text.strip())
+        return f"Your response has text outside the <think>, <tool_call> and <answer> tags: {outside!r}"
 
 
 @dataclasses.dataclass(frozen=True)

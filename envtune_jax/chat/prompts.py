@@ -70,7 +70,8 @@ def paper_system_prompt(variant: PaperPromptVariant, tools: Sequence[Mapping[str
         raise ValueError(f"paper prompt variant must be one of {list(PAPER_PROMPT_VARIANTS)}, got {variant!r}")
     sections = [PAPER_ROLE]
     if tools:
-        sections.append("# Tools\n\nThe functions you can call, as JSON signatures:\n<tools>" + tools_json_lines(tools) + "\n</tools>")
+        listing = "<tools>" + tools_json_lines(tools) + "\n</tools>"
+        sections.append("# Tools\n\nThe functions you can call, as JSON signatures:\n" + listing)
     sections.append(PAPER_FORMAT)
     if variant == "stage34":
         sections.append(PAPER_STAGE34_RULES)

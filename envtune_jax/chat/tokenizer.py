@@ -108,7 +108,8 @@ def build_qwen_tokenizer(ranks: dict[bytes, int]) -> Tokenizer:
     next_id = len(vocab)
     for spec in QWEN3_ADDED_TOKENS:
         if spec.token_id != next_id:
-            raise TokenizerLoadError(f"added token {spec.content} must get id {spec.token_id}, the vocab gives {next_id}")
+            raise TokenizerLoadError(
+                f"added token {spec.content} must get id {spec.token_id}, the vocabulary gives it {next_id}")
         added = AddedToken(spec.content, special=spec.special, normalized=False, lstrip=False, rstrip=False)
         if spec.special:
             tokenizer.add_special_tokens([added])
