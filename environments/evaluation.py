@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Sequence
 
@@ -93,10 +94,30 @@ def _evaluate_chunk(entries: list[BfclEntry], policy: Policy, config: Environmen
 def evaluate_bfcl(entries: Sequence[BfclEntry], policy: Policy, config: EnvironmentConfig | None = None,
                   workers: int = 1, keep_history: bool = True) -> list[EpisodeRecord]:
     """Records for `entries` (in order). workers > 1 splits the entries across processes; the policy
-    must then be picklable (oracle, replay and do-nothing are; a model policy should run with workers=1)."""
+    must then be picklable (oracle, replay and do-nothing are; a model policy should run with workers=1).
+    Workers are spawned, not forked: forking a process that runs JAX threads can deadlock."""
     config = config or EnvironmentConfig.evaluation()
     if workers <= 1 or len(entries) < 2:
         return _evaluate_chunk(list(entries), policy, config, keep_history)
     run_chunk = functools.partial(_evaluate_chunk, policy=policy, config=config, keep_history=keep_history)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return map_in_chunks(pool, run_chunk, list(entries), workers)
+
+
+def replay_bfcl(entries: Sequence[BfclEntry], recorded: dict[str, list[list[str]]],
+                workers: int = 1) -> list[EpisodeRecord]:
+    """Scores recorded outputs as the official evaluation does (no step cap; an entry whose recording
+    has a different number of turns than its ground truth, or is missing, is force-terminated: wrong)."""
+    from environments.policies import ReplayPolicy
+
+    policy = ReplayPolicy(recorded)
+    records = evaluate_bfcl(entries, policy, EnvironmentConfig.replay(), workers, keep_history=False)
+    by_id = {entry.id: entry for entry in entries}
+    fixed = []
+    for record in records:
+        turns = policy.recorded_turn_counts.get(record.episode_id, 0)
+        if record.outcome.correct and turns != by_id[record.episode_id].num_turns:
+            outcome = dataclasses.replace(record.outcome, correct=False, binary_reward=0.0, reward=0.0)
+            record = dataclasses.replace(record, outcome=outcome)
+        fixed.append(record)
+    return fixed

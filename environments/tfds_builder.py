@@ -18,6 +18,7 @@ from typing import Iterable
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from environments.bfcl_data import BFCL_PIN, CATEGORIES, BfclEntry
 from environments.splits import SPLIT_SEED, split_entries
@@ -34,6 +35,9 @@ class BfclMultiTurn(tfds.core.GeneratorBasedBuilder):
     """BFCL V3 multi-turn entries with ground truth, split by scenario (no test scenario in train)."""
 
     VERSION = tfds.core.Version("1.0.0")
+    # Where TFDS looks for optional metadata files; set explicitly because an editable install can make
+    # this package resolve as a namespace package, which TFDS cannot inspect.
+    pkg_dir_path = epath.Path(__file__).parent
     RELEASE_NOTES = {"1.0.0": f"Data of {BFCL_PIN}; scenario split seed {SPLIT_SEED!r}."}
 
     def _info(self) -> tfds.core.DatasetInfo:

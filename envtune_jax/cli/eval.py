@@ -1,0 +1,110 @@
+"""`envtune eval`: BFCL V3 multi-turn accuracy per category, comparable with the official leaderboard.
+
+Plays the selected entries with one policy (a model from --ckpt/--hf, recorded outputs from --replay, or
+the built-in oracle / do-nothing policies) under the official protocol (no hints, 20 tool steps per
+turn, official decoding and checker semantics), prints the Markdown table and writes eval_results.json,
+eval_results.md and model_results.jsonl (official result layout) into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+SPLIT_CHOICES = ("test", "train", "all", "validation", "stage1_easy")
+POLICY_CHOICES = ("oracle", "do-nothing")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="BFCL V3 multi-turn evaluation table (official protocol)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  envtune eval --policy oracle --split all\n"
+               "  envtune eval --replay result/Qwen3-4B/multi_turn --split test\n"
+               "  envtune eval --hf ~/models/Qwen3-4B-Instruct-2507 --split test --categories base,miss_func")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", type=Path, help="envtune model checkpoint")
+    source.add_argument("--hf", type=Path, help="Hugging Face checkpoint directory")
+    source.add_argument("--replay", type=Path, nargs="+", metavar="FILE",
+                        help="recorded outputs in the official result layout (files or folders)")
+    source.add_argument("--policy", choices=POLICY_CHOICES, help="built-in policy")
+    parser.add_argument("--split", choices=SPLIT_CHOICES, default="test",
+                        help="entries to evaluate (scenario split, see docs/environments.md); default: test")
+    parser.add_argument("--categories", default="all",
+                        help="comma-separated categories (base, long_context, miss_func, miss_param, or full "
+                             "names); default: all four")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-<timestamp>)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes for --policy/--replay runs (a model runs in this process)")
+    parser.add_argument("--data-source", choices=("tfds", "package"), default="tfds",
+                        help="read entries through the TFDS builder (default) or straight from the package")
+    parser.add_argument("--data-dir", type=Path, default=None, help="TFDS data dir (default: user cache)")
+    parser.set_defaults(func=run)
+
+
+def parse_categories(text: str) -> tuple[str, ...]:
+    from environments.bfcl_data import CATEGORIES
+
+    if text.strip() == "all":
+        return CATEGORIES
+    chosen = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        name = item if item.startswith("multi_turn_") else f"multi_turn_{item}"
+        if name not in CATEGORIES:
+            raise SystemExit(f"envtune eval: unknown category {item!r}; choose from {', '.join(CATEGORIES)}")
+        chosen.append(name)
+    return tuple(dict.fromkeys(chosen))
+
+
+def _load_entries(args, categories):
+    if args.data_source == "package":
+        from environments.splits import split_entries
+
+        return split_entries(args.split, categories)
+    from environments.tfds_builder import load_split_entries
+
+    return load_split_entries(args.split, categories, data_dir=args.data_dir)
+
+
+def run(args) -> int:
+    from environments.bfcl_data import BfclDataMissingError
+    from environments.config import EnvironmentConfig
+    from environments.eval_report import category_table, load_recorded_outputs, markdown_table, write_results
+    from environments.evaluation import evaluate_bfcl, replay_bfcl
+    from environments.policies import DoNothingPolicy, ModelPolicyUnavailableError, OraclePolicy, build_model_policy
+
+    categories = parse_categories(args.categories)
+    try:
+        entries = _load_entries(args, categories)
+    except BfclDataMissingError as exc:
+        print(f"envtune eval: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    if args.replay:
+        source = "replay:" + ",".join(map(str, args.replay))
+        records = replay_bfcl(entries, load_recorded_outputs(args.replay), workers=args.workers)
+    else:
+        if args.policy == "oracle":
+            policy, source, workers = OraclePolicy.for_bfcl(entries), "oracle", args.workers
+        elif args.policy == "do-nothing":
+            policy, source, workers = DoNothingPolicy(), "do-nothing", args.workers
+        else:
+            try:
+                policy = build_model_policy(ckpt=str(args.ckpt) if args.ckpt else None, hf_dir=str(args.hf) if args.hf else None)
+            except ModelPolicyUnavailableError as exc:
+                print(f"envtune eval: {exc}", file=sys.stderr)
+                return 2
+            source, workers = f"ckpt:{args.ckpt}" if args.ckpt else f"hf:{args.hf}", 1
+        keep_history = args.policy is None  # only a model reads the conversation
+        records = evaluate_bfcl(entries, policy, EnvironmentConfig.evaluation(), workers, keep_history=keep_history)
+    seconds = time.perf_counter() - started
+    rows = category_table(records, categories)
+    out = args.out or Path("runs") / f"eval-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    metadata = {"source": source, "split": args.split, "categories": list(categories),
+                "protocol": "official (no hints, 20 tool steps per turn)", "seconds": round(seconds, 3)}
+    paths = write_results(out, rows, records, metadata)
+    sys.stdout.write(markdown_table(rows))
+    print(f"\n{len(records)} entries in {seconds:.1f} s; wrote {paths['json']}, {paths['markdown']}, {paths['layout']}")
+    return 0

@@ -1,0 +1,53 @@
+"""`envtune eval`: the table, the files it writes, replay of its own result layout, the model-path error."""
+from __future__ import annotations
+
+import json
+
+from envtune_jax.cli.main import main
+from environments.eval_report import TableRow, category_table, markdown_table
+
+
+def test_oracle_eval_writes_the_table_and_its_replay_scores_the_same(tmp_path, capsys):
+    out = tmp_path / "oracle"
+    assert main(["eval", "--policy", "oracle", "--split", "test", "--categories", "base,miss_param",
+                 "--data-source", "package", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| multi_turn_base | 100 | 100 | 100.00% |" in printed and "| OVERALL | 200 | 200 | 100.00% |" in printed
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["split"] == "test" and results["overall_accuracy"] == 100.0 and len(results["entries"]) == 200
+    assert (out / "eval_results.md").read_text().startswith("| Category | Correct | Total | Accuracy |")
+
+    # Replay the written layout, with one entry's recording cut short and one made to skip its calls.
+    lines = [json.loads(line) for line in (out / "model_results.jsonl").read_text().splitlines()]
+    lines[0]["result"] = lines[0]["result"][:-1]
+    lines[1]["result"] = [["no calls"] for _ in lines[1]["result"]]
+    replay_file = tmp_path / "recorded.jsonl"
+    replay_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["eval", "--replay", str(replay_file), "--split", "test", "--categories", "base,miss_param",
+                 "--data-source", "package", "--out", str(tmp_path / "replay")]) == 0
+    printed = capsys.readouterr().out
+    assert "| multi_turn_base | 98 | 100 | 98.00% |" in printed
+    assert "| OVERALL | 198 | 200 | 99.00% |" in printed
+
+
+def test_model_eval_without_a_generation_engine_fails_clearly(tmp_path, capsys, monkeypatch):
+    import environments.policies as policies
+
+    monkeypatch.setattr(policies, "MODEL_POLICY_ENTRY_POINT", "envtune_jax_missing_engine.policy:build_model_policy")
+    assert main(["eval", "--hf", str(tmp_path), "--data-source", "package", "--out", str(tmp_path / "o")]) == 2
+    assert "generation engine" in capsys.readouterr().err
+
+
+def test_overall_is_the_unweighted_mean_of_category_accuracies():
+    class _Outcome:
+        def __init__(self, correct):
+            self.correct = correct
+
+    class _Record:
+        def __init__(self, category, correct):
+            self.category, self.outcome = category, _Outcome(correct)
+
+    records = [_Record("multi_turn_base", i < 3) for i in range(4)] + [_Record("multi_turn_miss_func", i < 1) for i in range(2)]
+    rows = category_table(records)
+    assert rows[-1] == TableRow("OVERALL", 4, 6, (75.0 + 50.0) / 2)
+    assert markdown_table(rows).splitlines()[-1] == "| OVERALL | 4 | 6 | 62.50% |"

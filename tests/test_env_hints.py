@@ -1,0 +1,135 @@
+"""Hints: every family fires on the failures it targets, and no hint leaks a ground-truth value.
+
+A noisy agent plays every entry: before each turn's ground-truth calls it makes failing calls of the
+kinds the hint families target (paths instead of names, nested cd, folders as files, unknown airport
+codes and currencies, city names as zipcodes, the broken weather service, engine start without its
+preconditions, actions without a login, unknown tools). A leak is a ground-truth argument value that
+appears in a hint but nowhere in the conversation so far (tool docs, messages, this step's call, the
+official result the hint is attached to).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import re
+
+from environments.base import ToolCall
+from environments.bfcl_data import load_entries
+from environments.bfcl_env import BfclEpisode
+from environments.config import EnvironmentConfig
+from environments.gt_calls import ground_truth_tool_calls, parse_ground_truth_call
+from environments.hints import HINT_PREFIX
+from environments.protocol import render_calls
+
+FS_NAME_ARGUMENTS = ("file_name", "dir_name", "source", "destination", "file_name1", "file_name2")
+FAMILY_MARKERS = {
+    "fs_path": "paths are not accepted",
+    "fs_cd": "one folder level per call",
+    "fs_directory": "is a folder, not a file",
+    "fs_missing": "not in the current directory",
+    "airport": "3-letter codes",
+    "currency": "only between USD",
+    "zipcode": "takes zipcodes",
+    "weather": "weather service is unavailable",
+    "engine": "before starting the engine",
+    "login": "logged-in session",
+    "unknown_tool": "not one of the available tools",
+}
+
+
+def _noisy_calls(truth: list[ToolCall], involved: list[str]) -> list[ToolCall]:
+    noisy: list[ToolCall] = [ToolCall("zz_no_such_tool", {})]
+    for call in truth:
+        args = call.arguments
+        for key in FS_NAME_ARGUMENTS:
+            if isinstance(args.get(key), str):
+                noisy.append(ToolCall(call.name, {**args, key: "zz_dir/" + args[key]}))
+                noisy.append(ToolCall(call.name, {**args, key: "zz_missing_" + args[key]}))
+        if call.name == "cd":
+            noisy.append(ToolCall("cd", {"folder": "zz_a/zz_b"}))
+            noisy.append(ToolCall("cat", {"file_name": args["folder"]}))
+        if "travel_from" in args:
+            noisy.append(ToolCall(call.name, {**args, "travel_from": "ZZZ"}))
+        if call.name == "compute_exchange_rate":
+            noisy.append(ToolCall(call.name, {**args, "base_currency": "ZZZ"}))
+        if call.name == "book_flight":
+            noisy.append(ToolCall(call.name, {**args, "access_token": "zz_token"}))
+        if call.name == "estimate_distance":
+            noisy.append(ToolCall(call.name, {"cityA": "Zzville", "cityB": "Zztown"}))
+    if "VehicleControlAPI" in involved:
+        noisy += [ToolCall("get_outside_temperature_from_weather_com", {}), ToolCall("startEngine", {"ignitionMode": "START"})]
+    if "TwitterAPI" in involved:
+        noisy.append(ToolCall("list_all_following", {}))
+    if "TradingBot" in involved:
+        noisy.append(ToolCall("get_order_history", {}))
+    return noisy
+
+
+def _truth_values(entry) -> set[str]:
+    values: set[str] = set()
+
+    def collect(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+        elif not isinstance(value, bool) and value is not None and len(str(value)) >= 3:
+            values.add(str(value))
+
+    for turn in entry.ground_truth:
+        for source in turn:
+            parsed = parse_ground_truth_call(source)
+            collect(list(parsed.args) + [v for _, v in parsed.kwargs])
+    return values
+
+
+def _leaks(hint: str, truth_values: set[str], conversation: str) -> list[str]:
+    return [v for v in truth_values if re.search(rf"(?<!\w){re.escape(v)}(?!\w)", hint) and v not in conversation]
+
+
+def test_hints_fire_for_every_family_and_never_leak_ground_truth():
+    config = EnvironmentConfig.training(augmented=True)
+    config.max_steps_per_turn = 10
+    families = collections.Counter()
+    leaks = []
+    for entry in load_entries():
+        env = BfclEpisode(entry, config)
+        conversation = json.dumps(env.tools()) + "".join(m["content"] for m in env.reset())
+        truth_values = _truth_values(entry)
+        for turn in range(entry.num_turns):
+            truth = ground_truth_tool_calls(entry.ground_truth[turn], entry.involved_classes)
+            steps = [[c] for c in _noisy_calls(truth, entry.involved_classes)][:8] if truth else []
+            for calls in steps + [truth] if truth else [[]]:
+                if env.done:
+                    break
+                text = render_calls(calls)
+                conversation += text
+                result = env.step(text, calls, [])
+                for message in result.messages:
+                    content = message["content"]
+                    official, _, hint = content.partition("\n" + HINT_PREFIX)
+                    conversation += official
+                    if hint:
+                        families.update(name for name, marker in FAMILY_MARKERS.items() if marker in hint)
+                        leaks += [(entry.id, hint, v) for v in _leaks(hint, truth_values, conversation)]
+                    conversation += content
+            if not env.done and truth:
+                result = env.step("Done.", [], [])
+                conversation += "".join(m["content"] for m in result.messages)
+    assert not leaks, leaks[:5]
+    missing = [name for name in FAMILY_MARKERS if families[name] == 0]
+    assert not missing, (missing, families)
+
+
+def test_hints_are_appended_to_the_official_result_not_replacing_it():
+    entry = next(e for e in load_entries(["multi_turn_base"]) if "GorillaFileSystem" in e.involved_classes)
+    plain = BfclEpisode(entry, EnvironmentConfig.training(augmented=False))
+    hinted = BfclEpisode(entry, EnvironmentConfig.training(augmented=True))
+    plain.reset(), hinted.reset()
+    call = [ToolCall("cat", {"file_name": "zz/none.txt"})]
+    official = plain.step("", call, []).messages[0]["content"]
+    augmented = hinted.step("", call, []).messages[0]["content"]
+    assert augmented.startswith(official + "\n" + HINT_PREFIX)
+    assert hinted.agent_results() == plain.agent_results() == [official]
