@@ -122,6 +122,8 @@ RULES: tuple[Rule, ...] = (_file_system_rule, _travel_rule, _vehicle_rule, _auth
 def hint_for(call: ExecutedCall, ctx: HintContext) -> str | None:
     """The first matching rule's hint (prefixed with "Hint: "), or None when no rule applies."""
     if call.name not in ctx.owner_of_offered:
+        if not call.result.endswith("is not defined"):
+            return None  # a withheld tool the config lets run: it worked, nothing to hint
         return (f"{HINT_PREFIX}{call.name!r} is not one of the available tools: call only tools from the list "
                 "you were given, or tell the user what is missing.")
     for rule in RULES:
