@@ -191,3 +191,17 @@ def test_step_decoding_matches_official_decode_execute(text):
         official = None
     ours = decode_official_step(text)
     assert (None if ours is None else [_official_call_string(c) for c in ours]) == official
+
+
+def test_chat_parser_and_official_decoding_agree_on_well_formed_calls():
+    """The training parser (chat package) reads the oracle's text exactly as the evaluation decoder does."""
+    from envtune_jax.chat.parse import parse_tool_calls
+
+    for entry in _sample_entries(stride=7):
+        for turn in entry.ground_truth:
+            calls = ground_truth_tool_calls(turn, entry.involved_classes)
+            text = render_calls(calls)
+            parsed = parse_tool_calls(text, None, "qwen_fc", require_call_newlines=True)
+            assert not parsed.errors
+            assert [(c.name, c.arguments) for c in parsed.calls] == [(c.name, c.arguments) for c in decode_official_step(text)]
+            assert decode_official_step(text) == calls
