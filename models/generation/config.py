@@ -1,0 +1,42 @@
+"""`SamplerConfig`: the YAML-loadable settings of the sampler (engine shape + sampling parameters).
+
+Load with `envtune_jax.config.load(SamplerConfig, path, overrides)`; `sampling_params()` and
+`build_engine(model, mesh)` turn it into the objects the engine takes.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from models.generation.buckets import BucketConfig
+from models.generation.sampling import QWEN3_STOP_TOKEN_IDS, SamplingParams
+
+
+@dataclasses.dataclass
+class SamplerConfig:
+    # sampling (the paper's rollouts: temperature 1.0, top-p 1; validation greedy)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    max_new_tokens: int = 1024  # per assistant turn
+    stop_token_ids: tuple[int, ...] = QWEN3_STOP_TOKEN_IDS
+    # engine
+    batch_size: int = 8
+    max_cache_len: int = 8192
+    cache_dtype: str = "bfloat16"
+    min_cache_len: int = 64
+    min_chunk_len: int = 16
+    prefill_chunk: int = 512
+    cache_half_steps: bool = True
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, greedy=self.greedy,
+                              max_new_tokens=self.max_new_tokens, stop_token_ids=tuple(self.stop_token_ids))
+
+    def buckets(self) -> BucketConfig:
+        return BucketConfig(self.min_cache_len, self.min_chunk_len, self.prefill_chunk, self.cache_half_steps)
+
+    def build_engine(self, model, mesh=None, weight_rules=None):
+        from models.generation.engine import GenerationEngine
+        return GenerationEngine(model, batch_size=self.batch_size, max_cache_len=self.max_cache_len, mesh=mesh,
+                                cache_dtype=self.cache_dtype, buckets=self.buckets(), weight_rules=weight_rules)

@@ -1,0 +1,269 @@
+"""`GenerationEngine`: batched prefill / extend / decode over a fixed number of slots, on a mesh.
+
+The engine owns B slots (a fixed batch, so the batch size never recompiles) and drives the two
+compiled programs of `steps.py` from the host: it validates requests, rounds shapes to buckets,
+grows the cache capacity when a request needs more room (never past `max_cache_len`), splits
+long prompts/extensions into chunks of at most `buckets.prefill_chunk` tokens, and pulls results
+back as NumPy. The state is donated to every call: use only the state a call returns.
+
+Continuous batching: `refill` empties chosen slots and prefills new prompts there while the other
+slots keep their caches, and `decode(max_steps=k)` returns after k steps, so a driver may
+interleave decoding with refilling finished slots. Finished or waiting slots sample nothing and
+cost only their row of each decode step.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from models.generation import steps
+from models.generation.buckets import BucketConfig, round_up
+from models.generation.results import DecodeResult, History, collect_decode, history, to_host
+from models.generation.sampling import SamplingParams
+from models.generation.state import GenerationState, empty_state, grow, reset_slots
+from models.generation.weights import SamplerWeights
+
+NO_STEP_LIMIT = 2**30
+
+
+class GenerationInputError(ValueError):
+    """A prompt, extension, slot index or mask is malformed; the message says which and why."""
+
+
+class CacheFullError(GenerationInputError):
+    """A request needs more cache slots than the engine's max_cache_len."""
+
+
+def _as_key(rng: int | jax.Array) -> jax.Array:
+    if isinstance(rng, (int, np.integer)):
+        return jax.random.key(int(rng))
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return rng
+    return jax.random.wrap_key_data(rng)
+
+
+class GenerationEngine:
+    """Sharded, jit-compiled generation for a Qwen3 model (see models/generation/__init__.py)."""
+
+    def __init__(self, model: nnx.Module, *, batch_size: int, max_cache_len: int, mesh: jax.sharding.Mesh | None = None,
+                 cache_dtype: str = "bfloat16", buckets: BucketConfig = BucketConfig(),
+                 weight_rules: Mapping[str, tuple[str, ...]] | None = None):
+        if batch_size < 1 or max_cache_len < 2:
+            raise ValueError(f"need batch_size ≥ 1 and max_cache_len ≥ 2, got {batch_size}, {max_cache_len}")
+        self.config = model.config
+        self.batch_size = batch_size
+        self.max_cache_len = max_cache_len
+        self.mesh = mesh
+        self.cache_dtype = jnp.dtype(cache_dtype)
+        self.buckets = buckets
+        self.weights = SamplerWeights(model, mesh, weight_rules)
+        self.trace_counts: collections.Counter[str] = collections.Counter()
+        self._cache_buckets = buckets.cache_lengths(max_cache_len)
+        self._chunk_buckets = buckets.chunk_lengths()
+        self._extend = jax.jit(self._traced("extend", functools.partial(steps.extend_chunk, self.weights.graphdef)),
+                               donate_argnums=(1,))
+        self._decode = jax.jit(self._traced("decode", functools.partial(steps.decode_loop, self.weights.graphdef)),
+                               donate_argnums=(1,), static_argnames=("greedy", "top_k", "use_top_p"))
+        self._grow = jax.jit(self._traced("grow", grow), static_argnums=(1,))
+        self._reset = jax.jit(self._traced("reset", reset_slots), donate_argnums=(0,))
+        self._empty = jax.jit(self._traced("empty", self._empty_state), static_argnums=(0,))
+        self._logits = jax.jit(self._traced("logits", self._next_token_logits))
+
+    # ---- compiled pieces -------------------------------------------------------------------
+    def _traced(self, name: str, fn):
+        """Wraps fn so that each trace (= each compilation) is counted in self.trace_counts."""
+
+        @functools.wraps(fn)
+        def counted(*args, **kwargs):
+            self.trace_counts[name] += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+    def _empty_state(self, capacity: int) -> GenerationState:
+        cfg = self.config
+        return empty_state(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, self.batch_size,
+                           capacity, self.cache_dtype, jnp.dtype(cfg.dtype))
+
+    def _next_token_logits(self, params, state: GenerationState) -> jax.Array:
+        model = nnx.merge(self.weights.graphdef, params)
+        return model.logits(state.hidden_bd[:, None, :])[:, 0]
+
+    def _mesh_context(self):
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+    @property
+    def num_compilations(self) -> int:
+        return sum(self.trace_counts.values())
+
+    # ---- host-side helpers -----------------------------------------------------------------
+    def _check_slot(self, slot: int) -> int:
+        if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.batch_size:
+            raise GenerationInputError(f"slot {slot!r} is not in [0, {self.batch_size})")
+        return int(slot)
+
+    def _check_tokens(self, tokens: Sequence[int], what: str) -> np.ndarray:
+        array = np.asarray(tokens)
+        if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+            raise GenerationInputError(f"{what}: expected a flat list of token ids, got shape {array.shape} "
+                                       f"dtype {array.dtype}")
+        if array.size and (array.min() < 0 or array.max() >= self.config.vocab_size):
+            raise GenerationInputError(f"{what}: token ids must be in [0, {self.config.vocab_size}), got "
+                                       f"{array.min()}..{array.max()}")
+        return array.astype(np.int32)
+
+    def _ensure_capacity(self, state: GenerationState, needed: int) -> GenerationState:
+        if needed > self.max_cache_len:
+            raise CacheFullError(f"a sequence needs {needed} cache slots; max_cache_len is {self.max_cache_len}")
+        if needed <= state.capacity:
+            return state
+        with self._mesh_context():
+            return self._grow(state, round_up(needed, self._cache_buckets))
+
+    def _active_mask(self, active, lengths: np.ndarray) -> np.ndarray:
+        if active is None:
+            return lengths > 0
+        mask = np.asarray(active)
+        if mask.dtype == bool:
+            if mask.shape != (self.batch_size,):
+                raise GenerationInputError(f"active mask must have shape ({self.batch_size},), got {mask.shape}")
+            return mask
+        out = np.zeros(self.batch_size, bool)
+        out[[self._check_slot(s) for s in mask.reshape(-1).tolist()]] = True
+        return out
+
+    # ---- public API ------------------------------------------------------------------------
+    def new_state(self, capacity: int | None = None) -> GenerationState:
+        """All slots empty, cache capacity rounded up to a bucket."""
+        capacity = round_up(min(capacity or 1, self.max_cache_len), self._cache_buckets)
+        with self._mesh_context():
+            return self._empty(capacity)
+
+    def start(self, prompts: Sequence[Sequence[int]], rng: int | jax.Array = 0) -> GenerationState:
+        """Prefills prompts[i] into slot i (≤ batch_size prompts; other slots stay empty).
+
+        Slot i's PRNG key is fold_in(rng, i).
+        """
+        if len(prompts) > self.batch_size:
+            raise GenerationInputError(f"{len(prompts)} prompts for {self.batch_size} slots")
+        longest = max((len(p) for p in prompts), default=1)
+        return self.refill(self.new_state(longest), dict(enumerate(prompts)), rng)
+
+    def refill(self, state: GenerationState, prompts: Mapping[int, Sequence[int]],
+               rng: int | jax.Array = 0) -> GenerationState:
+        """Empties the given slots and prefills a new prompt in each (continuous batching).
+
+        Slot s gets the PRNG key fold_in(rng, s): pass a fresh rng per refill for fresh samples.
+        """
+        slots = {self._check_slot(s): self._check_tokens(p, f"prompt for slot {s}") for s, p in prompts.items()}
+        for slot, tokens in slots.items():
+            if tokens.size == 0:
+                raise GenerationInputError(f"prompt for slot {slot} is empty (need ≥ 1 token to predict from)")
+        reset_b = np.zeros(self.batch_size, bool)
+        reset_b[list(slots)] = True
+        keys_b = jax.vmap(functools.partial(jax.random.fold_in, _as_key(rng)))(jnp.arange(self.batch_size))
+        with self._mesh_context():
+            state = self._reset(state, jnp.asarray(reset_b), jax.random.key_data(keys_b))
+        return self.extend(state, slots)
+
+    def extend(self, state: GenerationState, appends: Mapping[int, Sequence[int]]) -> GenerationState:
+        """Appends token ids to the given slots' sequences (ragged lengths) and starts a new turn there.
+
+        Prefills in chunks of ≤ buckets.prefill_chunk tokens; never re-reads the cached history.
+        """
+        appends = {self._check_slot(s): self._check_tokens(t, f"tokens for slot {s}") for s, t in appends.items()}
+        counts_b = np.zeros(self.batch_size, np.int32)
+        for slot, tokens in appends.items():
+            counts_b[slot] = tokens.size
+        if not counts_b.any():
+            return state
+        lengths_b = to_host(state.cache.lengths)
+        state = self._ensure_capacity(state, int((lengths_b + counts_b).max()))
+        chunk = self.buckets.prefill_chunk
+        params = self.weights.params()
+        for offset in range(0, int(counts_b.max()), chunk):
+            num_new_b = np.clip(counts_b - offset, 0, chunk).astype(np.int32)
+            width = round_up(int(num_new_b.max()), self._chunk_buckets)
+            tokens_bt = np.zeros((self.batch_size, width), np.int32)
+            for slot, tokens in appends.items():
+                tokens_bt[slot, :num_new_b[slot]] = tokens[offset:offset + num_new_b[slot]]
+            with self._mesh_context():
+                state = self._extend(params, state, jnp.asarray(tokens_bt), jnp.asarray(num_new_b))
+        return state
+
+    def decode(self, state: GenerationState, sampling: SamplingParams, active=None,
+               max_steps: int | None = None) -> tuple[GenerationState, DecodeResult]:
+        """Samples for the active slots (default: all non-empty) until each ends its turn.
+
+        A turn ends on a stop token, after max_new_tokens tokens (counted from the turn's start,
+        across calls), or when the cache is full. `max_steps` bounds the steps of this call (for
+        streaming); call again to continue. `active`: bool mask [B] or a list of slot indices.
+        """
+        lengths_b = to_host(state.cache.lengths)
+        active_b = self._active_mask(active, lengths_b)
+        budgets_b = sampling.budgets(self.batch_size)
+        generated_b = lengths_b - to_host(state.turn_start_b)
+        live_b = active_b & ~to_host(state.done_b) & (lengths_b > 0)
+        step_limit = NO_STEP_LIMIT if max_steps is None else int(max_steps)
+        if step_limit < 0:
+            raise GenerationInputError(f"max_steps must be ≥ 0, got {max_steps}")
+        if live_b.any():
+            steps_needed = np.minimum(np.maximum(budgets_b - generated_b, 0), step_limit)
+            needed = int((lengths_b + steps_needed)[live_b].max())
+            state = self._ensure_capacity(state, min(needed, self.max_cache_len))
+        greedy, top_k, use_top_p = sampling.static_key(self.config.vocab_size)
+        with self._mesh_context():
+            state = self._decode(self.weights.params(), state, jnp.asarray(active_b), jnp.asarray(budgets_b),
+                                 jnp.asarray(sampling.stop_ids_array()), jnp.float32(sampling.temperature),
+                                 jnp.float32(sampling.top_p), jnp.int32(min(step_limit, NO_STEP_LIMIT)),
+                                 greedy=greedy, top_k=top_k, use_top_p=use_top_p)
+        return state, collect_decode(state, lengths_b)
+
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
+                 rng: int | jax.Array = 0) -> DecodeResult:
+        """One turn for each prompt (in groups of batch_size); rows follow the prompts' order."""
+        key = _as_key(rng)
+        parts = []
+        for group, first in enumerate(range(0, len(prompts), self.batch_size)):
+            chunk = prompts[first:first + self.batch_size]
+            budgets = sampling.max_new_tokens
+            if not isinstance(budgets, int):
+                budgets = tuple(budgets[first:first + len(chunk)]) + (0,) * (self.batch_size - len(chunk))
+            params = SamplingParams(sampling.temperature, sampling.top_k, sampling.top_p, sampling.greedy, budgets,
+                                    sampling.stop_token_ids)
+            state = self.start(chunk, jax.random.fold_in(key, group))
+            _, result = self.decode(state, params)
+            parts.append((result, len(chunk)))
+        return _concat_results(parts)
+
+    def next_token_logits(self, state: GenerationState) -> jax.Array:
+        """Logits [B, V] (fp32) of the token following each sequence (what decode samples from)."""
+        with self._mesh_context():
+            return self._logits(self.weights.params(), state)
+
+    def history(self, state: GenerationState) -> History:
+        """Every sequence in full (tokens, sampler log-probs, sampled mask, lengths) as NumPy."""
+        return history(state)
+
+
+def _concat_results(parts: list[tuple[DecodeResult, int]]) -> DecodeResult:
+    width = max((r.tokens.shape[1] for r, _ in parts), default=0)
+
+    def rows(field: str, fill):
+        arrays = []
+        for result, n in parts:
+            value = getattr(result, field)[:n]
+            if value.ndim == 2:
+                value = np.pad(value, ((0, 0), (0, width - value.shape[1])), constant_values=fill)
+            arrays.append(value)
+        return np.concatenate(arrays)
+
+    return DecodeResult(rows("tokens", -1), rows("logprobs", 0.0), rows("num_tokens", 0), rows("finished", False),
+                        rows("stop_token_hit", False))

@@ -1,0 +1,229 @@
+"""The generation engine on a tiny fp32 Qwen3 written by transformers: greedy parity with HF generate,
+multi-turn extend vs fresh prefill, sampler log-probs vs the trainer's recomputation, chunking,
+streaming, continuous batching, bounded compilations, weight sharing and input errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from envtune_jax import hf_io
+from models.generation import (BucketConfig, CacheFullError, GenerationEngine, GenerationInputError, SamplingParams,
+                               reference_greedy, reference_logprobs)
+from tests.hf_fixtures import hf_model, write_tiny_qwen3
+
+VOCAB = 512
+BATCH = 3
+SAMPLED = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, max_new_tokens=24, stop_token_ids=())
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny HF checkpoint whose matrices are scaled up 8x, so logits are spread out: greedy
+    continuations vary instead of repeating one token, and argmax has clear margins."""
+    path = write_tiny_qwen3(tmp_path_factory.mktemp("gen_ckpt"), "tied_kv2", vocab_size=VOCAB)
+    tensors = load_file(str(path / "model.safetensors"))
+    tensors = {name: value * 8 if value.ndim == 2 else value for name, value in tensors.items()}
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return hf_io.load_pretrained(checkpoint, progress=False)
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    # capacities 128 / 256, chunk widths 16 / 32 / 64: few programs for the whole module to compile
+    buckets = BucketConfig(min_cache_len=128, min_chunk_len=16, prefill_chunk=64, cache_half_steps=False)
+    return GenerationEngine(model, batch_size=BATCH, max_cache_len=256, cache_dtype="float32", buckets=buckets)
+
+
+def prompts_of(lengths, seed=0):
+    rng = np.random.RandomState(seed)
+    return [rng.randint(0, VOCAB, n).tolist() for n in lengths]
+
+
+def full_forward_last_logits(model, sequences):
+    """Logits of the token after each whole sequence, by a fresh cache-free forward (NumPy [B, V])."""
+    import jax.numpy as jnp
+
+    width = max(map(len, sequences))
+    tokens = np.zeros((len(sequences), width), np.int32)
+    segments = np.zeros_like(tokens)
+    for b, seq in enumerate(sequences):
+        tokens[b, :len(seq)], segments[b, :len(seq)] = seq, 1
+    logits = np.asarray(model(jnp.asarray(tokens), None, jnp.asarray(segments)))
+    return np.stack([logits[b, len(seq) - 1] for b, seq in enumerate(sequences)])
+
+
+def test_greedy_matches_transformers_generate(engine, checkpoint):
+    import torch
+
+    prompts = prompts_of([5, 37, 18])
+    new_tokens = 72
+    state = engine.start(prompts)
+    _, result = engine.decode(state, SamplingParams(greedy=True, max_new_tokens=new_tokens, stop_token_ids=()))
+    assert result.num_tokens.tolist() == [new_tokens] * 3 and result.finished.all()
+    assert not result.stop_token_hit.any()
+
+    width = max(map(len, prompts))
+    input_ids = np.zeros((3, width), np.int64)
+    mask = np.zeros((3, width), np.int64)
+    for b, prompt in enumerate(prompts):  # left padding, as HF batches prompts for generate
+        input_ids[b, width - len(prompt):], mask[b, width - len(prompt):] = prompt, 1
+    hf = hf_model(str(checkpoint))
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor(input_ids), attention_mask=torch.tensor(mask), do_sample=False,
+                          max_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None)
+    expected = out[:, width:].numpy()
+    for b in range(3):
+        assert result.tokens[b].tolist() == expected[b].tolist(), f"sequence {b} diverges from transformers"
+    assert len(set(expected[1].tolist())) > 10  # the continuation is not one repeated token
+
+
+def test_stop_token_ends_the_turn_and_is_kept(engine, model):
+    prompt = prompts_of([11], seed=1)[0]
+    reference = reference_greedy(model, prompt, 40)
+    stop = reference[9]
+    end = min(reference.index(token) for token in (stop, 7) if token in reference)
+    expected = reference[:end + 1]
+    state = engine.start([prompt])
+    state, result = engine.decode(state, SamplingParams(greedy=True, max_new_tokens=40, stop_token_ids=(stop, 7)))
+    assert result.token_lists()[0] == expected
+    assert result.finished[0] and result.stop_token_hit[0]
+    assert result.num_tokens[1:].tolist() == [0, 0]  # empty slots generate nothing
+    _, again = engine.decode(state, SamplingParams(greedy=True, max_new_tokens=40))
+    assert again.num_tokens[0] == 0  # the turn is over until tokens are appended
+
+
+def test_multi_turn_extend_gives_the_next_token_logits_of_a_fresh_prefill(engine, model):
+    state = engine.start(prompts_of([9, 30, 4], seed=2), rng=3)
+    state, _ = engine.decode(state, SAMPLED)
+    state = engine.extend(state, {0: prompts_of([7], 4)[0], 2: prompts_of([45], 5)[0]})  # ragged, a subset
+    state, _ = engine.decode(state, SAMPLED, active=[0, 2])
+    state = engine.extend(state, {1: prompts_of([3], 6)[0], 2: prompts_of([70], 7)[0]})  # 70 > one chunk
+    history = engine.history(state)
+    sequences = [history.sequence(b) for b in range(BATCH)]
+    assert len(sequences[2]) == 4 + 24 + 45 + 24 + 70
+    extended = np.asarray(engine.next_token_logits(state))
+
+    fresh = np.asarray(engine.next_token_logits(engine.start(sequences)))
+    reference = full_forward_last_logits(model, sequences)
+    for b in range(BATCH):
+        scale = np.abs(reference[b]).max()
+        assert np.abs(extended[b] - fresh[b]).max() <= 1e-5 * scale
+        assert np.abs(extended[b] - reference[b]).max() <= 1e-5 * scale
+
+
+def test_sampler_logprobs_equal_the_trainers_recomputation(engine, model):
+    state = engine.start(prompts_of([6, 21, 13], seed=8), rng=11)
+    state, first = engine.decode(state, SAMPLED)
+    state = engine.extend(state, {b: prompts_of([5 + 7 * b], 9 + b)[0] for b in range(BATCH)})
+    state, second = engine.decode(state, SAMPLED, max_steps=10)
+    history = engine.history(state)
+    assert history.sampled.sum() == first.num_tokens.sum() + second.num_tokens.sum()
+    recomputed = reference_logprobs(model, history.tokens, history.lengths, temperature=SAMPLED.temperature)
+    mask = history.sampled & (np.arange(history.tokens.shape[1])[None] < history.lengths[:, None])
+    assert np.abs(history.logprobs[mask] - recomputed[mask]).max() <= 1e-5
+    assert np.all(history.logprobs[mask] < 0)
+    for b in range(BATCH):  # the decode results are the same tokens and log-probs as the history
+        start = len(prompts_of([6, 21, 13], seed=8)[b])
+        np.testing.assert_array_equal(first.tokens[b, :first.num_tokens[b]],
+                                      history.tokens[b, start:start + first.num_tokens[b]])
+
+
+def test_streaming_in_chunks_gives_the_same_tokens_as_one_call(engine):
+    prompts = prompts_of([12, 3, 50], seed=12)
+    _, whole = engine.decode(engine.start(prompts, rng=5), SAMPLED)
+    state = engine.start(prompts, rng=5)
+    pieces = []
+    while True:
+        state, part = engine.decode(state, SAMPLED, max_steps=5)
+        if part.num_tokens.max() == 0:
+            break
+        assert part.num_tokens.max() <= 5
+        pieces.append(part.token_lists())
+    streamed = [sum((p[b] for p in pieces), []) for b in range(BATCH)]
+    assert streamed == whole.token_lists()
+
+
+def test_refilling_a_slot_leaves_the_others_untouched(engine):
+    prompts = prompts_of([8, 16, 5], seed=13)
+    greedy = SamplingParams(greedy=True, max_new_tokens=20, stop_token_ids=())
+    _, alone = engine.decode(engine.start(prompts), greedy)
+    new_prompt = prompts_of([27], seed=14)[0]
+    _, fresh = engine.decode(engine.start([new_prompt] * BATCH), greedy)
+
+    state = engine.start(prompts)
+    state, head = engine.decode(state, greedy, max_steps=6)
+    state = engine.refill(state, {1: new_prompt})
+    state, tail = engine.decode(state, greedy)
+    assert head.token_lists()[0] + tail.token_lists()[0] == alone.token_lists()[0]
+    assert tail.token_lists()[1] == fresh.token_lists()[0]
+    assert engine.history(state).sequence(1)[:27] == new_prompt
+
+
+def test_per_sequence_budgets_and_active_mask(engine):
+    state = engine.start(prompts_of([4, 9, 6], seed=15))
+    params = SamplingParams(greedy=True, max_new_tokens=(3, 7, 5), stop_token_ids=())
+    state, result = engine.decode(state, params, active=np.array([True, True, False]))
+    assert result.num_tokens.tolist() == [3, 7, 0]
+    assert result.finished.tolist() == [True, True, False]
+    state, result = engine.decode(state, params)
+    assert result.num_tokens.tolist() == [0, 0, 5]
+
+
+def test_a_rollout_of_30_calls_compiles_a_bounded_number_of_times(engine):
+    rng = np.random.RandomState(16)
+    prompt_lengths = [3, 40, 17]
+    state = engine.start(prompts_of(prompt_lengths, seed=17))
+    requested_shapes = {tuple(prompt_lengths)}
+    calls = 1
+    while calls < 30:
+        state, _ = engine.decode(state, SamplingParams(greedy=True, max_new_tokens=int(rng.randint(2, 7))))
+        slots = rng.choice(BATCH, size=rng.randint(1, BATCH + 1), replace=False)
+        appends = {int(s): rng.randint(0, VOCAB, rng.randint(1, 13)).tolist() for s in slots}
+        requested_shapes.add(tuple(len(appends.get(b, [])) for b in range(BATCH)))
+        state = engine.extend(state, appends)
+        calls += 2
+    assert engine.history(state).lengths.max() > 128  # the cache had to grow
+    assert len(requested_shapes) >= 14
+    counts = engine.trace_counts  # everything this module's engine ever compiled, this rollout included
+    # capacities {128, 256} x chunk widths {16, 32, 64} bound extend; decode: capacities x 2 sampling modes
+    assert counts["extend"] <= 6 and counts["decode"] <= 4 and counts["grow"] <= 1, counts
+    assert engine.num_compilations <= 15, counts
+
+
+def test_weights_are_the_models_arrays_and_updates_are_seen(model):
+    import jax
+
+    engine = GenerationEngine(model, batch_size=1, max_cache_len=64, cache_dtype="float32")
+    params = jax.tree.leaves(engine.weights.params())
+    originals = jax.tree.leaves(model)
+    assert all(a.unsafe_buffer_pointer() == b.unsafe_buffer_pointer() for a, b in zip(params, originals))
+    assert engine.weights.copied_arrays == 0
+    state = engine.start([[1, 2, 3]])
+    before = np.asarray(engine.next_token_logits(state))
+    old = model.embed[...]
+    model.embed.set_value(old * 2.0)  # what an optimizer step does to the trainer's model (tied unembedding)
+    try:
+        after = np.asarray(engine.next_token_logits(state))
+    finally:
+        model.embed.set_value(old)
+    np.testing.assert_allclose(after, 2 * before, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_requests_raise_clear_errors(engine):
+    with pytest.raises(GenerationInputError, match="token ids must be in"):
+        engine.start([[1, VOCAB]])
+    with pytest.raises(GenerationInputError, match="empty"):
+        engine.start([[]])
+    with pytest.raises(GenerationInputError, match="4 prompts for 3 slots"):
+        engine.start([[1]] * 4)
+    state = engine.start([[1, 2]])
+    with pytest.raises(GenerationInputError, match="slot 3"):
+        engine.extend(state, {3: [1]})
+    with pytest.raises(CacheFullError, match="max_cache_len is 256"):
+        engine.extend(state, {0: [1] * 255})
