@@ -162,3 +162,50 @@ def test_miss_func_holdout_turn_offers_withheld_tools_in_the_user_message():
     assert "'name': 'find'" in message and "Python 3 syntax" not in message
     assert {"find", "ls"} <= env.offered_tool_names()
     assert all(d["description"].endswith(" Note that the provided function is in Python 3 syntax.") for d in env.tools())
+
+
+def test_presets_and_yaml_overrides():
+    from envtune_jax.config import ConfigError, load
+
+    evaluation, training = EnvironmentConfig.evaluation(), EnvironmentConfig.training(augmented=True)
+    assert (evaluation.max_steps_per_turn, evaluation.augmented, evaluation.execute_withheld_tools) == (20, False, True)
+    assert (training.max_steps_per_turn, training.hints, training.format_feedback, training.empty_turn_warning) == (5, True, True, True)
+    assert EnvironmentConfig.replay().max_steps_per_turn is None
+    loaded = load(EnvironmentConfig, None, ["max_steps_per_turn=5", "reward=syntax", "call_time_limit_s=none"])
+    assert (loaded.max_steps_per_turn, loaded.reward, loaded.call_time_limit_s) == (5, "syntax", None)
+    with pytest.raises(ConfigError):
+        load(EnvironmentConfig, None, ["reward=sintax"])
+    with pytest.raises(ValueError):
+        EnvironmentConfig(max_steps_per_turn=0)
+
+
+class _RenderingOracle:
+    """The oracle, but it first renders the conversation it is given with the chat package and with the
+    official handler's formatter, and records whether they agree (what a model-backed policy would see)."""
+
+    name = "rendering-oracle"
+
+    def __init__(self, entries):
+        from bfcl_eval.model_handler.local_inference.qwen_fc import QwenFCHandler
+
+        self.oracle, self.official = OraclePolicy.for_bfcl(entries), object.__new__(QwenFCHandler)
+        self.mismatches, self.rendered = [], 0
+
+    def act(self, states):
+        from envtune_jax.chat.render import render_messages
+
+        for state in states:
+            ours = render_messages(state.messages, state.tools, style="qwen_fc")
+            if ours != self.official._format_prompt(state.messages, state.tools):
+                self.mismatches.append((state.episode_id, state.turn, state.step))
+            self.rendered += 1
+        return self.oracle.act(states)
+
+
+def test_conversation_given_to_a_model_renders_as_the_official_handler_does():
+    pytest.importorskip("bfcl_eval.model_handler.local_inference.qwen_fc")
+    entries = load_entries()[::20]
+    policy = _RenderingOracle(entries)
+    records = evaluate_bfcl(entries, policy, EnvironmentConfig.evaluation(), keep_history=True)
+    assert all(r.outcome.correct for r in records) and policy.rendered > 100
+    assert not policy.mismatches, policy.mismatches[:5]

@@ -82,9 +82,16 @@ def run(args) -> int:
         print(f"envtune eval: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    extra: dict = {}
     if args.replay:
         source = "replay:" + ",".join(map(str, args.replay))
-        records = replay_bfcl(entries, load_recorded_outputs(args.replay), workers=args.workers)
+        recorded = load_recorded_outputs(args.replay)
+        missing = [entry.id for entry in entries if entry.id not in recorded]
+        if missing:
+            extra["missing_recordings"] = missing
+            print(f"envtune eval: warning: {len(missing)} of {len(entries)} entries have no recording and count as "
+                  f"wrong (first: {missing[0]})", file=sys.stderr)
+        records = replay_bfcl(entries, recorded, workers=args.workers)
     else:
         if args.policy == "oracle":
             policy, source, workers = OraclePolicy.for_bfcl(entries), "oracle", args.workers
@@ -103,7 +110,7 @@ def run(args) -> int:
     rows = category_table(records, categories)
     out = args.out or Path("runs") / f"eval-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     metadata = {"source": source, "split": args.split, "categories": list(categories),
-                "protocol": "official (no hints, 20 tool steps per turn)", "seconds": round(seconds, 3)}
+                "protocol": "official (no hints, 20 tool steps per turn)", "seconds": round(seconds, 3), **extra}
     paths = write_results(out, rows, records, metadata)
     sys.stdout.write(markdown_table(rows))
     print(f"\n{len(records)} entries in {seconds:.1f} s; wrote {paths['json']}, {paths['markdown']}, {paths['layout']}")
