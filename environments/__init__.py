@@ -1,1 +1,7 @@
-"""Tool environments (BFCL V3 multi-turn, a synthetic one), hints, rewards and evaluation. No JAX here."""
+"""Tool environments (BFCL V3 multi-turn, a synthetic task), rewards, hints and evaluation. No JAX here.
+
+base (episode interface) · config (EnvironmentConfig) · episode_core (turn protocol, reward bookkeeping) ·
+bfcl_data / splits / tfds_builder (data) · executor / gt_calls / timelimit (safe execution) · bfcl_env ·
+hints · rewards · synthetic · protocol (official decoding) · policies · evaluation / eval_report · pool.
+See docs/environments.md.
+"""
