@@ -1,15 +1,14 @@
 """The jit-compiled, sharded policy-gradient step: micro-batched gradient accumulation over the
 GRPO-family loss, AdamW update, frozen reference policy for the KL term.
 
-Batch convention (all [B, T], aligned with `tokens_bt`): `loss_mask_bt[b, t] = 1` iff token t was
-sampled by the model; `old_logprobs_bt[b, t]` is the behaviour policy's log-prob of token t (0
-elsewhere); `advantages_b` [B] is broadcast over the sequence's model tokens. Log-probs are
-computed in (sequence × vocabulary) chunks, never materialising [B, T, V] logits in fp32.
+The batch is packed (rl/batch.py): whole sequences [B, T] go through the transformer, but only the
+hidden states that predict model-sampled tokens ([B, K] of them) are projected onto the vocabulary,
+in (token × vocabulary) chunks, so neither [B, T, V] logits nor prompt/environment positions cost
+anything at the output layer. Advantages [B] are broadcast over each sequence's sampled tokens.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Literal
 
 import jax
@@ -19,6 +18,7 @@ from flax import nnx
 
 from envtune_jax.sharding import constrain
 from rl.advantages import token_advantages
+from rl.batch import TrainBatch
 from rl.logprobs import token_logprobs_and_entropy
 from rl.losses import aggregation_weight, policy_loss
 from rl.optimizer import OptimizerConfig, make_optimizer
@@ -35,18 +35,6 @@ class TrainStepConfig:
 
 
 @dataclasses.dataclass
-class TrainBatch:
-    tokens_bt: jax.Array  # int32
-    loss_mask_bt: jax.Array  # float32
-    old_logprobs_bt: jax.Array  # float32
-    advantages_b: jax.Array  # float32
-
-
-jax.tree_util.register_dataclass(TrainBatch, data_fields=["tokens_bt", "loss_mask_bt", "old_logprobs_bt", "advantages_b"],
-                                 meta_fields=[])
-
-
-@dataclasses.dataclass
 class TrainState:
     params: nnx.State
     opt_state: Any
@@ -56,15 +44,26 @@ class TrainState:
 jax.tree_util.register_dataclass(TrainState, data_fields=["params", "opt_state", "step"], meta_fields=[])
 
 
+def sampled_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_bt: jax.Array, target_index_bk: jax.Array,
+                     temperature: float, chunk_t: int, chunk_v: int) -> tuple[jax.Array, jax.Array]:
+    """(logp_bk, entropy_bk): log-prob of token tokens[b, target_index[b, k]] given its prefix, and the
+    policy entropy at the position predicting it. Differentiable in `params`."""
+    model = nnx.merge(graphdef, params)
+    hidden_btd, _ = model.hidden_states(tokens_bt)
+    source_bk = jnp.maximum(target_index_bk - 1, 0)
+    hidden_bkd = jnp.take_along_axis(hidden_btd, source_bk[:, :, None], axis=1)
+    targets_bk = jnp.take_along_axis(tokens_bt, target_index_bk, axis=1)
+    unembed_dv = model.unembedding().T
+    return token_logprobs_and_entropy(hidden_bkd, unembed_dv, targets_bk, temperature, chunk_t, chunk_v)
+
+
 def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_bt: jax.Array, temperature: float,
                       chunk_t: int, chunk_v: int) -> tuple[jax.Array, jax.Array]:
-    """(logp_bt, entropy_bt): log-prob of each token given its prefix (0 at t = 0), and the policy
-    entropy at the position that predicted it. Differentiable in `params`."""
-    model = nnx.merge(graphdef, params)
-    hidden_btd, _ = model.hidden_states(tokens_bt[:, :-1])
-    unembed_dv = model.unembedding().T
-    logp, entropy = token_logprobs_and_entropy(hidden_btd, unembed_dv, tokens_bt[:, 1:], temperature, chunk_t, chunk_v)
-    pad = jnp.zeros((tokens_bt.shape[0], 1), logp.dtype)
+    """(logp_bt, entropy_bt) of every token given its prefix (0 at t = 0): the dense reference form."""
+    b, t = tokens_bt.shape
+    index_bk = jnp.broadcast_to(jnp.arange(1, t, dtype=jnp.int32)[None], (b, t - 1))
+    logp, entropy = sampled_logprobs(graphdef, params, tokens_bt, index_bk, temperature, chunk_t, chunk_v)
+    pad = jnp.zeros((b, 1), logp.dtype)
     return jnp.concatenate([pad, logp], axis=1), jnp.concatenate([pad, entropy], axis=1)
 
 
@@ -83,17 +82,22 @@ class Trainer:
         self.step_cfg = step_cfg
         self.tx = make_optimizer(optimizer)
         self._step = jax.jit(self._train_step, donate_argnums=(0,))
-        self._logprobs = jax.jit(functools.partial(self._no_grad_logprobs))
+        self._logprobs = jax.jit(self._dense_logprobs)
 
     def init(self, params: nnx.State) -> TrainState:
         return TrainState(params, self.tx.init(params), jnp.zeros((), jnp.int32))
 
-    def _no_grad_logprobs(self, params, tokens_bt):
+    def _sampled(self, params, tokens_bt, index_bk):
+        cfg = self.step_cfg
+        return sampled_logprobs(self.graphdef, params, tokens_bt, index_bk, cfg.temperature,
+                                cfg.logprob_chunk_t, cfg.logprob_chunk_v)
+
+    def _dense_logprobs(self, params, tokens_bt):
         cfg = self.step_cfg
         return sequence_logprobs(self.graphdef, params, tokens_bt, cfg.temperature, cfg.logprob_chunk_t, cfg.logprob_chunk_v)
 
     def logprobs(self, params: nnx.State, tokens_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(logp_bt, entropy_bt) without gradients (reference / recomputed old log-probs)."""
+        """(logp_bt, entropy_bt) of every token, without gradients (for tests and analysis)."""
         return self._logprobs(params, tokens_bt)
 
     def step(self, state: TrainState, ref_params: nnx.State | None, batch: TrainBatch) -> tuple[TrainState, dict]:
@@ -109,36 +113,37 @@ class Trainer:
         if b % micro:
             raise ValueError(f"batch {b} is not a multiple of micro_batch_size {micro}")
         num_micro = b // micro
-        mask_bt = batch.loss_mask_bt.astype(jnp.float32)
-        ref_bt = None
+        mask_bk = batch.mask_bk.astype(jnp.float32)
+        ref_bk = None
         if ref_params is not None and loss_cfg.kl_coef > 0:
-            ref_bt, _ = jax.lax.stop_gradient(self._no_grad_logprobs(ref_params, batch.tokens_bt))
-        old_bt = batch.old_logprobs_bt
+            ref_bk, _ = jax.lax.stop_gradient(self._sampled(ref_params, batch.tokens_bt, batch.target_index_bk))
+        old_bk = batch.old_logprobs_bk
         sampler_vs_recomputed = jnp.zeros((), jnp.float32)
         if cfg.old_logprobs == "recompute":
-            recomputed, _ = jax.lax.stop_gradient(self._no_grad_logprobs(state.params, batch.tokens_bt))
-            diff = jnp.where(mask_bt > 0, recomputed - old_bt, 0.0)
-            sampler_vs_recomputed = jnp.sum(jnp.exp(diff) * mask_bt) / jnp.maximum(mask_bt.sum(), 1.0)
-            old_bt = recomputed
-        adv_bt = token_advantages(batch.advantages_b, mask_bt)
-        total_weight = aggregation_weight(mask_bt, loss_cfg.loss_agg_mode)
+            recomputed, _ = jax.lax.stop_gradient(self._sampled(state.params, batch.tokens_bt, batch.target_index_bk))
+            diff = jnp.where(mask_bk > 0, recomputed - old_bk, 0.0)
+            sampler_vs_recomputed = jnp.sum(jnp.exp(diff) * mask_bk) / jnp.maximum(mask_bk.sum(), 1.0)
+            old_bk = recomputed
+        adv_bk = token_advantages(batch.advantages_b, mask_bk)
+        total_weight = aggregation_weight(mask_bk, loss_cfg.loss_agg_mode)
 
-        def micro_loss(params, tokens, mask, old, ref, adv):
-            logp, entropy = sequence_logprobs(self.graphdef, params, tokens, cfg.temperature,
-                                              cfg.logprob_chunk_t, cfg.logprob_chunk_v)
+        def micro_loss(params, tokens, index, mask, old, ref, adv):
+            logp, entropy = self._sampled(params, tokens, index)
             loss, metrics = policy_loss(logp, old, ref, adv, entropy, mask, loss_cfg)
             weight = aggregation_weight(mask, loss_cfg.loss_agg_mode)
             return loss * weight / jnp.maximum(total_weight, 1.0), (metrics, weight)
 
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-        ref_or_zero = ref_bt if ref_bt is not None else jnp.zeros_like(old_bt)
-        parts = [_split_micro(x, num_micro) for x in (batch.tokens_bt, mask_bt, old_bt, ref_or_zero, adv_bt)]
+        ref_or_zero = ref_bk if ref_bk is not None else jnp.zeros_like(old_bk)
+        parts = [_split_micro(x, num_micro)
+                 for x in (batch.tokens_bt, batch.target_index_bk, mask_bk, old_bk, ref_or_zero, adv_bk)]
 
         def accumulate(carry, xs):
             grads, loss_sum, metric_sums = carry
-            tokens, mask, old, ref, adv = xs
+            tokens, index, mask, old, ref, adv = xs
             tokens = constrain(tokens, ("act_batch", "act_seq"))
-            (loss, (metrics, weight)), g = grad_fn(state.params, tokens, mask, old, ref if ref_bt is not None else None, adv)
+            (loss, (metrics, weight)), g = grad_fn(state.params, tokens, index, mask, old,
+                                                   ref if ref_bk is not None else None, adv)
             grads = jax.tree.map(jnp.add, grads, g)
             metric_sums = {k: metric_sums[k] + v * weight for k, v in metrics.items()}
             return (grads, loss_sum + loss, metric_sums), None
@@ -151,6 +156,6 @@ class Trainer:
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {k: v / jnp.maximum(total_weight, 1.0) for k, v in metric_sums.items()}
-        metrics.update(loss=loss, grad_norm=grad_norm, model_tokens=mask_bt.sum(),
+        metrics.update(loss=loss, grad_norm=grad_norm, model_tokens=mask_bk.sum(),
                        sampler_recompute_ratio=sampler_vs_recomputed)
         return TrainState(params, opt_state, state.step + 1), metrics

@@ -11,16 +11,17 @@ from models.qwen3 import init_model
 from rl.optimizer import OptimizerConfig
 from rl.rl_config import LossConfig
 from rl.run_checkpoint import RunCheckpointer
-from rl.train_step import TrainBatch, Trainer, TrainStepConfig
+from rl.batch import dense_to_packed
+from rl.train_step import Trainer, TrainStepConfig
 
 CFG = Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8)
 
 
 def _batch(seed):
     rng = np.random.RandomState(seed)
-    tokens = jnp.asarray(rng.randint(0, 64, (2, 12)), jnp.int32)
-    mask = jnp.asarray(np.r_[[[0] * 4 + [1] * 8] * 2], jnp.float32)
-    return TrainBatch(tokens, mask, jnp.full((2, 12), -4.0) * mask, jnp.asarray([1.0, -1.0]))
+    tokens = rng.randint(0, 64, (2, 12))
+    mask = np.array([[0] * 4 + [1] * 8] * 2, np.float32)
+    return dense_to_packed(tokens, mask, -4.0 * mask, np.array([1.0, -1.0]))
 
 
 def test_resume_gives_the_same_next_step_loss(tmp_path):
