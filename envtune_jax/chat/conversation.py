@@ -45,9 +45,12 @@ class Segment:
 class TokenConversation:
     """start(messages, tools) → (append_sampled(ids) → append_environment(messages))* → append_sampled(ids)."""
 
-    def __init__(self, tokenizer: Tokenizer, config: ChatConfig = ChatConfig()):
+    def __init__(self, tokenizer: Tokenizer, config: ChatConfig = ChatConfig(), vocab_size: int | None = None):
+        """`vocab_size`: ids accepted from the sampler; the model's vocabulary may exceed the tokenizer's
+        (Qwen3: 151,936 rows for 151,669 tokens). Ids without text decode to nothing."""
         self.tokenizer = tokenizer
         self.config = config
+        self.vocab_size = vocab_size or tokenizer.get_vocab_size(with_added_tokens=True)
         self._ids: list[int] = []
         self._mask: list[int] = []
         self._segments: list[Segment] = []
@@ -80,9 +83,8 @@ class TokenConversation:
         if IM_END_ID in ids[:-1]:
             position = ids.index(IM_END_ID)
             raise ConversationError(f"<|im_end|> at position {position} of {len(ids)}: cut the sample after it")
-        vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
-        if min(ids) < 0 or max(ids) >= vocab_size:
-            raise ConversationError(f"sampled ids must lie in [0, {vocab_size}), got {min(ids)}..{max(ids)}")
+        if min(ids) < 0 or max(ids) >= self.vocab_size:
+            raise ConversationError(f"sampled ids must lie in [0, {self.vocab_size}), got {min(ids)}..{max(ids)}")
         return self._append(ids, 1, "assistant", unterminated=ids[-1] != IM_END_ID)
 
     def append_environment(self, messages: Sequence[Message]) -> Segment:
