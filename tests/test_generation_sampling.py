@@ -27,7 +27,7 @@ def empirical(temperature=1.0, top_k=0, top_p=1.0, seed=0):
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [
-    (1.0, 0, 1.0), (0.6, 0, 1.0), (1.3, 3, 1.0), (1.0, 0, 0.7), (0.8, 5, 0.6), (1.0, 2, 0.99),
+    (0.6, 0, 1.0), (1.3, 3, 1.0), (1.0, 0, 0.7), (0.8, 5, 0.6),
 ])
 def test_empirical_frequencies_match_the_definition(temperature, top_k, top_p):
     freqs, tokens, logprobs = empirical(temperature, top_k, top_p)

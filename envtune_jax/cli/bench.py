@@ -1,0 +1,37 @@
+"""`envtune bench <kind>`: speed benchmarks, one JSON line each, with ratios to the device's limits.
+
+Each kind lives in `envtune_jax/bench/<kind>.py` exposing `add_arguments(parser)` and `run(args)`;
+kinds listed in BENCHMARKS whose module is not there yet are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = ("generate", "prefill", "train", "rollout")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="speed benchmarks (JSON lines)", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = parser.add_subparsers(dest="benchmark", metavar="KIND", required=True)
+    for name in BENCHMARKS:
+        try:
+            module = importlib.import_module(f"envtune_jax.bench.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"envtune_jax.bench.{name}":
+                raise
+            continue
+        first_line = (module.__doc__ or name).strip().splitlines()[0]
+        kind = kinds.add_parser(name, help=first_line, description=module.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(kind)
+        kind.set_defaults(func=_runner(module))
+
+
+def _runner(module):
+    def run(args) -> int:
+        module.run(args)
+        return 0
+
+    return run

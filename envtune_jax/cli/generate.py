@@ -1,0 +1,133 @@
+"""`envtune generate`: one chat reply from a model (--hf or --ckpt), streamed to stdout as it decodes.
+
+The prompt is rendered with the chat template (optionally with tools from a JSON file), decoded in
+chunks of --stream-chunk tokens (one compiled while-loop per chunk), and each chunk's text is
+printed as soon as it arrives. Timing goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from envtune_jax.cli.common import add_mesh_flag, add_model_source, parse_mesh
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate", help="stream a chat reply from a model",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: envtune generate --hf ~/models/Qwen3-4B-Instruct-2507 --dtype bfloat16 "
+               "--prompt 'List the files in /tmp' --tools tools.json")
+    add_model_source(parser)
+    parser.add_argument("--prompt", required=True, help="the user message")
+    parser.add_argument("--system", default=None, help="an optional system message")
+    parser.add_argument("--tools", type=Path, default=None,
+                        help="JSON file with a list of tool descriptions (BFCL or OpenAI function format)")
+    parser.add_argument("--style", default="qwen_fc", choices=["qwen_fc", "paper"], help="prompt rendering style")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--greedy", action="store_true", help="argmax decoding (ignores temperature/top-k/top-p)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-k", type=int, default=20, help="0 = off")
+    parser.add_argument("--top-p", type=float, default=0.8, help="1.0 = off")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stream-chunk", type=int, default=16, help="tokens decoded per compiled call")
+    parser.add_argument("--cache-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--attention", default="reference", choices=["reference", "xla", "cudnn"],
+                        help="attention implementation")
+    add_mesh_flag(parser)
+    parser.set_defaults(func=run)
+
+
+def read_tools(path: Path | None) -> list:
+    if path is None:
+        return []
+    try:
+        tools = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"envtune generate: cannot read tools from {path}: {exc}") from exc
+    if isinstance(tools, dict) and "tools" in tools:
+        tools = tools["tools"]
+    if not isinstance(tools, list):
+        raise SystemExit(f"envtune generate: {path} must hold a JSON list of tools (or {{'tools': [...]}})")
+    return tools
+
+
+def load_model(args, mesh):
+    """The model and its tokenizer directory; --ckpt needs envtune_jax.checkpointing.load_model."""
+    from envtune_jax.cli import common
+
+    if args.ckpt is not None:
+        try:
+            from envtune_jax import checkpointing
+            checkpointing.load_model  # noqa: B018 - availability check
+        except (ImportError, AttributeError) as exc:
+            raise SystemExit("envtune generate: --ckpt needs envtune_jax.checkpointing.load_model, which this "
+                             f"installation lacks ({exc}); use --hf") from exc
+    return common.load_model_from_args(args, mesh=mesh, attention_impl=args.attention)
+
+
+class TextStream:
+    """Prints the text of a growing list of token ids, holding back an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer, out=sys.stdout):
+        self.tokenizer, self.out = tokenizer, out
+        self.ids: list[int] = []
+        self.printed = 0
+
+    def add(self, ids: list[int]) -> None:
+        self.ids.extend(ids)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
+            return
+        self.out.write(text[self.printed:])
+        self.out.flush()
+        self.printed = len(text)
+
+    def finish(self) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self.out.write(text[self.printed:] + "\n")
+        self.out.flush()
+        return text
+
+
+def run(args) -> int:
+    from envtune_jax.chat import encode_text, load_tokenizer, render_messages
+    from envtune_jax.chat.tokenizer import TokenizerLoadError, default_tokenizer
+    from models.generation import GenerationEngine, SamplingParams
+
+    tools = read_tools(args.tools)
+    mesh = parse_mesh(args.mesh)
+    model, tokenizer_dir = load_model(args, mesh)
+    try:
+        tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else default_tokenizer()
+    except TokenizerLoadError:
+        print("envtune generate: no tokenizer.json with the model; using the built-in Qwen3 tokenizer",
+              file=sys.stderr)
+        tokenizer = default_tokenizer()
+    messages = ([{"role": "system", "content": args.system}] if args.system else [])
+    messages.append({"role": "user", "content": args.prompt})
+    prompt_ids = encode_text(tokenizer, render_messages(messages, tools, args.style))
+    stop_ids = tuple(i for i in (tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>"))
+                     if i is not None)
+    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
+                              max_new_tokens=args.max_new_tokens, stop_token_ids=stop_ids)
+    engine = GenerationEngine(model, batch_size=1, max_cache_len=len(prompt_ids) + args.max_new_tokens, mesh=mesh,
+                              cache_dtype=args.cache_dtype)
+    started = time.perf_counter()
+    state = engine.start([prompt_ids], rng=args.seed)
+    stream = TextStream(tokenizer)
+    generated = 0
+    while True:
+        state, result = engine.decode(state, sampling, max_steps=args.stream_chunk)
+        stream.add(result.token_lists()[0])
+        generated += int(result.num_tokens[0])
+        if result.finished[0] or result.num_tokens[0] == 0:
+            break
+    stream.finish()
+    elapsed = time.perf_counter() - started
+    print(f"[{len(prompt_ids)} prompt tokens, {generated} new tokens in {elapsed:.2f} s including compilation; "
+          f"compiled {engine.num_compilations} programs]", file=sys.stderr)
+    return 0
