@@ -128,6 +128,16 @@ def test_sampler_logprobs_equal_the_trainers_recomputation(engine, model):
     mask = history.sampled & (np.arange(history.tokens.shape[1])[None] < history.lengths[:, None])
     assert np.abs(history.logprobs[mask] - recomputed[mask]).max() <= 1e-5
     assert np.all(history.logprobs[mask] < 0)
+
+    # the trainer's own chunked log-prob function on the model's hidden states gives the same numbers
+    import jax.numpy as jnp
+    from rl.logprobs import token_logprobs_and_entropy
+
+    segments = (np.arange(history.tokens.shape[1])[None] < history.lengths[:, None]).astype(np.int32)
+    hidden_btd, _ = model.hidden_states(jnp.asarray(history.tokens), None, jnp.asarray(segments))
+    trainer, _ = token_logprobs_and_entropy(hidden_btd[:, :-1], model.unembedding().T, jnp.asarray(history.tokens[:, 1:]),
+                                            SAMPLED.temperature, chunk_size_t=32, chunk_size_v=128)
+    assert np.abs(history.logprobs[:, 1:][mask[:, 1:]] - np.asarray(trainer)[mask[:, 1:]]).max() <= 1e-5
     for b in range(BATCH):  # the decode results are the same tokens and log-probs as the history
         start = len(prompts_of([6, 21, 13], seed=8)[b])
         np.testing.assert_array_equal(first.tokens[b, :first.num_tokens[b]],

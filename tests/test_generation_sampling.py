@@ -100,3 +100,15 @@ def test_bucket_ladders():
         round_up(513, buckets.cache_lengths(512))
     with pytest.raises(ValueError, match="min_chunk_len"):
         BucketConfig(min_chunk_len=64, prefill_chunk=32)
+
+
+def test_sampler_config_loads_from_overrides():
+    from envtune_jax.config import ConfigError, load
+    from models.generation import SamplerConfig
+
+    config = load(SamplerConfig, None, ["temperature=0.7", "top_k=20", "stop_token_ids=[5, 6]", "max_cache_len=4096"])
+    params = config.sampling_params()
+    assert (params.temperature, params.top_k, params.stop_token_ids) == (0.7, 20, (5, 6))
+    assert config.buckets().cache_lengths(config.max_cache_len)[-1] == 4096
+    with pytest.raises(ConfigError, match="top_p"):
+        load(SamplerConfig, None, ["top_pp=0.5"])

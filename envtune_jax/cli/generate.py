@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     parser.add_argument("--top-p", type=float, default=0.8, help="1.0 = off")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stream-chunk", type=int, default=16, help="tokens decoded per compiled call")
-    parser.add_argument("--cache-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--cache-dtype", default=None, choices=["bfloat16", "float32"],
+                        help="KV cache dtype (default: the model's compute dtype)")
     parser.add_argument("--attention", default="reference", choices=["reference", "xla", "cudnn"],
                         help="attention implementation")
     add_mesh_flag(parser)
@@ -115,7 +116,7 @@ def run(args) -> int:
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
                               max_new_tokens=args.max_new_tokens, stop_token_ids=stop_ids)
     engine = GenerationEngine(model, batch_size=1, max_cache_len=len(prompt_ids) + args.max_new_tokens, mesh=mesh,
-                              cache_dtype=args.cache_dtype)
+                              cache_dtype=args.cache_dtype or model.config.dtype)
     started = time.perf_counter()
     state = engine.start([prompt_ids], rng=args.seed)
     stream = TextStream(tokenizer)
