@@ -47,21 +47,34 @@ def make_mesh(config: MeshConfig | None = None, devices=None) -> Mesh:
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
+SLURM_STEP_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+
+
 def initialize_distributed() -> bool:
     """Calls `jax.distributed.initialize()` when this looks like a multi-process run.
 
-    TPU pod slices and SLURM are auto-detected by JAX; elsewhere set JAX_COORDINATOR_ADDRESS,
-    JAX_NUM_PROCESSES and JAX_PROCESS_ID. Returns whether initialisation happened.
+    Explicit: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Auto-detected by JAX:
+    a SLURM job step (inside `srun`; an sbatch/salloc shell alone stays single-process), GKE TPU
+    (TPU_WORKER_HOSTNAMES / MEGASCALE_COORDINATOR_ADDRESS), or anything when ENVTUNE_DISTRIBUTED=1
+    (Cloud TPU VM pod slices, found through the metadata server: launch/tpu_pod.sh sets it).
+    Must run before any JAX computation; a second call is a no-op. Returns whether this is (now) a
+    distributed run.
     """
-    explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
-    if explicit:
+    if jax.distributed.is_initialized():
+        return True
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        missing = [name for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if name not in os.environ]
+        if missing:
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} not")
         jax.distributed.initialize(
             coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ["JAX_PROCESS_ID"]),
         )
         return True
-    if "SLURM_JOB_ID" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ:
+    slurm_step = all(name in os.environ for name in SLURM_STEP_VARS)
+    gke_tpu = "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+    if slurm_step or gke_tpu or os.environ.get("ENVTUNE_DISTRIBUTED") == "1":
         jax.distributed.initialize()
         return True
     return False
