@@ -1,0 +1,218 @@
+"""One process of the multi-host test (tests/test_multihost.py), also runnable alone as the reference.
+
+Every process runs this same program (multi-controller JAX). Phases, in order, each a function so
+a new one (e.g. rollouts, once the rollout driver exists) slots into `PHASES`:
+  load      the tiny HF checkpoint onto a mesh spanning every process's devices;
+  train     a few Trainer steps on a deterministic batch whose rows are made by the process that owns them;
+  resume    save a RunCheckpointer checkpoint, continue one step, restore into zeroed state, step again;
+  export    hf_io.save_pretrained (process 0 writes) and MetricsWriter (process 0 writes).
+Each process prints one line `MULTIHOST_RESULT {json}` that the test compares across processes.
+Distribution comes from the environment (`initialize_distributed`): JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID; without them this is a single-process run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+
+from envtune_jax import hf_io  # noqa: E402
+from envtune_jax.mesh import MeshConfig, initialize_distributed, make_mesh  # noqa: E402
+from envtune_jax.sharding import named_sharding  # noqa: E402
+from rl.batch import pack_batch  # noqa: E402
+from rl.metrics_log import MetricsWriter  # noqa: E402
+from rl.optimizer import OptimizerConfig  # noqa: E402
+from rl.rl_config import LossConfig  # noqa: E402
+from rl.run_checkpoint import RunCheckpointer  # noqa: E402
+from rl.train_step import Trainer, TrainStepConfig  # noqa: E402
+
+RESULT_PREFIX = "MULTIHOST_RESULT "
+BATCH_B, SEQ_T = 8, 32
+PROMPT_T = 10
+
+
+def make_row(row: int, vocab_size: int, seed: int) -> tuple:
+    """Trajectory `row` of the global batch, a pure function of (row, seed):
+    (token ids [T_i], loss mask [T_i], sampler log-probs [T_i], advantage)."""
+    rng = np.random.RandomState(seed * 100_003 + row)
+    length = SEQ_T - 3 * (row % 3)  # ragged lengths
+    tokens_t = rng.randint(0, vocab_size, length).astype(np.int32)
+    mask_t = np.zeros(length, np.float32)
+    mask_t[PROMPT_T: length - row % 4] = 1.0  # model tokens after the prompt, then environment tokens
+    old_t = np.where(mask_t > 0, -np.log(vocab_size) + 0.1 * rng.randn(length), 0.0).astype(np.float32)
+    return tokens_t, mask_t, old_t, np.float32(rng.randn())
+
+
+def process_rows(sharding, global_rows: int) -> tuple[int, int]:
+    """[start, stop) of the global batch rows held by this process's devices under `sharding` (over [B])."""
+    spans = set()
+    for index in sharding.addressable_devices_indices_map((global_rows,)).values():
+        rows = index[0]
+        spans.add((rows.start or 0, global_rows if rows.stop is None else rows.stop))
+    start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+    if sum(b - a for a, b in spans) != stop - start:
+        raise ValueError(f"this process's batch rows are not contiguous: {sorted(spans)}")
+    return start, stop
+
+
+def pack_local_rows(trajectories: list[tuple]):
+    """Packs this process's trajectories with T and K agreed across processes (the global maxima):
+    each process must hand JAX local blocks of one global shape, whatever its own rows need."""
+    tokens, masks, logprobs, advantages = (list(x) for x in zip(*trajectories))
+    local = pack_batch(tokens, masks, logprobs, np.asarray(advantages))
+    t_local, k_local = local.tokens_bt.shape[1], local.mask_bk.shape[1]
+    t_global, k_global = np.asarray(multihost_utils.process_allgather(np.array([t_local, k_local]))).reshape(-1, 2).max(0)
+    packed = pack_batch(tokens, masks, logprobs, np.asarray(advantages), min_length=int(t_global))
+    pad_k = ((0, 0), (0, int(k_global) - packed.mask_bk.shape[1]))  # index 0 / mask 0 is padding
+    return dataclasses.replace(packed, target_index_bk=np.pad(packed.target_index_bk, pad_k),
+                               mask_bk=np.pad(packed.mask_bk, pad_k), old_logprobs_bk=np.pad(packed.old_logprobs_bk, pad_k))
+
+
+def global_batch(mesh, vocab_size: int, seed: int):
+    """A TrainBatch sharded over the batch mesh axes, each process making and supplying only its own rows.
+    Returns (batch: tokens [B, T], the rest [B, K] and [B]; this process's rows (start, stop))."""
+    row_sharding = named_sharding(mesh, ("act_batch",), (BATCH_B,))
+    start, stop = process_rows(row_sharding, BATCH_B)
+    local = pack_local_rows([make_row(r, vocab_size, seed) for r in range(start, stop)])
+
+    def to_global(local_array):
+        shape = (BATCH_B, *local_array.shape[1:])
+        sharding = named_sharding(mesh, ("act_batch", "act_seq")[:local_array.ndim], shape)
+        return jax.make_array_from_process_local_data(sharding, local_array, shape)
+
+    return jax.tree.map(to_global, local), (start, stop)
+
+
+@jax.jit
+def _leaf_sums(leaves: list[jax.Array]) -> jax.Array:
+    """[2 * leaves]: per leaf, sum |x| and sum x·w with w a fixed ramp over the flattened leaf."""
+    out = []
+    for x in leaves:
+        x = x.astype(jnp.float32).reshape(-1)
+        out += [jnp.abs(x).sum(), (x * jnp.linspace(-1.0, 1.0, x.size, dtype=jnp.float32)).sum()]
+    return jnp.stack(out)
+
+
+def checksum(tree) -> list[float]:
+    """Per-leaf [sum |x|, sum x·ramp], computed on device and replicated to every process."""
+    return [float(v) for v in _leaf_sums(jax.tree.leaves(tree))]
+
+
+def copy_tree(tree):
+    """A copy with the same shardings (the train step donates its input state)."""
+    return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=jax.tree.map(lambda x: x.sharding, tree))(tree)
+
+
+def zeros_like_tree(tree):
+    """Zeros with the same shardings: the target a checkpoint is restored into."""
+    return jax.jit(lambda t: jax.tree.map(jnp.zeros_like, t), out_shardings=jax.tree.map(lambda x: x.sharding, tree))(tree)
+
+
+def fraction_held(tree) -> float:
+    """Share of all parameter elements that live on this process's devices (1.0: a full copy)."""
+    held = total = 0
+    for x in jax.tree.leaves(tree):
+        regions = {tuple((s.start, s.stop) for s in shard.index) for shard in x.addressable_shards}
+        held += sum(int(np.prod([(b or n) - (a or 0) for (a, b), n in zip(r, x.shape)])) for r in regions)
+        total += x.size
+    return held / total
+
+
+def phase_load(ctx: dict) -> None:
+    model = hf_io.load_pretrained(ctx["args"].hf, mesh=ctx["mesh"], progress=False)
+    graphdef, params = nnx.split(model, nnx.Param)
+    ctx.update(model_config=model.config, graphdef=graphdef, params=params)
+    ctx["result"]["fraction_of_params_held"] = fraction_held(params)
+
+
+def phase_train(ctx: dict) -> None:
+    args = ctx["args"]
+    trainer = Trainer(ctx["graphdef"], LossConfig(), OptimizerConfig(learning_rate=1e-2),
+                      TrainStepConfig(micro_batch_size=BATCH_B // 2, logprob_chunk_t=16, logprob_chunk_v=128))
+    ref_params = copy_tree(ctx["params"])
+    state = trainer.init(copy_tree(ctx["params"]))
+    losses, metric_records = [], []
+    for step in range(args.steps):
+        batch, rows = global_batch(ctx["mesh"], ctx["model_config"].vocab_size, seed=step)
+        state, metrics = trainer.step(state, ref_params, batch)
+        losses.append(float(metrics["loss"]))
+        metric_records.append({k: float(v) for k, v in metrics.items()})
+        ctx["result"]["rows"] = list(rows)
+    ctx.update(trainer=trainer, state=state, ref_params=ref_params, metric_records=metric_records)
+    ctx["result"].update(losses=losses, param_checksum=checksum(state.params))
+
+
+def phase_resume(ctx: dict) -> None:
+    args, trainer, state, ref = ctx["args"], ctx["trainer"], ctx["state"], ctx["ref_params"]
+    step = int(state.step)
+    checkpointer = RunCheckpointer(Path(args.out) / "run_ckpt", keep=2)
+    checkpointer.save(step, state, ref, {"step": step, "data_position": step * BATCH_B})
+    checkpointer.wait()
+    next_batch, _ = global_batch(ctx["mesh"], ctx["model_config"].vocab_size, seed=args.steps)
+    continued, metrics = trainer.step(copy_tree(state), ref, next_batch)
+    restored = checkpointer.restore(trainer.init(zeros_like_tree(state.params)), zeros_like_tree(ref))
+    checkpointer.close()
+    restored_state, restored_ref, record = restored
+    resumed, resumed_metrics = trainer.step(restored_state, restored_ref, next_batch)
+    ctx["state"] = continued
+    ctx["metric_records"].append({k: float(v) for k, v in metrics.items()})
+    ctx["result"].update(restored_step=int(record["step"]), continued_loss=float(metrics["loss"]),
+                         resumed_loss=float(resumed_metrics["loss"]), resumed_checksum=checksum(resumed.params),
+                         continued_checksum=checksum(continued.params))
+
+
+def phase_export(ctx: dict) -> None:
+    out = Path(ctx["args"].out)
+    model = nnx.merge(ctx["graphdef"], ctx["state"].params)
+    hf_io.save_pretrained(model, out / "export", tokenizer_dir=ctx["args"].hf, progress=False)
+    writer = MetricsWriter(out / "metrics", tensorboard=False)
+    for step, record in enumerate(ctx["metric_records"], start=1):
+        writer.write(step, record)
+    writer.close()
+
+
+PHASES = {"load": phase_load, "train": phase_train, "resume": phase_resume, "export": phase_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hf", required=True, help="tiny HF checkpoint directory")
+    parser.add_argument("--out", required=True, help="shared output directory (checkpoints, export, metrics)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (one may be -1)")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {list(PHASES)}")
+    args = parser.parse_args(argv)
+
+    distributed = initialize_distributed()  # before any JAX computation
+    jax.config.update("jax_default_matmul_precision", "highest")
+    data, fsdp, tensor = (int(s) for s in args.mesh.split(","))
+    mesh = make_mesh(MeshConfig(data=data, fsdp=fsdp, tensor=tensor))
+    ctx = {"args": args, "mesh": mesh, "result": {
+        "process_index": jax.process_index(), "process_count": jax.process_count(), "distributed": distributed,
+        "num_devices": jax.device_count(), "local_devices": jax.local_device_count(),
+        "mesh": dict(zip(mesh.axis_names, mesh.axis_sizes))}}
+    timings = ctx["result"]["seconds"] = {}
+    with jax.set_mesh(mesh):
+        for name in args.phases.split(","):
+            started = time.perf_counter()
+            PHASES[name](ctx)
+            timings[name] = round(time.perf_counter() - started, 2)
+    print(RESULT_PREFIX + json.dumps(ctx["result"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

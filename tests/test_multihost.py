@@ -1,0 +1,284 @@
+"""Multi-process (multi-host) JAX on one machine, and the launch scripts.
+
+Two local processes with two fake CPU devices each form one 4-device mesh (cross-process collectives
+over gloo, JAX's default CPU collectives). Each runs tests/multihost_worker.py: load a tiny HF
+checkpoint sharded over both processes, train on a batch whose rows each process makes itself,
+checkpoint, restore, export. Every process must agree, and match a single-process run of the same
+global batch; only process 0 may write the export and the metrics log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envtune_jax import mesh as mesh_module
+from tests.hf_fixtures import write_tiny_qwen3
+from tests.multihost_worker import RESULT_PREFIX
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "multihost_worker.py"
+LAUNCH = ROOT / "launch"
+STEPS = 3
+# Cluster variables of the machine running the tests must not leak into the workers.
+CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "ENVTUNE_DISTRIBUTED",
+                "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", *mesh_module.SLURM_STEP_VARS)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker_env(devices: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
+    # optimisation level 0: the tiny train step compiles in about half the time; all runs share it
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+               **extra)
+    return env
+
+
+def _run_all(jobs: dict[str, tuple[list[str], dict]], logs: Path, timeout: float = 240) -> dict[str, dict]:
+    """Starts every job at once; if one fails the others are stopped (they would wait forever in a
+    collective). Returns each job's MULTIHOST_RESULT record."""
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = {}
+    for name, (argv, env) in jobs.items():
+        with open(logs / f"{name}.log", "w") as log:
+            procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + timeout
+    try:
+        while any(p.poll() is None for p in procs.values()):
+            failed = [n for n, p in procs.items() if p.returncode not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    texts = {name: (logs / f"{name}.log").read_text() for name in procs}
+    bad = {n: p.returncode for n, p in procs.items() if p.returncode != 0}
+    assert not bad, f"exit codes {bad}:\n" + "\n".join(f"--- {n}\n{texts[n][-3000:]}" for n in bad)
+    results = {}
+    for name, text in texts.items():
+        lines = [line for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
+        assert len(lines) == 1, f"{name}: expected one result line\n{text[-3000:]}"
+        results[name] = json.loads(lines[0][len(RESULT_PREFIX):])
+    return results
+
+
+def _worker_argv(hf: Path, out: Path, mesh: str) -> list[str]:
+    return [sys.executable, str(WORKER), "--hf", str(hf), "--out", str(out), "--steps", str(STEPS), "--mesh", mesh]
+
+
+def _multi_and_reference(hf: Path, tmp: Path, processes: int, devices: int, mesh: str) -> tuple[list[dict], dict]:
+    """Runs `processes` distributed workers and a one-device single-process reference side by side."""
+    address = f"127.0.0.1:{_free_port()}"
+    jobs = {f"process{i}": (_worker_argv(hf, tmp / "multi", mesh),
+                            _worker_env(devices, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=str(processes),
+                                        JAX_PROCESS_ID=str(i)))
+            for i in range(processes)}
+    jobs["reference"] = (_worker_argv(hf, tmp / "single", "1,-1,1"), _worker_env(1))
+    results = _run_all(jobs, tmp / "logs")
+    return [results[f"process{i}"] for i in range(processes)], results["reference"]
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory) -> Path:
+    return write_tiny_qwen3(tmp_path_factory.mktemp("hf") / "tiny", "untied_kv1", vocab_size=512)
+
+
+def _assert_same_params(checksum: list[float], expected: list[float]) -> None:
+    """Checksums are per leaf (sum |x|, ramp-weighted sum); the second nearly cancels, so it is held to
+    a tolerance relative to the leaf's size. AdamW's normalised steps amplify float noise a little."""
+    got, want = np.asarray(checksum).reshape(-1, 2), np.asarray(expected).reshape(-1, 2)
+    np.testing.assert_allclose(got[:, 0], want[:, 0], rtol=1e-5)
+    np.testing.assert_array_less(np.abs(got[:, 1] - want[:, 1]), 1e-5 * want[:, 0] + 1e-7)
+
+
+def _check_agreement(workers: list[dict], reference: dict, processes: int, out: Path, ref_out: Path) -> None:
+    assert sorted(w["process_index"] for w in workers) == list(range(processes))
+    for w in workers:
+        assert w["distributed"] and w["process_count"] == processes and w["num_devices"] == 4
+    # the batch rows are split between processes, and so are the parameters
+    spans = sorted(tuple(w["rows"]) for w in workers)
+    assert spans[0][0] == 0 and spans[-1][1] == 8 and all(a[1] == b[0] for a, b in zip(spans, spans[1:])), spans
+    assert all(a[1] > a[0] for a in spans)
+    assert all(w["fraction_of_params_held"] < 0.75 for w in workers), [w["fraction_of_params_held"] for w in workers]
+    # every process sees the same numbers ...
+    for key in ("losses", "param_checksum", "continued_loss", "resumed_loss", "resumed_checksum"):
+        assert all(w[key] == workers[0][key] for w in workers), key
+    # ... which are those of one process holding the whole batch
+    first = workers[0]
+    np.testing.assert_allclose(first["losses"], reference["losses"], rtol=1e-5)
+    _assert_same_params(first["param_checksum"], reference["param_checksum"])
+    np.testing.assert_allclose(first["continued_loss"], reference["continued_loss"], rtol=1e-5)
+    # a restored checkpoint continues exactly as the uninterrupted run
+    assert first["restored_step"] == STEPS
+    assert first["resumed_loss"] == first["continued_loss"]
+    assert first["resumed_checksum"] == first["continued_checksum"]
+
+    # one metrics log, one line per step (two writers would have appended twice)
+    logs = list(out.rglob("metrics.jsonl"))
+    assert logs == [out / "metrics" / "metrics.jsonl"], logs
+    records = [json.loads(line) for line in logs[0].read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, STEPS + 2))
+    np.testing.assert_allclose([r["loss"] for r in records], first["losses"] + [first["continued_loss"]], rtol=1e-6)
+    # one complete export, no half-written folders, equal to the single-process export
+    assert sorted(p.name for p in out.iterdir() if "export" in p.name) == ["export"]
+    assert sorted(p.name for p in (out / "export").iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    exported = _read_safetensors(out / "export" / "model.safetensors")
+    expected = _read_safetensors(ref_out / "export" / "model.safetensors")
+    assert exported.keys() == expected.keys()
+    for name in expected:  # 1e-4 = 1% of one AdamW step (lr 1e-2), which can amplify float noise
+        np.testing.assert_allclose(exported[name], expected[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.multidevice
+def test_two_processes_train_resume_and_export_like_one_process(tiny_hf, tmp_path):
+    workers, reference = _multi_and_reference(tiny_hf, tmp_path, processes=2, devices=2, mesh="1,-1,1")
+    assert all(w["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} for w in workers)
+    _check_agreement(workers, reference, 2, tmp_path / "multi", tmp_path / "single")
+
+
+@pytest.mark.multidevice
+@pytest.mark.slow
+def test_four_processes_one_device_each_with_data_and_fsdp_axes(tiny_hf, tmp_path):
+    workers, reference = _multi_and_reference(tiny_hf, tmp_path, processes=4, devices=1, mesh="2,2,1")
+    assert all(w["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1} for w in workers)
+    _check_agreement(workers, reference, 4, tmp_path / "multi", tmp_path / "single")
+
+
+# --- initialize_distributed: which environments start the distributed runtime -------------------
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),
+    ({"SLURM_JOB_ID": "7"}, None),  # an sbatch/salloc shell outside srun: one process
+    ({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+      "SLURM_LOCALID": "0"}, {}),
+    ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, {}),
+    ({"ENVTUNE_DISTRIBUTED": "1"}, {}),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+     {"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1}),
+])
+def test_initialize_distributed_detects_the_environment(monkeypatch, env, expected):
+    for name in CLUSTER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    calls = []
+    monkeypatch.setattr(mesh_module.jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(mesh_module.jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    assert mesh_module.initialize_distributed() is (expected is not None)
+    assert calls == ([] if expected is None else [expected])
+
+
+def test_initialize_distributed_names_missing_variables(monkeypatch):
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "h:1234")
+    monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    monkeypatch.setattr(mesh_module.jax.distributed, "is_initialized", lambda: False)
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
+        mesh_module.initialize_distributed()
+
+
+# --- launch scripts ----------------------------------------------------------------------------
+
+SCRIPTS = sorted(LAUNCH.glob("*.sh"))
+
+
+def test_launch_scripts_exist():
+    assert {p.name for p in SCRIPTS} >= {"tpu_pod.sh", "slurm_gpu.sh", "single_host.sh", "setup_env.sh"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_launch_script_is_valid_bash_and_strict(script):
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_launch_script_prints_usage(script):
+    result = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30,
+                            env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:"), result.stdout
+
+
+def test_tpu_pod_script_refuses_to_run_without_its_variables():
+    result = subprocess.run(["bash", str(LAUNCH / "tpu_pod.sh"), "run", "train"], capture_output=True, text=True,
+                            timeout=30, env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 2 and "TPU_NAME" in result.stderr, result.stderr
+
+
+def _fake_tools(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A PATH whose `gcloud` runs the --command locally in a fake home and whose `srun` runs its
+    command; a repository there whose .venv/bin/envtune prints its environment and arguments."""
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    repo_bin = home / "envtune-jax" / ".venv" / "bin"
+    for path in (bin_dir, repo_bin):
+        path.mkdir(parents=True)
+    scripts = {
+        bin_dir / "gcloud": 'while [ $# -gt 0 ]; do [ "$1" = --command ] && cd "$HOME" && exec bash -c "$2"; shift; done\n',
+        bin_dir / "srun": 'while [ "${1#--}" != "$1" ]; do echo "srun $1"; shift; done; exec "$@"\n',
+        repo_bin / "envtune": 'echo "DIST=${ENVTUNE_DISTRIBUTED:-} IDS=${JAX_LOCAL_DEVICE_IDS:-} PWD=$PWD"; printf "<%s>\\n" "$@"\n',
+    }
+    for path, body in scripts.items():
+        path.write_text("#!/usr/bin/env bash\n" + body)
+        path.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(home)}
+    return env, home / "envtune-jax"
+
+
+def test_tpu_pod_run_passes_arguments_intact_to_every_worker(tmp_path):
+    env, repo = _fake_tools(tmp_path)
+    env.update(TPU_NAME="slice", ZONE="zone", EXTRA_ENV="JAX_TRACEBACK_FILTERING=off")
+    args = ["train", "--config", "a b.yaml", "model.ckpt=/x y", "$(touch pwned)"]
+    result = subprocess.run(["bash", str(LAUNCH / "tpu_pod.sh"), "run", *args], capture_output=True, text=True,
+                            timeout=30, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"DIST=1 IDS= PWD={repo}"
+    assert lines[1:] == [f"<{a}>" for a in args]
+    assert not (repo / "pwned").exists()
+
+
+def test_slurm_script_runs_one_process_per_gpu_or_per_node(tmp_path):
+    env, repo = _fake_tools(tmp_path)
+    env.update(SLURM_JOB_ID="42", REPO_DIR=str(repo), GPUS_PER_NODE="4")
+    script = str(LAUNCH / "slurm_gpu.sh")
+    per_gpu = subprocess.run(["bash", script, "eval", "--split", "test"], capture_output=True, text=True,
+                             timeout=30, env=env)
+    assert per_gpu.returncode == 0, per_gpu.stderr
+    assert "srun --ntasks-per-node=4" in per_gpu.stdout and "IDS= " in per_gpu.stdout
+    assert per_gpu.stdout.splitlines()[-3:] == ["<eval>", "<--split>", "<test>"]
+    per_node = subprocess.run(["bash", script, "eval"], capture_output=True, text=True, timeout=30,
+                              env=dict(env, PROCESS_PER="node"))
+    assert "srun --ntasks-per-node=1" in per_node.stdout and "IDS=0,1,2,3 " in per_node.stdout
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_launch_scripts_pass_shellcheck():
+    result = subprocess.run(["shellcheck", "--shell=bash", "--severity=style", *map(str, SCRIPTS)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
