@@ -11,7 +11,8 @@ See docs/generation.md for the design.
 """
 from models.generation.buckets import BucketConfig, BucketError
 from models.generation.config import SamplerConfig
-from models.generation.engine import CacheFullError, GenerationEngine, GenerationInputError
+from models.generation.engine import GenerationEngine
+from models.generation.requests import CacheFullError, GenerationInputError
 from models.generation.reference import reference_greedy, reference_logprobs
 from models.generation.results import DecodeResult, History
 from models.generation.sampling import QWEN3_STOP_TOKEN_IDS, SamplingParams, filtered_probs_reference, sample_tokens

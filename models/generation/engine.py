@@ -25,20 +25,13 @@ from flax import nnx
 
 from models.generation import steps
 from models.generation.buckets import BucketConfig, round_up
-from models.generation.results import DecodeResult, History, collect_decode, history, to_host
+from models.generation.requests import CacheFullError, GenerationInputError, active_mask, check_slot, check_tokens
+from models.generation.results import DecodeResult, History, collect_decode, concat_results, history, to_host
 from models.generation.sampling import SamplingParams
 from models.generation.state import GenerationState, empty_state, grow, reset_slots
 from models.generation.weights import SamplerWeights
 
 NO_STEP_LIMIT = 2**30
-
-
-class GenerationInputError(ValueError):
-    """A prompt, extension, slot index or mask is malformed; the message says which and why."""
-
-
-class CacheFullError(GenerationInputError):
-    """A request needs more cache slots than the engine's max_cache_len."""
 
 
 def _as_key(rng: int | jax.Array) -> jax.Array:
@@ -104,21 +97,6 @@ class GenerationEngine:
         return sum(self.trace_counts.values())
 
     # ---- host-side helpers -----------------------------------------------------------------
-    def _check_slot(self, slot: int) -> int:
-        if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.batch_size:
-            raise GenerationInputError(f"slot {slot!r} is not in [0, {self.batch_size})")
-        return int(slot)
-
-    def _check_tokens(self, tokens: Sequence[int], what: str) -> np.ndarray:
-        array = np.asarray(tokens)
-        if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
-            raise GenerationInputError(f"{what}: expected a flat list of token ids, got shape {array.shape} "
-                                       f"dtype {array.dtype}")
-        if array.size and (array.min() < 0 or array.max() >= self.config.vocab_size):
-            raise GenerationInputError(f"{what}: token ids must be in [0, {self.config.vocab_size}), got "
-                                       f"{array.min()}..{array.max()}")
-        return array.astype(np.int32)
-
     def _ensure_capacity(self, state: GenerationState, needed: int) -> GenerationState:
         if needed > self.max_cache_len:
             raise CacheFullError(f"a sequence needs {needed} cache slots; max_cache_len is {self.max_cache_len}")
@@ -126,18 +104,6 @@ class GenerationEngine:
             return state
         with self._mesh_context():
             return self._grow(state, round_up(needed, self._cache_buckets))
-
-    def _active_mask(self, active, lengths: np.ndarray) -> np.ndarray:
-        if active is None:
-            return lengths > 0
-        mask = np.asarray(active)
-        if mask.dtype == bool:
-            if mask.shape != (self.batch_size,):
-                raise GenerationInputError(f"active mask must have shape ({self.batch_size},), got {mask.shape}")
-            return mask
-        out = np.zeros(self.batch_size, bool)
-        out[[self._check_slot(s) for s in mask.reshape(-1).tolist()]] = True
-        return out
 
     # ---- public API ------------------------------------------------------------------------
     def new_state(self, capacity: int | None = None) -> GenerationState:
@@ -162,7 +128,7 @@ class GenerationEngine:
 
         Slot s gets the PRNG key fold_in(rng, s): pass a fresh rng per refill for fresh samples.
         """
-        slots = {self._check_slot(s): self._check_tokens(p, f"prompt for slot {s}") for s, p in prompts.items()}
+        slots = {check_slot(s, self.batch_size): check_tokens(p, self.config.vocab_size, f"prompt for slot {s}") for s, p in prompts.items()}
         for slot, tokens in slots.items():
             if tokens.size == 0:
                 raise GenerationInputError(f"prompt for slot {slot} is empty (need ≥ 1 token to predict from)")
@@ -178,7 +144,7 @@ class GenerationEngine:
 
         Prefills in chunks of ≤ buckets.prefill_chunk tokens; never re-reads the cached history.
         """
-        appends = {self._check_slot(s): self._check_tokens(t, f"tokens for slot {s}") for s, t in appends.items()}
+        appends = {check_slot(s, self.batch_size): check_tokens(t, self.config.vocab_size, f"tokens for slot {s}") for s, t in appends.items()}
         counts_b = np.zeros(self.batch_size, np.int32)
         for slot, tokens in appends.items():
             counts_b[slot] = tokens.size
@@ -207,16 +173,15 @@ class GenerationEngine:
         streaming); call again to continue. `active`: bool mask [B] or a list of slot indices.
         """
         lengths_b = to_host(state.cache.lengths)
-        active_b = self._active_mask(active, lengths_b)
+        active_b = active_mask(active, lengths_b)
         budgets_b = sampling.budgets(self.batch_size)
         generated_b = lengths_b - to_host(state.turn_start_b)
         live_b = active_b & ~to_host(state.done_b) & (lengths_b > 0)
         step_limit = NO_STEP_LIMIT if max_steps is None else int(max_steps)
         if step_limit < 0:
             raise GenerationInputError(f"max_steps must be ≥ 0, got {max_steps}")
-        if live_b.any():
-            steps_needed = np.minimum(np.maximum(budgets_b - generated_b, 0), step_limit)
-            needed = int((lengths_b + steps_needed)[live_b].max())
+        if live_b.any():  # room for the whole turn (not just max_steps), so streaming does not regrow
+            needed = int((lengths_b + np.maximum(budgets_b - generated_b, 0))[live_b].max())
             state = self._ensure_capacity(state, min(needed, self.max_cache_len))
         greedy, top_k, use_top_p = sampling.static_key(self.config.vocab_size)
         with self._mesh_context():
@@ -241,7 +206,7 @@ class GenerationEngine:
             state = self.start(chunk, jax.random.fold_in(key, group))
             _, result = self.decode(state, params)
             parts.append((result, len(chunk)))
-        return _concat_results(parts)
+        return concat_results(parts)
 
     def next_token_logits(self, state: GenerationState) -> jax.Array:
         """Logits [B, V] (fp32) of the token following each sequence (what decode samples from)."""
@@ -251,19 +216,3 @@ class GenerationEngine:
     def history(self, state: GenerationState) -> History:
         """Every sequence in full (tokens, sampler log-probs, sampled mask, lengths) as NumPy."""
         return history(state)
-
-
-def _concat_results(parts: list[tuple[DecodeResult, int]]) -> DecodeResult:
-    width = max((r.tokens.shape[1] for r, _ in parts), default=0)
-
-    def rows(field: str, fill):
-        arrays = []
-        for result, n in parts:
-            value = getattr(result, field)[:n]
-            if value.ndim == 2:
-                value = np.pad(value, ((0, 0), (0, width - value.shape[1])), constant_values=fill)
-            arrays.append(value)
-        return np.concatenate(arrays)
-
-    return DecodeResult(rows("tokens", -1), rows("logprobs", 0.0), rows("num_tokens", 0), rows("finished", False),
-                        rows("stop_token_hit", False))

@@ -65,3 +65,20 @@ def collect_decode(state: GenerationState, lengths_before: np.ndarray) -> Decode
         tokens[b, :count] = seen.tokens[b, start:start + count]
         logprobs[b, :count] = seen.logprobs[b, start:start + count]
     return DecodeResult(tokens, logprobs, counts, to_host(state.done_b), to_host(state.stop_hit_b))
+
+
+def concat_results(parts: list[tuple[DecodeResult, int]]) -> DecodeResult:
+    """Stacks the first n rows of each result (padding N to the widest)."""
+    width = max((r.tokens.shape[1] for r, _ in parts), default=0)
+
+    def rows(field: str, fill):
+        arrays = []
+        for result, n in parts:
+            value = getattr(result, field)[:n]
+            if value.ndim == 2:
+                value = np.pad(value, ((0, 0), (0, width - value.shape[1])), constant_values=fill)
+            arrays.append(value)
+        return np.concatenate(arrays)
+
+    return DecodeResult(rows("tokens", -1), rows("logprobs", 0.0), rows("num_tokens", 0), rows("finished", False),
+                        rows("stop_token_hit", False))
