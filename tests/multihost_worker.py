@@ -1,7 +1,8 @@
 """One process of the multi-host test (tests/test_multihost.py), also runnable alone as the reference.
 
-Every process runs this same program (multi-controller JAX). Phases, in order, each a function so
-a new one (e.g. rollouts, once the rollout driver exists) slots into `PHASES`:
+Every process runs this same program (multi-controller JAX). Phases run in order, each a function
+of a shared `ctx` dict, so a new one (a rollout phase over rl/rollout.py between load and train,
+producing each process's own trajectories for `pack_local_rows`) slots into `PHASES`:
   load      the tiny HF checkpoint onto a mesh spanning every process's devices;
   train     a few Trainer steps on a deterministic batch whose rows are made by the process that owns them;
   resume    save a RunCheckpointer checkpoint, continue one step, restore into zeroed state, step again;
