@@ -82,6 +82,7 @@ class Trainer:
         self.step_cfg = step_cfg
         self.tx = make_optimizer(optimizer)
         self._step = jax.jit(self._train_step, donate_argnums=(0,))
+        self._supervised = jax.jit(self._supervised_step, donate_argnums=(0,))
         self._logprobs = jax.jit(self._dense_logprobs)
 
     def init(self, params: nnx.State) -> TrainState:
@@ -105,6 +106,20 @@ class Trainer:
         if ref_params is None and self.loss_cfg.kl_coef > 0:
             raise ValueError("kl_coef > 0 needs the reference parameters (ref_params)")
         return self._step(state, ref_params, batch)
+
+    def supervised_step(self, state: TrainState, batch: TrainBatch) -> tuple[TrainState, dict]:
+        """One cross-entropy step on the batch's masked tokens (demonstration warm-up; no advantages)."""
+        return self._supervised(state, batch)
+
+    def _supervised_step(self, state: TrainState, batch: TrainBatch):
+        def loss_fn(params):
+            logp_bk, _ = self._sampled(params, batch.tokens_bt, batch.target_index_bk)
+            return -jnp.sum(jnp.where(batch.mask_bk > 0, logp_bk, 0.0)) / jnp.maximum(batch.mask_bk.sum(), 1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1), {"nll": loss, "grad_norm": optax.tree.norm(grads)}
 
     def _train_step(self, state: TrainState, ref_params, batch: TrainBatch):
         cfg, loss_cfg = self.step_cfg, self.loss_cfg

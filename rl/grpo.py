@@ -1,0 +1,107 @@
+"""One GRPO iteration: rollouts of G samples per prompt → group-normalised advantages → packed batch
+→ one optimizer step → the sampler sees the new weights (same arrays, no copy).
+
+`PolicyLearner` owns the model (the sampler reads it), the trainer state and the frozen reference
+parameters of the current stage; `iterate(groups_of_episodes, rng)` does one iteration and returns
+its metrics (reward statistics per category, rollout counters, loss parts, timings).
+"""
+from __future__ import annotations
+
+import collections
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from environments.base import ToolEnvironment
+from envtune_jax.chat.chat_config import ChatConfig
+from models.generation.sampling import SamplingParams
+from rl.advantages import group_advantages
+from rl.batch import pack_batch
+from rl.rl_config import LossConfig
+from rl.rollout import RolloutConfig, RolloutStats, Trajectory, run_rollouts
+from rl.train_step import Trainer, TrainState
+
+
+def copy_tree(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+class PolicyLearner:
+    def __init__(self, model: nnx.Module, engine, trainer: Trainer, tokenizer, loss_cfg: LossConfig):
+        self.model = model
+        self.engine = engine
+        self.trainer = trainer
+        self.tokenizer = tokenizer
+        self.loss_cfg = loss_cfg
+        _, params = nnx.split(model, nnx.Param)
+        self.state: TrainState = trainer.init(params)
+        self.ref_params = copy_tree(params) if loss_cfg.kl_coef > 0 else None
+
+    def reset_reference(self) -> None:
+        """The KL reference becomes the current weights (at the start of every stage)."""
+        if self.loss_cfg.kl_coef > 0:
+            self.ref_params = copy_tree(self.state.params)
+
+    def set_state(self, state: TrainState, ref_params) -> None:
+        self.state, self.ref_params = state, ref_params
+        nnx.update(self.model, state.params)
+
+    def rollout(self, groups: Sequence[Sequence[ToolEnvironment]], chat: ChatConfig, sampling: SamplingParams,
+                rollout_cfg: RolloutConfig, rng, stats: RolloutStats | None = None, keep_text: bool = False) -> list[Trajectory]:
+        episodes = [episode for group in groups for episode in group]
+        group_ids = [g for g, group in enumerate(groups) for _ in group]
+        return run_rollouts(self.engine, self.tokenizer, chat, episodes, group_ids, sampling, rollout_cfg, rng,
+                            keep_text=keep_text, stats=stats)
+
+    def iterate(self, groups: Sequence[Sequence[ToolEnvironment]], chat: ChatConfig, sampling: SamplingParams,
+                rollout_cfg: RolloutConfig, rng) -> tuple[dict, list[Trajectory]]:
+        """One rollout + optimizer step. All groups must have the same number of samples G."""
+        sizes = {len(group) for group in groups}
+        if len(sizes) != 1:
+            raise ValueError(f"every prompt needs the same number of samples, got group sizes {sorted(sizes)}")
+        stats = RolloutStats()
+        t0 = time.perf_counter()
+        trajectories = self.rollout(groups, chat, sampling, rollout_cfg, rng, stats)
+        rollout_s = time.perf_counter() - t0
+        rewards_pg = np.asarray([t.reward for t in trajectories], np.float32).reshape(len(groups), -1)
+        advantages = np.asarray(group_advantages(jnp.asarray(rewards_pg), scale_by_std=self.loss_cfg.scale_advantages_by_std,
+                                                 eps=self.loss_cfg.advantage_eps, ddof=self.loss_cfg.advantage_std_ddof))
+        batch = pack_batch([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories],
+                           [t.sampler_logprobs for t in trajectories], advantages.reshape(-1))
+        t0 = time.perf_counter()
+        self.state, train_metrics = self.trainer.step(self.state, self.ref_params, batch)
+        nnx.update(self.model, self.state.params)
+        train_metrics = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
+        train_s = time.perf_counter() - t0
+        metrics = summarize(trajectories)
+        metrics.update(train_metrics)
+        total_tokens = int(sum(len(t.token_ids) for t in trajectories))
+        metrics.update(rollout_s=rollout_s, generation_s=stats.generation_s, environment_s=stats.environment_s,
+                       train_s=train_s, tokens=total_tokens, train_tokens_per_s=total_tokens / max(train_s, 1e-9),
+                       sampled_tokens=stats.sampled_tokens)
+        return metrics, trajectories
+
+
+def summarize(trajectories: Sequence[Trajectory]) -> dict:
+    """Reward mean/std (overall and per category), accuracy and rollout counters."""
+    rewards = np.asarray([t.reward for t in trajectories], np.float64)
+    metrics = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+               "accuracy": float(np.mean([t.outcome.correct for t in trajectories])),
+               "progress_reward_mean": float(np.mean([t.outcome.progress_reward for t in trajectories])),
+               "truncated_frac": float(np.mean([t.truncated for t in trajectories]))}
+    by_category = collections.defaultdict(list)
+    for t in trajectories:
+        by_category[t.category].append(t.reward)
+    for category, values in by_category.items():
+        metrics[f"reward_mean/{category}"] = float(np.mean(values))
+        metrics[f"reward_std/{category}"] = float(np.std(values))
+    counters = collections.Counter()
+    for t in trajectories:
+        counters.update(t.outcome.counters)
+    for name, total in counters.items():
+        metrics[f"per_episode/{name}"] = total / len(trajectories)
+    return metrics
