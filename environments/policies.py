@@ -20,7 +20,7 @@ from environments.protocol import decode_official_step, render_calls
 from environments.synthetic import SyntheticTask
 
 ORACLE_REPLY = "Done."
-MODEL_POLICY_ENTRY_POINT = "models.policy:build_model_policy"
+MODEL_POLICY_ENTRY_POINT = "rl.model_policy:build_model_policy"
 
 
 @dataclasses.dataclass(frozen=True)

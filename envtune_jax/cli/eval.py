@@ -8,6 +8,7 @@ eval_results.md and model_results.jsonl (official result layout) into --out.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import sys
 import time
@@ -41,6 +42,14 @@ def register(subparsers) -> None:
     parser.add_argument("--data-source", choices=("tfds", "package"), default="tfds",
                         help="read entries through the TFDS builder (default) or straight from the package")
     parser.add_argument("--data-dir", type=Path, default=None, help="TFDS data dir (default: user cache)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="evaluate only the first N entries of each category (quick checks; not comparable)")
+    model = parser.add_argument_group("model evaluation (--ckpt / --hf)")
+    model.add_argument("--max-new-tokens", type=int, default=4096, help="per step (official: 4096)")
+    model.add_argument("--batch-size", type=int, default=16, help="episodes generated together")
+    model.add_argument("--max-cache-len", type=int, default=32768, help="longest conversation in tokens")
+    model.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="parameter dtype")
+    model.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T", help="device mesh")
     parser.set_defaults(func=run)
 
 
@@ -68,6 +77,16 @@ def _load_entries(args, categories):
     return load_split_entries(args.split, categories, data_dir=args.data_dir)
 
 
+def _first_per_category(entries, limit: int):
+    counts: collections.Counter = collections.Counter()
+    kept = []
+    for entry in entries:
+        if counts[entry.category] < limit:
+            kept.append(entry)
+            counts[entry.category] += 1
+    return kept
+
+
 def run(args) -> int:
     from environments.bfcl_data import BfclDataMissingError
     from environments.config import EnvironmentConfig
@@ -78,6 +97,8 @@ def run(args) -> int:
     categories = parse_categories(args.categories)
     try:
         entries = _load_entries(args, categories)
+        if args.limit is not None:
+            entries = _first_per_category(entries, args.limit)
     except BfclDataMissingError as exc:
         print(f"envtune eval: {exc}", file=sys.stderr)
         return 2
@@ -99,7 +120,9 @@ def run(args) -> int:
             policy, source, workers = DoNothingPolicy(), "do-nothing", args.workers
         else:
             try:
-                policy = build_model_policy(ckpt=str(args.ckpt) if args.ckpt else None, hf_dir=str(args.hf) if args.hf else None)
+                policy = build_model_policy(ckpt=str(args.ckpt) if args.ckpt else None, hf_dir=str(args.hf) if args.hf else None,
+                                            batch_size=args.batch_size, max_cache_len=args.max_cache_len,
+                                            max_new_tokens=args.max_new_tokens, dtype=args.dtype, mesh_spec=args.mesh)
             except ModelPolicyUnavailableError as exc:
                 print(f"envtune eval: {exc}", file=sys.stderr)
                 return 2

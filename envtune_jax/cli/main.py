@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     try:
+        from envtune_jax.mesh import initialize_distributed
+
+        initialize_distributed()  # multi-host runs: every process must join before any JAX work
         result = args.func(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
