@@ -2,6 +2,7 @@
 
 `attend(q, k, v, mask_info, impl)`:
 - "reference": plain einsum, fp32 softmax (always available; the parity tests' ground truth).
+- "chunked": the same over query blocks, rematerialised per block (long sequences on CPU).
 - "xla" / "cudnn": `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
 - "splash": the TPU Pallas splash-attention kernel (self-attention over packed/padded sequences
   only; runs in Pallas interpret mode off TPU, which is slow and meant for tests).
@@ -53,6 +54,29 @@ def reference_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo) -> jax.Arra
     return out.reshape(b, t, n, h).astype(q_btnh.dtype)
 
 
+def chunked_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo, chunk: int = 512) -> jax.Array:
+    """The reference computation over query blocks of `chunk`, each rematerialised in the backward
+    pass: memory O(B·N·chunk·S) instead of O(B·N·T·S), for long training sequences off GPU/TPU."""
+    b, t, n, h = q_btnh.shape
+    if t <= chunk:
+        return reference_attention(q_btnh, k_bskh, v_bskh, mask_info)
+    pad = (-t) % chunk
+    num = (t + pad) // chunk
+
+    def blocks(x, fill=0):
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+        return jnp.swapaxes(x.reshape(b, num, chunk, *x.shape[2:]), 0, 1)
+
+    @jax.checkpoint
+    def one(args):
+        q_chunk, positions, segments = args
+        info = MaskInfo(positions, segments, mask_info.kv_positions, mask_info.kv_segments, mask_info.self_attention)
+        return reference_attention(q_chunk, k_bskh, v_bskh, info)
+
+    out = jax.lax.map(one, (blocks(q_btnh), blocks(mask_info.q_positions), blocks(mask_info.q_segments)))
+    return jnp.swapaxes(out, 0, 1).reshape(b, num * chunk, n, h)[:, :t]
+
+
 def xla_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo, implementation: str | None = "xla") -> jax.Array:
     mask = mask_info.dense()[:, None, :, :]  # [B, 1, T, S]
     return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask, implementation=implementation)
@@ -92,10 +116,12 @@ def attend(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo, impl: str = "reference")
     """Dispatches to the chosen attention back-end. Returns [B, T, N, H]."""
     if impl == "reference":
         return reference_attention(q_btnh, k_bskh, v_bskh, mask_info)
+    if impl == "chunked":
+        return chunked_attention(q_btnh, k_bskh, v_bskh, mask_info)
     if impl == "xla":
         return xla_attention(q_btnh, k_bskh, v_bskh, mask_info, "xla")
     if impl == "cudnn":
         return xla_attention(q_btnh, k_bskh, v_bskh, mask_info, "cudnn")
     if impl == "splash":
         return splash_attention(q_btnh, k_bskh, v_bskh, mask_info)
-    raise ValueError(f"unknown attention implementation '{impl}' (reference, xla, cudnn, splash)")
+    raise ValueError(f"unknown attention implementation '{impl}' (reference, chunked, xla, cudnn, splash)")

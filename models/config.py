@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-AttentionImpl = Literal["reference", "xla", "cudnn", "splash"]
+AttentionImpl = Literal["reference", "chunked", "xla", "cudnn", "splash"]
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 
 

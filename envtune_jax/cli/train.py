@@ -1,0 +1,32 @@
+"""`envtune train`: one stage or the whole curriculum from a recipe YAML; resumable with the same command."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="run a training recipe (curriculum of GRPO stages); rerun to resume",
+        description="Runs the stages listed by a recipe (configs/recipes/*.yaml): rollouts on BFCL "
+                    "environments, GRPO steps, validation, checkpoints, an HF export per stage. Running the "
+                    "same command again resumes from the latest complete checkpoint in run_dir.",
+        epilog="examples:\n"
+               "  envtune train --config configs/recipes/tiny_cpu.yaml\n"
+               "  envtune train --config configs/recipes/qwen3_4b_instruct_2507.yaml model.ckpt=ckpt/qwen3-4b "
+               "optimizer.learning_rate=2e-6\n"
+               "  envtune train --config configs/recipes/tiny_cpu.yaml 'stages=[../stages/stage2_hints.yaml]'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="recipe YAML")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rl.run_config import load_run_config
+    from rl.train_loop import train
+
+    cfg, stages = load_run_config(args.config, args.overrides)
+    run_dir = train(cfg, stages)
+    print(f"run written to {run_dir}: logs/metrics.jsonl, checkpoints/, export/<stage>/, final/")
+    return 0

@@ -1,0 +1,173 @@
+"""The curriculum training loop behind `envtune train`: stages of GRPO on BFCL, resumable.
+
+For each stage: reset the KL reference to the current weights, then iterate (rollouts of G samples
+per prompt → one optimizer step) until the stage's advance rule says so; validate greedily every
+`validation_every` steps; checkpoint every `checkpoint.every_steps` steps and at the end of the
+stage; export HF safetensors at the end of every stage. Re-running the same command resumes from
+the latest complete checkpoint (stage, step, data position, PRNG, metrics history included).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import jax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from environments.bfcl_env import BfclEpisode
+from envtune_jax import checkpointing, config as config_lib, hf_io
+from envtune_jax.chat.tokenizer import default_tokenizer, load_tokenizer
+from envtune_jax.mesh import make_mesh
+from envtune_jax.sharding import named_sharding
+from models.config import preset
+from models.generation.sampling import SamplingParams
+from models.qwen3 import init_model
+from rl.curriculum import StageConfig, decide_advance
+from rl.grpo import PolicyLearner, summarize
+from rl.metrics_log import MetricsWriter
+from rl.run_checkpoint import RunCheckpointer
+from rl.run_config import RunConfig
+from rl.stage_data import draw, load_subset
+from rl.train_step import Trainer
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        tqdm.write(message, file=sys.stderr)
+
+
+def load_policy_model(cfg: RunConfig, mesh):
+    """(model, tokenizer directory or None) from the run's model source."""
+    src = cfg.model
+    runtime = dict(param_dtype=src.param_dtype, dtype=src.dtype, attention_impl=src.attention_impl, remat=src.remat)
+    chosen = [name for name in ("hf", "ckpt", "preset") if getattr(src, name)]
+    if len(chosen) != 1:
+        raise config_lib.ConfigError(f"model: set exactly one of hf, ckpt, preset (got {chosen or 'none'})")
+    if src.hf:
+        return hf_io.load_pretrained(src.hf, dtype=src.param_dtype, compute_dtype=src.dtype, mesh=mesh,
+                                     attention_impl=src.attention_impl, remat=src.remat), src.hf
+    if src.ckpt:
+        return checkpointing.load_model(src.ckpt, mesh=mesh, dtype=src.param_dtype, compute_dtype=src.dtype,
+                                        attention_impl=src.attention_impl, remat=src.remat), checkpointing.tokenizer_dir(src.ckpt)
+    model = init_model(preset(src.preset, **runtime), seed=src.seed)
+    if mesh is not None:
+        graphdef, state = nnx.split(model)
+
+        def place(variable):
+            target = named_sharding(mesh, variable.get_metadata()["logical_axes"], variable.shape)
+            return variable.replace(jax.device_put(variable[...], target))
+
+        model = nnx.merge(graphdef, jax.tree.map(place, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    return model, None
+
+
+def _tokenizer(tokenizer_dir):
+    if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        return load_tokenizer(tokenizer_dir)
+    return default_tokenizer()
+
+
+def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key) -> dict:
+    """Greedy rollouts on the validation entries with the stage's prompt and step cap, no augmentation."""
+    env_cfg = dataclasses.replace(stage.environment, hints=False, format_feedback=False, empty_turn_warning=False)
+    greedy = SamplingParams(greedy=True, max_new_tokens=cfg.sampler.max_new_tokens, stop_token_ids=tuple(cfg.sampler.stop_token_ids))
+    trajectories = learner.rollout([[BfclEpisode(e, env_cfg)] for e in entries], stage.chat, greedy, cfg.rollout, key)
+    metrics = summarize(trajectories)
+    return {f"val/{k}": v for k, v in metrics.items()}
+
+
+def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
+    run_dir = Path(cfg.run_dir)
+    mesh = make_mesh(cfg.mesh) if len(jax.devices()) > 1 else None
+    if jax.process_index() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_lib.save(cfg, run_dir / "config.yaml")
+        for stage in stages:
+            config_lib.save(stage, run_dir / "stages" / f"{stage.name}.yaml")
+    model, tokenizer_dir = load_policy_model(cfg, mesh)
+    tokenizer = _tokenizer(tokenizer_dir)
+    graphdef, _ = nnx.split(model, nnx.Param)
+    trainer = Trainer(graphdef, cfg.loss, cfg.optimizer, dataclasses.replace(cfg.train_step, temperature=cfg.sampler.temperature))
+    engine = cfg.sampler.build_engine(model, mesh)
+    learner = PolicyLearner(model, engine, trainer, tokenizer, cfg.loss)
+    checkpointer = RunCheckpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    writer = MetricsWriter(run_dir / "logs", tensorboard=cfg.logging.tensorboard)
+    record = {"step": 0, "stage_index": 0, "step_in_stage": 0, "data_position": 0, "stage_started": False,
+              "val_accuracy": [], "grad_norms": [], "decisions": []}
+    if checkpointer.latest_step() is not None:
+        ref_like = learner.ref_params if learner.ref_params is not None else learner.state.params
+        state, ref, record = checkpointer.restore(learner.state, ref_like)
+        learner.set_state(state, ref if learner.ref_params is not None else None)
+        _log(f"resumed from step {record['step']} (stage {stages[record['stage_index']].name}, "
+             f"step {record['step_in_stage']} of it)")
+    sampling = cfg.sampler.sampling_params()
+    key = jax.random.key(cfg.seed)
+    try:
+        for stage_index in range(record["stage_index"], len(stages)):
+            stage = stages[stage_index]
+            if not record["stage_started"]:
+                learner.reset_reference()
+                record.update(stage_started=True, step_in_stage=0, data_position=0, val_accuracy=[], grad_norms=[])
+            length = _prompt_length(tokenizer, stage) if cfg.data.shortest_prompts_first else None
+            entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
+            val_entries = load_subset("validation", cfg.data.source, cfg.data.data_dir,
+                                      cfg.data.validation_limit_per_category, length) if stage.validation_every else []
+            env_cfg = stage.environment
+            bar = tqdm(total=stage.max_steps, initial=record["step_in_stage"], desc=stage.name, unit="step",
+                       disable=not cfg.logging.progress_bar or jax.process_index() != 0)
+            while True:
+                decision = decide_advance(stage, record["step_in_stage"], record["val_accuracy"], record["grad_norms"])
+                if decision.advance:
+                    _log(f"{stage.name}: advancing — {decision.reason}")
+                    record["decisions"].append({"stage": stage.name, "step": record["step"], "reason": decision.reason})
+                    break
+                picked = draw(entries, record["data_position"], stage.prompts_per_step, cfg.seed + stage_index)
+                groups = [[BfclEpisode(e, env_cfg) for _ in range(stage.samples_per_prompt)] for e in picked]
+                step_key = jax.random.fold_in(key, record["step"])
+                metrics, _ = learner.iterate(groups, stage.chat, sampling, cfg.rollout, step_key)
+                record["step"] += 1
+                record["step_in_stage"] += 1
+                record["data_position"] += stage.prompts_per_step
+                record["grad_norms"].append(metrics["grad_norm"])
+                if stage.validation_every and record["step_in_stage"] % stage.validation_every == 0:
+                    val = validate(learner, stage, val_entries, cfg, jax.random.fold_in(step_key, 1))
+                    record["val_accuracy"].append(val["val/accuracy"])
+                    metrics.update(val)
+                metrics.update(stage=stage_index, decision=decision.reason)
+                writer.write(record["step"], metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.4f}")
+                if record["step"] % cfg.checkpoint.every_steps == 0:
+                    checkpointer.save(record["step"], learner.state, _ref_or_params(learner), record)
+            bar.close()
+            if stage.export_hf:
+                out = hf_io.save_pretrained(model, run_dir / "export" / stage.name, tokenizer_dir=tokenizer_dir,
+                                            progress=False)
+                _log(f"{stage.name}: exported {out}")
+            record.update(stage_index=stage_index + 1, stage_started=False)
+            if checkpointer.latest_step() != record["step"]:  # (a periodic save may hold this step already)
+                checkpointer.save(record["step"], learner.state, _ref_or_params(learner), record)
+        checkpointer.wait()
+    finally:
+        checkpointer.close()
+        writer.close()
+    checkpointing.save_model(model, run_dir / "final", tokenizer_dir=tokenizer_dir, metadata={"run": str(run_dir)})
+    return run_dir
+
+
+def _prompt_length(tokenizer, stage: StageConfig):
+    from envtune_jax.chat.render import render_messages
+    from envtune_jax.chat.tokenizer import encode_text
+
+    def length(entry) -> int:
+        episode = BfclEpisode(entry, stage.environment)
+        text = render_messages(episode.reset(), episode.tools(), stage.chat.style, True, stage.chat.paper_variant)
+        return len(encode_text(tokenizer, text))
+
+    return length
+
+
+def _ref_or_params(learner: PolicyLearner):
+    return learner.ref_params if learner.ref_params is not None else learner.state.params
