@@ -26,6 +26,7 @@ class ModelPolicy:
         self.tokenizer = tokenizer
         self.style = style
         self.sampling = SamplingParams(greedy=True, max_new_tokens=max_new_tokens)
+        self._warned = False
 
     def prompt_ids(self, state: PolicyState) -> list[int]:
         return encode_text(self.tokenizer, render_messages(state.messages, state.tools, self.style, True))
@@ -36,6 +37,11 @@ class ModelPolicy:
         prompts = [self.prompt_ids(state) for state in states]
         limit = self.engine.max_cache_len - 1
         too_long = [len(p) > limit for p in prompts]
+        if any(too_long) and not self._warned:
+            self._warned = True
+            print(f"warning: a conversation outgrew the {self.engine.max_cache_len}-token context "
+                  f"(max_cache_len, capped by the model's max_position_embeddings); it counts as a force-quit",
+                  file=sys.stderr)
         runnable = [p for p, long in zip(prompts, too_long) if not long]
         result = self.engine.generate(runnable, self.sampling) if runnable else None
         steps: list[PolicyStep | None] = []

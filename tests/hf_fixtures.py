@@ -25,7 +25,7 @@ def write_tiny_qwen3(out_dir: Path, variant: str = "tied_kv2", vocab_size: int =
     config = transformers.Qwen3Config(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, tie_word_embeddings=tied,
-        rope_theta=theta, max_position_embeddings=2048, rms_norm_eps=1e-6,
+        rope_theta=theta, max_position_embeddings=32768, rms_norm_eps=1e-6,
     )
     torch.manual_seed(seed)
     model = transformers.Qwen3ForCausalLM(config)
