@@ -160,7 +160,7 @@ PRESETS: dict[str, Qwen3Config] = {
                             num_kv_heads=8, head_dim=128, tie_word_embeddings=False),
     # CPU demo/tests: the real vocabulary, tiny everything else (head_dim != hidden/heads on purpose).
     "tiny": Qwen3Config(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                        num_kv_heads=2, head_dim=32, tie_word_embeddings=True, max_position_embeddings=4096),
+                        num_kv_heads=2, head_dim=32, tie_word_embeddings=True, max_position_embeddings=32768),
 }
 
 
