@@ -37,6 +37,12 @@ def setup():
     return graphdef, params
 
 
+@pytest.fixture(scope="module")
+def whole_batch_trainer(setup):
+    """One compiled step shared by the tests that use the default loss on the whole batch."""
+    return _trainer(setup[0], 0)
+
+
 def _trainer(graphdef, micro, **loss_kw):
     loss = LossConfig(**loss_kw)
     return Trainer(graphdef, loss, OptimizerConfig(learning_rate=1e-3), TrainStepConfig(micro_batch_size=micro, logprob_chunk_t=8, logprob_chunk_v=40))
@@ -46,12 +52,12 @@ def _copy(tree):
     return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
 
 
-def test_micro_batching_gives_the_same_update(setup):
+def test_micro_batching_gives_the_same_update(setup, whole_batch_trainer):
     graphdef, params = setup
     batch = dense_to_packed(*_batch())
     results = []
-    for micro in (4, 1):
-        trainer = _trainer(graphdef, micro)
+    for micro in (0, 1):
+        trainer = whole_batch_trainer if micro == 0 else _trainer(graphdef, micro)
         state, metrics = trainer.step(trainer.init(_copy(params)), _copy(params), batch)
         results.append((state.params, metrics))
     for params_m, metrics_m in results[1:]:
@@ -61,13 +67,13 @@ def test_micro_batching_gives_the_same_update(setup):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-def test_loss_equals_the_plain_full_logits_formulation(setup):
+def test_loss_equals_the_plain_full_logits_formulation(setup, whole_batch_trainer):
     graphdef, params = setup
     tokens, mask, old, _ = _batch(1)
     adv = np.array([1.0, 0.5, 2.0, 0.25], np.float32)  # all positive: no cancellation in the total
     batch = dense_to_packed(tokens, mask, old, adv)
     assert batch.tokens_bt.shape[1] >= T and batch.mask_bk.shape[1] < T  # only sampled positions are projected
-    trainer = _trainer(graphdef, 0)
+    trainer = whole_batch_trainer
     policy_params = jax.tree.map(lambda x: x * 1.01, params)  # policy differs from the reference
     _, metrics = trainer.step(trainer.init(_copy(policy_params)), _copy(params), batch)
 
@@ -88,15 +94,16 @@ def test_loss_equals_the_plain_full_logits_formulation(setup):
         np.testing.assert_allclose(float(metrics[name]), float(parts[name]), rtol=1e-5, atol=1e-7)
 
 
-def test_steps_raise_logprobs_of_positively_rewarded_tokens(setup):
+def test_steps_raise_logprobs_of_positively_rewarded_tokens(setup, whole_batch_trainer):
     graphdef, params = setup
     tokens, mask, _, adv = _batch(2)
-    trainer = _trainer(graphdef, 2, kl_coef=0.0, entropy_coef=0.0)
+    trainer = whole_batch_trainer
     state = trainer.init(_copy(params))
     before, _ = trainer.logprobs(state.params, jnp.asarray(tokens))
     batch = dense_to_packed(tokens, mask, np.asarray(before), adv)
+    reference = _copy(params)
     for _ in range(5):
-        state, metrics = trainer.step(state, None, batch)
+        state, metrics = trainer.step(state, reference, batch)
     after, _ = trainer.logprobs(state.params, jnp.asarray(tokens))
     gain = np.asarray(((after - before) * mask).sum(1) / mask.sum(1))
     assert gain[0] > 0 and gain[2] > 0 and gain[1] < 0 and gain[3] < 0, gain
