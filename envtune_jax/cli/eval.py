@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                         help="recorded outputs in the official result layout (files or folders)")
     source.add_argument("--policy", choices=POLICY_CHOICES, help="built-in policy")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default="test",
-                        help="entries to evaluate (scenario split, see docs/environments.md); default: test")
+                        help="entries to evaluate (scenario split, see the README); default: test")
     parser.add_argument("--categories", default="all",
                         help="comma-separated categories (base, long_context, miss_func, miss_param, or full "
                              "names); default: all four")
