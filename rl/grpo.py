@@ -3,7 +3,8 @@
 
 `PolicyLearner` owns the model (the sampler reads it), the trainer state and the frozen reference
 parameters of the current stage; `iterate(groups_of_episodes, rng)` does one iteration and returns
-its metrics (reward statistics per category, rollout counters, loss parts, timings).
+its metrics (reward statistics per category, rollout counters, loss parts, timings, and the step's
+model TFLOP/s = 6·params·tokens/s with its MFU on devices of envtune_jax/bench/device_limits' table).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from environments.base import ToolEnvironment
+from envtune_jax.bench.device_limits import MEASURED
 from envtune_jax.chat.chat_config import ChatConfig
 from models.generation.sampling import SamplingParams
 from rl.advantages import group_advantages
@@ -30,6 +32,14 @@ def copy_tree(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
+def matmul_peak_flops(devices) -> float | None:
+    """The measured bf16 matmul FLOP/s of `devices` together (device_limits.MEASURED); None for a device
+    kind not in that table (CPU, for one): MFU is then not reported."""
+    kind = devices[0].device_kind
+    rate = next((figures[1] for key, figures in MEASURED.items() if key in kind), None)
+    return None if rate is None else rate * len(devices)
+
+
 class PolicyLearner:
     def __init__(self, model: nnx.Module, engine, trainer: Trainer, tokenizer, loss_cfg: LossConfig):
         self.model = model
@@ -40,6 +50,7 @@ class PolicyLearner:
         _, params = nnx.split(model, nnx.Param)
         self.state: TrainState = trainer.init(params)
         self.ref_params = copy_tree(params) if loss_cfg.kl_coef > 0 else None
+        self.peak_flops = matmul_peak_flops(jax.devices())
 
     def reset_reference(self) -> None:
         """The KL reference becomes the current weights (at the start of every stage)."""
@@ -83,6 +94,10 @@ class PolicyLearner:
         metrics.update(rollout_s=rollout_s, generation_s=stats.generation_s, environment_s=stats.environment_s,
                        train_s=train_s, tokens=total_tokens, train_tokens_per_s=total_tokens / max(train_s, 1e-9),
                        sampled_tokens=stats.sampled_tokens)
+        train_flops_per_s = 6 * self.model.config.num_params * total_tokens / max(train_s, 1e-9)
+        metrics["train_tflops"] = train_flops_per_s / 1e12
+        if self.peak_flops is not None:
+            metrics["mfu"] = train_flops_per_s / self.peak_flops
         return metrics, trajectories
 
 
