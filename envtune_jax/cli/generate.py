@@ -73,8 +73,9 @@ def load_model(args, mesh):
 class TextStream:
     """Prints the text of a growing list of token ids, holding back an incomplete UTF-8 character."""
 
-    def __init__(self, tokenizer, out=sys.stdout):
-        self.tokenizer, self.out = tokenizer, out
+    def __init__(self, tokenizer, out=None):
+        # Resolve stdout at call time so a redirected or captured sys.stdout is honoured.
+        self.tokenizer, self.out = tokenizer, (out if out is not None else sys.stdout)
         self.ids: list[int] = []
         self.printed = 0
 
