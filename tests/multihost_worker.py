@@ -1,12 +1,18 @@
 """One process of the multi-host test (tests/test_multihost.py), also runnable alone as the reference.
 
 Every process runs this same program (multi-controller JAX). Phases run in order, each a function
-of a shared `ctx` dict, so a new one (a rollout phase over rl/rollout.py between load and train,
-producing each process's own trajectories for `pack_local_rows`) slots into `PHASES`:
-  load      the tiny HF checkpoint onto a mesh spanning every process's devices;
-  train     a few Trainer steps on a deterministic batch whose rows are made by the process that owns them;
-  resume    save a RunCheckpointer checkpoint, continue one step, restore into zeroed state, step again;
+of a shared `ctx` dict (a new one slots into `PHASES`):
+  load      the tiny HF checkpoint (real 151,936-token vocabulary) onto a mesh spanning every process's devices;
+  rollout   a GenerationEngine on that mesh and the real tokenizer; plays the first batch of synthetic
+            multi-turn episodes (environments/synthetic.py) with rl/rollout.py's `run_rollouts`;
+  train     GRPO-shaped iterations: pack the latest rollout's trajectories (each process supplies the rows
+            its devices hold), one Trainer step, then the engine rolls out the next batch with the new weights;
+  resume    save a RunCheckpointer checkpoint, roll out one more batch, continue one step, restore into
+            zeroed state, step again on the same batch;
   export    hf_io.save_pretrained (process 0 writes) and MetricsWriter (process 0 writes).
+Every rollout's trajectories (token ids, sampler log-probs, rewards) are part of the result.
+The random model earns reward 0 on every episode, so group-normalised advantages would all be 0 and a
+step would only apply weight decay; rows therefore train with fixed advantages (`ROW_ADVANTAGES`).
 Each process prints one line `MULTIHOST_RESULT {json}` that the test compares across processes.
 Distribution comes from the environment (`initialize_distributed`): JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID; without them this is a single-process run.
@@ -30,31 +36,63 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
+from environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks  # noqa: E402
 from envtune_jax import hf_io  # noqa: E402
+from envtune_jax.chat.tokenizer import load_tokenizer  # noqa: E402
+from envtune_jax.chat.chat_config import ChatConfig  # noqa: E402
 from envtune_jax.mesh import MeshConfig, initialize_distributed, make_mesh  # noqa: E402
 from envtune_jax.sharding import named_sharding  # noqa: E402
+from models.generation.buckets import BucketConfig  # noqa: E402
+from models.generation.engine import GenerationEngine  # noqa: E402
+from models.generation.sampling import SamplingParams  # noqa: E402
 from rl.batch import pack_batch  # noqa: E402
 from rl.metrics_log import MetricsWriter  # noqa: E402
 from rl.optimizer import OptimizerConfig  # noqa: E402
 from rl.rl_config import LossConfig  # noqa: E402
+from rl.rollout import RolloutConfig, Trajectory, run_rollouts  # noqa: E402
 from rl.run_checkpoint import RunCheckpointer  # noqa: E402
 from rl.train_step import Trainer, TrainStepConfig  # noqa: E402
 
 RESULT_PREFIX = "MULTIHOST_RESULT "
-BATCH_B, SEQ_T = 8, 32
-PROMPT_T = 10
+PROMPTS, SAMPLES_PER_PROMPT = 2, 4
+BATCH_B = PROMPTS * SAMPLES_PER_PROMPT  # one engine slot per episode, one train row per trajectory
+ROW_ADVANTAGES = np.linspace(-1.0, 1.0, BATCH_B, dtype=np.float32)  # [B]
+LEARNING_RATE = 1e-2
+TASK_CONFIG = SyntheticConfig(num_turns=2, doc_style="system")  # ~45-token prompts
+NEW_TOKENS_PER_STEP = 4
+CACHE_LEN = 128
+# One cache capacity and one chunk width (a prompt and an environment reply each fit 64 tokens):
+# the engine compiles each of its programs once, which keeps this CPU test short.
+BUCKETS = BucketConfig(min_cache_len=CACHE_LEN, min_chunk_len=64, prefill_chunk=64)
 
 
-def make_row(row: int, vocab_size: int, seed: int) -> tuple:
-    """Trajectory `row` of the global batch, a pure function of (row, seed):
-    (token ids [T_i], loss mask [T_i], sampler log-probs [T_i], advantage)."""
-    rng = np.random.RandomState(seed * 100_003 + row)
-    length = SEQ_T - 3 * (row % 3)  # ragged lengths
-    tokens_t = rng.randint(0, vocab_size, length).astype(np.int32)
-    mask_t = np.zeros(length, np.float32)
-    mask_t[PROMPT_T: length - row % 4] = 1.0  # model tokens after the prompt, then environment tokens
-    old_t = np.where(mask_t > 0, -np.log(vocab_size) + 0.1 * rng.randn(length), 0.0).astype(np.float32)
-    return tokens_t, mask_t, old_t, np.float32(rng.randn())
+class SyntheticRollouts:
+    """Plays BATCH_B synthetic episodes (PROMPTS tasks x SAMPLES_PER_PROMPT samples) through one
+    GenerationEngine on the global mesh. The engine reads the model's current weights at every call
+    and gathers its results to every process, so every process gets every trajectory."""
+
+    def __init__(self, model, mesh, tokenizer_dir):
+        self.engine = GenerationEngine(model, batch_size=BATCH_B, max_cache_len=CACHE_LEN, mesh=mesh,
+                                       cache_dtype="float32", buckets=BUCKETS)
+        self.tokenizer, self.chat = load_tokenizer(tokenizer_dir), ChatConfig()
+        self.sampling = SamplingParams(temperature=1.0, max_new_tokens=NEW_TOKENS_PER_STEP)
+        self.config = RolloutConfig(max_prompt_tokens=CACHE_LEN // 2, max_response_tokens=CACHE_LEN // 2,
+                                    max_context_tokens=CACHE_LEN, max_new_tokens_per_step=NEW_TOKENS_PER_STEP)
+
+    def play(self, seed: int) -> list[Trajectory]:
+        tasks = make_synthetic_tasks(PROMPTS, TASK_CONFIG, seed=seed)
+        episodes = [SyntheticEpisode(task, TASK_CONFIG) for task in tasks for _ in range(SAMPLES_PER_PROMPT)]
+        groups = [g for g in range(PROMPTS) for _ in range(SAMPLES_PER_PROMPT)]
+        return run_rollouts(self.engine, self.tokenizer, self.chat, episodes, groups, self.sampling, self.config,
+                            rng=seed)
+
+
+def trajectory_record(trajectories: list[Trajectory]) -> dict:
+    """What the test compares across processes: token ids, sampler log-probs, loss masks, rewards."""
+    return {"token_ids": [t.token_ids.tolist() for t in trajectories],
+            "sampler_logprobs": [t.sampler_logprobs.tolist() for t in trajectories],
+            "loss_masks": [t.loss_mask.tolist() for t in trajectories],
+            "rewards": [t.reward for t in trajectories], "truncated": [t.truncated for t in trajectories]}
 
 
 def process_rows(sharding, global_rows: int) -> tuple[int, int]:
@@ -82,12 +120,13 @@ def pack_local_rows(trajectories: list[tuple]):
                                mask_bk=np.pad(packed.mask_bk, pad_k), old_logprobs_bk=np.pad(packed.old_logprobs_bk, pad_k))
 
 
-def global_batch(mesh, vocab_size: int, seed: int):
-    """A TrainBatch sharded over the batch mesh axes, each process making and supplying only its own rows.
+def global_batch(mesh, trajectories: list[Trajectory]):
+    """A TrainBatch sharded over the batch mesh axes, each process packing and supplying only its own rows.
     Returns (batch: tokens [B, T], the rest [B, K] and [B]; this process's rows (start, stop))."""
     row_sharding = named_sharding(mesh, ("act_batch",), (BATCH_B,))
     start, stop = process_rows(row_sharding, BATCH_B)
-    local = pack_local_rows([make_row(r, vocab_size, seed) for r in range(start, stop)])
+    local = pack_local_rows([(t.token_ids, t.loss_mask, t.sampler_logprobs, ROW_ADVANTAGES[r])
+                             for r, t in zip(range(start, stop), trajectories[start:stop])])
 
     def to_global(local_array):
         shape = (BATCH_B, *local_array.shape[1:])
@@ -135,25 +174,39 @@ def fraction_held(tree) -> float:
 def phase_load(ctx: dict) -> None:
     model = hf_io.load_pretrained(ctx["args"].hf, mesh=ctx["mesh"], progress=False)
     graphdef, params = nnx.split(model, nnx.Param)
-    ctx.update(model_config=model.config, graphdef=graphdef, params=params)
+    ctx.update(model=model, model_config=model.config, graphdef=graphdef, params=params)
     ctx["result"]["fraction_of_params_held"] = fraction_held(params)
 
 
+def phase_rollout(ctx: dict) -> None:
+    rollouts = SyntheticRollouts(ctx["model"], ctx["mesh"], ctx["args"].hf)
+    trajectories = rollouts.play(seed=0)
+    ctx.update(rollouts=rollouts, trajectories=trajectories)
+    ctx["result"]["rollouts"] = [trajectory_record(trajectories)]
+
+
 def phase_train(ctx: dict) -> None:
-    args = ctx["args"]
-    trainer = Trainer(ctx["graphdef"], LossConfig(), OptimizerConfig(learning_rate=1e-2),
-                      TrainStepConfig(micro_batch_size=BATCH_B // 2, logprob_chunk_t=16, logprob_chunk_v=128))
+    """`steps` iterations of: step on the latest rollout, then the sampler rolls out with the new weights."""
+    args, model, rollouts = ctx["args"], ctx["model"], ctx["rollouts"]
+    trainer = Trainer(ctx["graphdef"], LossConfig(), OptimizerConfig(learning_rate=LEARNING_RATE),
+                      TrainStepConfig(micro_batch_size=BATCH_B // 2, logprob_chunk_t=64))
     ref_params = copy_tree(ctx["params"])
     state = trainer.init(copy_tree(ctx["params"]))
     losses, metric_records = [], []
     for step in range(args.steps):
-        batch, rows = global_batch(ctx["mesh"], ctx["model_config"].vocab_size, seed=step)
+        batch, rows = global_batch(ctx["mesh"], ctx["trajectories"])
         state, metrics = trainer.step(state, ref_params, batch)
+        nnx.update(model, state.params)  # the engine samples with the new weights from here on
         losses.append(float(metrics["loss"]))
         metric_records.append({k: float(v) for k, v in metrics.items()})
         ctx["result"]["rows"] = list(rows)
+        if step + 1 < args.steps:  # the last iteration's rollout is the resume phase's
+            ctx["trajectories"] = rollouts.play(seed=step + 1)
+            ctx["result"]["rollouts"].append(trajectory_record(ctx["trajectories"]))
     ctx.update(trainer=trainer, state=state, ref_params=ref_params, metric_records=metric_records)
-    ctx["result"].update(losses=losses, param_checksum=checksum(state.params))
+    ctx["result"].update(losses=losses, param_checksum=checksum(state.params),
+                         engine_compilations=dict(rollouts.engine.trace_counts),
+                         sampler_weight_copies=rollouts.engine.weights.copied_arrays)
 
 
 def phase_resume(ctx: dict) -> None:
@@ -162,7 +215,9 @@ def phase_resume(ctx: dict) -> None:
     checkpointer = RunCheckpointer(Path(args.out) / "run_ckpt", keep=2)
     checkpointer.save(step, state, ref, {"step": step, "data_position": step * BATCH_B})
     checkpointer.wait()
-    next_batch, _ = global_batch(ctx["mesh"], ctx["model_config"].vocab_size, seed=args.steps)
+    trajectories = ctx["rollouts"].play(seed=args.steps)  # with the weights of `state`
+    ctx["result"]["rollouts"].append(trajectory_record(trajectories))
+    next_batch, _ = global_batch(ctx["mesh"], trajectories)
     continued, metrics = trainer.step(copy_tree(state), ref, next_batch)
     restored = checkpointer.restore(trainer.init(zeros_like_tree(state.params)), zeros_like_tree(ref))
     checkpointer.close()
@@ -170,6 +225,9 @@ def phase_resume(ctx: dict) -> None:
     resumed, resumed_metrics = trainer.step(restored_state, restored_ref, next_batch)
     ctx["state"] = continued
     ctx["metric_records"].append({k: float(v) for k, v in metrics.items()})
+    # importance ratios of every step (1 when the trainer's log-probs equal the sampler's, i.e. when the
+    # sampler rolled out with the weights being trained)
+    ctx["result"]["ratio_means"] = [r["ratio_mean"] for r in ctx["metric_records"]]
     ctx["result"].update(restored_step=int(record["step"]), continued_loss=float(metrics["loss"]),
                          resumed_loss=float(resumed_metrics["loss"]), resumed_checksum=checksum(resumed.params),
                          continued_checksum=checksum(continued.params))
@@ -185,14 +243,15 @@ def phase_export(ctx: dict) -> None:
     writer.close()
 
 
-PHASES = {"load": phase_load, "train": phase_train, "resume": phase_resume, "export": phase_export}
+PHASES = {"load": phase_load, "rollout": phase_rollout, "train": phase_train, "resume": phase_resume,
+          "export": phase_export}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hf", required=True, help="tiny HF checkpoint directory")
+    parser.add_argument("--hf", required=True, help="tiny HF checkpoint directory, with the Qwen3 tokenizer.json")
     parser.add_argument("--out", required=True, help="shared output directory (checkpoints, export, metrics)")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (one may be -1)")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {list(PHASES)}")
     args = parser.parse_args(argv)
@@ -206,11 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         "num_devices": jax.device_count(), "local_devices": jax.local_device_count(),
         "mesh": dict(zip(mesh.axis_names, mesh.axis_sizes))}}
     timings = ctx["result"]["seconds"] = {}
+    cpu_timings = ctx["result"]["cpu_seconds"] = {"startup": round(time.process_time(), 2)}  # imports, runtime
     with jax.set_mesh(mesh):
         for name in args.phases.split(","):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             PHASES[name](ctx)
             timings[name] = round(time.perf_counter() - started, 2)
+            cpu_timings[name] = round(time.process_time() - cpu_started, 2)
     print(RESULT_PREFIX + json.dumps(ctx["result"]), flush=True)
     return 0
 

@@ -2,9 +2,11 @@
 
 Two local processes with two fake CPU devices each form one 4-device mesh (cross-process collectives
 over gloo, JAX's default CPU collectives). Each runs tests/multihost_worker.py: load a tiny HF
-checkpoint sharded over both processes, train on a batch whose rows each process makes itself,
-checkpoint, restore, export. Every process must agree, and match a single-process run of the same
-global batch; only process 0 may write the export and the metrics log.
+checkpoint (real Qwen3 vocabulary) sharded over both processes, roll out synthetic multi-turn episodes
+through a GenerationEngine on that mesh, train on the trajectories (each process supplying its own
+rows), roll out again with the new weights, checkpoint, restore, export. Every process must agree —
+same trajectories, losses and parameters — and match a single-process run; only process 0 may write
+the export and the metrics log.
 """
 from __future__ import annotations
 
@@ -22,12 +24,12 @@ import pytest
 
 from envtune_jax import mesh as mesh_module
 from tests.hf_fixtures import write_tiny_qwen3
-from tests.multihost_worker import RESULT_PREFIX
+from tests.multihost_worker import BATCH_B, LEARNING_RATE, RESULT_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multihost_worker.py"
 LAUNCH = ROOT / "launch"
-STEPS = 3
+STEPS = 1
 # Cluster variables of the machine running the tests must not leak into the workers.
 CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "ENVTUNE_DISTRIBUTED",
                 "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", *mesh_module.SLURM_STEP_VARS)
@@ -41,10 +43,12 @@ def _free_port() -> int:
 
 def _worker_env(devices: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
-    # optimisation level 0: the tiny train step compiles in about half the time; all runs share it
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
-               **extra)
+    # Optimisation level 0 without LLVM's expensive passes: the tiny train step compiles in about half the
+    # time (compilation dominates these runs). One compute thread per process: three processes share two
+    # cores, and more threads only contend. All runs share the flags.
+    flags = (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 "
+             "--xla_llvm_disable_expensive_passes=true --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS=flags, **extra)
     return env
 
 
@@ -83,7 +87,8 @@ def _worker_argv(hf: Path, out: Path, mesh: str) -> list[str]:
     return [sys.executable, str(WORKER), "--hf", str(hf), "--out", str(out), "--steps", str(STEPS), "--mesh", mesh]
 
 
-def _multi_and_reference(hf: Path, tmp: Path, processes: int, devices: int, mesh: str) -> tuple[list[dict], dict]:
+def _multi_and_reference(hf: Path, tmp: Path, processes: int, devices: int, mesh: str,
+                         timeout: float = 240) -> tuple[list[dict], dict]:
     """Runs `processes` distributed workers and a one-device single-process reference side by side."""
     address = f"127.0.0.1:{_free_port()}"
     jobs = {f"process{i}": (_worker_argv(hf, tmp / "multi", mesh),
@@ -91,7 +96,7 @@ def _multi_and_reference(hf: Path, tmp: Path, processes: int, devices: int, mesh
                                         JAX_PROCESS_ID=str(i)))
             for i in range(processes)}
     jobs["reference"] = (_worker_argv(hf, tmp / "single", "1,-1,1"), _worker_env(1))
-    results = _run_all(jobs, tmp / "logs")
+    results = _run_all(jobs, tmp / "logs", timeout)
     return [results[f"process{i}"] for i in range(processes)], results["reference"]
 
 
@@ -103,7 +108,14 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory) -> Path:
-    return write_tiny_qwen3(tmp_path_factory.mktemp("hf") / "tiny", "untied_kv1", vocab_size=512)
+    """A tiny Qwen3 with the real vocabulary, and the Qwen3 tokenizer.json next to it (loading that file
+    takes each worker ~1 s; building the tokenizer from its ranks ~3 s)."""
+    from envtune_jax.chat import default_tokenizer
+    from envtune_jax.chat.tokenizer import save_tokenizer
+
+    path = write_tiny_qwen3(tmp_path_factory.mktemp("hf") / "tiny", "untied_kv1", vocab_size=151936)
+    save_tokenizer(default_tokenizer(), path)
+    return path
 
 
 def _assert_same_params(checksum: list[float], expected: list[float]) -> None:
@@ -114,13 +126,51 @@ def _assert_same_params(checksum: list[float], expected: list[float]) -> None:
     np.testing.assert_array_less(np.abs(got[:, 1] - want[:, 1]), 1e-5 * want[:, 0] + 1e-7)
 
 
+def _assert_same_weights(got: np.ndarray, want: np.ndarray, name: str) -> None:
+    """Equal to 1% of one AdamW step (1e-4), except for a few elements at most one step apart: AdamW
+    divides each gradient element by its own magnitude, so an element whose gradient is at the level
+    of float noise can move by a different fraction of a step (seen: 1 of the 7.3M elements of the
+    151,936 x 48 output projection). A real sharding error moves many elements, or by more than a step."""
+    off = ~np.isclose(got, want, rtol=1e-4, atol=1e-4)
+    assert off.sum() <= max(2, 1e-6 * got.size), f"{name}: {off.sum()} of {got.size} elements differ"
+    np.testing.assert_allclose(got, want, rtol=0, atol=LEARNING_RATE, err_msg=name)
+
+
+def _check_rollouts(workers: list[dict], reference: dict) -> None:
+    """Every process holds every trajectory, identical everywhere and to the single-process run's."""
+    for w in workers:
+        assert w["rollouts"] == workers[0]["rollouts"]
+    rollouts = workers[0]["rollouts"]
+    assert len(rollouts) == STEPS + 1  # one per train step, one for the resume phase
+    for got, want in zip(rollouts, reference["rollouts"]):
+        for key in ("token_ids", "loss_masks", "rewards", "truncated"):
+            assert got[key] == want[key], key
+        for lp_got, lp_want in zip(got["sampler_logprobs"], want["sampler_logprobs"]):
+            np.testing.assert_allclose(lp_got, lp_want, rtol=1e-5, atol=1e-5)
+    for record in rollouts:  # real trajectories: sampled tokens with their log-probs, not padding
+        assert len(record["token_ids"]) == BATCH_B
+        for ids, mask, logprobs in zip(record["token_ids"], record["loss_masks"], record["sampler_logprobs"]):
+            mask, logprobs = np.asarray(mask, bool), np.asarray(logprobs)
+            assert 0 < mask.sum() < len(ids)
+            assert np.all(logprobs[mask] < 0) and np.all(logprobs[~mask] == 0)
+        sampled = [tuple(np.asarray(ids)[np.asarray(mask, bool)]) for ids, mask in
+                   zip(record["token_ids"], record["loss_masks"])]
+        assert len(set(sampled)) == len(sampled), "two slots sampled the same tokens"
+    assert len({tuple(map(tuple, r["token_ids"])) for r in rollouts}) == len(rollouts)
+    # the trainer's log-probs of the sampled tokens are the sampler's (importance ratio 1 on fresh rollouts),
+    # also after a step: the engine sampled with the trained, sharded weights
+    assert len(workers[0]["ratio_means"]) == STEPS + 1
+    np.testing.assert_allclose(workers[0]["ratio_means"], 1.0, atol=1e-4)
+
+
 def _check_agreement(workers: list[dict], reference: dict, processes: int, out: Path, ref_out: Path) -> None:
     assert sorted(w["process_index"] for w in workers) == list(range(processes))
+    _check_rollouts(workers, reference)
     for w in workers:
         assert w["distributed"] and w["process_count"] == processes and w["num_devices"] == 4
     # the batch rows are split between processes, and so are the parameters
     spans = sorted(tuple(w["rows"]) for w in workers)
-    assert spans[0][0] == 0 and spans[-1][1] == 8 and all(a[1] == b[0] for a, b in zip(spans, spans[1:])), spans
+    assert spans[0][0] == 0 and spans[-1][1] == BATCH_B and all(a[1] == b[0] for a, b in zip(spans, spans[1:])), spans
     assert all(a[1] > a[0] for a in spans)
     assert all(w["fraction_of_params_held"] < 0.75 for w in workers), [w["fraction_of_params_held"] for w in workers]
     # every process sees the same numbers ...
@@ -144,12 +194,13 @@ def _check_agreement(workers: list[dict], reference: dict, processes: int, out: 
     np.testing.assert_allclose([r["loss"] for r in records], first["losses"] + [first["continued_loss"]], rtol=1e-6)
     # one complete export, no half-written folders, equal to the single-process export
     assert sorted(p.name for p in out.iterdir() if "export" in p.name) == ["export"]
-    assert sorted(p.name for p in (out / "export").iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(p.name for p in (out / "export").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     exported = _read_safetensors(out / "export" / "model.safetensors")
     expected = _read_safetensors(ref_out / "export" / "model.safetensors")
     assert exported.keys() == expected.keys()
-    for name in expected:  # 1e-4 = 1% of one AdamW step (lr 1e-2), which can amplify float noise
-        np.testing.assert_allclose(exported[name], expected[name], rtol=1e-4, atol=1e-4, err_msg=name)
+    for name in expected:
+        _assert_same_weights(exported[name], expected[name], name)
 
 
 @pytest.mark.multidevice
@@ -162,9 +213,9 @@ def test_two_processes_train_resume_and_export_like_one_process(tiny_hf, tmp_pat
 @pytest.mark.multidevice
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("ENVTUNE_SLOW_TESTS") != "1",
-                    reason="5 processes take ~100 s on 2 CPU cores; set ENVTUNE_SLOW_TESTS=1 to run")
+                    reason="5 processes take minutes on 2 shared CPU cores; set ENVTUNE_SLOW_TESTS=1 to run")
 def test_four_processes_one_device_each_with_data_and_fsdp_axes(tiny_hf, tmp_path):
-    workers, reference = _multi_and_reference(tiny_hf, tmp_path, processes=4, devices=1, mesh="2,2,1")
+    workers, reference = _multi_and_reference(tiny_hf, tmp_path, processes=4, devices=1, mesh="2,2,1", timeout=900)
     assert all(w["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1} for w in workers)
     _check_agreement(workers, reference, 4, tmp_path / "multi", tmp_path / "single")
 
