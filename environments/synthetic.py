@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from environments.base import ToolCall
 from environments.config import EnvironmentConfig
@@ -34,6 +34,7 @@ from environments.rewards import responses_contained
 DEFAULT_DEVICES = (("light", ("red", "green", "blue")), ("fan", ("low", "high")), ("door", ("open", "close")))
 CHAT_TURN_TEXT = "Thanks, that is all for now."
 INITIAL_SETTING = "off"
+DOC_STYLES = ("schema", "short", "system", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +42,16 @@ class SyntheticConfig:
     devices: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_DEVICES
     num_turns: int = 2
     chat_turn_probability: float = 0.0  # chance that a turn (not the first) expects no call
+    # How the devices are described (prompt lengths with the 3 default devices, "qwen_fc" chat style):
+    # "schema": BFCL-style docs with a JSON-schema `value` parameter in the tools block (~260 tokens);
+    # "short": name + one-line description in the tools block (~155 tokens);
+    # "system": no tools block, one system line listing devices, values and the call syntax (~45 tokens);
+    # "none": only the user's request (~14 tokens); the devices and the syntax must be learned.
+    doc_style: Literal["schema", "short", "system", "none"] = "schema"
 
     def __post_init__(self) -> None:
+        if self.doc_style not in DOC_STYLES:
+            raise ValueError(f"doc_style must be one of {DOC_STYLES}, got {self.doc_style!r}")
         if not 2 <= len(self.devices) <= 8:
             raise ValueError(f"use 2..8 devices, got {len(self.devices)}")
         if self.num_turns < 1:
@@ -77,6 +86,12 @@ def make_synthetic_tasks(count: int, config: SyntheticConfig = SyntheticConfig()
 
 
 def tool_docs(config: SyntheticConfig) -> list[dict[str, Any]]:
+    """The tools block of the prompt (empty for doc_styles "system" and "none"); "schema" and "short" list
+    the allowed values."""
+    if config.doc_style in ("system", "none"):
+        return []
+    if config.doc_style == "short":
+        return [{"name": name, "description": f"Sets the {name}: {', '.join(values)}."} for name, values in config.devices]
     return [
         {
             "name": name,
@@ -89,6 +104,12 @@ def tool_docs(config: SyntheticConfig) -> list[dict[str, Any]]:
         }
         for name, values in config.devices
     ]
+
+
+def system_line(config: SyntheticConfig) -> str:
+    """The system message of doc_style "system": every device with its values, and the call syntax."""
+    devices = "; ".join(f"{name} ({', '.join(values)})" for name, values in config.devices)
+    return f"Devices: {devices}. To set one, reply '<device> <value>'."
 
 
 def parse_compact_calls(text: str, tool_names: Sequence[str]) -> tuple[list[ToolCall], list[str]]:
@@ -142,7 +163,10 @@ class SyntheticEpisode(TurnBasedEpisode):
 
     def _opening_messages(self, turn: int) -> list[dict[str, Any]]:
         requested = self.task.turns[turn]
-        return [{"role": "user", "content": CHAT_TURN_TEXT if requested is None else user_request(*requested)}]
+        user = {"role": "user", "content": CHAT_TURN_TEXT if requested is None else user_request(*requested)}
+        if turn == 0 and self.task_config.doc_style == "system":
+            return [{"role": "system", "content": system_line(self.task_config)}, user]
+        return [user]
 
     def _expects_calls(self, turn: int) -> bool:
         return self.task.turns[turn] is not None
