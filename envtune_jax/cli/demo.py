@@ -74,7 +74,7 @@ def run(args) -> int:
 
     synthetic_summary = None
     if not args.skip_synthetic:
-        t = _banner(3, total, "synthetic multi-turn tool task: warm-up, then GRPO (reward should rise)")
+        t = _banner(3, total, "synthetic multi-turn tool task: warm-up, then GRPO (README: Synthetic learning run)")
         cfg = SyntheticRunConfig()
         if args.synthetic_steps is not None:
             cfg.rl_steps = args.synthetic_steps
