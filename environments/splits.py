@@ -16,6 +16,7 @@ Rule (stable across Python/NumPy versions; nothing but SHA-256):
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 from typing import Iterable
 
@@ -90,6 +91,30 @@ def split_entries(
         return [e for e in _easy_entries(entries, seed) if e.category in categories]
     scenarios = {"train": train_scenarios, "test": test_scenarios, "validation": validation_scenarios}[split](seed)
     return [e for e in entries if e.scenario_index in scenarios]
+
+
+def split_entries_from(source: str, split: str, categories: Iterable[str] = CATEGORIES,
+                       data_dir: str | None = None) -> list[BfclEntry]:
+    """`split_entries` read from `source`: "package" (the installed bfcl-eval data, as above) or "tfds"
+    (the TFDS dataset, environments/tfds_builder.py, optionally under `data_dir`)."""
+    if source == "package":
+        return split_entries(split, categories)
+    if source == "tfds":
+        from environments.tfds_builder import load_split_entries
+
+        return load_split_entries(split, categories, data_dir=data_dir)
+    raise ValueError(f"unknown data source {source!r}; choose 'tfds' or 'package'")
+
+
+def first_per_category(entries: Iterable[BfclEntry], limit: int) -> list[BfclEntry]:
+    """The first `limit` entries of each category, in the given order."""
+    counts: collections.Counter = collections.Counter()
+    kept = []
+    for entry in entries:
+        if counts[entry.category] < limit:
+            kept.append(entry)
+            counts[entry.category] += 1
+    return kept
 
 
 def split_of_scenario(scenario_index: int, seed: str = SPLIT_SEED) -> str:

@@ -6,12 +6,12 @@ exactly the prompts an uninterrupted run would have.
 """
 from __future__ import annotations
 
-import collections
 from typing import Sequence
 
 import numpy as np
 
 from environments.bfcl_data import BfclEntry
+from environments.splits import first_per_category, split_entries_from
 
 _SUBSETS = {"stage1_easy": ("stage1_easy", None), "base_train": ("train", "multi_turn_base"),
             "train": ("train", None), "validation": ("validation", None)}
@@ -24,24 +24,13 @@ def load_subset(subset: str, source: str = "tfds", data_dir: str | None = None,
     if subset not in _SUBSETS:
         raise ValueError(f"unknown data subset '{subset}'; choose from {sorted(_SUBSETS)}")
     split, only = _SUBSETS[subset]
-    if source == "package":
-        from environments.splits import split_entries
-        entries = split_entries(split)
-    else:
-        from environments.tfds_builder import load_split_entries
-        entries = load_split_entries(split, data_dir=data_dir)
+    entries = split_entries_from(source, split, data_dir=data_dir)
     if only is not None:
         entries = [e for e in entries if e.category == only]
     if prompt_length is not None:
         entries = sorted(entries, key=prompt_length)
     if limit_per_category is not None:
-        counts: collections.Counter = collections.Counter()
-        kept = []
-        for entry in entries:
-            if counts[entry.category] < limit_per_category:
-                kept.append(entry)
-                counts[entry.category] += 1
-        entries = kept
+        entries = first_per_category(entries, limit_per_category)
     if not entries:
         raise ValueError(f"data subset '{subset}' is empty")
     return entries

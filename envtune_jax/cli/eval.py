@@ -8,7 +8,6 @@ eval_results.md and model_results.jsonl (official result layout) into --out.
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
 import sys
 import time
@@ -67,38 +66,19 @@ def parse_categories(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(chosen))
 
 
-def _load_entries(args, categories):
-    if args.data_source == "package":
-        from environments.splits import split_entries
-
-        return split_entries(args.split, categories)
-    from environments.tfds_builder import load_split_entries
-
-    return load_split_entries(args.split, categories, data_dir=args.data_dir)
-
-
-def _first_per_category(entries, limit: int):
-    counts: collections.Counter = collections.Counter()
-    kept = []
-    for entry in entries:
-        if counts[entry.category] < limit:
-            kept.append(entry)
-            counts[entry.category] += 1
-    return kept
-
-
 def run(args) -> int:
     from environments.bfcl_data import BfclDataMissingError
     from environments.config import EnvironmentConfig
     from environments.eval_report import category_table, load_recorded_outputs, markdown_table, write_results
     from environments.evaluation import evaluate_bfcl, replay_bfcl
     from environments.policies import DoNothingPolicy, ModelPolicyUnavailableError, OraclePolicy, build_model_policy
+    from environments.splits import first_per_category, split_entries_from
 
     categories = parse_categories(args.categories)
     try:
-        entries = _load_entries(args, categories)
+        entries = split_entries_from(args.data_source, args.split, categories, data_dir=args.data_dir)
         if args.limit is not None:
-            entries = _first_per_category(entries, args.limit)
+            entries = first_per_category(entries, args.limit)
     except BfclDataMissingError as exc:
         print(f"envtune eval: {exc}", file=sys.stderr)
         return 2
