@@ -1,7 +1,9 @@
-"""BFCL episodes: the oracle and do-nothing runs over all 800 entries, rewards, turn protocol, augmentation."""
+"""BFCL episodes: the oracle and do-nothing runs over all 800 entries, rewards, turn protocol, augmentation,
+fresh API instances per episode (long_context loading for that category only)."""
 from __future__ import annotations
 
 import collections
+import copy
 
 import pytest
 
@@ -209,3 +211,43 @@ def test_conversation_given_to_a_model_renders_as_the_official_handler_does():
     records = evaluate_bfcl(entries, policy, EnvironmentConfig.evaluation(), keep_history=True)
     assert all(r.outcome.correct for r in records) and policy.rendered > 100
     assert not policy.mismatches, policy.mismatches[:5]
+
+
+def test_long_context_flag_reaches_the_api_instances_of_long_context_entries_only():
+    checked = collections.Counter()
+    for entry in load_entries():
+        env = BfclEpisode(entry)
+        env.reset()
+        for instances in (env._agent, env._truth):
+            for class_name, instance in instances.items():
+                if hasattr(instance, "long_context"):  # classes whose data depends on it set the attribute
+                    assert instance.long_context is (entry.category == "multi_turn_long_context"), (entry.id, class_name)
+                    checked[entry.category] += 1
+    assert set(checked) == set(CATEGORIES)
+
+
+def test_each_episode_gets_fresh_api_instances():
+    entry = entry_by_id("multi_turn_base_0")  # GorillaFileSystem and TwitterAPI
+    initial_config = copy.deepcopy(entry.initial_config)
+    login = {k: entry.initial_config["TwitterAPI"][k] for k in ("username", "password")}
+    first = BfclEpisode(entry)
+    first.reset()
+    fs, twitter = first._agent["GorillaFileSystem"], first._agent["TwitterAPI"]
+    tweets = len(twitter.tweets)
+    calls = [ToolCall("mkdir", {"dir_name": "zz_new"}), ToolCall("authenticate_twitter", login),
+             ToolCall("post_tweet", {"content": "zz"})]
+    first.step("", calls, [])
+    assert "zz_new" in fs._current_dir.contents and len(twitter.tweets) == tweets + 1 and twitter.authenticated
+    assert fs is not first._truth["GorillaFileSystem"] and "zz_new" not in first._truth["GorillaFileSystem"]._current_dir.contents
+
+    def untouched(env):
+        assert env._agent["GorillaFileSystem"] is not fs and env._agent["TwitterAPI"] is not twitter
+        assert "zz_new" not in env._agent["GorillaFileSystem"]._current_dir.contents
+        assert len(env._agent["TwitterAPI"].tweets) == tweets and not env._agent["TwitterAPI"].authenticated
+
+    second = BfclEpisode(entry)
+    second.reset()
+    untouched(second)
+    first.reset()  # a reset of the same episode object starts over too
+    untouched(first)
+    assert entry.initial_config == initial_config
