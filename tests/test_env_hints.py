@@ -1,9 +1,10 @@
 """Hints: every family fires on the failures it targets, and no hint leaks a ground-truth value.
 
 A noisy agent plays every entry: before each turn's ground-truth calls it makes failing calls of the
-kinds the hint families target (paths instead of names, nested cd, folders as files, unknown airport
-codes and currencies, city names as zipcodes, the broken weather service, engine start without its
-preconditions, actions without a login, unknown tools). A leak is a ground-truth argument value that
+kinds the hint families target (paths instead of names, names with forbidden characters, nested cd,
+folders as files, rmdir of non-empty folders, unknown airport codes and currencies, city names as
+zipcodes, the broken weather service, engine start without its preconditions, actions without a login,
+unknown tools). A leak is a ground-truth argument value that
 appears in a hint but nowhere in the conversation so far (tool docs, messages, this step's call, the
 official result the hint is attached to).
 """
@@ -14,11 +15,11 @@ import json
 import re
 
 from environments.base import ToolCall
-from environments.bfcl_data import load_entries
+from environments.bfcl_data import entry_by_id, load_entries
 from environments.bfcl_env import BfclEpisode
 from environments.config import EnvironmentConfig
 from environments.gt_calls import ground_truth_tool_calls, parse_ground_truth_call
-from environments.hints import HINT_PREFIX
+from environments.hints import FORBIDDEN_NAME_CHARACTERS, HINT_PREFIX
 from environments.protocol import render_calls
 
 FS_NAME_ARGUMENTS = ("file_name", "dir_name", "source", "destination", "file_name1", "file_name2")
@@ -27,6 +28,8 @@ FAMILY_MARKERS = {
     "fs_cd": "one folder level per call",
     "fs_directory": "is a folder, not a file",
     "fs_missing": "not in the current directory",
+    "fs_forbidden": "names cannot contain",
+    "fs_rmdir": "rmdir only removes empty folders",
     "airport": "3-letter codes",
     "currency": "only between USD",
     "zipcode": "takes zipcodes",
@@ -45,9 +48,11 @@ def _noisy_calls(truth: list[ToolCall], involved: list[str]) -> list[ToolCall]:
             if isinstance(args.get(key), str):
                 noisy.append(ToolCall(call.name, {**args, key: "zz_dir/" + args[key]}))
                 noisy.append(ToolCall(call.name, {**args, key: "zz_missing_" + args[key]}))
+                noisy.append(ToolCall(call.name, {**args, key: "zz?" + args[key]}))
         if call.name == "cd":
             noisy.append(ToolCall("cd", {"folder": "zz_a/zz_b"}))
             noisy.append(ToolCall("cat", {"file_name": args["folder"]}))
+            noisy.append(ToolCall("rmdir", {"dir_name": args["folder"]}))
         if "travel_from" in args:
             noisy.append(ToolCall(call.name, {**args, "travel_from": "ZZZ"}))
         if call.name == "compute_exchange_rate":
@@ -133,3 +138,25 @@ def test_hints_are_appended_to_the_official_result_not_replacing_it():
     augmented = hinted.step("", call, []).messages[0]["content"]
     assert augmented.startswith(official + "\n" + HINT_PREFIX)
     assert hinted.agent_results() == plain.agent_results() == [official]
+
+
+def test_forbidden_character_and_non_empty_rmdir_hints_quote_no_ground_truth():
+    entry = entry_by_id("multi_turn_base_0")  # starts in workspace/, which holds the non-empty document/
+    env = BfclEpisode(entry, EnvironmentConfig.training(augmented=True))
+    conversation = json.dumps(env.tools()) + "".join(m["content"] for m in env.reset())
+    cases = [
+        (ToolCall("touch", {"file_name": "zz?notes.txt"}), "touch: cannot touch 'zz?notes.txt': Invalid character",
+         f"names cannot contain any of the characters {FORBIDDEN_NAME_CHARACTERS}; use a plain name."),
+        (ToolCall("mkdir", {"dir_name": "a*b"}), "mkdir: cannot create directory 'a*b': Invalid character",
+         "names cannot contain any of the characters"),
+        (ToolCall("rmdir", {"dir_name": "document"}), "rmdir: cannot remove 'document': Directory not empty",
+         "rmdir only removes empty folders: move or remove what is inside first."),
+    ]
+    for call, official_error, hint_text in cases:
+        text = render_calls([call])
+        conversation += text
+        (message,) = env.step(text, [call], []).messages
+        official, _, hint = message["content"].partition("\n" + HINT_PREFIX)
+        assert official == json.dumps({"error": official_error}) and hint.startswith(hint_text)
+        conversation += official
+        assert not _leaks(hint, _truth_values(entry), conversation)
