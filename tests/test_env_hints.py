@@ -4,9 +4,8 @@ A noisy agent plays every entry: before each turn's ground-truth calls it makes 
 kinds the hint families target (paths instead of names, names with forbidden characters, nested cd,
 folders as files, rmdir of non-empty folders, unknown airport codes and currencies, city names as
 zipcodes, the broken weather service, engine start without its preconditions, actions without a login,
-unknown tools). A leak is a ground-truth argument value that
-appears in a hint but nowhere in the conversation so far (tool docs, messages, this step's call, the
-official result the hint is attached to).
+unknown tools). A leak is a ground-truth argument value that appears in a hint but nowhere in the
+conversation so far (tool docs, messages, this step's call, the official result the hint is attached to).
 """
 from __future__ import annotations
 
