@@ -2,8 +2,10 @@
 
 A model checkpoint directory holds `model_config.json` (the Qwen3Config), `params/` (an Orbax
 PyTree checkpoint of the parameters as a plain nested dict) and, when the source had them, the
-tokenizer files under `tokenizer/`. Restoring builds the model abstractly and asks Orbax for each
-array directly in its target sharding, so a checkpoint written on one mesh loads onto another.
+tokenizer files under `tokenizer/`. `save_model` writes it into a temporary sibling folder renamed
+into place on success, so a failed convert keeps the previous checkpoint and leaves no partial one.
+Restoring builds the model abstractly and asks Orbax for each array directly in its target
+sharding, so a checkpoint written on one mesh loads onto another.
 
 `RunCheckpointer` wraps an Orbax CheckpointManager for training runs (params, optimizer state and a
 JSON record of step/stage/PRNG/data position/metrics): async saves, keep-last-N, and atomic
@@ -23,7 +25,7 @@ from flax import nnx
 
 from envtune_jax.sharding import named_sharding
 from models.config import Qwen3Config
-from models.hf_io import TOKENIZER_FILES
+from models.hf_io import TOKENIZER_FILES, staged_dir
 from models.qwen3 import Qwen3
 
 MODEL_CONFIG_FILE = "model_config.json"
@@ -73,18 +75,18 @@ def model_from_dict(cfg: Qwen3Config, params: dict) -> Qwen3:
 
 def save_model(model: Qwen3, ckpt_dir: str | Path, tokenizer_dir: str | Path | None = None,
                metadata: dict | None = None) -> Path:
-    """Writes a model checkpoint (params + config + tokenizer files). Overwrites `ckpt_dir`."""
+    """Writes a model checkpoint (params + config + tokenizer files), replacing `ckpt_dir` only once it
+    is complete: all is written into a temporary sibling folder renamed into place at the end, so a
+    failure leaves an existing `ckpt_dir` intact and no partial folder. Every process calls this."""
     ckpt_dir = Path(ckpt_dir).absolute()
-    if ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(ckpt_dir / "params", params_as_dict(model))
-    if jax.process_index() == 0:
-        record = {"model": dataclasses.asdict(model.config), "metadata": metadata or {}}
-        (ckpt_dir / MODEL_CONFIG_FILE).write_text(json.dumps(record, indent=2))
-        if tokenizer_dir is not None:
-            copy_tokenizer_files(Path(tokenizer_dir), ckpt_dir / "tokenizer")
+    with staged_dir(ckpt_dir, all_processes=True) as tmp:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp / "params", params_as_dict(model))
+        if jax.process_index() == 0:
+            record = {"model": dataclasses.asdict(model.config), "metadata": metadata or {}}
+            (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(record, indent=2))
+            if tokenizer_dir is not None:
+                copy_tokenizer_files(Path(tokenizer_dir), tmp / "tokenizer")
     return ckpt_dir
 
 

@@ -1,18 +1,22 @@
 """Hugging Face safetensors ⇄ NNX Qwen3: streamed, sharded import and exact export.
 
-Import builds the model abstractly (no random init), then reads one tensor at a time from the
-(single-file or index-sharded) safetensors checkpoint, rearranges it into our layout and places
-it straight onto its devices: with a mesh, each device receives only its shard, so the full model
-never sits twice in host memory. Export writes config.json, generation_config.json, ≤5 GB
-safetensors shards with an index, and the tokenizer files of the source; it writes into a
-temporary folder renamed into place at the end, so a failure leaves nothing half-written.
+Import builds the model abstractly (no random init), then goes through the (single-file or
+index-sharded) safetensors checkpoint one tensor at a time. Without a mesh it reads the tensor,
+rearranges it into our layout and puts it on the device. With a mesh, each addressable device's
+shard is read on its own with `safe_open(...).get_slice(name)[hf_index]`, where `hf_index` is the
+shard's box mapped back through the layout change (transposes swap slices; a merged (N H) row
+dimension is read as contiguous rows, see `models.weights.hf_read_plan`): no host reads a sharded
+weight in full, and replicated weights (norms) are read once per host. The full model never sits
+twice in host memory. Export writes config.json, generation_config.json, ≤5 GB safetensors shards
+with an index, and the tokenizer files of the source; it writes into a temporary sibling folder
+renamed into place at the end (`staged_dir`), so a failure leaves nothing half-written.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -27,7 +31,7 @@ from tqdm.auto import tqdm
 from envtune_jax.sharding import named_sharding
 from models.config import NotAQwen3Checkpoint, Qwen3Config, load_hf_config, to_hf_dict
 from models.qwen3 import Qwen3
-from models.weights import expected_hf_shape, hf_to_ours, ours_to_hf
+from models.weights import expected_hf_shape, hf_read_plan, hf_to_ours, ours_to_hf
 
 MAX_SHARD_BYTES = 5 * 1000**3
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
@@ -63,18 +67,23 @@ def _flat_params(model_or_state) -> list[tuple[tuple, nnx.Variable]]:
     return list(nnx.to_flat_state(state))
 
 
-def _read_tensors(hf_dir: Path, names: Iterable[str], index: dict[str, Path]) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (name, array) one at a time, opening each file once per run of names it holds."""
+def _open_tensors(names: Iterable[str], index: dict[str, Path]) -> Iterator[tuple[str, object]]:
+    """Yields (name, open safetensors handle holding it), opening each file once."""
     handles: dict[Path, object] = {}
     try:
         for name in names:
             path = index[name]
             if path not in handles:
                 handles[path] = safe_open(str(path), framework="numpy").__enter__()
-            yield name, handles[path].get_tensor(name)
+            yield name, handles[path]
     finally:
         for handle in handles.values():
             handle.__exit__(None, None, None)
+
+
+def _read_slice(handle, name: str, hf_index: tuple[slice, ...]) -> np.ndarray:
+    """Reads box `hf_index` of stored tensor `name`: the loader's only read of tensor data."""
+    return handle.get_slice(name)[hf_index]
 
 
 def load_pretrained(hf_dir: str | os.PathLike, dtype: str = "float32", mesh=None, compute_dtype: str | None = None,
@@ -101,26 +110,40 @@ def load_weights(hf_dir: Path, cfg: Qwen3Config, mesh=None, progress: bool = Tru
         raise CheckpointError(f"{hf_dir}: tensors this Qwen3 config has no place for: {unexpected[:5]}")
     dtype = jnp.dtype(cfg.param_dtype)
     bar = tqdm(total=len(wanted), desc=f"loading {hf_dir.name}", unit="tensor", disable=not progress)
-    for name, hf_array in _read_tensors(hf_dir, sorted(wanted, key=lambda n: str(index[n])), index):
+    for name, handle in _open_tensors(sorted(wanted, key=lambda n: str(index[n])), index):
         _, var = wanted[name]
         meta = var.get_metadata()
         shape = tuple(var.shape)
         want_hf = expected_hf_shape(meta["hf_layout"], meta["layout"], shape)
-        if tuple(hf_array.shape) != want_hf:
-            raise CheckpointError(f"{index[name]}: tensor '{name}' has shape {tuple(hf_array.shape)}, "
-                                  f"config.json implies {want_hf}")
-        ours = hf_to_ours(hf_array, meta["hf_layout"], meta["layout"], shape).astype(dtype)
-        var.set_value(_place(ours, meta["logical_axes"], mesh))
+        stored = tuple(handle.get_slice(name).get_shape())
+        if stored != want_hf:
+            raise CheckpointError(f"{index[name]}: tensor '{name}' has shape {stored}, config.json implies {want_hf}")
+        var.set_value(_load_tensor(handle, name, meta, shape, dtype, mesh))
         bar.update(1)
     bar.close()
     return nnx.merge(graphdef, state)
 
 
-def _place(host_array: np.ndarray, logical_axes, mesh) -> jax.Array:
+def _load_tensor(handle, name: str, meta, shape: tuple[int, ...], dtype, mesh) -> jax.Array:
+    """Tensor `name` in our layout and `dtype`; with a mesh, each device's shard is read on its own."""
+
+    def read(our_index) -> np.ndarray:
+        hf_index, block_shape, rest = hf_read_plan(meta["hf_layout"], meta["layout"], shape, our_index)
+        block = hf_to_ours(_read_slice(handle, name, hf_index), meta["hf_layout"], meta["layout"], block_shape)
+        return block[rest].astype(dtype, copy=False)
+
     if mesh is None:
-        return jnp.asarray(host_array)
-    sharding = named_sharding(mesh, logical_axes, host_array.shape)
-    return jax.make_array_from_callback(host_array.shape, sharding, lambda idx: host_array[idx])
+        return jnp.asarray(read(()))
+    sharding = named_sharding(mesh, meta["logical_axes"], shape)
+    shards: dict[tuple, np.ndarray] = {}  # replicas of one shard share one read
+
+    def shard(our_index) -> np.ndarray:
+        key = tuple(s.indices(size) for s, size in zip(our_index, shape))
+        if key not in shards:
+            shards[key] = read(our_index)
+        return shards[key]
+
+    return jax.make_array_from_callback(shape, sharding, shard)
 
 
 def _to_host(value: jax.Array) -> np.ndarray:
@@ -149,9 +172,7 @@ def save_pretrained(model: Qwen3, out_dir: str | os.PathLike, tokenizer_dir: str
         for _ in export_tensors(model, dtype):  # join the collective gathers
             pass
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir, all_processes=False) as tmp:
         _write_checkpoint(model, tmp, dtype, max_shard_bytes, progress)
         hf_config = to_hf_dict(cfg)
         hf_config["torch_dtype"] = dtype or cfg.param_dtype
@@ -164,13 +185,47 @@ def save_pretrained(model: Qwen3, out_dir: str | os.PathLike, tokenizer_dir: str
             for name in TOKENIZER_FILES:
                 if (Path(tokenizer_dir) / name).is_file():
                     shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: Path, all_processes: bool = True) -> Iterator[Path]:
+    """Yields `.<name>.partial`, a sibling of `out_dir` to write into; on success it replaces `out_dir`,
+    on failure it is removed and an existing `out_dir` is left as it was.
+
+    With `all_processes` every process calls this (Orbax writes from all of them into the same folder):
+    process 0 alone creates, renames and removes, between barriers. Otherwise only the caller writes.
+    """
+    out_dir = Path(out_dir).absolute()
+    tmp, old = (out_dir.parent / f".{out_dir.name}.{suffix}" for suffix in ("partial", "replaced"))
+    leader = not all_processes or jax.process_index() == 0
+    if leader:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+        tmp.mkdir()
+    _barrier(all_processes, f"staged_dir:create:{out_dir}")
+    try:
+        yield tmp
+        _barrier(all_processes, f"staged_dir:written:{out_dir}")
+        if leader:
+            shutil.rmtree(old, ignore_errors=True)
+            if out_dir.exists():
+                out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if leader:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not out_dir.exists():  # failed between the two renames
+                old.rename(out_dir)
+        raise
+    _barrier(all_processes, f"staged_dir:renamed:{out_dir}")
+
+
+def _barrier(all_processes: bool, name: str) -> None:
+    if all_processes and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def _write_checkpoint(model: Qwen3, out: Path, dtype, max_shard_bytes: int, progress: bool) -> None:

@@ -62,6 +62,38 @@ def ours_to_hf(array: np.ndarray, hf_layout: str, layout: str) -> np.ndarray:
     return np.ascontiguousarray(einops.rearrange(array, pattern))
 
 
+def hf_read_plan(hf_layout: str, layout: str, our_shape: tuple[int, ...],
+                 our_index: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[int, ...], tuple[slice, ...]]:
+    """How to read box `our_index` of our array from the stored HF tensor without reading the rest.
+
+    Returns (hf_index, block_shape, rest_index): `hf_to_ours(hf[hf_index], ..., block_shape)[rest_index]`
+    is `hf_to_ours(hf, ...)[our_index]`. A transpose (gate "D F" ⇄ HF "F D") just swaps the slices. A
+    merged HF dimension such as q_proj's (N H) is read as the contiguous rows of the outer letter's range
+    with the inner letters whole; only a cut inside an inner letter (head_dim, never sharded by the rules)
+    reads more than the box, and `rest_index` trims it.
+    """
+    letters = [letter.lower() for letter in layout.split()]
+    sizes = _sizes(layout, our_shape)
+    our_index = tuple(our_index) + (slice(None),) * (len(letters) - len(our_index))
+    bounds = {letter: _bounds(s, sizes[letter]) for letter, s in zip(letters, our_index)}
+    hf_index, block, read_exactly = [], dict(sizes), set()
+    for outer, *inner in _groups(hf_layout.lower()):
+        start, stop = bounds[outer]
+        stride = int(np.prod([sizes[letter] for letter in inner], dtype=np.int64))
+        hf_index.append(slice(start * stride, stop * stride))
+        block[outer] = stop - start
+        read_exactly.add(outer)
+    rest = tuple(slice(None) if letter in read_exactly else slice(*bounds[letter]) for letter in letters)
+    return tuple(hf_index), tuple(block[letter] for letter in letters), rest
+
+
+def _bounds(index: slice, size: int) -> tuple[int, int]:
+    start, stop, step = index.indices(size)
+    if step != 1:
+        raise ValueError(f"strided index {index} is not a shard")
+    return start, stop
+
+
 def expected_hf_shape(hf_layout: str, layout: str, our_shape: tuple[int, ...]) -> tuple[int, ...]:
     sizes = _sizes(layout, our_shape)
     shape = []

@@ -16,8 +16,9 @@ TINY_VARIANTS = {
 
 
 def write_tiny_qwen3(out_dir: Path, variant: str = "tied_kv2", vocab_size: int = 512, seed: int = 0,
-                     dtype: str = "float32") -> Path:
-    """Creates a random Qwen3ForCausalLM with transformers and saves it (safetensors) to out_dir."""
+                     dtype: str = "float32", max_shard_size: str | None = None) -> Path:
+    """Creates a random Qwen3ForCausalLM with transformers and saves it (safetensors) to out_dir; with
+    `max_shard_size` (e.g. "100KB") as several files with a model.safetensors.index.json."""
     import torch
     import transformers
 
@@ -34,7 +35,7 @@ def write_tiny_qwen3(out_dir: Path, variant: str = "tied_kv2", vocab_size: int =
             if "norm" in name:
                 param.copy_(1.0 + 0.1 * torch.randn_like(param))
     model = model.to(getattr(torch, dtype))
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     return Path(out_dir)
 
 

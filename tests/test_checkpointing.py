@@ -1,13 +1,17 @@
-"""Model checkpoints: convert → restore (same and other mesh, other dtype) → export, via the CLI too."""
+"""Model checkpoints: convert → restore (same and other mesh, other dtype) → export, via the CLI too;
+a failed convert keeps the previous checkpoint and leaves no partial one."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from envtune_jax import checkpointing, hf_io
@@ -42,6 +46,36 @@ def test_cli_reports_bad_paths_without_traceback(tmp_path, capsys):
     assert envtune(["export", "--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "model_config.json: not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_failed_convert_keeps_the_previous_checkpoint_and_leaves_no_partial_one(source, tmp_path, monkeypatch):
+    out = tmp_path / "ckpt"
+    assert envtune(["convert", "--hf", str(source), "--out", str(out)]) == 0
+    before = _snapshot(out)
+    bad = tmp_path / "bad"
+    shutil.copytree(source, bad)
+    (bad / "model.safetensors").unlink()
+    assert envtune(["convert", "--hf", str(bad), "--out", str(out)]) == 2
+
+    def half_written_then_broken(self, directory, *args, **kwargs):
+        Path(directory).mkdir(parents=True)
+        (Path(directory) / "half-written").write_text("x")
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ocp.StandardCheckpointer, "save", half_written_then_broken)
+        for target in (out, tmp_path / "fresh"):
+            with pytest.raises(OSError, match="disk full"):
+                envtune(["convert", "--hf", str(source), "--out", str(target)])
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "ckpt"]
+    assert envtune(["convert", "--hf", str(source), "--out", str(out), "--dtype", "bfloat16"]) == 0
+    assert json.loads((out / "model_config.json").read_text())["model"]["param_dtype"] == "bfloat16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "ckpt"]
 
 
 RESTORE_ON_MESH = textwrap.dedent("""
