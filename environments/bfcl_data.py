@@ -1,17 +1,21 @@
 """BFCL V3 multi-turn data from the installed `bfcl-eval` package: entries, ground truth, tool docs.
 
 Files are located with importlib.resources inside `bfcl_eval/data/` (the `BFCL_v4_multi_turn_*` files hold
-the V3 multi-turn data). Tool docs get the same description suffix as the official loader adds; the docs
+the V3 multi-turn data). Loading warns (does not fail) when the installed version is not the pinned one. Tool docs get the same description suffix as the official loader adds; the docs
 withheld in miss_func entries do not (the official loader removes them before adding the suffix).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import json
+import warnings
 from typing import Any, Iterable, Mapping
 
-BFCL_PIN = "bfcl-eval==2026.3.23"
+BFCL_DISTRIBUTION = "bfcl-eval"
+BFCL_VERSION = "2026.3.23"
+BFCL_PIN = f"{BFCL_DISTRIBUTION}=={BFCL_VERSION}"
 INSTALL_COMMAND = f"pip install --no-deps {BFCL_PIN} mpmath==1.3.0"
 
 CATEGORIES = (
@@ -38,6 +42,10 @@ FUNC_DOC_FILES = {
 
 class BfclDataMissingError(RuntimeError):
     """The `bfcl-eval` package (data, API classes, checker) is not installed."""
+
+
+class BfclVersionWarning(UserWarning):
+    """The installed `bfcl-eval` is not the pinned version: data and checker may differ from it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +95,32 @@ def _package_data_dir():
             f"The BFCL multi-turn data and API classes come from the `{BFCL_PIN}` package, which is not "
             f"installed. Install it without its dependency tree:\n    {INSTALL_COMMAND}\n(or run `make setup`)."
         ) from exc
+    check_bfcl_version()
     return resources.files("bfcl_eval") / "data"
+
+
+def installed_bfcl_version() -> str | None:
+    """The installed bfcl-eval distribution's version, or None when it has no package metadata."""
+    try:
+        return importlib.metadata.version(BFCL_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_bfcl_version() -> str | None:
+    """Warns (BfclVersionWarning; shown once per process under the default warning filters) unless the
+    installed bfcl-eval is the pinned version, and returns the warning text (None when it matches)."""
+    installed = installed_bfcl_version()
+    if installed == BFCL_VERSION:
+        return None
+    found = f"version {installed}" if installed else "a version without package metadata"
+    message = (
+        f"bfcl-eval {found} is installed, but this project is pinned to {BFCL_VERSION}: entries, ground truth, "
+        f"API classes and checker may differ, so scores may not match the pinned leaderboard data. Install the "
+        f"pinned version with:\n    {INSTALL_COMMAND}"
+    )
+    warnings.warn(message, BfclVersionWarning, stacklevel=2)
+    return message
 
 
 def _read_jsonl(resource) -> list[dict[str, Any]]:

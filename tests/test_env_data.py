@@ -1,8 +1,11 @@
-"""BFCL data: loading, the deterministic scenario split, stage subsets, the TFDS builder, the missing-package error."""
+"""BFCL data: loading, the deterministic scenario split, stage subsets, the TFDS builder, the missing-package
+error and the warning for another bfcl-eval version."""
 from __future__ import annotations
 
 import builtins
 import collections
+import importlib.metadata
+import warnings
 
 import pytest
 
@@ -61,6 +64,39 @@ def test_missing_package_error_names_the_install_command(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_bfcl)
     with pytest.raises(BfclDataMissingError, match="pip install --no-deps bfcl-eval==2026.3.23 mpmath==1.3.0"):
+        bfcl_data._package_data_dir()
+
+
+def _pretend_bfcl_version(monkeypatch, version):
+    real_version = importlib.metadata.version
+
+    def fake_version(name):
+        if name != bfcl_data.BFCL_DISTRIBUTION:
+            return real_version(name)
+        if version is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return version
+
+    monkeypatch.setattr(importlib.metadata, "version", fake_version)
+
+
+def test_another_bfcl_version_warns_clearly_and_still_loads(monkeypatch):
+    _pretend_bfcl_version(monkeypatch, "2025.1.1")
+    pinned = r"bfcl-eval version 2025\.1\.1 is installed, but this project is pinned to 2026\.3\.23"
+    with pytest.warns(bfcl_data.BfclVersionWarning, match=pinned) as record:
+        entries = bfcl_data._load_category.__wrapped__("multi_turn_base")  # the uncached data load
+    assert len(entries) == 200
+    assert "pip install --no-deps bfcl-eval==2026.3.23 mpmath==1.3.0" in str(record[0].message)
+    _pretend_bfcl_version(monkeypatch, None)
+    with pytest.warns(bfcl_data.BfclVersionWarning, match="without package metadata"):
+        bfcl_data._package_data_dir()
+
+
+def test_pinned_bfcl_version_loads_silently():
+    assert bfcl_data.installed_bfcl_version() == bfcl_data.BFCL_VERSION == "2026.3.23"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bfcl_data.BfclVersionWarning)
+        assert bfcl_data.check_bfcl_version() is None
         bfcl_data._package_data_dir()
 
 
