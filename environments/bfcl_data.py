@@ -1,8 +1,9 @@
 """BFCL V3 multi-turn data from the installed `bfcl-eval` package: entries, ground truth, tool docs.
 
 Files are located with importlib.resources inside `bfcl_eval/data/` (the `BFCL_v4_multi_turn_*` files hold
-the V3 multi-turn data). Loading warns (does not fail) when the installed version is not the pinned one. Tool docs get the same description suffix as the official loader adds; the docs
+the V3 multi-turn data). Tool docs get the same description suffix as the official loader adds; the docs
 withheld in miss_func entries do not (the official loader removes them before adding the suffix).
+Loading warns (does not fail) when the installed bfcl-eval is not the pinned version.
 """
 from __future__ import annotations
 
