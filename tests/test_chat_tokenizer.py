@@ -114,11 +114,18 @@ def test_nfc_matches_python_except_for_unicode_version_gaps(tokenizer, tiktoken_
 
 def test_added_tokens_are_single_ids_with_the_qwen3_ids(tokenizer):
     assert tokenizer.get_vocab_size(with_added_tokens=True) == QWEN3_VOCAB_SIZE_WITH_ADDED
+    # All 26 ids as in Qwen3's tokenizer_config.json (added_tokens_decoder), written out independently
+    # of the list in special_tokens.py so a reordering there fails here.
     expected = {
-        151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>", 151657: "<tool_call>",
-        151658: "</tool_call>", 151665: "<tool_response>", 151666: "</tool_response>", 151667: "<think>",
-        151668: "</think>",
+        151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>", 151646: "<|object_ref_start|>",
+        151647: "<|object_ref_end|>", 151648: "<|box_start|>", 151649: "<|box_end|>", 151650: "<|quad_start|>",
+        151651: "<|quad_end|>", 151652: "<|vision_start|>", 151653: "<|vision_end|>", 151654: "<|vision_pad|>",
+        151655: "<|image_pad|>", 151656: "<|video_pad|>", 151657: "<tool_call>", 151658: "</tool_call>",
+        151659: "<|fim_prefix|>", 151660: "<|fim_middle|>", 151661: "<|fim_suffix|>", 151662: "<|fim_pad|>",
+        151663: "<|repo_name|>", 151664: "<|file_sep|>", 151665: "<tool_response>", 151666: "</tool_response>",
+        151667: "<think>", 151668: "</think>",
     }
+    assert len(st.QWEN3_ADDED_TOKENS) == len(expected)
     for token_id, content in expected.items():
         assert st.ADDED_TOKEN_IDS[content] == token_id
     for spec in st.QWEN3_ADDED_TOKENS:
