@@ -23,5 +23,11 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
+# CPU-sized speed checks, one JSON line each (GPU runs: see the README's "Measured figures")
+bench: setup
+	$(BIN)/python benchmarks/env_speed.py
+	$(BIN)/envtune bench generate --preset tiny --random-weights --batch 2
+	$(BIN)/envtune bench train --preset tiny --random-weights --batch 2 --seq-len 64
+
 clean:
 	rm -rf $(VENV) runs out

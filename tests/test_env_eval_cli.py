@@ -51,3 +51,16 @@ def test_overall_is_the_unweighted_mean_of_category_accuracies():
     rows = category_table(records)
     assert rows[-1] == TableRow("OVERALL", 4, 6, (75.0 + 50.0) / 2)
     assert markdown_table(rows).splitlines()[-1] == "| OVERALL | 4 | 6 | 62.50% |"
+
+
+def test_default_data_source_is_the_tfds_dataset_built_on_first_use(tmp_path, capsys):
+    data_dir = tmp_path / "tfds"
+    assert main(["eval", "--policy", "oracle", "--split", "test", "--categories", "miss_func", "--limit", "3",
+                 "--data-dir", str(data_dir), "--out", str(tmp_path / "out")]) == 0
+    assert "| multi_turn_miss_func | 3 | 3 | 100.00% |" in capsys.readouterr().out
+    assert any(data_dir.rglob("*.array_record*"))  # prepared there on first use, then read through TFDS
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    from environments.splits import first_per_category, split_entries
+
+    expected = first_per_category(split_entries("test", ["multi_turn_miss_func"]), 3)
+    assert [entry["id"] for entry in results["entries"]] == [entry.id for entry in expected]
