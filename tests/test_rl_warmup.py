@@ -70,6 +70,27 @@ def test_weak_prior_demos_name_the_requested_device(value_accuracy):
     assert batch.tokens_bt.shape[0] == len(demos)
 
 
+@pytest.mark.parametrize("augmented", [True, False])
+def test_misspelt_demonstrations_get_feedback_and_a_retry_only_when_augmented(augmented):
+    tokenizer, chat = default_tokenizer(), ChatConfig()
+    tasks = make_synthetic_tasks(30, CONFIG, seed=5)
+    episodes = [SyntheticEpisode(t, CONFIG, EnvironmentConfig.training(augmented=augmented)) for t in tasks]
+    demos = weak_prior_demos(episodes, tokenizer, chat, 1.0, 1.0, random.Random(1), syntax_accuracy=0.0,
+                             max_attempts=2)
+    for task, episode, demo in zip(tasks, episodes, demos):
+        steps = _assistant_texts(demo, tokenizer)
+        counters = episode.outcome().counters
+        assert episode.done and episode.outcome().reward == 0.0  # never spelt right: no turn is won
+        if augmented:  # format feedback keeps the turn open: two misspelt attempts, then an empty reply
+            assert len(steps) == 3 * len(task.turns) and steps[2::3] == [""] * len(task.turns)
+            assert counters["format_errors"] == 2 * len(task.turns)
+        else:  # without feedback a misspelt step ends the turn
+            assert len(steps) == len(task.turns) and counters["format_errors"] == len(task.turns)
+        for attempt in (s for s in steps if s):
+            tool, value, extra = attempt.split()
+            assert (tool, value) in task.turns and extra in ("please", "now")
+
+
 def test_weak_prior_demos_reject_probabilities_outside_0_1():
     with pytest.raises(ValueError, match="value_accuracy"):
         weak_prior_demos([], default_tokenizer(), ChatConfig(), 1.0, 1.5, random.Random(0))

@@ -82,7 +82,7 @@ def run(args) -> int:
         def show(step, record):
             print(f"  step {step:3d}  reward {record['reward_mean']:.3f}  loss {record['loss']:+.4f}", flush=True)
 
-        result = run_synthetic(cfg, out / "synthetic", on_step=show)
+        result = run_synthetic(cfg, out / "synthetic", on_step=show, progress=True)
         history = getattr(result, "history", result)
         synthetic_summary = (history[0]["reward_mean"], history[-1]["reward_mean"])
         print(f"  reward {synthetic_summary[0]:.3f} → {synthetic_summary[1]:.3f}; curve: {out / 'synthetic' / 'metrics.jsonl'} "

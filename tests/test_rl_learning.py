@@ -1,0 +1,29 @@
+"""The proof that the RL loop learns: the default synthetic run (rl/synthetic_run.py), end to end.
+
+A tiny random Qwen3 (real vocabulary and tokenizer) is warmed up on demonstrations that call the
+requested device with the requested value but spell 9 calls in 10 as format errors ("light red please");
+GRPO through the real rollout, environment and train-step code must then raise the mean episode reward
+from ≤ 0.2 to ≥ 0.8. About 12 minutes on 2 CPU cores, so `make test` deselects it (marker `learning`);
+`make test-learning` and CI run it.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rl.synthetic_run import SyntheticRunConfig, run_synthetic
+
+pytestmark = pytest.mark.learning
+
+
+def test_default_synthetic_run_raises_the_reward_from_at_most_0_2_to_at_least_0_8(tmp_path):
+    cfg = SyntheticRunConfig()
+    result = run_synthetic(cfg, tmp_path)
+    rewards = [record["reward_mean"] for record in result.history]
+    assert len(rewards) == cfg.rl_steps
+    assert sum(rewards[:2]) / 2 <= 0.2, rewards
+    assert sum(rewards[-5:]) / 5 >= 0.8, rewards
+    # the curve the README plots is the one written to metrics.jsonl
+    logged = [json.loads(line)["reward_mean"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx(rewards)
