@@ -1,4 +1,4 @@
-"""`envtune eval --hf` / `--ckpt` drive a real model through the official protocol and write the table."""
+"""`envtune eval --hf` drives a real model through the official protocol and writes the table."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,6 @@ import pytest
 from envtune_jax.cli.main import main as envtune
 from tests.hf_fixtures import write_tiny_qwen3
 
-QUICK_MODEL_EVAL = ["--split", "test", "--limit", "1", "--categories", "base", "--data-source", "package",
-                    "--max-new-tokens", "4", "--batch-size", "4", "--max-cache-len", "8192"]
-
 
 @pytest.fixture(scope="module")
 def full_vocab_checkpoint(tmp_path_factory):
@@ -18,20 +15,16 @@ def full_vocab_checkpoint(tmp_path_factory):
 
 
 def test_eval_of_a_model_writes_the_table(full_vocab_checkpoint, tmp_path, capsys):
-    code = envtune(["eval", "--hf", str(full_vocab_checkpoint), *QUICK_MODEL_EVAL, "--out", str(tmp_path / "hf")])
+    code = envtune(["eval", "--hf", str(full_vocab_checkpoint), "--split", "test", "--limit", "1", "--categories", "base",
+                    "--data-source", "package", "--max-new-tokens", "4", "--batch-size", "4",
+                    "--max-cache-len", "8192", "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| OVERALL | 0 | 1 | 0.00% |" in printed  # a random tiny model solves nothing
-    results = json.loads((tmp_path / "hf" / "eval_results.json").read_text())
+    results = json.loads((tmp_path / "eval_results.json").read_text())
     assert [row["category"] for row in results["table"]] == ["multi_turn_base", "OVERALL"]
-    (line,) = (tmp_path / "hf" / "model_results.jsonl").read_text().splitlines()
+    (line,) = (tmp_path / "model_results.jsonl").read_text().splitlines()
     record = json.loads(line)
     # every turn was played (one step each: the model never calls a tool), none cut short
     assert record["id"] == "multi_turn_base_0" and len(record["result"]) > 1
     assert all(len(turn) == 1 for turn in record["result"])
-
-    # The same weights converted to an envtune checkpoint: --ckpt decodes greedily to the same outputs.
-    assert envtune(["convert", "--hf", str(full_vocab_checkpoint), "--out", str(tmp_path / "ckpt")]) == 0
-    assert envtune(["eval", "--ckpt", str(tmp_path / "ckpt"), *QUICK_MODEL_EVAL, "--out", str(tmp_path / "ck")]) == 0
-    (ckpt_line,) = (tmp_path / "ck" / "model_results.jsonl").read_text().splitlines()
-    assert json.loads(ckpt_line)["result"] == record["result"]
