@@ -56,8 +56,7 @@ def run(args) -> int:
     from environments.eval_report import category_table, markdown_table, write_results
     from environments.config import EnvironmentConfig
     from environments.evaluation import evaluate_bfcl
-    from environments.splits import split_entries
-    from envtune_jax.cli.eval import _first_per_category
+    from environments.splits import first_per_category, split_entries
     from rl.model_policy import build_model_policy
     from rl.run_config import load_run_config
     from rl.synthetic_run import SyntheticRunConfig, run_synthetic
@@ -98,7 +97,7 @@ def run(args) -> int:
     print(f"  {run_dir} ({time.perf_counter() - t:.1f}s)")
 
     t = _banner(5, total, f"evaluate on the test split ({args.eval_limit} entries per category, official protocol)")
-    entries = _first_per_category(split_entries("test"), args.eval_limit)
+    entries = first_per_category(split_entries("test"), args.eval_limit)
     policy = build_model_policy(ckpt=str(run_dir / "final"), batch_size=4, max_cache_len=8192, max_new_tokens=32)
     records = evaluate_bfcl(entries, policy, EnvironmentConfig.evaluation())
     rows = category_table(records)
