@@ -128,6 +128,8 @@ def warm_up(cfg: SyntheticRunConfig, progress: bool = False) -> WarmedUp:
         demos = weak_prior_demos(episodes, tokenizer, chat, cfg.device_accuracy, cfg.value_accuracy, rng,
                                  syntax_accuracy=cfg.syntax_accuracy, max_attempts=cfg.demo_attempts)
         state, metrics = trainer.supervised_step(state, demos_batch(demos))
+        if progress:  # wait for the step, so the bar shows real progress (steps are dispatched asynchronously)
+            jax.block_until_ready(metrics)
         bar.update(1)
         if bar.n % 20 == 0:
             bar.set_postfix(nll=f"{float(metrics['nll']):.3f}")
