@@ -6,11 +6,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # and changes no numerics the tests check.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# JAX's persistent compilation cache (read by jax from these variables; subprocesses inherit them): many
-# tests compile the same programs in new jit objects (a new Trainer, engine or process); every compile
-# after the first becomes a disk read. Delete .jax_cache/ to start cold.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("BFCL_PROJECT_ROOT", os.path.join(os.path.dirname(__file__), "..", ".bfcl_project_root"))
 
 import jax  # noqa: E402
