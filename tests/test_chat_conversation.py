@@ -9,7 +9,7 @@ from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import ConversationError, TokenConversation
 from envtune_jax.chat.render import render_assistant_body, render_messages
 from envtune_jax.chat.special_tokens import IM_END, IM_END_ID
-from envtune_jax.chat.tokenizer import default_tokenizer, encode_text
+from envtune_jax.chat.tokenizer import compact_qwen_tokenizer, default_tokenizer, encode_text
 from tests.test_chat_support import CATEGORIES, entry_docs, ground_truth, raw_entries, synthetic_history
 
 
@@ -85,6 +85,18 @@ def test_unterminated_sample_is_closed_by_the_environment(tokenizer):
     assert conversation.ids[environment.start] == IM_END_ID and conversation.loss_mask[environment.start] == 0
     assert conversation.text().endswith("cut off mid<|im_end|>\n<|im_start|>user\n<tool_response>\nr\n"
                                         "</tool_response><|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_end_of_message_id_is_the_tokenizers_own():
+    compact = compact_qwen_tokenizer(1000)  # <|im_end|> is id 1002 here, not Qwen3's 151645
+    conversation = TokenConversation(compact)
+    assert conversation.im_end_id == 1002
+    conversation.start([{"role": "user", "content": "q"}])
+    assert not conversation.append_sampled(encode_text(compact, "ok") + [1002]).unterminated
+    conversation.append_environment([{"role": "user", "content": "q2"}])
+    with pytest.raises(ConversationError, match="cut the sample"):
+        conversation.append_sampled([1002, 5])
+    assert conversation.text().endswith("ok<|im_end|>\n<|im_start|>user\nq2<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_turn_and_step_boundaries(tokenizer):

