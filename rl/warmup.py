@@ -8,7 +8,7 @@ the requested device (probability `device_accuracy`) with the requested value (`
 spelt as the parser accepts it (`light red`) only with probability `syntax_accuracy`; otherwise it is a
 format error such as `light red please` (`MISSPELT_CALLS`). With format feedback on, a misspelt attempt
 is answered and the model tries again (`max_attempts`), then replies empty. The defaults of
-rl/synthetic_run.py (right device and value, 1 call in 10 well spelt) start GRPO near reward 0.05: what
+rl/synthetic_run.py (right device and value, 1 call in 20 well spelt) start GRPO near reward 0.1: what
 GRPO has to learn is the environment's syntax, which is stage 1-2 of the paper in miniature.
 (Demonstrations with a random *value* leave GRPO to learn reading the request from a one-bit reward,
 which this tiny model does not do within minutes; measured attempts are in the README.)
@@ -25,7 +25,6 @@ import numpy as np
 from environments.synthetic import SyntheticEpisode, parse_compact_calls
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import TokenConversation
-from envtune_jax.chat.special_tokens import IM_END_ID
 from envtune_jax.chat.tokenizer import encode_text
 from rl.batch import TrainBatch, pack_batch
 
@@ -51,7 +50,7 @@ def demonstration(episode: SyntheticEpisode, tokenizer, chat: ChatConfig,
             text = call_for_turn(turn) if attempts < max_attempts else ""
             attempts += 1
             calls, format_errors = parse_compact_calls(text, names)
-            conversation.append_sampled(encode_text(tokenizer, text) + [IM_END_ID])
+            conversation.append_sampled(encode_text(tokenizer, text) + [conversation.im_end_id])
             result = episode.step(text, calls, format_errors)
             if episode.done:
                 break

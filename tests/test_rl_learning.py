@@ -1,10 +1,10 @@
 """The proof that the RL loop learns: the default synthetic run (rl/synthetic_run.py), end to end.
 
-A tiny random Qwen3 (real vocabulary and tokenizer) is warmed up on demonstrations that call the
-requested device with the requested value but spell 9 calls in 10 as format errors ("light red please");
-GRPO through the real rollout, environment and train-step code must then raise the mean episode reward
-from ≤ 0.2 to ≥ 0.8. About 12 minutes on 2 CPU cores, so `make test` deselects it (marker `learning`);
-`make test-learning` and CI run it.
+A tiny random Qwen3 (Qwen's tokenizer cut to 8,192 BPE ranks) is warmed up on demonstrations that call
+the requested device with the requested value but spell 19 calls in 20 as format errors ("light red
+please"); GRPO through the real rollout, environment and train-step code must then raise the mean
+episode reward from ≤ 0.2 to ≥ 0.8. About 3-4 minutes on 2 CPU cores, so `make test` deselects it
+(marker `learning`); `make test-learning` and CI run it.
 """
 from __future__ import annotations
 
