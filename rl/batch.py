@@ -4,6 +4,10 @@ In multi-turn rollouts most tokens are prompt and environment text; only the mod
 carry loss. `pack_batch` lists, per sequence, the indices of its sampled tokens (padded to a bucketed
 K), so the train step projects just those K hidden states onto the vocabulary instead of all T.
 Shapes: tokens [B, T]; everything the loss sees is [B, K].
+
+Multi-host: `process_batch` builds the global batch from each process's own rows (those its devices
+hold under the batch sharding, `process_rows`), with T and K agreed across processes, via
+`jax.make_array_from_process_local_data`; no process hands JAX rows that another process's devices hold.
 """
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ import dataclasses
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
+from envtune_jax.sharding import named_sharding
 from models.generation.buckets import round_up
 
 TOKEN_BUCKETS = tuple(16 * 2**i for i in range(16))
@@ -65,3 +71,46 @@ def dense_to_packed(tokens_bt: np.ndarray, mask_bt: np.ndarray, old_logprobs_bt:
     """Convenience for tests: the packed batch of dense [B, T] arrays."""
     return pack_batch(list(np.asarray(tokens_bt)), list(np.asarray(mask_bt)), list(np.asarray(old_logprobs_bt)),
                       np.asarray(advantages_b))
+
+
+def process_rows(mesh: jax.sharding.Mesh, global_rows: int) -> tuple[int, int]:
+    """[start, stop) of the global batch rows that this process's devices hold when [B] is sharded over
+    the mesh's batch axes ("act_batch")."""
+    sharding = named_sharding(mesh, ("act_batch",), (global_rows,))
+    spans = set()
+    for index in sharding.addressable_devices_indices_map((global_rows,)).values():
+        rows = index[0]
+        spans.add((rows.start or 0, global_rows if rows.stop is None else rows.stop))
+    start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+    if sum(b - a for a, b in spans) != stop - start:
+        raise ValueError(f"this process's batch rows are not contiguous: {sorted(spans)}")
+    return start, stop
+
+
+def _pack_agreed(tokens, loss_masks, logprobs, advantages) -> TrainBatch:
+    """pack_batch of this process's rows with T and K raised to the maxima over all processes (every
+    process must hand JAX blocks of one global shape, whatever its own rows need)."""
+    local = pack_batch(tokens, loss_masks, logprobs, advantages)
+    sizes = np.array([local.tokens_bt.shape[1], local.mask_bk.shape[1]])
+    t_global, k_global = np.asarray(multihost_utils.process_allgather(sizes)).reshape(-1, 2).max(0)
+    packed = pack_batch(tokens, loss_masks, logprobs, advantages, min_length=int(t_global))
+    pad_k = ((0, 0), (0, int(k_global) - packed.mask_bk.shape[1]))  # index 0 / mask 0 is padding
+    return dataclasses.replace(packed, target_index_bk=np.pad(packed.target_index_bk, pad_k),
+                               mask_bk=np.pad(packed.mask_bk, pad_k), old_logprobs_bk=np.pad(packed.old_logprobs_bk, pad_k))
+
+
+def process_batch(mesh: jax.sharding.Mesh, global_rows: int, tokens: list[np.ndarray], loss_masks: list[np.ndarray],
+                  logprobs: list[np.ndarray], advantages: np.ndarray) -> TrainBatch:
+    """The global TrainBatch (tokens [B, T], the rest [B, K] and [B], B = global_rows) sharded over the
+    batch mesh axes, from this process's rows only: rows process_rows(mesh, B) of the global batch, in order."""
+    start, stop = process_rows(mesh, global_rows)
+    if not len(tokens) == len(loss_masks) == len(logprobs) == len(advantages) == stop - start:
+        raise ValueError(f"this process holds rows [{start}, {stop}) of {global_rows}; got {len(tokens)} trajectories")
+    local = _pack_agreed(tokens, loss_masks, logprobs, np.asarray(advantages, np.float32))
+
+    def to_global(local_array: np.ndarray) -> jax.Array:
+        shape = (global_rows, *local_array.shape[1:])
+        sharding = named_sharding(mesh, ("act_batch", "act_seq")[:local_array.ndim], shape)
+        return jax.make_array_from_process_local_data(sharding, local_array, shape)
+
+    return jax.tree.map(to_global, local)

@@ -22,7 +22,7 @@ from envtune_jax.bench.device_limits import MEASURED
 from envtune_jax.chat.chat_config import ChatConfig
 from models.generation.sampling import SamplingParams
 from rl.advantages import group_advantages
-from rl.batch import pack_batch
+from rl.batch import pack_batch, process_batch, process_rows
 from rl.rl_config import LossConfig
 from rl.rollout import RolloutConfig, RolloutStats, Trajectory, run_rollouts
 from rl.train_step import Trainer, TrainState
@@ -68,6 +68,19 @@ class PolicyLearner:
         return run_rollouts(self.engine, self.tokenizer, chat, episodes, group_ids, sampling, rollout_cfg, rng,
                             keep_text=keep_text, stats=stats)
 
+    def _train_batch(self, trajectories: Sequence[Trajectory], advantages_b: np.ndarray):
+        """(packed batch, rows this process supplied); across several processes, each supplies only the
+        rows its devices hold (rl/batch.process_batch)."""
+        mesh = getattr(self.engine, "mesh", None)
+        if mesh is None or jax.process_count() == 1:
+            return pack_batch([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories],
+                              [t.sampler_logprobs for t in trajectories], advantages_b), len(trajectories)
+        start, stop = process_rows(mesh, len(trajectories))
+        mine = trajectories[start:stop]
+        batch = process_batch(mesh, len(trajectories), [t.token_ids for t in mine], [t.loss_mask for t in mine],
+                              [t.sampler_logprobs for t in mine], advantages_b[start:stop])
+        return batch, stop - start
+
     def iterate(self, groups: Sequence[Sequence[ToolEnvironment]], chat: ChatConfig, sampling: SamplingParams,
                 rollout_cfg: RolloutConfig, rng) -> tuple[dict, list[Trajectory]]:
         """One rollout + optimizer step. All groups must have the same number of samples G."""
@@ -81,8 +94,7 @@ class PolicyLearner:
         rewards_pg = np.asarray([t.reward for t in trajectories], np.float32).reshape(len(groups), -1)
         advantages = np.asarray(group_advantages(jnp.asarray(rewards_pg), scale_by_std=self.loss_cfg.scale_advantages_by_std,
                                                  eps=self.loss_cfg.advantage_eps, ddof=self.loss_cfg.advantage_std_ddof))
-        batch = pack_batch([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories],
-                           [t.sampler_logprobs for t in trajectories], advantages.reshape(-1))
+        batch, local_rows = self._train_batch(trajectories, advantages.reshape(-1))
         t0 = time.perf_counter()
         self.state, train_metrics = self.trainer.step(self.state, self.ref_params, batch)
         nnx.update(self.model, self.state.params)
@@ -93,7 +105,7 @@ class PolicyLearner:
         total_tokens = int(sum(len(t.token_ids) for t in trajectories))
         metrics.update(rollout_s=rollout_s, generation_s=stats.generation_s, environment_s=stats.environment_s,
                        train_s=train_s, tokens=total_tokens, train_tokens_per_s=total_tokens / max(train_s, 1e-9),
-                       sampled_tokens=stats.sampled_tokens)
+                       sampled_tokens=stats.sampled_tokens, train_rows_supplied=local_rows)
         train_flops_per_s = 6 * self.model.config.num_params * total_tokens / max(train_s, 1e-9)
         metrics["train_tflops"] = train_flops_per_s / 1e12
         if self.peak_flops is not None:

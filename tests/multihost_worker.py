@@ -20,7 +20,6 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID; without them this is a single-process run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -34,18 +33,17 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.experimental import multihost_utils  # noqa: E402
 
 from environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks  # noqa: E402
 from envtune_jax import hf_io  # noqa: E402
 from envtune_jax.chat.tokenizer import load_tokenizer  # noqa: E402
 from envtune_jax.chat.chat_config import ChatConfig  # noqa: E402
 from envtune_jax.mesh import MeshConfig, initialize_distributed, make_mesh  # noqa: E402
-from envtune_jax.sharding import named_sharding  # noqa: E402
 from models.generation.buckets import BucketConfig  # noqa: E402
 from models.generation.engine import GenerationEngine  # noqa: E402
 from models.generation.sampling import SamplingParams  # noqa: E402
-from rl.batch import pack_batch  # noqa: E402
+from rl.batch import process_batch, process_rows  # noqa: E402
+from rl.grpo import PolicyLearner  # noqa: E402
 from rl.metrics_log import MetricsWriter  # noqa: E402
 from rl.optimizer import OptimizerConfig  # noqa: E402
 from rl.rl_config import LossConfig  # noqa: E402
@@ -95,45 +93,14 @@ def trajectory_record(trajectories: list[Trajectory]) -> dict:
             "rewards": [t.reward for t in trajectories], "truncated": [t.truncated for t in trajectories]}
 
 
-def process_rows(sharding, global_rows: int) -> tuple[int, int]:
-    """[start, stop) of the global batch rows held by this process's devices under `sharding` (over [B])."""
-    spans = set()
-    for index in sharding.addressable_devices_indices_map((global_rows,)).values():
-        rows = index[0]
-        spans.add((rows.start or 0, global_rows if rows.stop is None else rows.stop))
-    start, stop = min(a for a, _ in spans), max(b for _, b in spans)
-    if sum(b - a for a, b in spans) != stop - start:
-        raise ValueError(f"this process's batch rows are not contiguous: {sorted(spans)}")
-    return start, stop
-
-
-def pack_local_rows(trajectories: list[tuple]):
-    """Packs this process's trajectories with T and K agreed across processes (the global maxima):
-    each process must hand JAX local blocks of one global shape, whatever its own rows need."""
-    tokens, masks, logprobs, advantages = (list(x) for x in zip(*trajectories))
-    local = pack_batch(tokens, masks, logprobs, np.asarray(advantages))
-    t_local, k_local = local.tokens_bt.shape[1], local.mask_bk.shape[1]
-    t_global, k_global = np.asarray(multihost_utils.process_allgather(np.array([t_local, k_local]))).reshape(-1, 2).max(0)
-    packed = pack_batch(tokens, masks, logprobs, np.asarray(advantages), min_length=int(t_global))
-    pad_k = ((0, 0), (0, int(k_global) - packed.mask_bk.shape[1]))  # index 0 / mask 0 is padding
-    return dataclasses.replace(packed, target_index_bk=np.pad(packed.target_index_bk, pad_k),
-                               mask_bk=np.pad(packed.mask_bk, pad_k), old_logprobs_bk=np.pad(packed.old_logprobs_bk, pad_k))
-
-
 def global_batch(mesh, trajectories: list[Trajectory]):
-    """A TrainBatch sharded over the batch mesh axes, each process packing and supplying only its own rows.
-    Returns (batch: tokens [B, T], the rest [B, K] and [B]; this process's rows (start, stop))."""
-    row_sharding = named_sharding(mesh, ("act_batch",), (BATCH_B,))
-    start, stop = process_rows(row_sharding, BATCH_B)
-    local = pack_local_rows([(t.token_ids, t.loss_mask, t.sampler_logprobs, ROW_ADVANTAGES[r])
-                             for r, t in zip(range(start, stop), trajectories[start:stop])])
-
-    def to_global(local_array):
-        shape = (BATCH_B, *local_array.shape[1:])
-        sharding = named_sharding(mesh, ("act_batch", "act_seq")[:local_array.ndim], shape)
-        return jax.make_array_from_process_local_data(sharding, local_array, shape)
-
-    return jax.tree.map(to_global, local), (start, stop)
+    """The train batch as rl.batch.process_batch builds it: this process packs and supplies only its own
+    rows. Returns (batch, this process's rows (start, stop))."""
+    start, stop = process_rows(mesh, BATCH_B)
+    mine = trajectories[start:stop]
+    batch = process_batch(mesh, BATCH_B, [t.token_ids for t in mine], [t.loss_mask for t in mine],
+                          [t.sampler_logprobs for t in mine], ROW_ADVANTAGES[start:stop])
+    return batch, (start, stop)
 
 
 @jax.jit
@@ -243,8 +210,22 @@ def phase_export(ctx: dict) -> None:
     writer.close()
 
 
+def phase_learner(ctx: dict) -> None:
+    """One PolicyLearner.iterate (what `envtune train` runs): rollouts, group advantages, the batch built
+    from each process's own rows (rl/batch.process_batch), the optimizer step."""
+    rollouts = ctx["rollouts"]
+    learner = PolicyLearner(ctx["model"], rollouts.engine, ctx["trainer"], rollouts.tokenizer, LossConfig())
+    tasks = make_synthetic_tasks(PROMPTS, TASK_CONFIG, seed=100)
+    groups = [[SyntheticEpisode(task, TASK_CONFIG) for _ in range(SAMPLES_PER_PROMPT)] for task in tasks]
+    metrics, trajectories = learner.iterate(groups, rollouts.chat, rollouts.sampling, rollouts.config, rng=100)
+    ctx["result"]["learner"] = {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
+                                "rows_supplied": metrics["train_rows_supplied"],
+                                "rewards": [t.reward for t in trajectories],
+                                "checksum": checksum(learner.state.params)}
+
+
 PHASES = {"load": phase_load, "rollout": phase_rollout, "train": phase_train, "resume": phase_resume,
-          "export": phase_export}
+          "export": phase_export, "learner": phase_learner}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,6 +181,18 @@ def _check_agreement(workers: list[dict], reference: dict, processes: int, out: 
     np.testing.assert_allclose(first["losses"], reference["losses"], rtol=1e-5)
     _assert_same_params(first["param_checksum"], reference["param_checksum"])
     np.testing.assert_allclose(first["continued_loss"], reference["continued_loss"], rtol=1e-5)
+    # PolicyLearner.iterate (the production loop's step): each process supplied only its own rows, and
+    # the step equals the one-process run's
+    assert sorted(w["learner"]["rows_supplied"] for w in workers) == sorted(b - a for a, b in spans)
+    assert reference["learner"]["rows_supplied"] == BATCH_B
+    for w in workers:
+        assert w["learner"] == workers[0]["learner"]
+    assert first["learner"]["rewards"] == reference["learner"]["rewards"]
+    np.testing.assert_allclose(first["learner"]["loss"], reference["learner"]["loss"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(first["learner"]["grad_norm"], reference["learner"]["grad_norm"], rtol=1e-3)
+    # (its parameters are not compared with the one-process run's: the random model earns the same reward
+    # on every sample, so advantages are 0 and the gradient is the entropy bonus alone, ~2e-5, where
+    # AdamW turns float-noise differences of single elements into whole steps)
     # a restored checkpoint continues exactly as the uninterrupted run
     assert first["restored_step"] == STEPS
     assert first["resumed_loss"] == first["continued_loss"]
