@@ -23,7 +23,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not learning" tests
 
-# The RL learning proof (synthetic task, reward from <= 0.2 to >= 0.8): ~12 min on 2 CPU cores
+# The RL learning proof (synthetic task, reward from <= 0.2 to >= 0.8): ~3 min on 2 CPU cores
 # (full XLA optimisation: tests/conftest.py's quick-compile default would double its run time)
 test-learning: setup
 	XLA_FLAGS=--xla_cpu_multi_thread_eigen=true $(BIN)/python -m pytest -q -m learning tests
