@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from environments.policies import PolicyState, PolicyStep
 from environments.protocol import split_reasoning
 from envtune_jax.chat.render import render_messages
-from envtune_jax.chat.tokenizer import encode_text
+from envtune_jax.chat.tokenizer import encode_text, stop_token_ids
 from models.generation.sampling import SamplingParams
 
 
@@ -25,7 +25,7 @@ class ModelPolicy:
         self.engine = engine
         self.tokenizer = tokenizer
         self.style = style
-        self.sampling = SamplingParams(greedy=True, max_new_tokens=max_new_tokens)
+        self.sampling = SamplingParams(greedy=True, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tokenizer))
         self._warned = False
 
     def prompt_ids(self, state: PolicyState) -> list[int]:
@@ -62,7 +62,7 @@ def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, ba
                        mesh_spec: str | None = None, **_: Any) -> ModelPolicy:
     """Loads the model (HF dir or envtune checkpoint) and wraps it in a ModelPolicy."""
     from envtune_jax import checkpointing, hf_io
-    from envtune_jax.chat.tokenizer import default_tokenizer, load_tokenizer
+    from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, default_tokenizer, load_tokenizer
     from envtune_jax.cli.common import parse_mesh
     from models.generation.engine import GenerationEngine
 
@@ -79,6 +79,7 @@ def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, ba
     if not has_tokenizer:
         print(f"note: no tokenizer.json with the model; using the embedded Qwen3 tokenizer", file=sys.stderr)
     tokenizer = load_tokenizer(tokenizer_dir) if has_tokenizer else default_tokenizer()
+    check_tokenizer_fits_model(tokenizer, model.config.vocab_size)
     max_cache_len = min(max_cache_len, model.config.max_position_embeddings)
     engine = GenerationEngine(model, batch_size=batch_size, max_cache_len=max_cache_len, mesh=mesh)
     return ModelPolicy(engine, tokenizer, max_new_tokens=max_new_tokens)

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from environments.bfcl_env import BfclEpisode
 from envtune_jax import checkpointing, config as config_lib, hf_io
-from envtune_jax.chat.tokenizer import default_tokenizer, load_tokenizer
+from envtune_jax.chat.special_tokens import ENDOFTEXT, IM_END
+from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, default_tokenizer, load_tokenizer, special_token_id
 from envtune_jax.mesh import make_mesh
 from envtune_jax.sharding import named_sharding
 from models.config import preset
@@ -69,6 +70,17 @@ def _tokenizer(tokenizer_dir):
     return default_tokenizer()
 
 
+def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
+    """Clear errors before any rollout: a tokenizer from another model (ids the embedding lacks, no chat
+    tokens), or sampler stop ids that miss this tokenizer's <|im_end|> (episodes would never end a step)."""
+    check_tokenizer_fits_model(tokenizer, model_vocab_size)
+    im_end = special_token_id(tokenizer, IM_END)
+    if im_end not in tuple(sampler_stop_ids):
+        raise config_lib.ConfigError(
+            f"sampler.stop_token_ids {list(sampler_stop_ids)} lack this tokenizer's <|im_end|> id {im_end}; "
+            f"set sampler.stop_token_ids=[{im_end},{special_token_id(tokenizer, ENDOFTEXT)}]")
+
+
 def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key) -> dict:
     """Greedy rollouts on the validation entries with the stage's prompt and step cap, no augmentation."""
     env_cfg = dataclasses.replace(stage.environment, hints=False, format_feedback=False, empty_turn_warning=False)
@@ -88,6 +100,7 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
             config_lib.save(stage, run_dir / "stages" / f"{stage.name}.yaml")
     model, tokenizer_dir = load_policy_model(cfg, mesh)
     tokenizer = _tokenizer(tokenizer_dir)
+    check_tokenizer(tokenizer, model.config.vocab_size, cfg.sampler.stop_token_ids)
     graphdef, _ = nnx.split(model, nnx.Param)
     trainer = Trainer(graphdef, cfg.loss, cfg.optimizer, dataclasses.replace(cfg.train_step, temperature=cfg.sampler.temperature))
     engine = cfg.sampler.build_engine(model, mesh)

@@ -11,6 +11,7 @@ from envtune_jax.chat.tokenizer import (
     QWEN3_VOCAB_SIZE_WITH_ADDED,
     QWEN_PRETOKENIZE_PATTERN,
     TokenizerLoadError,
+    check_tokenizer_fits_model,
     compact_qwen_tokenizer,
     default_tokenizer,
     encode_text,
@@ -200,3 +201,14 @@ def test_compact_tokenizer_is_the_full_one_cut_at_n_ranks(tokenizer):
     assert encode_text(compact_qwen_tokenizer(8192), "light red") == encode_text(tokenizer, "light red")
     with pytest.raises(ValueError, match="num_bpe_tokens"):
         compact_qwen_tokenizer(100)
+
+
+def test_a_tokenizer_from_another_model_is_refused(tokenizer):
+    check_tokenizer_fits_model(tokenizer, 151936)  # Qwen3: 151,669 ids, 151,936 rows
+    check_tokenizer_fits_model(compact_qwen_tokenizer(1000), 1026)
+    with pytest.raises(TokenizerLoadError, match="151669 ids but the model only 8320 embedding rows"):
+        check_tokenizer_fits_model(tokenizer, 8320)
+    from tokenizers import Tokenizer, models
+
+    with pytest.raises(TokenizerLoadError, match="not a Qwen chat tokenizer"):
+        check_tokenizer_fits_model(Tokenizer(models.BPE({"a": 0}, [])), 100)

@@ -157,6 +157,17 @@ def stop_token_ids(tokenizer: Tokenizer) -> tuple[int, int]:
     return special_token_id(tokenizer, IM_END), special_token_id(tokenizer, ENDOFTEXT)
 
 
+def check_tokenizer_fits_model(tokenizer: Tokenizer, vocab_size: int) -> None:
+    """Raises TokenizerLoadError when `tokenizer` is not a Qwen chat tokenizer for a model with `vocab_size`
+    embedding rows (it has ids the model lacks, or no <|im_end|> / <|endoftext|>): a tokenizer that came
+    with another model."""
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > vocab_size:
+        raise TokenizerLoadError(f"the tokenizer has {size} ids but the model only {vocab_size} embedding rows: "
+                                 "are the tokenizer and the weights from the same model?")
+    stop_token_ids(tokenizer)
+
+
 def load_tokenizer(checkpoint_dir: str | Path | None = None) -> Tokenizer:
     """The tokenizer of a Hugging Face checkpoint directory (its `tokenizer.json`), or the default one."""
     if checkpoint_dir is None:
