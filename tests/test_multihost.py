@@ -180,7 +180,9 @@ def _check_agreement(workers: list[dict], reference: dict, processes: int, out: 
     first = workers[0]
     np.testing.assert_allclose(first["losses"], reference["losses"], rtol=1e-5)
     _assert_same_params(first["param_checksum"], reference["param_checksum"])
-    np.testing.assert_allclose(first["continued_loss"], reference["continued_loss"], rtol=1e-5)
+    # (after an AdamW step, whose normalised updates amplify float noise (see _assert_same_weights): the
+    # 4-process (data=2, fsdp=2) run was seen 1.9e-7 off a loss of -0.0108)
+    np.testing.assert_allclose(first["continued_loss"], reference["continued_loss"], rtol=1e-5, atol=1e-6)
     # PolicyLearner.iterate (the production loop's step): each process supplied only its own rows, and
     # the step equals the one-process run's
     assert sorted(w["learner"]["rows_supplied"] for w in workers) == sorted(b - a for a, b in spans)
