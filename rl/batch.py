@@ -99,18 +99,21 @@ def _pack_agreed(tokens, loss_masks, logprobs, advantages) -> TrainBatch:
                                mask_bk=np.pad(packed.mask_bk, pad_k), old_logprobs_bk=np.pad(packed.old_logprobs_bk, pad_k))
 
 
-def process_batch(mesh: jax.sharding.Mesh, global_rows: int, tokens: list[np.ndarray], loss_masks: list[np.ndarray],
-                  logprobs: list[np.ndarray], advantages: np.ndarray) -> TrainBatch:
-    """The global TrainBatch (tokens [B, T], the rest [B, K] and [B], B = global_rows) sharded over the
-    batch mesh axes, from this process's rows only: rows process_rows(mesh, B) of the global batch, in order."""
+def process_batch(mesh: jax.sharding.Mesh, tokens: list[np.ndarray], loss_masks: list[np.ndarray],
+                  logprobs: list[np.ndarray], advantages: np.ndarray) -> tuple[TrainBatch, tuple[int, int]]:
+    """(the global TrainBatch: tokens [B, T], the rest [B, K] and [B], sharded over the batch mesh axes;
+    this process's rows (start, stop)). Of the B per-trajectory entries given, this process packs and
+    hands JAX only rows process_rows(mesh, B); the other processes supply the rest."""
+    global_rows = len(tokens)
+    if not len(loss_masks) == len(logprobs) == len(advantages) == global_rows:
+        raise ValueError("tokens, loss_masks, logprobs and advantages must have one entry per trajectory")
     start, stop = process_rows(mesh, global_rows)
-    if not len(tokens) == len(loss_masks) == len(logprobs) == len(advantages) == stop - start:
-        raise ValueError(f"this process holds rows [{start}, {stop}) of {global_rows}; got {len(tokens)} trajectories")
-    local = _pack_agreed(tokens, loss_masks, logprobs, np.asarray(advantages, np.float32))
+    mine = slice(start, stop)
+    local = _pack_agreed(tokens[mine], loss_masks[mine], logprobs[mine], np.asarray(advantages, np.float32)[mine])
 
     def to_global(local_array: np.ndarray) -> jax.Array:
         shape = (global_rows, *local_array.shape[1:])
         sharding = named_sharding(mesh, ("act_batch", "act_seq")[:local_array.ndim], shape)
         return jax.make_array_from_process_local_data(sharding, local_array, shape)
 
-    return jax.tree.map(to_global, local)
+    return jax.tree.map(to_global, local), (start, stop)

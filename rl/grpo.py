@@ -22,7 +22,7 @@ from envtune_jax.bench.device_limits import MEASURED
 from envtune_jax.chat.chat_config import ChatConfig
 from models.generation.sampling import SamplingParams
 from rl.advantages import group_advantages
-from rl.batch import pack_batch, process_batch, process_rows
+from rl.batch import pack_batch, process_batch
 from rl.rl_config import LossConfig
 from rl.rollout import RolloutConfig, RolloutStats, Trajectory, run_rollouts
 from rl.train_step import Trainer, TrainState
@@ -71,14 +71,12 @@ class PolicyLearner:
     def _train_batch(self, trajectories: Sequence[Trajectory], advantages_b: np.ndarray):
         """(packed batch, rows this process supplied); across several processes, each supplies only the
         rows its devices hold (rl/batch.process_batch)."""
+        columns = ([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories],
+                   [t.sampler_logprobs for t in trajectories], advantages_b)
         mesh = getattr(self.engine, "mesh", None)
         if mesh is None or jax.process_count() == 1:
-            return pack_batch([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories],
-                              [t.sampler_logprobs for t in trajectories], advantages_b), len(trajectories)
-        start, stop = process_rows(mesh, len(trajectories))
-        mine = trajectories[start:stop]
-        batch = process_batch(mesh, len(trajectories), [t.token_ids for t in mine], [t.loss_mask for t in mine],
-                              [t.sampler_logprobs for t in mine], advantages_b[start:stop])
+            return pack_batch(*columns), len(trajectories)
+        batch, (start, stop) = process_batch(mesh, *columns)
         return batch, stop - start
 
     def iterate(self, groups: Sequence[Sequence[ToolEnvironment]], chat: ChatConfig, sampling: SamplingParams,

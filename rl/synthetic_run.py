@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from environments.config import EnvironmentConfig
 from environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks
-from envtune_jax.chat.tokenizer import compact_qwen_tokenizer, stop_token_ids
+from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, compact_qwen_tokenizer, stop_token_ids
 from envtune_jax.chat.chat_config import ChatConfig
 from models.config import Qwen3Config
 from models.generation.engine import GenerationEngine
@@ -95,9 +95,7 @@ class SyntheticRunConfig:
     def tokenizer(self):
         """Qwen's BPE cut to `bpe_tokens` ranks; checks that the model's vocabulary covers it."""
         tokenizer = compact_qwen_tokenizer(self.bpe_tokens)
-        if tokenizer.get_vocab_size(with_added_tokens=True) > self.model.vocab_size:
-            raise ValueError(f"model.vocab_size {self.model.vocab_size} < the tokenizer's "
-                             f"{tokenizer.get_vocab_size(with_added_tokens=True)} ids (bpe_tokens={self.bpe_tokens} + 26)")
+        check_tokenizer_fits_model(tokenizer, self.model.vocab_size)
         return tokenizer
 
 

@@ -18,8 +18,7 @@ from tqdm.auto import tqdm
 
 from environments.bfcl_env import BfclEpisode
 from envtune_jax import checkpointing, config as config_lib, hf_io
-from envtune_jax.chat.special_tokens import ENDOFTEXT, IM_END
-from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, default_tokenizer, load_tokenizer, special_token_id
+from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, default_tokenizer, load_tokenizer, stop_token_ids
 from envtune_jax.mesh import make_mesh
 from envtune_jax.sharding import named_sharding
 from models.config import preset
@@ -74,11 +73,11 @@ def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
     """Clear errors before any rollout: a tokenizer from another model (ids the embedding lacks, no chat
     tokens), or sampler stop ids that miss this tokenizer's <|im_end|> (episodes would never end a step)."""
     check_tokenizer_fits_model(tokenizer, model_vocab_size)
-    im_end = special_token_id(tokenizer, IM_END)
+    im_end, end_of_text = stop_token_ids(tokenizer)
     if im_end not in tuple(sampler_stop_ids):
         raise config_lib.ConfigError(
             f"sampler.stop_token_ids {list(sampler_stop_ids)} lack this tokenizer's <|im_end|> id {im_end}; "
-            f"set sampler.stop_token_ids=[{im_end},{special_token_id(tokenizer, ENDOFTEXT)}]")
+            f"set sampler.stop_token_ids=[{im_end},{end_of_text}]")
 
 
 def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key) -> dict:

@@ -42,7 +42,7 @@ from envtune_jax.mesh import MeshConfig, initialize_distributed, make_mesh  # no
 from models.generation.buckets import BucketConfig  # noqa: E402
 from models.generation.engine import GenerationEngine  # noqa: E402
 from models.generation.sampling import SamplingParams  # noqa: E402
-from rl.batch import process_batch, process_rows  # noqa: E402
+from rl.batch import process_batch  # noqa: E402
 from rl.grpo import PolicyLearner  # noqa: E402
 from rl.metrics_log import MetricsWriter  # noqa: E402
 from rl.optimizer import OptimizerConfig  # noqa: E402
@@ -94,13 +94,10 @@ def trajectory_record(trajectories: list[Trajectory]) -> dict:
 
 
 def global_batch(mesh, trajectories: list[Trajectory]):
-    """The train batch as rl.batch.process_batch builds it: this process packs and supplies only its own
-    rows. Returns (batch, this process's rows (start, stop))."""
-    start, stop = process_rows(mesh, BATCH_B)
-    mine = trajectories[start:stop]
-    batch = process_batch(mesh, BATCH_B, [t.token_ids for t in mine], [t.loss_mask for t in mine],
-                          [t.sampler_logprobs for t in mine], ROW_ADVANTAGES[start:stop])
-    return batch, (start, stop)
+    """(batch, this process's rows (start, stop)) as rl.batch.process_batch builds it: this process packs
+    and supplies only its own rows."""
+    return process_batch(mesh, [t.token_ids for t in trajectories], [t.loss_mask for t in trajectories],
+                         [t.sampler_logprobs for t in trajectories], ROW_ADVANTAGES)
 
 
 @jax.jit
