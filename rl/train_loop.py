@@ -80,6 +80,17 @@ def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
             f"set sampler.stop_token_ids=[{im_end},{end_of_text}]")
 
 
+def build_learner(cfg: RunConfig, model, tokenizer_dir, mesh) -> PolicyLearner:
+    """The run's PolicyLearner around `model`: its tokenizer (checked against the model and the sampler's
+    stop ids), trainer, and generation engine on `mesh` (shared by `envtune train` and `envtune bench rollout`)."""
+    tokenizer = _tokenizer(tokenizer_dir)
+    check_tokenizer(tokenizer, model.config.vocab_size, cfg.sampler.stop_token_ids)
+    graphdef, _ = nnx.split(model, nnx.Param)
+    trainer = Trainer(graphdef, cfg.loss, cfg.optimizer, dataclasses.replace(cfg.train_step, temperature=cfg.sampler.temperature))
+    engine = cfg.sampler.build_engine(model, mesh)
+    return PolicyLearner(model, engine, trainer, tokenizer, cfg.loss)
+
+
 def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key) -> dict:
     """Greedy rollouts on the validation entries with the stage's prompt and step cap, no augmentation."""
     env_cfg = dataclasses.replace(stage.environment, hints=False, format_feedback=False, empty_turn_warning=False)
@@ -98,12 +109,8 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
         for stage in stages:
             config_lib.save(stage, run_dir / "stages" / f"{stage.name}.yaml")
     model, tokenizer_dir = load_policy_model(cfg, mesh)
-    tokenizer = _tokenizer(tokenizer_dir)
-    check_tokenizer(tokenizer, model.config.vocab_size, cfg.sampler.stop_token_ids)
-    graphdef, _ = nnx.split(model, nnx.Param)
-    trainer = Trainer(graphdef, cfg.loss, cfg.optimizer, dataclasses.replace(cfg.train_step, temperature=cfg.sampler.temperature))
-    engine = cfg.sampler.build_engine(model, mesh)
-    learner = PolicyLearner(model, engine, trainer, tokenizer, cfg.loss)
+    learner = build_learner(cfg, model, tokenizer_dir, mesh)
+    tokenizer = learner.tokenizer
     checkpointer = RunCheckpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     writer = MetricsWriter(run_dir / "logs", tensorboard=cfg.logging.tensorboard)
     record = {"step": 0, "stage_index": 0, "step_in_stage": 0, "data_position": 0, "stage_started": False,
@@ -122,7 +129,7 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
             if not record["stage_started"]:
                 learner.reset_reference()
                 record.update(stage_started=True, step_in_stage=0, data_position=0, val_accuracy=[], grad_norms=[])
-            length = _prompt_length(tokenizer, stage) if cfg.data.shortest_prompts_first else None
+            length = prompt_length(tokenizer, stage) if cfg.data.shortest_prompts_first else None
             entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
             val_entries = load_subset("validation", cfg.data.source, cfg.data.data_dir,
                                       cfg.data.validation_limit_per_category, length) if stage.validation_every else []
@@ -169,7 +176,7 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
     return run_dir
 
 
-def _prompt_length(tokenizer, stage: StageConfig):
+def prompt_length(tokenizer, stage: StageConfig):
     from envtune_jax.chat.render import render_messages
     from envtune_jax.chat.tokenizer import encode_text
 

@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--probe", action="store_true", help="measure bandwidth/matmul rate instead of the table")
     parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T")
+    parser.add_argument("--profile", default=None, metavar="DIR", help="write a jax.profiler trace of one extra run")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -120,6 +121,7 @@ def run(args) -> dict:
     import numpy as np
 
     from envtune_jax.bench.device_limits import device_limits
+    from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.cli.common import parse_mesh, print_json
     from models.generation import BucketConfig, GenerationEngine, SamplingParams
 
@@ -136,6 +138,9 @@ def run(args) -> dict:
     timer = CompileTimer()
     warm = one_run(engine, prompts, sampling, capacity, timer)
     runs = [one_run(engine, prompts, sampling, capacity, timer) for _ in range(args.repeats)]
+    if args.profile:
+        with maybe_trace(args.profile):
+            one_run(engine, prompts, sampling, capacity, timer)
     if any(r[4] != args.batch * args.new_tokens for r in [warm, *runs]):
         raise RuntimeError("a run did not generate batch x new-tokens tokens")
     prefill_s = statistics.median(r[0] for r in runs)
@@ -155,7 +160,7 @@ def run(args) -> dict:
         "prefill_s": prefill_s, "decode_s": decode_s,
         "compile_s": {"prefill": warm[2], "decode": warm[3]},
         "first_run_s": {"prefill": warm[0], "decode": warm[1]},
-        "compilations": dict(engine.trace_counts),
+        "compilations": dict(engine.trace_counts), "profile_dir": args.profile,
         **limits_report(cfg, engine, limits, args.batch, args.prompt_len, args.new_tokens, prefill_s, decode_s),
         "limits": limits.as_dict(),
         "peak_memory_bytes": stats.get("peak_bytes_in_use"),

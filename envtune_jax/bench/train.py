@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--logprob-chunk-v", type=int, default=16384, help="vocabulary columns per chunk")
     parser.add_argument("--probe", action="store_true", help="measure the matmul rate instead of the table")
     parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T")
+    parser.add_argument("--profile", default=None, metavar="DIR", help="write a jax.profiler trace of one extra step")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -116,6 +117,7 @@ def run(args) -> dict:
 
     from envtune_jax.bench.device_limits import device_limits
     from envtune_jax.bench.generate import CompileTimer
+    from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.bench.random_weights import random_model
     from envtune_jax.cli.common import parse_mesh, print_json
     from models.config import preset
@@ -153,6 +155,10 @@ def run(args) -> dict:
             state, metrics = trainer.step(state, ref_params, batch)
             jax.block_until_ready((state, metrics))
             step_times.append(time.perf_counter() - start)
+        if args.profile:
+            with maybe_trace(args.profile):
+                state, _ = trainer.step(state, ref_params, batch)
+                jax.block_until_ready(state)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
     limits = device_limits(probe=args.probe, devices=devices)
@@ -170,7 +176,7 @@ def run(args) -> dict:
         **model_flops_report(cfg.num_params, tokens_per_step, step_s, limits.matmul_flops_per_s),
         "compile_s": compile_s, "first_step_s": first_step_s,
         "loss": metrics["loss"], "model_tokens": metrics["model_tokens"],
-        "limits": limits.as_dict(), "peak_memory_bytes": stats.get("peak_bytes_in_use"),
+        "limits": limits.as_dict(), "peak_memory_bytes": stats.get("peak_bytes_in_use"), "profile_dir": args.profile,
         "device_kind": devices[0].device_kind, "num_devices": len(devices),
         "mesh": dict(zip(mesh.axis_names, mesh.axis_sizes)) if mesh is not None else None,
         "jax": jax.__version__,

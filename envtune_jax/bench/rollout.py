@@ -1,0 +1,141 @@
+"""`envtune bench rollout`: GRPO iterations on the real BFCL environments, as `envtune train` runs them.
+
+A recipe (configs/recipes/*.yaml, with key=value overrides) names the model, sampler, rollout
+budgets, loss and optimizer; one of its stages names the data subset, the environment (hints,
+reward) and the chat template. Each iteration draws `--prompts` entries, plays `--samples` episodes
+of each (G samples per prompt) through the generation engine and the tool environments, and takes
+one optimizer step on them (rl/grpo.PolicyLearner.iterate, the step of `envtune train`). The first
+iteration compiles and is reported apart; then `--iterations` timed ones:
+- episodes per minute = P·G / (rollout + train seconds) · 60;
+- the share of the iteration's wall time in generation (prefill, extend, decode), environment (tool
+  execution, parsing, rendering, hints, rewards), training (the optimizer step) and the rest
+  (advantages, batch packing);
+- sampled tokens per second of generation time, and the train step's model TFLOP/s (with its MFU on
+  devices of envtune_jax/bench/device_limits' table).
+With a preset model (`model.preset=qwen3-4b`) the weights are random and created on device: such a
+model writes no tool calls, so every step runs to `sampler.max_new_tokens` and the environment's share
+is the least it can be. Prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="a recipe YAML (configs/recipes/...)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. sampler.batch_size=64")
+    parser.add_argument("--stage", default=None, help="stage name (default: the recipe's first)")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per iteration (default: the stage's)")
+    parser.add_argument("--samples", type=int, default=None, help="samples per prompt G (default: the stage's)")
+    parser.add_argument("--iterations", type=int, default=2, help="timed iterations after the first")
+    parser.add_argument("--profile", default=None, metavar="DIR", help="write a jax.profiler trace of one extra iteration")
+
+
+def choose_stage(stages, name: str | None):
+    from envtune_jax.config import ConfigError
+
+    if name is None:
+        return stages[0]
+    for stage in stages:
+        if stage.name == name:
+            return stage
+    raise ConfigError(f"--stage {name!r}: the recipe's stages are {[s.name for s in stages]}")
+
+
+def load_model(cfg, mesh):
+    """(model, tokenizer directory or None): a preset gets random weights created on device (fast for
+    4B shapes), anything else loads as `envtune train` does."""
+    from envtune_jax.bench.random_weights import random_model
+    from models.config import preset
+    from rl.train_loop import load_policy_model
+
+    src = cfg.model
+    if src.preset and not (src.hf or src.ckpt):
+        model_cfg = preset(src.preset, param_dtype=src.param_dtype, dtype=src.dtype,
+                           attention_impl=src.attention_impl, remat=src.remat)
+        return random_model(model_cfg, mesh, seed=src.seed), None
+    return load_policy_model(cfg, mesh)
+
+
+def iteration_shares(metrics: dict, wall_s: float) -> dict:
+    """Fractions of one iteration's wall time in generation, environment, training and the rest."""
+    parts = {"generation": metrics["generation_s"], "environment": metrics["environment_s"], "train": metrics["train_s"]}
+    shares = {name: seconds / wall_s for name, seconds in parts.items()}
+    shares["other"] = max(0.0, 1.0 - sum(shares.values()))
+    return shares
+
+
+def run(args) -> dict:
+    import jax
+
+    from envtune_jax.cli.common import print_json
+    from envtune_jax.config import ConfigError
+    from envtune_jax.bench.profiling import maybe_trace
+    from envtune_jax.mesh import make_mesh
+    from environments.bfcl_env import BfclEpisode
+    from rl.run_config import load_run_config
+    from rl.stage_data import draw, load_subset
+    from rl.train_loop import prompt_length, build_learner
+
+    if args.iterations < 1:
+        raise ConfigError(f"--iterations must be ≥ 1, got {args.iterations}")
+    cfg, stages = load_run_config(args.recipe, args.overrides)
+    stage = choose_stage(stages, args.stage)
+    prompts = args.prompts or stage.prompts_per_step
+    samples = args.samples or stage.samples_per_prompt
+    if prompts < 1 or samples < 1:
+        raise ConfigError(f"--prompts and --samples must be ≥ 1, got {prompts} and {samples}")
+    mesh = make_mesh(cfg.mesh) if len(jax.devices()) > 1 else None
+    model, tokenizer_dir = load_model(cfg, mesh)
+    learner = build_learner(cfg, model, tokenizer_dir, mesh)
+    length = prompt_length(learner.tokenizer, stage) if cfg.data.shortest_prompts_first else None
+    entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
+    sampling = cfg.sampler.sampling_params()
+    key = jax.random.key(cfg.seed)
+
+    def iteration(index: int) -> tuple[dict, float]:
+        picked = draw(entries, index * prompts, prompts, cfg.seed)
+        groups = [[BfclEpisode(e, stage.environment) for _ in range(samples)] for e in picked]
+        start = time.perf_counter()
+        metrics, trajectories = learner.iterate(groups, stage.chat, sampling, cfg.rollout, jax.random.fold_in(key, index))
+        wall = time.perf_counter() - start
+        metrics["episode_tokens_mean"] = statistics.mean(len(t.token_ids) for t in trajectories)
+        metrics["turns_mean"] = statistics.mean(t.outcome.counters.get("turns_completed", 0) for t in trajectories)
+        metrics["steps_mean"] = statistics.mean(t.outcome.counters.get("steps", 0) for t in trajectories)
+        return metrics, wall
+
+    first, first_wall = iteration(0)
+    timed = [iteration(i) for i in range(1, args.iterations + 1)]
+    if args.profile:
+        with maybe_trace(args.profile):
+            iteration(args.iterations + 1)
+    walls = [wall for _, wall in timed]
+    wall = statistics.mean(walls)
+    mean = {k: statistics.mean(m[k] for m, _ in timed)
+            for k in ("generation_s", "environment_s", "train_s", "rollout_s", "sampled_tokens", "tokens",
+                      "reward_mean", "train_tflops", "episode_tokens_mean", "turns_mean", "steps_mean")}
+    episodes = prompts * samples
+    record = {
+        "benchmark": "rollout", "recipe": str(args.recipe), "overrides": list(args.overrides), "stage": stage.name,
+        "model": cfg.model.preset or cfg.model.hf or cfg.model.ckpt, "random_weights": bool(cfg.model.preset),
+        "params": model.config.num_params, "prompts": prompts, "samples_per_prompt": samples,
+        "episodes_per_iteration": episodes, "iterations": args.iterations,
+        "sampler_batch_size": cfg.sampler.batch_size, "max_new_tokens_per_step": cfg.sampler.max_new_tokens,
+        "episodes_per_min": 60.0 * episodes / wall, "iteration_s": wall,
+        "shares": iteration_shares(mean, wall),
+        "generation_s": mean["generation_s"], "environment_s": mean["environment_s"], "train_s": mean["train_s"],
+        "sampled_tok_s": mean["sampled_tokens"] / max(mean["generation_s"], 1e-9),
+        "sampled_tokens_per_iteration": mean["sampled_tokens"], "train_tokens_per_iteration": mean["tokens"],
+        "episode_tokens_mean": mean["episode_tokens_mean"], "turns_mean": mean["turns_mean"],
+        "steps_mean": mean["steps_mean"],
+        "train_tflops_per_s": mean["train_tflops"],
+        "mfu": statistics.mean(m["mfu"] for m, _ in timed) if "mfu" in timed[0][0] else None,
+        "reward_mean": mean["reward_mean"],
+        "first_iteration_s": first_wall, "first_iteration_shares": iteration_shares(first, first_wall),
+        "compilations": dict(learner.engine.trace_counts), "profile_dir": args.profile,
+        "device_kind": jax.devices()[0].device_kind, "num_devices": len(jax.devices()), "jax": jax.__version__,
+    }
+    print_json(record)
+    return record
