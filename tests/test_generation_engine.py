@@ -225,6 +225,33 @@ def test_weights_are_the_models_arrays_and_updates_are_seen(model):
     np.testing.assert_allclose(after, 2 * before, rtol=1e-5, atol=1e-5)
 
 
+def test_unchanged_weights_are_not_walked_again_but_every_update_is_seen(model, monkeypatch):
+    import jax
+    from flax import nnx
+
+    from models.generation import weights as weights_module
+
+    engine = GenerationEngine(model, batch_size=1, max_cache_len=64, cache_dtype="float32")
+    first = engine.weights.params()
+    walks = []
+    real_state = nnx.state
+    monkeypatch.setattr(weights_module.nnx, "state", lambda *a, **k: walks.append(1) or real_state(*a, **k))
+    assert engine.weights.params() is first and not walks  # nothing changed: no graph walk, same object
+    old = model.final_norm.weight[...]
+    new_params = jax.tree.map(lambda x: x, nnx.state(model, nnx.Param))
+    new_params["final_norm"]["weight"].set_value(old + 1.0)
+    walks.clear()
+    nnx.update(model, new_params)  # as PolicyLearner does after an optimizer step
+    try:
+        seen = engine.weights.params()
+        assert walks and seen is not first
+        np.testing.assert_array_equal(np.asarray(seen["final_norm"]["weight"][...]), np.asarray(old) + 1.0)
+        assert engine.weights.params() is seen
+    finally:
+        model.final_norm.weight.set_value(old)
+    assert np.array_equal(np.asarray(engine.weights.params()["final_norm"]["weight"][...]), np.asarray(old))
+
+
 def test_bad_requests_raise_clear_errors(engine):
     with pytest.raises(GenerationInputError, match="token ids must be in"):
         engine.start([[1, VOCAB]])

@@ -28,7 +28,8 @@ class SamplerWeights:
         self.mesh = mesh
         self.rules = dict(rules) if rules is not None else LOGICAL_AXIS_RULES
         self.graphdef, _ = nnx.split(model)
-        self._source_leaves: list | None = None
+        self._variables: list[nnx.Variable] | None = None  # the model's Variables, in state order
+        self._source_leaves: list | None = None  # the arrays they held when _params was built
         self._params: nnx.State | None = None
         self.copied_arrays = 0  # how many parameter arrays the sampler had to reshard (cumulative)
 
@@ -54,11 +55,31 @@ class SamplerWeights:
         return jax.tree.map(place, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
     def params(self) -> nnx.State:
-        """The parameters to feed the compiled programs (no copy unless a layout differs)."""
+        """The parameters to feed the compiled programs (no copy unless a layout differs).
+
+        Every call checks that each of the model's Variables still holds the array it held last time
+        (~0.1 ms for a 36-layer model) before walking the module graph again (nnx.state: ~20 ms on a
+        CPU core for 36 layers, paid on every prefill and decode call before this check). Optimizer
+        steps and `nnx.update` replace the arrays inside the same Variables, which this sees; a model
+        whose Variable objects themselves were swapped needs `refresh()`.
+        """
+        if self._variables is not None and all(
+                _raw(v) is leaf for v, leaf in zip(self._variables, self._source_leaves)):
+            return self._params
+        return self.refresh()
+
+    def refresh(self) -> nnx.State:
+        """Re-reads the model's parameters from its module graph (re-laying out the arrays that changed)."""
         state = nnx.state(self.model)
-        leaves = jax.tree.leaves(state)
+        variables = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        leaves = [_raw(v) for v in variables]
         if self._source_leaves is None or len(leaves) != len(self._source_leaves) or any(
                 a is not b for a, b in zip(leaves, self._source_leaves)):
             self._params = self._laid_out(state)
-            self._source_leaves = leaves
+        self._variables, self._source_leaves = variables, leaves
         return self._params
+
+
+def _raw(variable: nnx.Variable):
+    """The array a Variable holds, read without get_value()'s hooks (7x faster per call)."""
+    return variable.get_raw_value() if hasattr(variable, "get_raw_value") else variable.get_value()
