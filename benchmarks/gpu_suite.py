@@ -14,6 +14,8 @@ Groups, each ours next to its peer (same shapes, Qwen3-4B-Instruct-2507, random 
 - train:    `envtune bench train` 8 x 2048 with full remat and HF's fwd+bwd with gradient
             checkpointing (peer_hf_train.py)
 - rollout:  `envtune bench rollout`: GRPO iterations of the 4B recipe on the real BFCL environments
+- memory:   `envtune bench memory --fit`: the largest decode batch at 8k and 32k tokens of context, and the
+            largest training micro-batch of 8k-token rows (bf16 and fp32 weights), from XLA's buffers
 Every step is its own process (each frees the GPU for the next) with a time limit; a step that
 fails or times out is recorded with the end of its log and the next variant, if any, is tried.
 Results: OUT/results.jsonl (every record, tagged with its step) and OUT/RESULTS.md
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = ("probe", "generate", "prefill", "train", "rollout")
+GROUPS = ("probe", "generate", "prefill", "train", "rollout", "memory")
 GENERATE_SHAPES = ((1, 512, 128), (64, 512, 256), (256, 512, 128))
 TINY_GENERATE_SHAPES = ((1, 16, 8), (4, 16, 8))
 TINY_MODEL_CONFIG = [f"--model-config={item}" for item in (
@@ -108,6 +110,21 @@ def plan(groups, tiny: bool, peers: Path, rollout_overrides: list[str]) -> list[
             ["--prompts", "2", "--samples", "16", "--iterations", "2"]
         steps.append(Step("ours rollout", "rollout", "ours",
                           [envtune("rollout", "--recipe", str(recipe), *counts, *base, *rollout_overrides)], 540))
+    if "memory" in groups:
+        preset_flags = ["--preset", "tiny"] if tiny else ["--preset", "qwen3-4b-instruct-2507"]
+        dtype = ["--dtype", "float32", "--cache-dtype", "float32", "--memory-gb", "0.1"] if tiny else []
+        contexts = (64,) if tiny else (8192, 32768)
+        for context in contexts:
+            steps.append(Step(f"ours memory decode fit {context}", "memory", "ours",
+                              [envtune("memory", *preset_flags, "--program", "decode", "--context", str(context),
+                                       "--fit", "--max-batch", "16" if tiny else "512", *dtype)], 300))
+        train_dtypes = ("float32",) if tiny else ("bfloat16", "float32")
+        for param_dtype in train_dtypes:
+            extra = ["--memory-gb", "1"] if tiny else []
+            steps.append(Step(f"ours memory train fit {contexts[0]} {param_dtype} weights", "memory", "ours",
+                              [envtune("memory", *preset_flags, "--program", "train", "--context", str(contexts[0]),
+                                       "--param-dtype", param_dtype, "--fit", "--max-batch", "4" if tiny else "64",
+                                       *extra)], 300))
     return steps
 
 

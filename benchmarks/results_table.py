@@ -86,6 +86,7 @@ def render(records: list[dict]) -> str:
     lines += _prefill(records, goals)
     lines += _train(records, goals)
     lines += _rollout(records)
+    lines += _memory(records)
     lines += _problems(records)
     return "\n".join(lines) + "\n"
 
@@ -176,6 +177,23 @@ def _rollout(records) -> list[str]:
                      f"{_fmt(r['episode_tokens_mean'])} | {_pct(r.get('mfu'))} | "
                      f"{'random' if r['random_weights'] else r['model']} |")
     return lines + ["", "Overrides: " + "; ".join(" ".join(r["overrides"]) for r in ours), ""]
+
+
+def _memory(records) -> list[str]:
+    ours = _usable(records, source="ours", benchmark="memory")
+    if not ours:
+        return []
+    lines = ["## Memory (XLA buffer assignment, compiled for this device, not run)", "",
+             "| program | weights | context | largest batch | tokens | peak GB | of which arguments GB | limit GB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in ours:
+        batch = r.get("largest_batch", r.get("batch"))
+        what = "decode loop (slots)" if r["program"] == "decode" else f"train step, remat {r['remat']} (rows per micro-batch)"
+        lines.append(f"| {what} | {r['param_dtype']} | {r['context']:,} | {batch} | {_fmt(r['tokens'])} | "
+                     f"{r['peak_bytes'] / 1e9:.2f} | {r['argument_bytes'] / 1e9:.2f} | "
+                     f"{r['limit_bytes'] / 1e9:.2f} |" if r.get("limit_bytes") else
+                     f"{r['peak_bytes'] / 1e9:.2f} | {r['argument_bytes'] / 1e9:.2f} | — |")
+    return lines + ["", "Peak = arguments + outputs − donated + temporaries; train rows hold every token in the loss.", ""]
 
 
 def _problems(records) -> list[str]:

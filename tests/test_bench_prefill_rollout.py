@@ -72,7 +72,7 @@ def test_bench_lists_every_kind(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     text = capsys.readouterr().out
-    for kind in ("generate", "prefill", "train", "rollout"):
+    for kind in ("generate", "prefill", "train", "rollout", "memory"):
         assert kind in text
 
 

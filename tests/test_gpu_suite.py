@@ -38,6 +38,8 @@ def test_table_prints_ratios_to_the_peers_and_the_goals():
         _ok("ours", benchmark="train", batch=8, seq_len=2048, remat="full", attention="cudnn", tokens_per_s=16_000.0,
             model_tflops_per_s=386.0, mfu=0.45, peak_memory_bytes=60e9),
         _ok("hf", what="hf_train_fwd_bwd_remat", batch=8, seq=2048, tok_s=11_074.0, model_tflops=267.0, peak_mem_gb=50.0),
+        _ok("ours", benchmark="memory", program="decode", param_dtype="bfloat16", context=8192, largest_batch=212,
+            tokens=212 * 8192, peak_bytes=70.1e9, argument_bytes=64.0e9, limit_bytes=70.2e9, remat=None),
         {"step": "ours rollout", "group": "rollout", "source": "ours", "status": "failed",
          "failures": [{"returncode": 1, "stderr_tail": "Traceback...\nRESOURCE_EXHAUSTED: out of memory"}]},
     ]
@@ -51,6 +53,7 @@ def test_table_prints_ratios_to_the_peers_and_the_goals():
     train = next(line for line in text.splitlines() if line.startswith("| 8 x 2048 | ours ("))
     assert "16,000 | 1.44x | met (≥ 1.3x)" in train and "386 | 45% | met (≥ 40%)" in train and "60.0" in train
     assert "NVIDIA H100 80GB HBM3" in text and "abc1234" in text and "jax 0.11.2" in text
+    assert "| decode loop (slots) | bfloat16 | 8,192 | 212 | 1,736,704 | 70.10 | 64.00 | 70.20 |" in text
     assert "- ours rollout: failed — exit 1: RESOURCE_EXHAUSTED: out of memory" in text
 
 
