@@ -32,6 +32,7 @@ test-learning: setup
 bench: setup
 	$(BIN)/python benchmarks/env_speed.py
 	$(BIN)/envtune bench generate --preset tiny --random-weights --batch 2
+	$(BIN)/envtune bench prefill --preset tiny --random-weights --batch 2 --prompt-len 64 --chunk 64
 	$(BIN)/envtune bench train --preset tiny --random-weights --batch 2 --seq-len 64
 
 # What a GPU session carries to the device (README "Benchmarks on a GPU"): the peer benchmark scripts

@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out"), help="results folder (default $OUT)")
     parser.add_argument("--peers", default=str(REPO / ".peers"), help="folder holding the peer scripts")
     parser.add_argument("--commit", default=None, help="the commit measured (default: git HEAD, else .peers/COMMIT)")
-    parser.add_argument("--budget-s", type=float, default=570, help="stop starting steps after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=540, help="stop starting steps after this many seconds")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on any machine (CPU smoke run)")
     parser.add_argument("--rollout-override", action="append", default=[], metavar="key=value",
                         help="extra recipe override for the rollout group (repeatable)")
