@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from envtune_jax.bench.generate import model_config_changes
 from envtune_jax.bench.prefill import check_arguments, prefill_flops
 from envtune_jax.bench.rollout import choose_stage, iteration_shares
 from envtune_jax.cli.main import main
@@ -66,6 +67,17 @@ def test_bench_prefill_tiny(tmp_path):
     # two chunks of the same width: one extend program, reused by every run
     assert record["compilations"]["extend"] == 1
     assert list((tmp_path / "trace").rglob("*.xplane.pb")), "no profiler trace written"
+
+
+def test_model_config_changes_parse_values_and_name_the_fields():
+    assert model_config_changes(["vocab_size=1000", "rope_theta=5e6", "tie_word_embeddings=false"]) == {
+        "vocab_size": 1000, "rope_theta": 5e6, "tie_word_embeddings": False}
+    with pytest.raises(ConfigError, match="hidden_size"):
+        model_config_changes(["hidden=128"])
+    with pytest.raises(ConfigError, match="FIELD=VALUE"):
+        model_config_changes(["vocab_size"])
+    with pytest.raises(ConfigError, match="vocab_size must be of type int"):
+        model_config_changes(["vocab_size=1e3x"])
 
 
 def test_bench_lists_every_kind(capsys):

@@ -19,11 +19,7 @@ import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", help="model shapes (qwen3-4b, qwen3-0.6b, tiny, ...); needs --random-weights")
-    source.add_argument("--hf", help="a Hugging Face Qwen3 checkpoint directory")
-    parser.add_argument("--random-weights", action="store_true", help="random weights created on device")
-    add_model_config_flag(parser)
+    add_model_source_arguments(parser)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -38,13 +34,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def add_model_config_flag(parser: argparse.ArgumentParser) -> None:
+def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset (with --random-weights and --model-config changes) or --hf: the model `build_model` makes."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="model shapes (qwen3-4b, qwen3-0.6b, tiny, ...); needs --random-weights")
+    source.add_argument("--hf", help="a Hugging Face Qwen3 checkpoint directory")
+    parser.add_argument("--random-weights", action="store_true", help="random weights created on device")
     parser.add_argument("--model-config", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a field of the preset's Qwen3Config (repeatable), e.g. vocab_size=1000")
 
 
 def model_config_changes(items) -> dict:
-    """{field: value} from FIELD=VALUE strings (values parsed as YAML scalars); unknown fields are errors."""
+    """{field: value} from FIELD=VALUE strings, each value converted to its field's type (YAML for the
+    others); unknown fields and unconvertible values are errors."""
     import dataclasses
 
     import yaml
@@ -58,7 +60,14 @@ def model_config_changes(items) -> dict:
         name, sep, value = item.partition("=")
         if not sep or name not in fields:
             raise ConfigError(f"--model-config {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
-        changes[name] = yaml.safe_load(value)
+        default = getattr(Qwen3Config(), name)
+        try:
+            if isinstance(default, bool) or not isinstance(default, (int, float)):
+                changes[name] = yaml.safe_load(value)
+            else:
+                changes[name] = type(default)(float(value) if isinstance(default, float) else int(value))
+        except ValueError as exc:
+            raise ConfigError(f"--model-config {item!r}: {name} must be of type {type(default).__name__}") from exc
     return changes
 
 

@@ -21,17 +21,13 @@ import argparse
 import statistics
 import time
 
-from envtune_jax.bench.generate import add_model_config_flag
+from envtune_jax.bench.generate import add_model_source_arguments
 
 ATTENTION_CHOICES = ("reference", "chunked", "xla", "cudnn")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", help="model shapes (qwen3-4b, qwen3-0.6b, tiny, ...); needs --random-weights")
-    source.add_argument("--hf", help="a Hugging Face Qwen3 checkpoint directory")
-    parser.add_argument("--random-weights", action="store_true", help="random weights created on device")
-    add_model_config_flag(parser)
+    add_model_source_arguments(parser)
     parser.add_argument("--batch", type=int, default=8, help="prompts (B)")
     parser.add_argument("--prompt-len", type=int, default=2048, help="tokens per prompt (P)")
     parser.add_argument("--chunk", type=int, default=2048, help="widest prefill chunk (tokens per forward pass)")
