@@ -27,6 +27,8 @@ class MaskInfo:
     kv_positions: jax.Array  # [B, S] int32
     kv_segments: jax.Array  # [B, S] int32 (0 = empty / padding)
     self_attention: bool = True  # kv are the same tokens as q (no cache)
+    plain_causal: bool = False  # positions are 0..T-1 and every token is in one segment: the mask is causal
+
 
     def dense(self) -> jax.Array:
         """Boolean mask [B, T, S]."""
@@ -37,7 +39,7 @@ class MaskInfo:
 
 jax.tree_util.register_dataclass(
     MaskInfo, data_fields=["q_positions", "q_segments", "kv_positions", "kv_segments"],
-    meta_fields=["self_attention"])
+    meta_fields=["self_attention", "plain_causal"])
 
 
 def reference_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo) -> jax.Array:
@@ -78,6 +80,10 @@ def chunked_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo, chunk: int = 
 
 
 def xla_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo, implementation: str | None = "xla") -> jax.Array:
+    """jax.nn.dot_product_attention; a plain causal mask is passed as `is_causal` (cuDNN's causal kernel,
+    which skips masked blocks), any other as a dense [B, 1, T, S] mask (cuDNN adds it as a bias)."""
+    if mask_info.plain_causal:
+        return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, is_causal=True, implementation=implementation)
     mask = mask_info.dense()[:, None, :, :]  # [B, 1, T, S]
     return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask, implementation=implementation)
 

@@ -51,7 +51,11 @@ class Attention(nnx.Module):
         q = constrain(apply_rope(q, cos, sin), ("act_batch", "act_seq", "act_q_heads", None))
         k = constrain(apply_rope(k, cos, sin), ("act_batch", "act_seq", "act_kv_heads", None))
         if cache_kv is None:
-            info = MaskInfo(positions_bt, segments_bt, positions_bt, segments_bt, self_attention=True)
+            plain_causal = segments_bt is None  # (hidden_states passes None for default positions, one segment)
+            if plain_causal:
+                segments_bt = jnp.ones(positions_bt.shape, jnp.int32)
+            info = MaskInfo(positions_bt, segments_bt, positions_bt, segments_bt, self_attention=True,
+                            plain_causal=plain_causal)
             out = attend(q, k, v, info, self.impl)
             new_cache = None
         else:
@@ -116,9 +120,10 @@ class Qwen3(nnx.Module):
         if cache is not None:
             positions_bt = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
             segment_ids_bt = jnp.ones((b, t), jnp.int32)
+        plain_causal = positions_bt is None and segment_ids_bt is None  # attention may use a causal kernel
         if positions_bt is None:
             positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :], (b, t))
-        if segment_ids_bt is None:
+        if segment_ids_bt is None and not plain_causal:
             segment_ids_bt = jnp.ones((b, t), jnp.int32)
         x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(dt)
         x = constrain(x, ("act_batch", "act_seq", "act_embed"))

@@ -51,6 +51,45 @@ def test_xla_backend_matches_reference():
     np.testing.assert_allclose(np.asarray(attend(q, k, v, info, "xla"))[valid], ref[valid], rtol=1e-5, atol=1e-5)
 
 
+def test_plain_causal_flag_gives_the_dense_causal_result():
+    import dataclasses
+
+    q, k, v, _, _ = _inputs(seed=2)
+    b, t = q.shape[:2]
+    positions = jnp.tile(jnp.arange(t, dtype=jnp.int32), (b, 1))
+    ones = jnp.ones((b, t), jnp.int32)
+    dense = MaskInfo(positions, ones, positions, ones)
+    plain = dataclasses.replace(dense, plain_causal=True)
+    want = np.asarray(attend(q, k, v, dense, "reference"))
+    np.testing.assert_allclose(want, _naive(q, k, v, dense), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(attend(q, k, v, plain, "xla")), want, rtol=1e-5, atol=1e-5)
+
+
+def test_model_without_positions_or_segments_uses_the_plain_causal_path():
+    from flax import nnx
+
+    from models.config import Qwen3Config
+    from models.qwen3 import Qwen3, init_model
+
+    cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, param_dtype="float32", dtype="float32", attention_impl="xla")
+    model = init_model(cfg, seed=0)
+    tokens = jnp.asarray(np.random.RandomState(0).randint(0, 64, (2, 12)), jnp.int32)
+    seen = []
+    real = jax.nn.dot_product_attention
+    try:
+        jax.nn.dot_product_attention = lambda *a, **kw: seen.append(kw.get("is_causal")) or real(*a, **kw)
+        plain = np.asarray(model(tokens))
+        explicit = np.asarray(model(tokens, jnp.tile(jnp.arange(12), (2, 1)), jnp.ones((2, 12), jnp.int32)))
+    finally:
+        jax.nn.dot_product_attention = real
+    assert seen == [True, True, None, None]  # two layers each: is_causal (no mask), then the dense-mask path
+    np.testing.assert_allclose(plain, explicit, rtol=1e-5, atol=1e-5)
+    reference = nnx.merge(*nnx.split(Qwen3(cfg.replace(attention_impl="reference"), rngs=nnx.Rngs(0))))
+    nnx.update(reference, nnx.state(model))
+    np.testing.assert_allclose(np.asarray(reference(tokens)), plain, rtol=1e-5, atol=1e-5)
+
+
 def test_chunked_backend_matches_reference_values_and_gradients():
     q, k, v, info, segments = _inputs(t=200, seed=3)
     valid = jnp.asarray(segments != 0)[:, :, None, None]
