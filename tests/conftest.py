@@ -6,6 +6,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # and changes no numerics the tests check.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# CLI calls in tests compile afresh (a persistent cache shared across runs would hide compile costs and
+# leave files under ~/.cache); tests/test_compile_cache.py turns it on in a temporary folder.
+os.environ.setdefault("ENVTUNE_COMPILATION_CACHE", "off")
 os.environ.setdefault("BFCL_PROJECT_ROOT", os.path.join(os.path.dirname(__file__), "..", ".bfcl_project_root"))
 
 import jax  # noqa: E402

@@ -50,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     try:
+        from envtune_jax import compile_cache
         from envtune_jax.mesh import initialize_distributed
 
         initialize_distributed()  # multi-host runs: every process must join before any JAX work
+        compile_cache.enable(default_on=args.command != "bench")  # bench reports compile times: off by default
         result = args.func(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
