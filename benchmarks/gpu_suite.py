@@ -108,8 +108,12 @@ def plan(groups, tiny: bool, peers: Path, rollout_overrides: list[str]) -> list[
         base = ["data.source=package", "sampler.batch_size=1"] if tiny else ROLLOUT_4B_ONE_GPU
         counts = ["--prompts", "1", "--samples", "1", "--iterations", "1"] if tiny else \
             ["--prompts", "2", "--samples", "16", "--iterations", "2"]
+        # the recipe's cuDNN attention also serves the cached (decode/extend) attention, with a dense mask
+        # bias there; if cuDNN refuses those shapes, fall back to XLA's attention, then the reference
+        attention = [[]] if tiny else [[], ["model.attention_impl=xla"], ["model.attention_impl=reference"]]
         steps.append(Step("ours rollout", "rollout", "ours",
-                          [envtune("rollout", "--recipe", str(recipe), *counts, *base, *rollout_overrides)], 540))
+                          [envtune("rollout", "--recipe", str(recipe), *counts, *base, *rollout_overrides, *a)
+                           for a in attention], 540))
     if "memory" in groups:
         preset_flags = ["--preset", "tiny"] if tiny else ["--preset", "qwen3-4b-instruct-2507"]
         dtype = ["--dtype", "float32", "--cache-dtype", "float32", "--memory-gb", "0.1"] if tiny else []
