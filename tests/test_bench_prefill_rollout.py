@@ -104,7 +104,7 @@ def test_choose_stage_names_the_choices():
 
 def test_bench_rollout_tiny_recipe_on_real_bfcl_environments():
     record = _run_cli(["bench", "rollout", "--recipe", str(REPO / "configs/recipes/tiny_cpu.yaml"),
-                       "--stage", "stage2_hints", "--prompts", "1", "--samples", "1", "--iterations", "1",
+                       "--stage", "stage2_hints", "--prompts", "1", "--samples", "1", "--iterations", "1", "--no-warmup",
                        "data.source=package", "sampler.batch_size=1"])
     assert record["benchmark"] == "rollout" and record["stage"] == "stage2_hints"
     assert record["random_weights"] and record["model"] == "tiny"
@@ -120,3 +120,4 @@ def test_bench_rollout_tiny_recipe_on_real_bfcl_environments():
     assert record["train_tokens_per_iteration"] == record["episode_tokens_mean"]
     assert record["mfu"] is None  # a CPU is not in the table of measured devices
     assert record["compilations"]["decode"] == 1 and record["sampler_batch_size"] == 1
+    assert record["first_iteration_s"] is None and record["first_iteration_shares"] is None

@@ -5,7 +5,8 @@ budgets, loss and optimizer; one of its stages names the data subset, the enviro
 reward) and the chat template. Each iteration draws `--prompts` entries, plays `--samples` episodes
 of each (G samples per prompt) through the generation engine and the tool environments, and takes
 one optimizer step on them (rl/grpo.PolicyLearner.iterate, the step of `envtune train`). The first
-iteration compiles and is reported apart; then `--iterations` timed ones:
+iteration compiles and is reported apart (`--no-warmup` skips it: the timed ones then include
+compilation); then `--iterations` timed ones:
 - episodes per minute = P·G / (rollout + train seconds) · 60;
 - the share of the iteration's wall time in generation (prefill, extend, decode), environment (tool
   execution, parsing, rendering, hints, rewards), training (the optimizer step) and the rest
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=None, help="prompts per iteration (default: the stage's)")
     parser.add_argument("--samples", type=int, default=None, help="samples per prompt G (default: the stage's)")
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations after the first")
+    parser.add_argument("--no-warmup", action="store_true", help="no untimed first iteration (smoke tests)")
     parser.add_argument("--profile", default=None, metavar="DIR", help="write a jax.profiler trace of one extra iteration")
 
 
@@ -106,7 +108,7 @@ def run(args) -> dict:
         metrics["steps_mean"] = statistics.mean(t.outcome.counters.get("steps", 0) for t in trajectories)
         return metrics, wall
 
-    first, first_wall = iteration(0)
+    first, first_wall = (None, None) if args.no_warmup else iteration(0)
     timed = [iteration(i) for i in range(1, args.iterations + 1)]
     if args.profile:
         with maybe_trace(args.profile):
@@ -133,7 +135,8 @@ def run(args) -> dict:
         "train_tflops_per_s": mean["train_tflops"],
         "mfu": statistics.mean(m["mfu"] for m, _ in timed) if "mfu" in timed[0][0] else None,
         "reward_mean": mean["reward_mean"],
-        "first_iteration_s": first_wall, "first_iteration_shares": iteration_shares(first, first_wall),
+        "first_iteration_s": first_wall,
+        "first_iteration_shares": None if first is None else iteration_shares(first, first_wall),
         "compilations": dict(learner.engine.trace_counts), "profile_dir": args.profile,
         "device_kind": jax.devices()[0].device_kind, "num_devices": len(jax.devices()), "jax": jax.__version__,
     }
