@@ -59,8 +59,8 @@ def envtune(*args: str) -> list[str]:
     return [sys.executable, "-m", "envtune_jax.cli.main", "bench", *args]
 
 
-def plan(groups, tiny: bool, peers: Path, rollout_overrides: list[str]) -> list[Step]:
-    """The steps of the chosen groups, in order."""
+def plan(groups, tiny: bool, peers: Path, rollout_overrides: list[str], generate_shapes=None) -> list[Step]:
+    """The steps of the chosen groups, in order (`generate_shapes`: (B, P, N) triples replacing the defaults)."""
     steps: list[Step] = []
     model = ["--preset", "qwen3-4b-instruct-2507", "--random-weights"]
     if tiny:  # the Tunix peer's own tiny shapes (its TINY=1 mode), so the CPU smoke run compares like with like
@@ -75,13 +75,13 @@ def plan(groups, tiny: bool, peers: Path, rollout_overrides: list[str]) -> list[
         argv, missing = peer("jax_probe.py")
         steps.append(Step("device probe", "probe", "probe", [argv], 300,
                           skip_reason=missing or ("an 8192^3 matmul: too slow off GPU" if tiny else None)))
+    shapes = generate_shapes or (TINY_GENERATE_SHAPES if tiny else GENERATE_SHAPES)
     if "generate" in groups:
-        for b, p, n in TINY_GENERATE_SHAPES if tiny else GENERATE_SHAPES:
+        for b, p, n in shapes:
             steps.append(Step(f"ours generate {b}x{p}+{n}", "generate", "ours",
                               [envtune("generate", *model, "--batch", str(b), "--prompt-len", str(p),
                                        "--new-tokens", str(n), "--repeats", "3")], 300))
         argv, missing = peer("peer_tunix_sampler.py")
-        shapes = TINY_GENERATE_SHAPES if tiny else GENERATE_SHAPES
         env = {"CONFIGS": ",".join(f"{b}x{p}x{n}" for b, p, n in shapes), "FALLBACK": "0"}
         if tiny:
             env["TINY"] = "1"
@@ -217,6 +217,9 @@ def main(argv=None) -> int:
     parser.add_argument("--commit", default=None, help="the commit measured (default: git HEAD, else .peers/COMMIT)")
     parser.add_argument("--budget-s", type=float, default=540, help="stop starting steps after this many seconds")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on any machine (CPU smoke run)")
+    parser.add_argument("--generate-shapes", default=None, metavar="BxPxN,...",
+                        help="generate group shapes (default: 1x512x128,64x512x256,256x512x128), e.g. to split them "
+                             "over two calls when one runs out of time")
     parser.add_argument("--rollout-override", action="append", default=[], metavar="key=value",
                         help="extra recipe override for the rollout group (repeatable)")
     args = parser.parse_args(argv)
@@ -224,6 +227,14 @@ def main(argv=None) -> int:
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         parser.error(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")
+    shapes = None
+    if args.generate_shapes:
+        try:
+            shapes = [tuple(int(v) for v in item.split("x")) for item in args.generate_shapes.split(",") if item]
+        except ValueError:
+            shapes = []
+        if not shapes or any(len(shape) != 3 for shape in shapes):
+            parser.error(f"--generate-shapes {args.generate_shapes!r}: expected BxPxN[,BxPxN...]")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget_s
@@ -231,7 +242,7 @@ def main(argv=None) -> int:
             "commit": args.commit or _git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "python": sys.version.split()[0], **_versions()}
     records = [meta]
-    for step in plan(groups, args.tiny, Path(args.peers), args.rollout_override):
+    for step in plan(groups, args.tiny, Path(args.peers), args.rollout_override, shapes):
         records.extend(run_step(step, out, deadline))
         with open(out / "results.jsonl", "w") as f:  # rewritten after every step: nothing lost on a timeout
             f.writelines(json.dumps(r) + "\n" for r in records)

@@ -123,6 +123,16 @@ def test_suite_tiny_run_on_cpu_writes_results(tmp_path):
     assert "hf transformers prefill+generate: skipped" in text
 
 
-def test_suite_rejects_an_unknown_group(tmp_path):
+def test_suite_rejects_an_unknown_group_or_malformed_shapes(tmp_path):
     with pytest.raises(SystemExit):
         gpu_suite.main(["--groups", "generate,decode", "--out", str(tmp_path)])
+    for bad in ("64x512", "64x512x256,oops", ","):
+        with pytest.raises(SystemExit):
+            gpu_suite.main(["--groups", "generate", "--generate-shapes", bad, "--out", str(tmp_path)])
+
+
+def test_generate_shapes_can_be_split_over_calls(tmp_path):
+    steps = gpu_suite.plan(["generate"], tiny=False, peers=tmp_path, rollout_overrides=[],
+                           generate_shapes=[(256, 512, 128)])
+    assert [s.name for s in steps] == ["ours generate 256x512+128", "tunix sampler"]
+    assert steps[1].env["CONFIGS"] == "256x512x128"
