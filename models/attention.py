@@ -29,7 +29,6 @@ class MaskInfo:
     self_attention: bool = True  # kv are the same tokens as q (no cache)
     plain_causal: bool = False  # positions are 0..T-1 and every token is in one segment: the mask is causal
 
-
     def dense(self) -> jax.Array:
         """Boolean mask [B, T, S]."""
         same = self.q_segments[:, :, None] == self.kv_segments[:, None, :]

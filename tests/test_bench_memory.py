@@ -12,6 +12,7 @@ import pytest
 from envtune_jax.bench.memory import decode_memory, largest_fitting_batch, train_memory
 from envtune_jax.cli.main import main
 from models.config import preset
+from models.generation.sampling import MAX_STOP_TOKENS
 
 BATCH, CONTEXT = 4, 64
 
@@ -23,9 +24,9 @@ def decode_argument_bytes(cfg, batch: int, context: int, cache_itemsize: int) ->
     kv = cfg.num_layers * 2 * batch * context * cfg.num_kv_heads * cfg.head_dim * cache_itemsize
     per_position = batch * context * (4 + 4 + 1)  # tokens int32, logprobs fp32, sampled bool
     per_slot = batch * (cfg.hidden_size * 2 + 8 + 4 + 4 + 1 + 1)  # hidden bf16, key, length, turn start, flags
-    # active, budgets, stop ids [2], temperature, max steps (top-p is unused without top-p sampling, and
-    # jit drops unused arguments)
-    call = batch * (1 + 4) + 2 * 4 + 2 * 4
+    # active, budgets, stop ids (padded to MAX_STOP_TOKENS, as the engine passes them), temperature, max
+    # steps (top-p is unused without top-p sampling, and jit drops unused arguments)
+    call = batch * (1 + 4) + MAX_STOP_TOKENS * 4 + 2 * 4
     return weights + kv + per_position + per_slot + call
 
 

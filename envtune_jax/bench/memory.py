@@ -73,6 +73,7 @@ def decode_memory(cfg, batch: int, context: int, cache_dtype: str) -> dict:
     from flax import nnx
 
     from models.generation import GenerationEngine
+    from models.generation.sampling import MAX_STOP_TOKENS
     from models.qwen3 import Qwen3
 
     model = nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
@@ -81,7 +82,7 @@ def decode_memory(cfg, batch: int, context: int, cache_dtype: str) -> dict:
     state = jax.eval_shape(lambda: engine._empty_state(context))
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
     lowered = engine._decode.lower(params, state, jax.ShapeDtypeStruct((batch,), bool),
-                                   jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.int32),
+                                   jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((MAX_STOP_TOKENS,), jnp.int32),
                                    scalar, scalar, jax.ShapeDtypeStruct((), jnp.int32),
                                    greedy=False, top_k=0, use_top_p=False)
     return _analysis(lowered.compile())

@@ -116,7 +116,7 @@ def run(args) -> dict:
     walls = [wall for _, wall in timed]
     wall = statistics.mean(walls)
     mean = {k: statistics.mean(m[k] for m, _ in timed)
-            for k in ("generation_s", "environment_s", "train_s", "rollout_s", "sampled_tokens", "tokens",
+            for k in ("generation_s", "environment_s", "train_s", "sampled_tokens", "tokens",
                       "reward_mean", "train_tflops", "episode_tokens_mean", "turns_mean", "steps_mean")}
     episodes = prompts * samples
     record = {
