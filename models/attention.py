@@ -1,11 +1,15 @@
 """Attention behind one interface, with interchangeable back-ends.
 
-`attend(q, k, v, mask_info, impl)`:
+`attend(q, k, v, mask_info, impl)` (self-attention, keys/values [B, S, K, H]):
 - "reference": plain einsum, fp32 softmax (always available; the parity tests' ground truth).
 - "chunked": the same over query blocks, rematerialised per block (long sequences on CPU).
 - "xla" / "cudnn": `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
 - "splash": the TPU Pallas splash-attention kernel (self-attention over packed/padded sequences
   only; runs in Pallas interpret mode off TPU, which is slow and meant for tests).
+`attend_cache(q, keys, values, mask_info, impl)` (queries against a KV cache laid out [B, K, S, H]):
+query blocks shorter than `CACHE_KERNEL_MIN_QUERIES` (decode steps, short extends) use the reference
+einsums on the cache as it lies; longer ones (prefill chunks) use the chosen back-end on the cache
+viewed as [B, S, K, H] (a transposed copy, amortised over the block).
 Masks come from the caller as positions and segment ids, so padded and packed batches work:
 query t may attend to key s iff same segment, key segment ≠ 0, and key position ≤ query position.
 """
@@ -41,17 +45,29 @@ jax.tree_util.register_dataclass(
     meta_fields=["self_attention", "plain_causal"])
 
 
-def reference_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo) -> jax.Array:
-    """Plain GQA attention: softmax in fp32; output [B, T, N, H] in q's dtype."""
+# Below this many queries, attention against the cache is the reference einsum on the cache layout. A
+# back-end on the [B, S, K, H] view first copies the keys and values transposed (reads and writes 2·K·H
+# 16-bit values per slot: 8·K·H bytes), while the einsum's extra traffic is its fp32 scores (N·T·4 bytes
+# per slot): the einsum moves less while T < 2·K·H / N, which is 64 for Qwen3-4B (K 8, H 128, N 32).
+CACHE_KERNEL_MIN_QUERIES = 64
+
+
+def reference_attention(q_btnh, k, v, mask_info: MaskInfo, kv_layout: str = "BSKH") -> jax.Array:
+    """Plain GQA attention: softmax in fp32; output [B, T, N, H] in q's dtype.
+
+    k, v: [B, S, K, H] (kv_layout "BSKH") or [B, K, S, H] ("BKSH", the KV cache's layout).
+    """
     b, t, n, h = q_btnh.shape
-    kv = k_bskh.shape[2]
+    kv = k.shape[kv_layout.index("K")]
     q_btkgh = q_btnh.reshape(b, t, kv, n // kv, h)
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"BTKGH,{kv_layout}->BKGTS", q_btkgh, k, preferred_element_type=jnp.float32)
     scores = scores * (h ** -0.5)
     mask_bts = mask_info.dense()
     scores = jnp.where(mask_bts[:, None, None, :, :], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_bskh.dtype)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_bskh, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    # out in v's dtype (matmuls accumulate in fp32 regardless); XLA:CPU has no bf16 x bf16 -> fp32 dot
+    # kernel for this contraction on the [B, K, S, H] layout
+    out = jnp.einsum(f"BKGTS,{kv_layout}->BTKGH", probs, v)
     return out.reshape(b, t, n, h).astype(q_btnh.dtype)
 
 
@@ -130,3 +146,15 @@ def attend(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo, impl: str = "reference")
     if impl == "splash":
         return splash_attention(q_btnh, k_bskh, v_bskh, mask_info)
     raise ValueError(f"unknown attention implementation '{impl}' (reference, chunked, xla, cudnn, splash)")
+
+
+def attend_cache(q_btnh, k_bksh, v_bksh, mask_info: MaskInfo, impl: str = "reference") -> jax.Array:
+    """Queries [B, T, N, H] against a KV cache [B, K, S, H]. Returns [B, T, N, H].
+
+    xla / cudnn run for blocks of ≥ CACHE_KERNEL_MIN_QUERIES queries (on the [B, S, K, H] view);
+    every other case, and every other impl (splash and chunked are self-attention kernels), is the
+    reference einsum on the cache layout.
+    """
+    if impl in ("xla", "cudnn") and q_btnh.shape[1] >= CACHE_KERNEL_MIN_QUERIES:
+        return xla_attention(q_btnh, jnp.swapaxes(k_bksh, 1, 2), jnp.swapaxes(v_bksh, 1, 2), mask_info, impl)
+    return reference_attention(q_btnh, k_bksh, v_bksh, mask_info, kv_layout="BKSH")

@@ -1,5 +1,11 @@
 """The KV cache: per layer keys/values for B sequences of up to S slots, plus each sequence's length.
 
+Layout [B, K, S, H] (kv heads before slots): a decode step's attention einsums
+(BTKGH,BKSH->BKGTS and BKGTS,BKSH->BTKGH) then have their batch dimensions (B, K) outermost and
+read the cache as it lies. With [B, S, K, H], XLA's compiled decode loop makes a transposed copy of
+every layer's keys and values in every step (seen in the optimised HLO; tests/test_generation_layout.py
+keeps it out): two more passes over the cache, whose reads bound decode at large batch.
+
 Sequences are left-aligned: slot s of sequence b holds the token at position s, and slots at or
 beyond `lengths[b]` are empty. Appending T new tokens (ragged: `num_new[b]` ≤ T of them real)
 writes slots lengths[b] .. lengths[b]+T-1 and advances lengths by num_new, so pad tokens written
@@ -12,15 +18,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from envtune_jax.sharding import logical_to_spec
-
-CACHE_AXES = ("cache_batch", "cache_seq", "cache_kv_heads", "cache_head_dim")
+CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_seq", "cache_head_dim")
 
 
 @dataclasses.dataclass
 class KVCache:
-    keys: tuple[jax.Array, ...]  # per layer [B, S, K, H]
-    values: tuple[jax.Array, ...]  # per layer [B, S, K, H]
+    keys: tuple[jax.Array, ...]  # per layer [B, K, S, H]
+    values: tuple[jax.Array, ...]  # per layer [B, K, S, H]
     lengths: jax.Array  # [B] int32, valid slots per sequence
 
     @property
@@ -29,30 +33,32 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.keys[0].shape[1]
-
-    @classmethod
-    def zeros(cls, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
-              dtype=jnp.bfloat16, mesh=None) -> "KVCache":
-        shape = (batch, max_len, num_kv_heads, head_dim)
-
-        def make():
-            return jnp.zeros(shape, dtype)
-
-        if mesh is not None:
-            sharding = jax.sharding.NamedSharding(mesh, logical_to_spec(CACHE_AXES, shape, mesh))
-            make = jax.jit(make, out_shardings=sharding)
-        keys = tuple(make() for _ in range(num_layers))
-        values = tuple(make() for _ in range(num_layers))
-        return cls(keys, values, jnp.zeros((batch,), jnp.int32))
+        return self.keys[0].shape[2]
 
 
 jax.tree_util.register_dataclass(KVCache, data_fields=["keys", "values", "lengths"], meta_fields=[])
 
 
-def write(cache_bskh: jax.Array, new_btkh: jax.Array, starts_b: jax.Array) -> jax.Array:
-    """Writes new [B, T, K, H] into cache [B, S, K, H] at slots starts[b] + t (dropped past S)."""
-    t = new_btkh.shape[1]
-    slots_bt = starts_b[:, None] + jnp.arange(t, dtype=starts_b.dtype)[None, :]
-    batch_bt = jnp.broadcast_to(jnp.arange(cache_bskh.shape[0])[:, None], slots_bt.shape)
-    return cache_bskh.at[batch_bt, slots_bt].set(new_btkh.astype(cache_bskh.dtype), mode="drop")
+def cache_shape(batch: int, num_kv_heads: int, max_len: int, head_dim: int) -> tuple[int, int, int, int]:
+    """The shape of one layer's keys (or values): [B, K, S, H]."""
+    return (batch, num_kv_heads, max_len, head_dim)
+
+
+def write_kv(cache_bksh: jax.Array, new_btkh: jax.Array, starts_b: jax.Array) -> jax.Array:
+    """Writes new [B, T, K, H] into cache [B, K, S, H] at slots starts[b] + t (dropped past S)."""
+    slots_bt = _slots(starts_b, new_btkh.shape[1])
+    batch_bt = jnp.broadcast_to(jnp.arange(cache_bksh.shape[0])[:, None], slots_bt.shape)
+    # advanced indices split by a slice: the indexed view is [B, T, K, H], the layout of new_btkh
+    return cache_bksh.at[batch_bt, :, slots_bt, :].set(new_btkh.astype(cache_bksh.dtype), mode="drop")
+
+
+def write_positions(per_position_bs: jax.Array, new_bt: jax.Array, starts_b: jax.Array) -> jax.Array:
+    """Writes new [B, T, ...] into a per-position array [B, S, ...] at starts[b] + t (dropped past S)."""
+    slots_bt = _slots(starts_b, new_bt.shape[1])
+    batch_bt = jnp.broadcast_to(jnp.arange(per_position_bs.shape[0])[:, None], slots_bt.shape)
+    return per_position_bs.at[batch_bt, slots_bt].set(new_bt.astype(per_position_bs.dtype), mode="drop")
+
+
+def _slots(starts_b: jax.Array, width: int) -> jax.Array:
+    """[B, T] slot indices starts[b] + t."""
+    return starts_b[:, None] + jnp.arange(width, dtype=starts_b.dtype)[None, :]

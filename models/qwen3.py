@@ -12,7 +12,7 @@ from flax import nnx
 
 from envtune_jax.sharding import constrain
 from models import kv_cache as kv
-from models.attention import MaskInfo, attend
+from models.attention import MaskInfo, attend, attend_cache
 from models.config import Qwen3Config
 from models.layers import MLP, RMSNorm, apply_rope, rope_cos_sin
 from models.weights import WeightSpec, declare_weight
@@ -59,16 +59,15 @@ class Attention(nnx.Module):
             out = attend(q, k, v, info, self.impl)
             new_cache = None
         else:
-            keys, values = cache_kv
-            keys = kv.write(keys, k, cache_lengths_b)
-            values = kv.write(values, v, cache_lengths_b)
-            s = keys.shape[1]
+            keys_bksh, values_bksh = cache_kv
+            keys_bksh = kv.write_kv(keys_bksh, k, cache_lengths_b)
+            values_bksh = kv.write_kv(values_bksh, v, cache_lengths_b)
+            s = keys_bksh.shape[2]
             slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (x_btd.shape[0], s))
             filled = (slots < (cache_lengths_b[:, None] + x_btd.shape[1])).astype(jnp.int32)
             info = MaskInfo(positions_bt, jnp.ones_like(segments_bt), slots, filled, self_attention=False)
-            impl = "reference" if self.impl == "splash" else self.impl
-            out = attend(q, keys.astype(dt), values.astype(dt), info, impl)
-            new_cache = (keys, values)
+            out = attend_cache(q, keys_bksh.astype(dt), values_bksh.astype(dt), info, self.impl)
+            new_cache = (keys_bksh, values_bksh)
         out = constrain(out, ("act_batch", "act_seq", "act_q_heads", None))
         return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt)), new_cache
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.attention import MaskInfo, attend
+from models.attention import CACHE_KERNEL_MIN_QUERIES, MaskInfo, attend, attend_cache
 
 
 def _inputs(b=2, t=128, n=4, k=2, h=16, seed=0):
@@ -116,6 +116,29 @@ def test_splash_backend_in_interpret_mode_matches_reference():
     valid = segments != 0
     ref = np.asarray(attend(q, k, v, info, "reference"))
     np.testing.assert_allclose(out[valid], ref[valid], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("queries", [1, 3, CACHE_KERNEL_MIN_QUERIES])
+@pytest.mark.parametrize("impl", ["reference", "xla", "splash"])
+def test_attention_against_a_cache_layout_matches_numpy(queries, impl):
+    """attend_cache reads keys/values laid out [B, K, S, H]: decode-sized query blocks take the einsum on
+    that layout, blocks of CACHE_KERNEL_MIN_QUERIES+ the back-end on the [B, S, K, H] view; both equal the
+    NumPy attention of the same cache. Sequences hold 70 and 90 cached tokens of 96 slots; the queries
+    are the last `queries` of them."""
+    b, s, n, k, h = 2, 96, 4, 2, 16
+    rng = np.random.RandomState(queries)
+    keys_bksh = jnp.asarray(rng.randn(b, k, s, h), jnp.float32)
+    values_bksh = jnp.asarray(rng.randn(b, k, s, h), jnp.float32)
+    q = jnp.asarray(rng.randn(b, queries, n, h), jnp.float32)
+    lengths = np.array([70, 90])
+    q_positions = lengths[:, None] - queries + np.arange(queries)[None, :]
+    slots = np.tile(np.arange(s), (b, 1))
+    filled = (slots < lengths[:, None]).astype(np.int32)
+    info = MaskInfo(jnp.asarray(q_positions), jnp.ones((b, queries), jnp.int32), jnp.asarray(slots),
+                    jnp.asarray(filled), self_attention=False)
+    got = np.asarray(attend_cache(q, keys_bksh, values_bksh, info, impl))
+    want = _naive(q, np.swapaxes(keys_bksh, 1, 2), np.swapaxes(values_bksh, 1, 2), info)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_backend_is_rejected():

@@ -49,7 +49,7 @@ CHECK = textwrap.dedent("""
     state, got = episode(engine)
     assert engine.weights.copied_arrays == 0, "weights already on the mesh must not be copied"
     keys = state.cache.keys[0]
-    want = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
+    want = NamedSharding(mesh, P(("data", "fsdp"), "tensor", None, None))  # [B, K, S, H]
     assert keys.sharding.is_equivalent_to(want, 4), keys.sharding
     assert len(keys.sharding.device_set) == 8
     np.testing.assert_array_equal(got.lengths, expected.lengths)

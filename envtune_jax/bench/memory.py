@@ -68,6 +68,12 @@ def _analysis(compiled) -> dict:
 
 def decode_memory(cfg, batch: int, context: int, cache_dtype: str) -> dict:
     """Bytes of the engine's decode loop for `batch` slots of `context` tokens."""
+    return _analysis(lower_decode(cfg, batch, context, cache_dtype).compile())
+
+
+def lower_decode(cfg, batch: int, context: int, cache_dtype: str):
+    """The engine's decode loop (sampling, not greedy) for `batch` slots of `context` tokens, lowered from
+    shapes alone (jax `Lowered`: `.compile()` it for XLA's buffer assignment or optimised HLO)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -85,7 +91,7 @@ def decode_memory(cfg, batch: int, context: int, cache_dtype: str) -> dict:
                                    jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((MAX_STOP_TOKENS,), jnp.int32),
                                    scalar, scalar, jax.ShapeDtypeStruct((), jnp.int32),
                                    greedy=False, top_k=0, use_top_p=False)
-    return _analysis(lowered.compile())
+    return lowered
 
 
 def train_memory(cfg, batch: int, context: int, micro_batch: int, kl_coef: float) -> dict:

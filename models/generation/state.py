@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from envtune_jax.sharding import constrain
-from models.kv_cache import CACHE_AXES, KVCache
+from models.kv_cache import CACHE_AXES, KVCache, cache_shape
 
 _PER_SLOT = ("cache_batch", None)
 _PER_POSITION = ("cache_batch", "cache_seq")
@@ -23,7 +23,7 @@ _PER_POSITION = ("cache_batch", "cache_seq")
 
 @dataclasses.dataclass
 class GenerationState:
-    cache: KVCache  # keys/values per layer [B, S, K, H]; lengths [B]
+    cache: KVCache  # keys/values per layer [B, K, S, H]; lengths [B]
     hidden_bd: jax.Array  # [B, D] compute dtype: hidden state of each sequence's last cached token
     tokens_bs: jax.Array  # [B, S] int32 token ids of the whole sequence (prompt, sampled, appended)
     logprobs_bs: jax.Array  # [B, S] fp32 sampler log-prob of sampled tokens (0 elsewhere)
@@ -73,9 +73,9 @@ def constrain_state(state: GenerationState) -> GenerationState:
 def empty_state(num_layers: int, num_kv_heads: int, head_dim: int, hidden_size: int, batch: int, capacity: int,
                 cache_dtype, hidden_dtype) -> GenerationState:
     """All slots empty (length 0, done). Meant to run under jit so arrays are born sharded."""
-    shape_bskh = (batch, capacity, num_kv_heads, head_dim)
-    cache = KVCache(tuple(jnp.zeros(shape_bskh, cache_dtype) for _ in range(num_layers)),
-                    tuple(jnp.zeros(shape_bskh, cache_dtype) for _ in range(num_layers)),
+    shape_bksh = cache_shape(batch, num_kv_heads, capacity, head_dim)
+    cache = KVCache(tuple(jnp.zeros(shape_bksh, cache_dtype) for _ in range(num_layers)),
+                    tuple(jnp.zeros(shape_bksh, cache_dtype) for _ in range(num_layers)),
                     jnp.zeros((batch,), jnp.int32))
     return constrain_state(GenerationState(
         cache=cache,
@@ -96,10 +96,18 @@ def grow(state: GenerationState, capacity: int) -> GenerationState:
     if extra < 0:
         raise ValueError(f"cannot shrink capacity {state.capacity} to {capacity}")
 
-    def pad_seq(x):  # pads axis 1 (S)
-        return jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+    def pad_axis(x, axis):  # pads the slot axis S with zeros
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, extra)
+        return jnp.pad(x, widths)
 
-    cache = KVCache(tuple(map(pad_seq, state.cache.keys)), tuple(map(pad_seq, state.cache.values)),
+    def pad_seq(x):  # per-position arrays [B, S, ...]
+        return pad_axis(x, 1)
+
+    def pad_cache(x):  # keys / values [B, K, S, H]
+        return pad_axis(x, 2)
+
+    cache = KVCache(tuple(map(pad_cache, state.cache.keys)), tuple(map(pad_cache, state.cache.values)),
                     state.cache.lengths)
     return constrain_state(dataclasses.replace(
         state, cache=cache, tokens_bs=pad_seq(state.tokens_bs), logprobs_bs=pad_seq(state.logprobs_bs),
