@@ -9,6 +9,9 @@ Groups, each ours next to its peer (same shapes, Qwen3-4B-Instruct-2507, random 
 - probe:    the device's bf16 matmul rate and copy bandwidth (the peer scripts' jax_probe.py)
 - generate: `envtune bench generate` at (B, P, N) = (1, 512, 128), (64, 512, 256), (256, 512, 128)
             and the Tunix sampler (peer_tunix_sampler.py) at the same shapes
+- decode-kernel: `envtune bench generate --decode-attention pallas` at the generate shapes (JAX's Pallas
+            GPU decode kernel instead of the einsum; no peer step: the generate group's Tunix figures
+            are the comparison)
 - prefill:  `envtune bench prefill` 8 x 2048 (cuDNN and reference attention) and HF transformers
             (peer_hf_qwen3.py, which also times HF generation at the generate shapes)
 - train:    `envtune bench train` 8 x 2048 with full remat and HF's fwd+bwd with gradient
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = ("probe", "generate", "prefill", "train", "rollout", "memory")
+GROUPS = ("probe", "generate", "decode-kernel", "prefill", "train", "rollout", "memory")
 GENERATE_SHAPES = ((1, 512, 128), (64, 512, 256), (256, 512, 128))
 TINY_GENERATE_SHAPES = ((1, 16, 8), (4, 16, 8))
 TINY_MODEL_CONFIG = [f"--model-config={item}" for item in (
@@ -87,6 +90,12 @@ def plan(groups, tiny: bool, peers: Path, rollout_overrides: list[str], generate
             env["TINY"] = "1"
         steps.append(Step("tunix sampler", "generate", "tunix", [argv], 420, env=env, results_file="results.jsonl",
                           skip_reason=missing or _missing_module("tunix", "google-tunix wheel (make gpu-bundle)")))
+    if "decode-kernel" in groups:
+        for b, p, n in shapes:
+            steps.append(Step(f"ours generate {b}x{p}+{n} pallas decode", "decode-kernel", "ours",
+                              [envtune("generate", *model, "--batch", str(b), "--prompt-len", str(p),
+                                       "--new-tokens", str(n), "--repeats", "3", "--decode-attention", "pallas")],
+                              300))
     if "prefill" in groups:
         b, p, chunk = (2, 64, 64) if tiny else (8, 2048, 2048)
         for attention in ("cudnn", "reference") if not tiny else ("reference",):

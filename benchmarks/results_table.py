@@ -92,23 +92,26 @@ def render(records: list[dict]) -> str:
 
 
 def _generation(records) -> list[str]:
-    ours = {(r["batch"], r["prompt_len"], r["new_tokens"]): r for r in _usable(records, source="ours", benchmark="generate")}
+    ours = {(r["batch"], r["prompt_len"], r["new_tokens"], r.get("decode_attention", "reference")): r
+            for r in _usable(records, source="ours", benchmark="generate")}
     tunix_split = {(r["B"], r["P"], r["N"]): r for r in _usable(records, source="tunix", kind="split")}
     tunix_e2e = {(r["B"], r["P"], r["N"]): r for r in _usable(records, source="tunix", kind="e2e")}
     hf = {(r["batch"], r["prompt"], r["new"]): r for r in _usable(records, source="hf", what="hf_generate")}
-    shapes = sorted(set(ours) | set(tunix_split) | set(tunix_e2e))
+    shapes = sorted({key[:3] for key in ours} | set(tunix_split) | set(tunix_e2e))
     if not shapes:
         return []
+    rows = [(shape, kernel) for shape in shapes
+            for kernel in (sorted(k[3] for k in ours if k[:3] == shape) or ["reference"])]
     lines = ["## Generation (greedy, no stop tokens, cache P + N)", "",
-             "| B, P, N | decode tok/s ours | Tunix | ours/Tunix | ms/step ours / Tunix | ours / decode limit | goal |"
+             "| B, P, N | decode attention | decode tok/s ours | Tunix | ours/Tunix | ms/step ours / Tunix | ours / decode limit | goal |"
              " end-to-end tok/s ours | Tunix | HF | ours/Tunix | ours/HF | goal | compile s (prefill + decode) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for shape in shapes:
-        o, ts, te, h = ours.get(shape, {}), tunix_split.get(shape, {}), tunix_e2e.get(shape, {}), hf.get(shape, {})
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for shape, kernel in rows:
+        o, ts, te, h = ours.get((*shape, kernel), {}), tunix_split.get(shape, {}), tunix_e2e.get(shape, {}), hf.get(shape, {})
         decode_goal, e2e_goal = GENERATION_GOALS.get(shape, (None, None))
         compile_s = o.get("compile_s") or {}
         lines.append(
-            f"| {', '.join(map(str, shape))} | {_fmt(o.get('decode_tok_s'))} | {_fmt(ts.get('decode_only_tok_per_s'))} | "
+            f"| {', '.join(map(str, shape))} | {kernel} | {_fmt(o.get('decode_tok_s'))} | {_fmt(ts.get('decode_only_tok_per_s'))} | "
             f"{_ratio(o.get('decode_tok_s'), ts.get('decode_only_tok_per_s'))} | "
             f"{_fmt(o.get('ms_per_decode_step'), 2)} / {_fmt(ts.get('decode_ms_per_step'), 2)} | "
             f"{_pct(o.get('decode_fraction_of_limit'))} | {_goal(o.get('decode_tok_s'), decode_goal)} | "

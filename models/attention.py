@@ -6,10 +6,12 @@
 - "xla" / "cudnn": `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
 - "splash": the TPU Pallas splash-attention kernel (self-attention over packed/padded sequences
   only; runs in Pallas interpret mode off TPU, which is slow and meant for tests).
-`attend_cache(q, keys, values, mask_info, impl)` (queries against a KV cache laid out [B, K, S, H]):
+`attend_cache(q, keys, values, mask_info, impl, ...)` (queries against a KV cache laid out [B, K, S, H]):
 query blocks shorter than `CACHE_KERNEL_MIN_QUERIES` (decode steps, short extends) use the reference
 einsums on the cache as it lies; longer ones (prefill chunks) use the chosen back-end on the cache
-viewed as [B, S, K, H] (a transposed copy, amortised over the block).
+viewed as [B, S, K, H] (a transposed copy, amortised over the block). With `decode="pallas"`, one-token
+steps run JAX's Pallas GPU decode kernel instead (`pallas_decode_attention`: split-K flash decoding
+that reads each sequence's filled slots only; Pallas interpret mode off GPU, for tests).
 Masks come from the caller as positions and segment ids, so padded and packed batches work:
 query t may attend to key s iff same segment, key segment ≠ 0, and key position ≤ query position.
 """
@@ -148,13 +150,76 @@ def attend(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo, impl: str = "reference")
     raise ValueError(f"unknown attention implementation '{impl}' (reference, chunked, xla, cudnn, splash)")
 
 
-def attend_cache(q_btnh, k_bksh, v_bksh, mask_info: MaskInfo, impl: str = "reference") -> jax.Array:
+# Grid programs the decode kernel aims for (two per SM of an H100's 132): with few sequences x kv heads,
+# each sequence's slots are split over more programs (split-K), so a batch of 1 still fills the GPU.
+DECODE_KERNEL_PROGRAMS = 264
+
+
+def decode_kernel_blocks(capacity: int, batch: int, num_kv_heads: int) -> tuple[int, int] | None:
+    """(block_k, k_splits) for the Pallas decode kernel over `capacity` cache slots, or None when no block
+    of 16-128 slots divides the capacity (the kernel needs whole blocks; callers fall back to the einsum).
+
+    Each split holds a power-of-two number of blocks (every array a Triton program touches then has
+    power-of-two sides); of those, the fewest splits that give DECODE_KERNEL_PROGRAMS programs over
+    batch x kv heads, or as many as there are blocks."""
+    block_k = next((size for size in (128, 64, 32, 16) if capacity % size == 0), None)
+    if block_k is None:
+        return None
+    blocks = capacity // block_k
+    target = -(-DECODE_KERNEL_PROGRAMS // (batch * num_kv_heads))
+    candidates = sorted(blocks // 2**j for j in range(blocks.bit_length()) if blocks % 2**j == 0)
+    k_splits = next((d for d in candidates if d >= target), candidates[-1])
+    return block_k, k_splits
+
+
+def pallas_decode_attention(q_bnh, k_bksh, v_bksh, kv_lengths_b) -> jax.Array:
+    """One query per sequence [B, N, H] against the first kv_lengths_b [B] slots of a cache [B, K, S, H].
+    Returns [B, N, H] in q's dtype (softmax in fp32). Needs decode_kernel_blocks(S, ...) to be defined.
+
+    JAX's Pallas GPU kernel (`jax.experimental.pallas.ops.gpu.decode_attention.gqa`: split-K flash
+    decoding, whole blocks past a sequence's length skipped); it takes [B, S, K, H] and swaps to
+    [B, K, S, H] itself, so the swap here cancels. On a mesh it runs per shard (shard_map: batch over
+    data/fsdp, kv heads, and their q-head groups, over tensor, as the cache is laid out).
+    """
+    from jax.experimental.pallas.ops.gpu import decode_attention
+
+    batch, num_kv_heads, capacity, _ = k_bksh.shape
+    interpret = jax.default_backend() != "gpu"
+
+    def local(q, k, v, lengths):
+        block_k, k_splits = decode_kernel_blocks(capacity, q.shape[0], k.shape[1])
+        out = decode_attention.gqa(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), None, lengths,
+                                   block_k=block_k, k_splits=k_splits, interpret=interpret)
+        return out.astype(q.dtype)  # its final normalisation promotes 16-bit outputs to fp32
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or mesh.size == 1:
+        return local(q_bnh, k_bksh, v_bksh, kv_lengths_b)
+    from envtune_jax.sharding import logical_to_spec
+    from models.kv_cache import CACHE_AXES
+
+    cache_spec = logical_to_spec(CACHE_AXES, k_bksh.shape, mesh)
+    batch_axes, head_axes = cache_spec[0], cache_spec[1]
+    q_spec = jax.sharding.PartitionSpec(batch_axes, head_axes, None)  # N = K x G, K-major: groups follow K
+    return jax.shard_map(local, in_specs=(q_spec, cache_spec, cache_spec, jax.sharding.PartitionSpec(batch_axes)),
+                         out_specs=q_spec, check_vma=False)(q_bnh, k_bksh, v_bksh, kv_lengths_b)
+
+
+def attend_cache(q_btnh, k_bksh, v_bksh, mask_info: MaskInfo, impl: str = "reference", decode: str = "reference",
+                 kv_lengths_b=None) -> jax.Array:
     """Queries [B, T, N, H] against a KV cache [B, K, S, H]. Returns [B, T, N, H].
 
-    xla / cudnn run for blocks of ≥ CACHE_KERNEL_MIN_QUERIES queries (on the [B, S, K, H] view);
-    every other case, and every other impl (splash and chunked are self-attention kernels), is the
-    reference einsum on the cache layout.
+    decode="pallas" with T = 1 and kv_lengths_b [B] (filled slots per sequence, the query's own
+    included): the Pallas decode kernel, when a block size divides S. Otherwise xla / cudnn run for
+    blocks of ≥ CACHE_KERNEL_MIN_QUERIES queries (on the [B, S, K, H] view); every other case, and every
+    other impl (splash and chunked are self-attention kernels), is the reference einsum on the cache layout.
     """
-    if impl in ("xla", "cudnn") and q_btnh.shape[1] >= CACHE_KERNEL_MIN_QUERIES:
+    b, t, _, _ = q_btnh.shape
+    if decode not in ("reference", "pallas"):
+        raise ValueError(f"unknown decode attention '{decode}' (reference, pallas)")
+    if (decode == "pallas" and t == 1 and kv_lengths_b is not None
+            and decode_kernel_blocks(k_bksh.shape[2], b, k_bksh.shape[1]) is not None):
+        return pallas_decode_attention(q_btnh[:, 0], k_bksh, v_bksh, kv_lengths_b)[:, None]
+    if impl in ("xla", "cudnn") and t >= CACHE_KERNEL_MIN_QUERIES:
         return xla_attention(q_btnh, jnp.swapaxes(k_bksh, 1, 2), jnp.swapaxes(v_bksh, 1, 2), mask_info, impl)
     return reference_attention(q_btnh, k_bksh, v_bksh, mask_info, kv_layout="BKSH")

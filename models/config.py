@@ -2,7 +2,7 @@
 
 Architecture fields mirror the HF names (vocab, hidden, intermediate, layers, heads, kv heads,
 head_dim — independent of hidden/heads —, rope_theta, rms_norm_eps, tied embeddings, max
-positions). Runtime fields (param/compute dtypes, attention implementation, remat policy) are ours.
+positions). Runtime fields (param/compute dtypes, attention implementation, decode attention, remat policy) are ours.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 AttentionImpl = Literal["reference", "chunked", "xla", "cudnn", "splash"]
+DecodeAttention = Literal["reference", "pallas"]  # one-token steps against the KV cache
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 
 
@@ -36,12 +37,16 @@ class Qwen3Config:
     param_dtype: str = "float32"
     dtype: str = "float32"
     attention_impl: AttentionImpl = "reference"
+    decode_attention: DecodeAttention = "reference"
     remat: str = "none"  # one RematPolicy for all layers, or comma-separated, one per layer
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         self.remat_policies()  # validates
+        if self.decode_attention not in DecodeAttention.__args__:  # type: ignore[attr-defined]
+            raise ValueError(f"unknown decode_attention '{self.decode_attention}'; choose from "
+                             f"{DecodeAttention.__args__}")  # type: ignore[attr-defined]
 
     def remat_policies(self) -> tuple[str, ...]:
         """The remat policy of each layer."""

@@ -39,6 +39,7 @@ class Attention(nnx.Module):
         self.head_dim = h
         self.rope_theta = cfg.rope_theta
         self.impl = cfg.attention_impl
+        self.decode = cfg.decode_attention
 
     def __call__(self, x_btd, positions_bt, segments_bt, cache_kv=None, cache_lengths_b=None):
         """Returns (out [B, T, D], (new_keys, new_values) or None)."""
@@ -66,7 +67,8 @@ class Attention(nnx.Module):
             slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (x_btd.shape[0], s))
             filled = (slots < (cache_lengths_b[:, None] + x_btd.shape[1])).astype(jnp.int32)
             info = MaskInfo(positions_bt, jnp.ones_like(segments_bt), slots, filled, self_attention=False)
-            out = attend_cache(q, keys_bksh.astype(dt), values_bksh.astype(dt), info, self.impl)
+            out = attend_cache(q, keys_bksh.astype(dt), values_bksh.astype(dt), info, self.impl, self.decode,
+                               kv_lengths_b=cache_lengths_b + x_btd.shape[1])
             new_cache = (keys_bksh, values_bksh)
         out = constrain(out, ("act_batch", "act_seq", "act_q_heads", None))
         return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt)), new_cache

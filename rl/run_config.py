@@ -29,6 +29,7 @@ class ModelSourceConfig:
     param_dtype: str = "float32"  # the trained copy: fp32 (bf16 weights do not move at lr 1e-6)
     dtype: str = "bfloat16"  # compute
     attention_impl: str = "reference"
+    decode_attention: str = "reference"  # one-token rollout steps: "reference" einsum or "pallas" (GPU kernel)
     remat: str = "none"
 
 

@@ -41,17 +41,17 @@ def _log(message: str) -> None:
 def load_policy_model(cfg: RunConfig, mesh):
     """(model, tokenizer directory or None) from the run's model source."""
     src = cfg.model
-    runtime = dict(param_dtype=src.param_dtype, dtype=src.dtype, attention_impl=src.attention_impl, remat=src.remat)
+    kernels = dict(attention_impl=src.attention_impl, decode_attention=src.decode_attention, remat=src.remat)
     chosen = [name for name in ("hf", "ckpt", "preset") if getattr(src, name)]
     if len(chosen) != 1:
         raise config_lib.ConfigError(f"model: set exactly one of hf, ckpt, preset (got {chosen or 'none'})")
     if src.hf:
         return hf_io.load_pretrained(src.hf, dtype=src.param_dtype, compute_dtype=src.dtype, mesh=mesh,
-                                     attention_impl=src.attention_impl, remat=src.remat), src.hf
+                                     **kernels), src.hf
     if src.ckpt:
         return checkpointing.load_model(src.ckpt, mesh=mesh, dtype=src.param_dtype, compute_dtype=src.dtype,
-                                        attention_impl=src.attention_impl, remat=src.remat), checkpointing.tokenizer_dir(src.ckpt)
-    model = init_model(preset(src.preset, **runtime), seed=src.seed)
+                                        **kernels), checkpointing.tokenizer_dir(src.ckpt)
+    model = init_model(preset(src.preset, param_dtype=src.param_dtype, dtype=src.dtype, **kernels), seed=src.seed)
     if mesh is not None:
         graphdef, state = nnx.split(model)
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.attention import CACHE_KERNEL_MIN_QUERIES, MaskInfo, attend, attend_cache
+from models.attention import CACHE_KERNEL_MIN_QUERIES, MaskInfo, attend, attend_cache, decode_kernel_blocks
 
 
 def _inputs(b=2, t=128, n=4, k=2, h=16, seed=0):
@@ -139,6 +139,49 @@ def test_attention_against_a_cache_layout_matches_numpy(queries, impl):
     got = np.asarray(attend_cache(q, keys_bksh, values_bksh, info, impl))
     want = _naive(q, np.swapaxes(keys_bksh, 1, 2), np.swapaxes(values_bksh, 1, 2), info)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("capacity", [96, 256])
+def test_pallas_decode_kernel_matches_the_einsum_on_ragged_lengths(capacity):
+    """One query per sequence against a cache whose rows hold 1, 37, capacity / 2 and capacity tokens: the
+    Pallas decode kernel (interpret mode here) equals the reference einsum and the NumPy attention,
+    whatever lies in the slots past each length (filled with large garbage here)."""
+    b, n, k, h = 4, 8, 2, 32
+    rng = np.random.RandomState(capacity)
+    lengths = np.array([1, 37, capacity // 2, capacity])
+    slots = np.tile(np.arange(capacity), (b, 1))
+    filled = slots < lengths[:, None]
+    keys = np.where(filled[:, None, :, None], rng.randn(b, k, capacity, h), 1e3).astype(np.float32)
+    values = np.where(filled[:, None, :, None], rng.randn(b, k, capacity, h), 1e3).astype(np.float32)
+    q = jnp.asarray(rng.randn(b, 1, n, h), jnp.float32)
+    info = MaskInfo(jnp.asarray(lengths[:, None] - 1), jnp.ones((b, 1), jnp.int32), jnp.asarray(slots),
+                    jnp.asarray(filled.astype(np.int32)), self_attention=False)
+    keys, values = jnp.asarray(keys), jnp.asarray(values)
+    einsum = np.asarray(attend_cache(q, keys, values, info, "reference"))
+    kernel = np.asarray(attend_cache(q, keys, values, info, "reference", decode="pallas",
+                                     kv_lengths_b=jnp.asarray(lengths, jnp.int32)))
+    np.testing.assert_allclose(kernel, einsum, rtol=1e-5, atol=1e-5)
+    want = _naive(q, np.swapaxes(keys, 1, 2), np.swapaxes(values, 1, 2), info)
+    np.testing.assert_allclose(kernel, want, rtol=1e-5, atol=1e-5)
+
+    # bf16 in, bf16 out (the decode loop's carry keeps its dtype), within bf16 rounding of the einsum
+    q16, keys16, values16 = (x.astype(jnp.bfloat16) for x in (q, keys, values))
+    kernel16 = attend_cache(q16, keys16, values16, info, "reference", decode="pallas",
+                            kv_lengths_b=jnp.asarray(lengths, jnp.int32))
+    assert kernel16.dtype == jnp.bfloat16
+    einsum16 = attend_cache(q16, keys16, values16, info, "reference")
+    np.testing.assert_allclose(np.asarray(kernel16, np.float32), np.asarray(einsum16, np.float32), atol=3e-2)
+
+
+def test_decode_kernel_blocks_split_slots_to_fill_the_gpu():
+    assert decode_kernel_blocks(640, 256, 8) == (128, 5)  # 5 blocks: only single-block splits are powers of two
+    assert decode_kernel_blocks(768, 256, 8) == (128, 3)  # 6 blocks: 3 splits of 2 (2,048 programs x 3)
+    assert decode_kernel_blocks(4096, 256, 8) == (128, 1)  # one split of 32 blocks: enough programs already
+    assert decode_kernel_blocks(640, 1, 8) == (128, 5)  # one sequence: every block its own program
+    assert decode_kernel_blocks(4096, 1, 8) == (128, 32)  # 33 programs per (sequence, head) wanted: all 32
+    assert decode_kernel_blocks(4096, 4, 8) == (128, 16)  # 9 wanted: 16 splits of 2 blocks
+    assert decode_kernel_blocks(96, 1, 2) == (32, 3)
+    assert decode_kernel_blocks(1000, 1, 8) is None  # no block of 16+ slots divides it: the einsum runs
 
 
 def test_unknown_backend_is_rejected():

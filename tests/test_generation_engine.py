@@ -83,6 +83,36 @@ def test_greedy_matches_transformers_generate(engine, checkpoint):
     assert len(set(expected[1].tolist())) > 10  # the continuation is not one repeated token
 
 
+def test_pallas_decode_kernel_gives_the_einsums_tokens_and_logprobs(engine, checkpoint, monkeypatch):
+    """decode_attention="pallas" (JAX's Pallas decode kernel; interpret mode on CPU) through a multi-turn
+    episode with sampling: the same tokens and log-probs as the reference einsum's engine."""
+    from models import attention
+
+    traced = []
+    kernel = attention.pallas_decode_attention
+    monkeypatch.setattr(attention, "pallas_decode_attention", lambda *a: traced.append(1) or kernel(*a))
+    kernel_model = hf_io.load_pretrained(checkpoint, progress=False, decode_attention="pallas")
+    buckets = BucketConfig(min_cache_len=128, min_chunk_len=16, prefill_chunk=64, cache_half_steps=False)
+    kernel_engine = GenerationEngine(kernel_model, batch_size=BATCH, max_cache_len=256, cache_dtype="float32",
+                                     buckets=buckets)
+
+    def episode(eng):
+        state = eng.start(prompts_of([6, 29, 13], seed=8), rng=5)
+        state, first = eng.decode(state, SAMPLED)
+        state = eng.extend(state, {0: prompts_of([21], 9)[0], 2: prompts_of([4], 10)[0]})
+        state, second = eng.decode(state, SAMPLED, active=[0, 2])
+        return [first.token_lists(), second.token_lists()], eng.history(state)
+
+    want_tokens, want = episode(engine)
+    got_tokens, got = episode(kernel_engine)
+    assert traced, "the kernel engine never traced the Pallas decode kernel"
+    assert got_tokens == want_tokens
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+    for b in range(BATCH):
+        n = want.lengths[b]
+        np.testing.assert_allclose(got.logprobs[b, :n], want.logprobs[b, :n], atol=1e-5)
+
+
 def test_stop_token_ends_the_turn_and_is_kept(engine, model):
     prompt = prompts_of([11], seed=1)[0]
     reference = reference_greedy(model, prompt, 40)

@@ -1,6 +1,7 @@
 """The engine on an 8-fake-CPU-device mesh gives the same tokens and log-probs as on one device; the
 cache is sharded (batch over data/fsdp, kv heads over tensor); the trainer's weights are used in
-place when their layout agrees and resharded explicitly when the sampler asks for another."""
+place when their layout agrees and resharded explicitly when the sampler asks for another; the Pallas
+decode kernel runs per shard and gives the same generations."""
 from __future__ import annotations
 
 import os
@@ -71,6 +72,16 @@ CHECK = textwrap.dedent("""
     hidden = np.asarray(tp_engine.start(prompts, rng=1).hidden_bd)
     reference = np.asarray(engine.start(prompts, rng=1).hidden_bd)
     assert np.abs(hidden - reference).max() <= 1e-5 * np.abs(reference).max()
+
+    # the Pallas decode kernel runs per shard (shard_map over the cache's layout), same generations
+    kernel_model = hf_io.load_pretrained(ckpt, mesh=mesh, progress=False, decode_attention="pallas")
+    _, got = episode(GenerationEngine(kernel_model, batch_size=4, max_cache_len=128, cache_dtype="float32",
+                                      mesh=mesh, buckets=buckets))
+    np.testing.assert_array_equal(got.lengths, expected.lengths)
+    for b in range(4):
+        n = got.lengths[b]
+        np.testing.assert_array_equal(got.tokens[b, :n], expected.tokens[b, :n])
+        assert np.abs(got.logprobs[b, :n] - expected.logprobs[b, :n]).max() <= 1e-5
     print("ok")
 """)
 

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights and compute")
     parser.add_argument("--cache-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--attention", default="reference", choices=["reference", "xla", "cudnn"])
+    parser.add_argument("--decode-attention", default="reference", choices=["reference", "pallas"],
+                        help="one-token decode steps: the einsum on the cache, or JAX's Pallas GPU decode kernel")
     parser.add_argument("--prefill-chunk", type=int, default=256, help="widest prefill chunk (tokens)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--probe", action="store_true", help="measure bandwidth/matmul rate instead of the table")
@@ -103,11 +105,12 @@ def build_model(args, mesh):
 
     if args.hf:
         return hf_io.load_pretrained(args.hf, dtype=args.dtype, mesh=mesh, attention_impl=args.attention,
-                                     progress=False)
+                                     decode_attention=getattr(args, "decode_attention", "reference"), progress=False)
     if not args.random_weights:
         raise SystemExit("envtune bench generate: --preset needs --random-weights (or pass --hf DIR)")
     from envtune_jax.bench.random_weights import random_model
     cfg = preset(args.preset, param_dtype=args.dtype, dtype=args.dtype, attention_impl=args.attention,
+                 decode_attention=getattr(args, "decode_attention", "reference"),
                  **model_config_changes(getattr(args, "model_config", [])))
     return random_model(cfg, mesh, seed=args.seed)
 
@@ -159,6 +162,7 @@ def run(args) -> dict:
     from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.cli.common import parse_mesh, print_json
     from models.generation import BucketConfig, GenerationEngine, SamplingParams
+    from models.attention import decode_kernel_blocks
 
     mesh = parse_mesh(args.mesh)
     model = build_model(args, mesh)
@@ -187,6 +191,10 @@ def run(args) -> dict:
         "benchmark": "generate", "model": args.preset or str(args.hf), "params": cfg.num_params,
         "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
         "dtype": args.dtype, "cache_dtype": args.cache_dtype, "attention": cfg.attention_impl,
+        "decode_attention": cfg.decode_attention,
+        # (block_k, k_splits) of the Pallas decode kernel; null: the einsum ran (not asked, or no block divides S)
+        "decode_kernel_blocks": (decode_kernel_blocks(capacity, args.batch, cfg.num_kv_heads)
+                                 if cfg.decode_attention == "pallas" else None),
         "prefill_chunk": args.prefill_chunk, "repeats": args.repeats,
         "decode_tok_s": args.batch * args.new_tokens / decode_s,
         "ms_per_decode_step": 1e3 * decode_s / args.new_tokens,

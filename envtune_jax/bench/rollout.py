@@ -56,7 +56,7 @@ def load_model(cfg, mesh):
     src = cfg.model
     if src.preset and not (src.hf or src.ckpt):
         model_cfg = preset(src.preset, param_dtype=src.param_dtype, dtype=src.dtype,
-                           attention_impl=src.attention_impl, remat=src.remat)
+                           attention_impl=src.attention_impl, decode_attention=src.decode_attention, remat=src.remat)
         return random_model(model_cfg, mesh, seed=src.seed), None
     return load_policy_model(cfg, mesh)
 
