@@ -183,7 +183,7 @@ def pallas_decode_attention(q_bnh, k_bksh, v_bksh, kv_lengths_b) -> jax.Array:
     """
     from jax.experimental.pallas.ops.gpu import decode_attention
 
-    batch, num_kv_heads, capacity, _ = k_bksh.shape
+    capacity = k_bksh.shape[2]
     interpret = jax.default_backend() != "gpu"
 
     def local(q, k, v, lengths):

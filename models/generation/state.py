@@ -10,6 +10,7 @@ for one position per sequence per step. A "turn" starts when tokens are appended
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -96,16 +97,13 @@ def grow(state: GenerationState, capacity: int) -> GenerationState:
     if extra < 0:
         raise ValueError(f"cannot shrink capacity {state.capacity} to {capacity}")
 
-    def pad_axis(x, axis):  # pads the slot axis S with zeros
+    def pad_slots(x, axis):  # zeros appended along the slot axis S
         widths = [(0, 0)] * x.ndim
         widths[axis] = (0, extra)
         return jnp.pad(x, widths)
 
-    def pad_seq(x):  # per-position arrays [B, S, ...]
-        return pad_axis(x, 1)
-
-    def pad_cache(x):  # keys / values [B, K, S, H]
-        return pad_axis(x, 2)
+    pad_seq = functools.partial(pad_slots, axis=1)  # per-position arrays [B, S]
+    pad_cache = functools.partial(pad_slots, axis=2)  # keys / values [B, K, S, H]
 
     cache = KVCache(tuple(map(pad_cache, state.cache.keys)), tuple(map(pad_cache, state.cache.values)),
                     state.cache.lengths)
