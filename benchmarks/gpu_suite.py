@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 GROUPS = ("probe", "generate", "decode-kernel", "prefill", "train", "rollout", "memory")
 GENERATE_SHAPES = ((1, 512, 128), (64, 512, 256), (256, 512, 128))
 TINY_GENERATE_SHAPES = ((1, 16, 8), (4, 16, 8))
+TINY_KERNEL_SHAPES = ((1, 16, 16), (4, 16, 16))  # caches of 32 slots: whole 32-slot blocks for the decode kernel
 TINY_MODEL_CONFIG = [f"--model-config={item}" for item in (
     "hidden_size=128", "intermediate_size=256", "num_heads=4", "num_kv_heads=2", "head_dim=32", "vocab_size=1000")]
 MEM_FRACTION = "0.92"  # JAX would preallocate 75% of the GPU; the peers were measured with more
@@ -91,7 +92,7 @@ def plan(groups, tiny: bool, peers: Path, rollout_overrides: list[str], generate
         steps.append(Step("tunix sampler", "generate", "tunix", [argv], 420, env=env, results_file="results.jsonl",
                           skip_reason=missing or _missing_module("tunix", "google-tunix wheel (make gpu-bundle)")))
     if "decode-kernel" in groups:
-        for b, p, n in shapes:
+        for b, p, n in generate_shapes or (TINY_KERNEL_SHAPES if tiny else GENERATE_SHAPES):
             steps.append(Step(f"ours generate {b}x{p}+{n} pallas decode", "decode-kernel", "ours",
                               [envtune("generate", *model, "--batch", str(b), "--prompt-len", str(p),
                                        "--new-tokens", str(n), "--repeats", "3", "--decode-attention", "pallas")],

@@ -30,7 +30,7 @@ def test_table_prints_ratios_to_the_peers_and_the_goals():
             end_to_end_tok_s=9_500.0, ms_per_decode_step=5.33, decode_fraction_of_limit=0.91,
             compile_s={"prefill": 4.0, "decode": 20.0}, device_kind="NVIDIA H100 80GB HBM3"),
         _ok("ours", benchmark="generate", batch=64, prompt_len=512, new_tokens=256, decode_tok_s=13_073.0,
-            end_to_end_tok_s=10_000.0, ms_per_decode_step=4.9, decode_fraction_of_limit=0.99, decode_attention="pallas",
+            end_to_end_tok_s=10_000.0, ms_per_decode_step=4.9, decode_fraction_of_limit=0.99, decode_attention="pallas", decode_kernel_blocks=[128, 3],
             compile_s={"prefill": 4.0, "decode": 25.0}, device_kind="NVIDIA H100 80GB HBM3"),
         _ok("tunix", kind="split", B=64, P=512, N=256, decode_only_tok_per_s=8_715.0, decode_ms_per_step=7.34),
         _ok("tunix", kind="e2e", B=64, P=512, N=256, tok_per_s_median=6_261.0),
@@ -50,6 +50,9 @@ def test_table_prints_ratios_to_the_peers_and_the_goals():
     generation = next(line for line in text.splitlines() if line.startswith("| 64, 512, 256 | reference |"))
     kernel_row = next(line for line in text.splitlines() if line.startswith("| 64, 512, 256 | pallas |"))
     assert "13,073 | 8,715 | 1.50x" in kernel_row and "99%" in kernel_row  # each decode attention its own row
+    fallback = dict(records[2], decode_kernel_blocks=None)
+    text_fallback = results_table.render([*records[:2], fallback])
+    assert "| 64, 512, 256 | pallas asked, einsum ran (no block divides S) |" in text_fallback
     assert "12,000 | 8,715 | 1.38x" in generation  # decode-only, ours / Tunix
     assert "met (≥ 11,000)" in generation and "91%" in generation
     assert "9,500 | 6,261 | 581 | 1.52x | 16.35x | met (≥ 9,000)" in generation  # end-to-end vs Tunix and HF
@@ -144,3 +147,15 @@ def test_generate_shapes_can_be_split_over_calls(tmp_path):
                            generate_shapes=[(256, 512, 128)])
     assert [s.name for s in steps] == ["ours generate 256x512+128", "tunix sampler"]
     assert steps[1].env["CONFIGS"] == "256x512x128"
+
+
+def test_tiny_decode_kernel_steps_use_caches_the_kernel_can_split(tmp_path):
+    from models.attention import decode_kernel_blocks
+
+    steps = gpu_suite.plan(["decode-kernel"], tiny=True, peers=tmp_path, rollout_overrides=[])
+    assert steps
+    for step in steps:
+        argv = step.variants[0]
+        value = lambda flag: int(argv[argv.index(flag) + 1])  # noqa: E731
+        capacity = value("--prompt-len") + value("--new-tokens")
+        assert decode_kernel_blocks(capacity, value("--batch"), 2) is not None, step.name
