@@ -59,8 +59,12 @@ class ModelPolicy:
 
 def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, batch_size: int = 16,
                        max_cache_len: int = 32768, max_new_tokens: int = 4096, dtype: str | None = None,
-                       mesh_spec: str | None = None, **_: Any) -> ModelPolicy:
-    """Loads the model (HF dir or envtune checkpoint) and wraps it in a ModelPolicy."""
+                       mesh_spec: str | None = None, attention_impl: str = "reference",
+                       decode_attention: str = "reference", **_: Any) -> ModelPolicy:
+    """Loads the model (HF dir or envtune checkpoint) and wraps it in a ModelPolicy.
+
+    attention_impl serves prompt and tool-response chunks of ≥ 64 tokens (`cudnn` on GPU keeps long
+    contexts from materialising [B, N, T, S] scores); decode_attention the one-token steps."""
     from envtune_jax import checkpointing, hf_io
     from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, default_tokenizer, load_tokenizer
     from envtune_jax.cli.common import parse_mesh
@@ -68,10 +72,12 @@ def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, ba
 
     mesh = parse_mesh(mesh_spec)
     if hf_dir is not None:
-        model = hf_io.load_pretrained(hf_dir, dtype=dtype or "bfloat16", mesh=mesh)
+        model = hf_io.load_pretrained(hf_dir, dtype=dtype or "bfloat16", mesh=mesh, attention_impl=attention_impl,
+                                      decode_attention=decode_attention)
         tokenizer_dir = hf_dir
     elif ckpt is not None:
-        model = checkpointing.load_model(ckpt, mesh=mesh, dtype=dtype)
+        model = checkpointing.load_model(ckpt, mesh=mesh, dtype=dtype, attention_impl=attention_impl,
+                                         decode_attention=decode_attention)
         tokenizer_dir = checkpointing.tokenizer_dir(ckpt)
     else:
         raise ValueError("build_model_policy needs ckpt or hf_dir")

@@ -30,3 +30,15 @@ def test_eval_of_a_model_writes_the_table(full_vocab_checkpoint, tmp_path, capsy
     # every turn was played (one step each: the model never calls a tool), none cut short
     assert record["id"] == "multi_turn_base_0" and len(record["result"]) > 1
     assert all(len(turn) == 1 for turn in record["result"])
+
+
+def test_eval_passes_the_attention_choices_to_the_model(full_vocab_checkpoint):
+    """`envtune eval --attention cudnn --decode-attention pallas` reaches the evaluated model's config."""
+    from envtune_jax.cli.main import build_parser
+    from rl.model_policy import build_model_policy
+
+    args = build_parser().parse_args(["eval", "--hf", str(full_vocab_checkpoint), "--attention", "xla",
+                                      "--decode-attention", "pallas"])
+    policy = build_model_policy(hf_dir=str(full_vocab_checkpoint), batch_size=1, max_cache_len=256, dtype="float32",
+                                attention_impl=args.attention, decode_attention=args.decode_attention)
+    assert (policy.engine.config.attention_impl, policy.engine.config.decode_attention) == ("xla", "pallas")

@@ -49,6 +49,10 @@ def register(subparsers) -> None:
     model.add_argument("--max-cache-len", type=int, default=32768, help="longest conversation in tokens")
     model.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="parameter dtype")
     model.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T", help="device mesh")
+    model.add_argument("--attention", default="reference", choices=("reference", "xla", "cudnn"),
+                       help="attention for prompt / tool-response chunks (cudnn on GPU for long contexts)")
+    model.add_argument("--decode-attention", default="reference", choices=("reference", "pallas"),
+                       help="attention of one-token steps (pallas: JAX's Pallas GPU decode kernel)")
     parser.set_defaults(func=run)
 
 
@@ -102,7 +106,8 @@ def run(args) -> int:
             try:
                 policy = build_model_policy(ckpt=str(args.ckpt) if args.ckpt else None, hf_dir=str(args.hf) if args.hf else None,
                                             batch_size=args.batch_size, max_cache_len=args.max_cache_len,
-                                            max_new_tokens=args.max_new_tokens, dtype=args.dtype, mesh_spec=args.mesh)
+                                            max_new_tokens=args.max_new_tokens, dtype=args.dtype, mesh_spec=args.mesh,
+                                            attention_impl=args.attention, decode_attention=args.decode_attention)
             except ModelPolicyUnavailableError as exc:
                 print(f"envtune eval: {exc}", file=sys.stderr)
                 return 2

@@ -38,6 +38,8 @@ def register(subparsers) -> None:
                         help="KV cache dtype (default: the model's compute dtype)")
     parser.add_argument("--attention", default="reference", choices=["reference", "xla", "cudnn"],
                         help="attention implementation")
+    parser.add_argument("--decode-attention", default="reference", choices=["reference", "pallas"],
+                        help="attention of one-token steps (pallas: JAX's Pallas GPU decode kernel)")
     add_mesh_flag(parser)
     parser.set_defaults(func=run)
 
@@ -67,7 +69,8 @@ def load_model(args, mesh):
         except (ImportError, AttributeError) as exc:
             raise SystemExit("envtune generate: --ckpt needs envtune_jax.checkpointing.load_model, which this "
                              f"installation lacks ({exc}); use --hf") from exc
-    return common.load_model_from_args(args, mesh=mesh, attention_impl=args.attention)
+    return common.load_model_from_args(args, mesh=mesh, attention_impl=args.attention,
+                                       decode_attention=args.decode_attention)
 
 
 class TextStream:
