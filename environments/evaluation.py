@@ -42,20 +42,36 @@ class EpisodeRecord:
 
 
 def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: Decoder = decode_for_evaluation,
-                 keep_history: bool = True) -> list[EpisodeRecord]:
+                 keep_history: bool = True, max_live: int | None = None) -> list[EpisodeRecord]:
     """Plays every episode to the end; records are in the order of `episodes`.
 
     The `messages` a policy receives are the live conversation lists (read them, do not modify them);
     with keep_history=False they stay empty (for policies that ignore them: oracle, replay, do-nothing).
+    At most `max_live` episodes are in play at once (default: the policy's `max_live_episodes`, if it
+    has one; else all): a finished episode's place goes to the next one, so a model policy can keep each
+    live conversation in its cache from step to step. Episodes are independent, so this changes no result.
     """
-    conversations: list[list[dict[str, Any]]] = []
-    for env in episodes:
-        opening = env.reset()
-        conversations.append(list(opening) if keep_history else [])
-    tools = [env.tools() if keep_history else [] for env in episodes]
+    max_live = max_live if max_live is not None else getattr(policy, "max_live_episodes", None)
+    max_live = len(episodes) if max_live is None else max(1, int(max_live))
+    conversations: list[list[dict[str, Any]]] = [[] for _ in episodes]
+    tools: list[list[dict[str, Any]]] = [[] for _ in episodes]
     turn_of = [0] * len(episodes)
     step_of = [0] * len(episodes)
-    active = [i for i, env in enumerate(episodes) if not env.done]
+    pending = iter(range(len(episodes)))
+    active: list[int] = []
+
+    def fill() -> None:  # starts episodes until max_live are in play (or none is left)
+        while len(active) < max_live:
+            i = next(pending, None)
+            if i is None:
+                return
+            opening = episodes[i].reset()
+            if keep_history:
+                conversations[i], tools[i] = list(opening), episodes[i].tools()
+            if not episodes[i].done:
+                active.append(i)
+
+    fill()
     while active:
         states = [
             PolicyState(episodes[i].episode_id, turn_of[i], step_of[i], conversations[i], tools[i],
@@ -79,7 +95,8 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
                 turn_of[i], step_of[i] = turn_of[i] + 1, 0
             else:
                 step_of[i] += 1
-        active = [i for i in active if not episodes[i].done]
+        active[:] = [i for i in active if not episodes[i].done]
+        fill()
     return [
         EpisodeRecord(env.episode_id, env.category, env.outcome(), env.steps_log())
         for env in episodes

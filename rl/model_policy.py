@@ -4,12 +4,21 @@ Like the official harness, every step re-renders the whole conversation with the
 (tools in the system prompt, earlier steps as rendered tool calls) and generates greedily (the
 harness's temperature 0.001) up to `max_new_tokens` (4096); reasoning before </think> is split off
 as the official handler does. All live episodes of a step are generated as one batch.
+
+Each live episode keeps an engine slot from step to step, and the slot's cache keeps the tokens it
+holds (the last prompt and the generated step): a re-rendered prompt is compared token by token with
+them and only what differs is prefilled (`GenerationEngine.replace_tail`), instead of the whole
+conversation at every step. The evaluation driver keeps at most `max_live_episodes` (the engine's
+slots) in play, so every live episode has a slot; with more live episodes than slots they evict each
+other and each step prefills in full, as before.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from environments.policies import PolicyState, PolicyStep
 from environments.protocol import split_reasoning
@@ -27,6 +36,16 @@ class ModelPolicy:
         self.style = style
         self.sampling = SamplingParams(greedy=True, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tokenizer))
         self._warned = False
+        self._state = None  # the engine state, kept between steps
+        self._episode_of_slot: list[str | None] = []  # per slot (sized at the first step)
+        self._cached: list[list[int]] = []  # per slot: the token ids its cache holds
+        self.prefilled_tokens = 0  # tokens prefilled so far (the re-rendered prompts' differing tails)
+        self.prompt_tokens = 0  # tokens of the rendered prompts so far (what a fresh prefill per step costs)
+
+    @property
+    def max_live_episodes(self) -> int:
+        """Episodes the evaluation driver keeps in play at once: one per engine slot."""
+        return self.engine.batch_size
 
     def prompt_ids(self, state: PolicyState) -> list[int]:
         return encode_text(self.tokenizer, render_messages(state.messages, state.tools, self.style, True))
@@ -42,19 +61,58 @@ class ModelPolicy:
             print(f"warning: a conversation outgrew the {self.engine.max_cache_len}-token context "
                   f"(max_cache_len, capped by the model's max_position_embeddings); it counts as a force-quit",
                   file=sys.stderr)
-        runnable = [p for p, long in zip(prompts, too_long) if not long]
-        result = self.engine.generate(runnable, self.sampling) if runnable else None
+        runnable = [(state.episode_id, p) for state, p, long in zip(states, prompts, too_long) if not long]
+        generated: list[list[int]] = []
+        for first in range(0, len(runnable), self.engine.batch_size):
+            generated += self._generate(runnable[first:first + self.engine.batch_size])
         steps: list[PolicyStep | None] = []
         row = 0
         for long in too_long:
             if long:  # the conversation outgrew the context: the episode stops (scored as a force-quit)
                 steps.append(None)
                 continue
-            ids = [t for t in result.tokens[row, :result.num_tokens[row]].tolist() if t not in self.sampling.stop_token_ids]
+            ids = [t for t in generated[row] if t not in self.sampling.stop_token_ids]
             row += 1
             reasoning, visible = split_reasoning(self.tokenizer.decode(ids, skip_special_tokens=False))
             steps.append(PolicyStep(visible, reasoning))
         return steps
+
+    def _generate(self, group: list[tuple[str, list[int]]]) -> list[list[int]]:
+        """One greedy step for ≤ batch_size (episode id, prompt ids); the generated ids of each, in order."""
+        if not self._cached:
+            self._episode_of_slot = [None] * self.engine.batch_size
+            self._cached = [[] for _ in range(self.engine.batch_size)]
+        wanted = {episode for episode, _ in group}
+        slot_of = {episode: s for s, episode in enumerate(self._episode_of_slot) if episode in wanted}
+        free = iter(s for s, episode in enumerate(self._episode_of_slot) if episode not in wanted)
+        tails = {}
+        for episode, prompt in group:
+            slot = slot_of.get(episode)
+            if slot is None:  # a new episode (or one evicted): a slot whose episode is not in this step
+                slot = slot_of[episode] = next(free)
+                self._episode_of_slot[slot], self._cached[slot] = episode, []
+            keep = min(_common_prefix(self._cached[slot], prompt), len(prompt) - 1)
+            tails[slot] = (keep, prompt[keep:])
+            self.prefilled_tokens += len(prompt) - keep
+            self.prompt_tokens += len(prompt)
+        if self._state is None:
+            self._state = self.engine.new_state(max(len(p) for _, p in group))
+        self._state = self.engine.replace_tail(self._state, tails)
+        self._state, result = self.engine.decode(self._state, self.sampling, active=sorted(tails))
+        out = []
+        for episode, prompt in group:
+            slot = slot_of[episode]
+            new = result.tokens[slot, :result.num_tokens[slot]].tolist()
+            self._cached[slot] = list(prompt) + new  # every sampled token, the stop token too, is in the cache
+            out.append(new)
+        return out
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id sequences."""
+    n = min(len(a), len(b))
+    mismatch = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(mismatch[0]) if mismatch.size else n
 
 
 def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, batch_size: int = 16,

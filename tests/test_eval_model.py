@@ -42,3 +42,38 @@ def test_eval_passes_the_attention_choices_to_the_model(full_vocab_checkpoint):
     policy = build_model_policy(hf_dir=str(full_vocab_checkpoint), batch_size=1, max_cache_len=256, dtype="float32",
                                 attention_impl=args.attention, decode_attention=args.decode_attention)
     assert (policy.engine.config.attention_impl, policy.engine.config.decode_attention) == ("xla", "pallas")
+
+
+def test_kept_conversations_give_the_steps_of_fresh_prefills(full_vocab_checkpoint):
+    """The model policy keeps each live episode's conversation cached and prefills only the tail of each
+    re-rendered prompt; two episodes through one slot (the second takes it when the first ends) give the
+    same steps and records as a policy that prefills every prompt in full, for a fraction of the tokens."""
+    from environments.config import EnvironmentConfig
+    from environments.evaluation import BfclEpisode, run_episodes
+    from environments.splits import first_per_category, split_entries_from
+    from rl.model_policy import build_model_policy
+
+    class FreshPrefills:  # the same policy, forgetting every cached conversation before each step
+        def __init__(self, policy):
+            self.policy, self.name = policy, "fresh"
+
+        def act(self, states):
+            self.policy._cached = [[] for _ in self.policy._cached]
+            return self.policy.act(states)
+
+    entries = first_per_category(split_entries_from("package", "test", ("multi_turn_base", "multi_turn_miss_param")), 1)
+
+    def play(wrap):
+        policy = build_model_policy(hf_dir=str(full_vocab_checkpoint), batch_size=1, max_cache_len=8192,
+                                    max_new_tokens=4, dtype="float32")
+        driver = wrap(policy)
+        episodes = [BfclEpisode(entry, EnvironmentConfig.evaluation()) for entry in entries]
+        records = run_episodes(episodes, driver)  # max_live: the policy's one slot
+        return [record.to_json() | {"steps": record.steps} for record in records], policy
+
+    kept, kept_policy = play(lambda policy: policy)
+    fresh, fresh_policy = play(FreshPrefills)
+    assert kept == fresh
+    assert fresh_policy.prefilled_tokens == fresh_policy.prompt_tokens
+    assert kept_policy.prompt_tokens == fresh_policy.prompt_tokens
+    assert kept_policy.prefilled_tokens < 0.5 * kept_policy.prompt_tokens

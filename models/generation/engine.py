@@ -9,7 +9,8 @@ back as NumPy. The state is donated to every call: use only the state a call ret
 Continuous batching: `refill` empties chosen slots and prefills new prompts there while the other
 slots keep their caches, and `decode(max_steps=k)` returns after k steps, so a driver may
 interleave decoding with refilling finished slots. Finished or waiting slots sample nothing and
-cost only their row of each decode step.
+cost only their row of each decode step. `replace_tail` keeps a prefix of a slot's sequence and
+prefills a new tail (a re-rendered conversation prefills only where it differs from the cache).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from models.generation.buckets import BucketConfig, round_up
 from models.generation.requests import CacheFullError, GenerationInputError, active_mask, check_slot, check_tokens
 from models.generation.results import DecodeResult, History, collect_decode, concat_results, history, to_host
 from models.generation.sampling import SamplingParams
-from models.generation.state import GenerationState, empty_state, grow, reset_slots
+from models.generation.state import GenerationState, empty_state, grow, reset_slots, rewind_slots
 from models.generation.weights import SamplerWeights
 
 NO_STEP_LIMIT = 2**30
@@ -66,6 +67,7 @@ class GenerationEngine:
                                donate_argnums=(1,), static_argnames=("greedy", "top_k", "use_top_p"))
         self._grow = jax.jit(self._traced("grow", grow), static_argnums=(1,))
         self._reset = jax.jit(self._traced("reset", reset_slots), donate_argnums=(0,))
+        self._rewind = jax.jit(self._traced("rewind", rewind_slots), donate_argnums=(0,))
         self._empty = jax.jit(self._traced("empty", self._empty_state), static_argnums=(0,))
         self._logits = jax.jit(self._traced("logits", self._next_token_logits))
 
@@ -163,6 +165,27 @@ class GenerationEngine:
             with self._mesh_context():
                 state = self._extend(params, state, jnp.asarray(tokens_bt), jnp.asarray(num_new_b))
         return state
+
+    def replace_tail(self, state: GenerationState, tails: Mapping[int, tuple[int, Sequence[int]]]) -> GenerationState:
+        """For each slot: keep the first `keep` cached tokens, drop the rest, append `tokens` (≥ 1) as a new turn.
+
+        `tails` maps slot → (keep, tokens). A conversation re-rendered as text (the official BFCL protocol)
+        usually repeats the cached tokens and differs only at its end: only the differing tail is prefilled.
+        """
+        keep_b = np.full(self.batch_size, -1, np.int32)
+        lengths_b = to_host(state.cache.lengths)
+        appends = {}
+        for slot, (keep, tokens) in tails.items():
+            slot = check_slot(slot, self.batch_size)
+            if not 0 <= keep <= lengths_b[slot]:
+                raise GenerationInputError(f"slot {slot} holds {lengths_b[slot]} tokens; cannot keep {keep}")
+            if len(tokens) == 0:
+                raise GenerationInputError(f"slot {slot}: the new tail is empty (need ≥ 1 token to predict from)")
+            keep_b[slot] = keep
+            appends[slot] = tokens
+        with self._mesh_context():
+            state = self._rewind(state, jnp.asarray(keep_b))
+        return self.extend(state, appends)
 
     def decode(self, state: GenerationState, sampling: SamplingParams, active=None,
                max_steps: int | None = None) -> tuple[GenerationState, DecodeResult]:

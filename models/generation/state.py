@@ -124,3 +124,19 @@ def reset_slots(state: GenerationState, reset_b: jax.Array, key_data_b2: jax.Arr
         done_b=state.done_b | reset_b,
         stop_hit_b=state.stop_hit_b & ~reset_b,
     ))
+
+
+def rewind_slots(state: GenerationState, keep_b: jax.Array) -> GenerationState:
+    """Cuts sequence b back to its first keep_b[b] tokens where keep_b [B] ≥ 0 (-1: untouched).
+
+    The kept tokens' cache entries stay; hidden_bd of a cut slot is stale until an extend appends to it.
+    """
+    cut_b = keep_b >= 0
+    lengths = jnp.where(cut_b, jnp.minimum(keep_b, state.cache.lengths), state.cache.lengths)
+    return constrain_state(dataclasses.replace(
+        state,
+        cache=KVCache(state.cache.keys, state.cache.values, lengths),
+        turn_start_b=jnp.where(cut_b, lengths, state.turn_start_b),
+        done_b=state.done_b | cut_b,
+        stop_hit_b=state.stop_hit_b & ~cut_b,
+    ))
