@@ -10,7 +10,8 @@ holds (the last prompt and the generated step): a re-rendered prompt is compared
 them and only what differs is prefilled (`GenerationEngine.replace_tail`), instead of the whole
 conversation at every step. The evaluation driver keeps at most `max_live_episodes` (the engine's
 slots) in play, so every live episode has a slot; with more live episodes than slots they evict each
-other and each step prefills in full, as before.
+other and each step prefills in full, as before. Cached keys and values belong to the weights that
+computed them: after changing the model's weights, call `forget()`.
 """
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ class ModelPolicy:
         self._cached: list[list[int]] = []  # per slot: the token ids its cache holds
         self.prefilled_tokens = 0  # tokens prefilled so far (the re-rendered prompts' differing tails)
         self.prompt_tokens = 0  # tokens of the rendered prompts so far (what a fresh prefill per step costs)
+
+    def forget(self) -> None:
+        """Drops every cached conversation (the next step of each episode prefills its prompt in full)."""
+        self._cached = [[] for _ in self._cached]
 
     @property
     def max_live_episodes(self) -> int:

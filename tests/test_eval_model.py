@@ -58,7 +58,7 @@ def test_kept_conversations_give_the_steps_of_fresh_prefills(full_vocab_checkpoi
             self.policy, self.name = policy, "fresh"
 
         def act(self, states):
-            self.policy._cached = [[] for _ in self.policy._cached]
+            self.policy.forget()
             return self.policy.act(states)
 
     entries = first_per_category(split_entries_from("package", "test", ("multi_turn_base", "multi_turn_miss_param")), 1)
