@@ -64,11 +64,12 @@ class Attention(nnx.Module):
             keys_bksh = kv.write_kv(keys_bksh, k, cache_lengths_b)
             values_bksh = kv.write_kv(values_bksh, v, cache_lengths_b)
             s = keys_bksh.shape[2]
+            kv_lengths_b = cache_lengths_b + x_btd.shape[1]  # filled slots, the new tokens' included
             slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (x_btd.shape[0], s))
-            filled = (slots < (cache_lengths_b[:, None] + x_btd.shape[1])).astype(jnp.int32)
+            filled = (slots < kv_lengths_b[:, None]).astype(jnp.int32)
             info = MaskInfo(positions_bt, jnp.ones_like(segments_bt), slots, filled, self_attention=False)
             out = attend_cache(q, keys_bksh.astype(dt), values_bksh.astype(dt), info, self.impl, self.decode,
-                               kv_lengths_b=cache_lengths_b + x_btd.shape[1])
+                               kv_lengths_b=kv_lengths_b)
             new_cache = (keys_bksh, values_bksh)
         out = constrain(out, ("act_batch", "act_seq", "act_q_heads", None))
         return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt)), new_cache
