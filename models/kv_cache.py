@@ -44,18 +44,34 @@ def cache_shape(batch: int, num_kv_heads: int, max_len: int, head_dim: int) -> t
     return (batch, num_kv_heads, max_len, head_dim)
 
 
-def write_kv(cache_bksh: jax.Array, new_btkh: jax.Array, starts_b: jax.Array) -> jax.Array:
-    """Writes new [B, T, K, H] into cache [B, K, S, H] at slots starts[b] + t (dropped past S)."""
+def write_kv(cache_bksh: jax.Array, new_btkh: jax.Array, starts_b: jax.Array, rows_b: jax.Array | None = None) -> jax.Array:
+    """Writes new [B', T, K, H] into cache [B, K, S, H] at slots starts[b] + t (dropped past S).
+
+    Row b of new goes to cache row rows_b[b] (default b; an index ≥ B drops the row).
+    """
     slots_bt = _slots(starts_b, new_btkh.shape[1])
-    batch_bt = jnp.broadcast_to(jnp.arange(cache_bksh.shape[0])[:, None], slots_bt.shape)
-    # advanced indices split by a slice: the indexed view is [B, T, K, H], the layout of new_btkh
+    rows = jnp.arange(new_btkh.shape[0]) if rows_b is None else rows_b
+    batch_bt = jnp.broadcast_to(rows[:, None], slots_bt.shape)
+    # advanced indices split by a slice: the indexed view is [B', T, K, H], the layout of new_btkh
     return cache_bksh.at[batch_bt, :, slots_bt, :].set(new_btkh.astype(cache_bksh.dtype), mode="drop")
 
 
-def write_positions(per_position_bs: jax.Array, new_bt: jax.Array, starts_b: jax.Array) -> jax.Array:
-    """Writes new [B, T, ...] into a per-position array [B, S, ...] at starts[b] + t (dropped past S)."""
+def read_window(cache_bksh: jax.Array, starts_b: jax.Array, width: int) -> jax.Array:
+    """The [B, T, K, H] entries at slots starts[b] + t of cache [B, K, S, H] (zeros past S)."""
+    slots_bt = _slots(starts_b, width)
+    batch_bt = jnp.broadcast_to(jnp.arange(cache_bksh.shape[0])[:, None], slots_bt.shape)
+    return cache_bksh.at[batch_bt, :, slots_bt, :].get(mode="fill", fill_value=0)
+
+
+def write_positions(per_position_bs: jax.Array, new_bt: jax.Array, starts_b: jax.Array,
+                    rows_b: jax.Array | None = None) -> jax.Array:
+    """Writes new [B', T, ...] into a per-position array [B, S, ...] at starts[b] + t (dropped past S).
+
+    Row b of new goes to row rows_b[b] (default b; an index ≥ B drops the row).
+    """
     slots_bt = _slots(starts_b, new_bt.shape[1])
-    batch_bt = jnp.broadcast_to(jnp.arange(per_position_bs.shape[0])[:, None], slots_bt.shape)
+    rows = jnp.arange(new_bt.shape[0]) if rows_b is None else rows_b
+    batch_bt = jnp.broadcast_to(rows[:, None], slots_bt.shape)
     return per_position_bs.at[batch_bt, slots_bt].set(new_bt.astype(per_position_bs.dtype), mode="drop")
 
 

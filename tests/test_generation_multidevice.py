@@ -1,6 +1,7 @@
 """The engine on an 8-fake-CPU-device mesh gives the same tokens and log-probs as on one device; the
 cache is sharded (batch over data/fsdp, kv heads over tensor); the trainer's weights are used in
-place when their layout agrees and resharded explicitly when the sampler asks for another; the Pallas
+place when their layout agrees and resharded explicitly when the sampler asks for another; with the
+batch unsharded (tensor parallelism only) extends are compacted to the appended rows; the Pallas
 decode kernel runs per shard and gives the same generations."""
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ CHECK = textwrap.dedent("""
     params = SamplingParams(temperature=1.0, top_k=40, top_p=0.95, max_new_tokens=16, stop_token_ids=())
     buckets = BucketConfig(min_cache_len=128, min_chunk_len=64, prefill_chunk=64)  # one program each
 
-    def episode(engine):
+    def episode(engine, turn=turn):
         state = engine.start(prompts, rng=1)
         state, _ = engine.decode(state, params)
         state = engine.extend(state, turn)
@@ -40,8 +41,9 @@ CHECK = textwrap.dedent("""
         return state, engine.history(state)
 
     single = hf_io.load_pretrained(ckpt, progress=False)
-    _, expected = episode(GenerationEngine(single, batch_size=4, max_cache_len=128, cache_dtype="float32",
-                                           buckets=buckets))
+    single_engine = GenerationEngine(single, batch_size=4, max_cache_len=128, cache_dtype="float32", buckets=buckets)
+    _, expected = episode(single_engine)
+    _, expected_one_slot = episode(single_engine, {3: turn[3]})
 
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     model = hf_io.load_pretrained(ckpt, mesh=mesh, progress=False)
@@ -49,6 +51,7 @@ CHECK = textwrap.dedent("""
                               buckets=buckets)
     state, got = episode(engine)
     assert engine.weights.copied_arrays == 0, "weights already on the mesh must not be copied"
+    assert engine.trace_counts["extend_rows"] == 0  # batch split over devices: every call runs all slots
     keys = state.cache.keys[0]
     want = NamedSharding(mesh, P(("data", "fsdp"), "tensor", None, None))  # [B, K, S, H]
     assert keys.sharding.is_equivalent_to(want, 4), keys.sharding
@@ -72,6 +75,21 @@ CHECK = textwrap.dedent("""
     hidden = np.asarray(tp_engine.start(prompts, rng=1).hidden_bd)
     reference = np.asarray(engine.start(prompts, rng=1).hidden_bd)
     assert np.abs(hidden - reference).max() <= 1e-5 * np.abs(reference).max()
+
+    # tensor parallelism only (2 devices, batch unsharded): extends of a few slots run on those rows only
+    tp_mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=2), devices=jax.devices()[:2])
+    tp_model = hf_io.load_pretrained(ckpt, mesh=tp_mesh, progress=False)
+    tp_only = GenerationEngine(tp_model, batch_size=4, max_cache_len=128, cache_dtype="float32", mesh=tp_mesh,
+                               buckets=buckets)
+    state, got = episode(tp_only, {3: turn[3]})
+    assert tp_only.trace_counts["extend_rows"] > 0, tp_only.trace_counts
+    keys = state.cache.keys[0]
+    assert keys.sharding.is_equivalent_to(NamedSharding(tp_mesh, P(None, "tensor", None, None)), 4), keys.sharding
+    np.testing.assert_array_equal(got.lengths, expected_one_slot.lengths)
+    for b in range(4):
+        n = got.lengths[b]
+        np.testing.assert_array_equal(got.tokens[b, :n], expected_one_slot.tokens[b, :n])
+        assert np.abs(got.logprobs[b, :n] - expected_one_slot.logprobs[b, :n]).max() <= 1e-5
 
     # the Pallas decode kernel runs per shard (shard_map over the cache's layout), same generations
     kernel_model = hf_io.load_pretrained(ckpt, mesh=mesh, progress=False, decode_attention="pallas")

@@ -53,11 +53,14 @@ class BucketConfig:
 
     `prefill_chunk` is the widest chunk of new tokens run in one call (longer prompts and
     extensions are processed chunk by chunk), which bounds activation memory during prefill.
+    `compact_rows`: an extend of a few slots may run on those rows only (row counts 1, 4, 16, ... < B;
+    see extend_plan.py); off, every extend call runs all B slots (fewer programs to compile).
     """
     min_cache_len: int = 64
     min_chunk_len: int = 16
     prefill_chunk: int = 512
     cache_half_steps: bool = True
+    compact_rows: bool = True
 
     def __post_init__(self):
         for name in ("min_cache_len", "min_chunk_len", "prefill_chunk"):

@@ -28,13 +28,15 @@ class SamplerConfig:
     min_chunk_len: int = 16
     prefill_chunk: int = 512
     cache_half_steps: bool = True
+    compact_rows: bool = True  # extends of a few slots run on those rows only (extend_plan.py)
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, greedy=self.greedy,
                               max_new_tokens=self.max_new_tokens, stop_token_ids=tuple(self.stop_token_ids))
 
     def buckets(self) -> BucketConfig:
-        return BucketConfig(self.min_cache_len, self.min_chunk_len, self.prefill_chunk, self.cache_half_steps)
+        return BucketConfig(self.min_cache_len, self.min_chunk_len, self.prefill_chunk, self.cache_half_steps,
+                            self.compact_rows)
 
     def build_engine(self, model, mesh=None, weight_rules=None):
         from models.generation.engine import GenerationEngine

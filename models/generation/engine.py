@@ -11,6 +11,12 @@ slots keep their caches, and `decode(max_steps=k)` returns after k steps, so a d
 interleave decoding with refilling finished slots. Finished or waiting slots sample nothing and
 cost only their row of each decode step. `replace_tail` keeps a prefix of a slot's sequence and
 prefills a new tail (a re-rendered conversation prefills only where it differs from the cache).
+
+Extends run as planned by extend_plan.py: an append to a few slots runs on those rows only, and a long
+append in one slot does not pad the short ones to its width. Slots refilled with the same prompt (the
+G samples of a GRPO group) prefill it once and copy the slot (`copy_slots`). Both need the batch
+unsharded on the mesh (one device, or tensor-parallel decoding); with the batch split over devices every
+call runs all B slots, as each device computes its own rows anyway.
 """
 from __future__ import annotations
 
@@ -26,11 +32,13 @@ from flax import nnx
 
 from models.generation import steps
 from models.generation.buckets import BucketConfig, round_up
+from models.generation.extend_plan import ExtendCall, ExtendCosts, plan_extend, row_buckets
 from models.generation.requests import CacheFullError, GenerationInputError, active_mask, check_slot, check_tokens
 from models.generation.results import DecodeResult, History, collect_decode, concat_results, history, to_host
 from models.generation.sampling import SamplingParams
 from models.generation.state import GenerationState, empty_state, grow, reset_slots, rewind_slots
 from models.generation.weights import SamplerWeights
+from models.kv_cache import CACHE_AXES
 
 NO_STEP_LIMIT = 2**30
 
@@ -61,8 +69,16 @@ class GenerationEngine:
         self.trace_counts: collections.Counter[str] = collections.Counter()
         self._cache_buckets = buckets.cache_lengths(max_cache_len)
         self._chunk_buckets = buckets.chunk_lengths()
+        self._row_buckets = row_buckets(batch_size, buckets.compact_rows and self._batch_unsharded())
+        self._costs = ExtendCosts.for_model(self.config, self.cache_dtype.itemsize)
+        # token counts of extends: "appended" (real tokens), "computed" (rows x width of the calls run)
+        self.extend_tokens: collections.Counter[str] = collections.Counter()
         self._extend = jax.jit(self._traced("extend", functools.partial(steps.extend_chunk, self.weights.graphdef)),
                                donate_argnums=(1,))
+        self._extend_rows = jax.jit(self._traced("extend_rows", functools.partial(steps.extend_rows,
+                                                                                  self.weights.graphdef)),
+                                    donate_argnums=(1,))
+        self._copy_rows = jax.jit(self._traced("copy_rows", steps.copy_rows), donate_argnums=(0,))
         self._decode = jax.jit(self._traced("decode", functools.partial(steps.decode_loop, self.weights.graphdef)),
                                donate_argnums=(1,), static_argnames=("greedy", "top_k", "use_top_p"))
         self._grow = jax.jit(self._traced("grow", grow), static_argnums=(1,))
@@ -90,6 +106,15 @@ class GenerationEngine:
     def _next_token_logits(self, params, state: GenerationState) -> jax.Array:
         model = nnx.merge(self.weights.graphdef, params)
         return model.logits(state.hidden_bd[:, None, :])[:, 0]
+
+    def _batch_unsharded(self) -> bool:
+        """True when the mesh does not split the cache's batch axis (rows can then be gathered locally)."""
+        if self.mesh is None:
+            return True
+        from envtune_jax.sharding import logical_to_spec
+        spec = logical_to_spec(CACHE_AXES, (self.batch_size, 1, 1, 1), self.mesh)[0]
+        axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+        return int(np.prod([self.mesh.shape[axis] for axis in axes])) == 1
 
     def _mesh_context(self):
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
@@ -139,12 +164,37 @@ class GenerationEngine:
         keys_b = jax.vmap(functools.partial(jax.random.fold_in, _as_key(rng)))(jnp.arange(self.batch_size))
         with self._mesh_context():
             state = self._reset(state, jnp.asarray(reset_b), jax.random.key_data(keys_b))
-        return self.extend(state, slots)
+        if len(self._row_buckets) == 1:  # every call runs all B rows: a repeated prompt costs nothing extra
+            return self.extend(state, slots)
+        first_with: dict[bytes, int] = {}
+        copies: dict[int, int] = {}  # slot -> the slot whose prefill of the same prompt it copies
+        for slot, tokens in slots.items():
+            copies_of = first_with.setdefault(tokens.tobytes(), slot)
+            if copies_of != slot:
+                copies[slot] = copies_of
+        state = self.extend(state, {s: t for s, t in slots.items() if s not in copies})
+        return self.copy_slots(state, copies) if copies else state
+
+    def copy_slots(self, state: GenerationState, copies: Mapping[int, int]) -> GenerationState:
+        """Makes slot t a copy of slot s for each t: s in `copies` (its cache, sequence and turn), keeping t's
+        own PRNG key: a prompt prefilled once serves several samples (prefix sharing)."""
+        pairs = sorted((check_slot(t, self.batch_size), check_slot(s, self.batch_size)) for t, s in copies.items())
+        if any(t == s for t, s in pairs) or {t for t, _ in pairs} & {s for _, s in pairs}:
+            raise GenerationInputError(f"copy_slots: a slot is both copied and overwritten in {dict(copies)}")
+        if not pairs:
+            return state
+        rows = round_up(len(pairs), row_buckets(self.batch_size))
+        targets = np.full(rows, self.batch_size, np.int32)
+        sources = np.zeros(rows, np.int32)
+        targets[:len(pairs)], sources[:len(pairs)] = zip(*pairs)
+        with self._mesh_context():
+            return self._copy_rows(state, jnp.asarray(sources), jnp.asarray(targets))
 
     def extend(self, state: GenerationState, appends: Mapping[int, Sequence[int]]) -> GenerationState:
         """Appends token ids to the given slots' sequences (ragged lengths) and starts a new turn there.
 
-        Prefills in chunks of ≤ buckets.prefill_chunk tokens; never re-reads the cached history.
+        Prefills in chunks of ≤ buckets.prefill_chunk tokens, on the appended-to rows only where that is
+        cheaper (extend_plan.py); never re-reads the cached history.
         """
         appends = {check_slot(s, self.batch_size): check_tokens(t, self.config.vocab_size, f"tokens for slot {s}") for s, t in appends.items()}
         counts_b = np.zeros(self.batch_size, np.int32)
@@ -154,17 +204,29 @@ class GenerationEngine:
             return state
         lengths_b = to_host(state.cache.lengths)
         state = self._ensure_capacity(state, int((lengths_b + counts_b).max()))
-        chunk = self.buckets.prefill_chunk
         params = self.weights.params()
-        for offset in range(0, int(counts_b.max()), chunk):
-            num_new_b = np.clip(counts_b - offset, 0, chunk).astype(np.int32)
-            width = round_up(int(num_new_b.max()), self._chunk_buckets)
-            tokens_bt = np.zeros((self.batch_size, width), np.int32)
-            for slot, tokens in appends.items():
-                tokens_bt[slot, :num_new_b[slot]] = tokens[offset:offset + num_new_b[slot]]
-            with self._mesh_context():
-                state = self._extend(params, state, jnp.asarray(tokens_bt), jnp.asarray(num_new_b))
+        for call in plan_extend(counts_b, chunk=self.buckets.prefill_chunk, chunk_buckets=self._chunk_buckets,
+                                rows_ladder=self._row_buckets, capacity=state.capacity, costs=self._costs):
+            state = self._run_extend_call(params, state, call, appends)
         return state
+
+    def _run_extend_call(self, params, state: GenerationState, call: ExtendCall,
+                         appends: Mapping[int, np.ndarray]) -> GenerationState:
+        compacted = call.compacted(self.batch_size)
+        tokens = np.zeros((call.rows, call.width), np.int32)
+        num_new = np.zeros(call.rows, np.int32)
+        rows = np.full(call.rows, self.batch_size, np.int32)  # compacted: the slot of each row (B = padding)
+        for u, (slot, offset, count) in enumerate(zip(call.slots, call.offsets, call.counts)):
+            row = u if compacted else slot
+            rows[row] = slot
+            tokens[row, :count] = appends[slot][offset:offset + count]
+            num_new[row] = count
+        self.extend_tokens["appended"] += sum(call.counts)
+        self.extend_tokens["computed"] += call.rows * call.width
+        with self._mesh_context():
+            if compacted:
+                return self._extend_rows(params, state, jnp.asarray(rows), jnp.asarray(tokens), jnp.asarray(num_new))
+            return self._extend(params, state, jnp.asarray(tokens), jnp.asarray(num_new))
 
     def replace_tail(self, state: GenerationState, tails: Mapping[int, tuple[int, Sequence[int]]]) -> GenerationState:
         """For each slot: keep the first `keep` cached tokens, drop the rest, append `tokens` (≥ 1) as a new turn.
