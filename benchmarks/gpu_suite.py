@@ -13,7 +13,8 @@ Groups, each ours next to its peer (same shapes, Qwen3-4B-Instruct-2507, random 
             GPU decode kernel instead of the einsum; no peer step: the generate group's Tunix figures
             are the comparison)
 - prefill:  `envtune bench prefill` 8 x 2048 (cuDNN and reference attention) and HF transformers
-            (peer_hf_qwen3.py, which also times HF generation at the generate shapes)
+            (peer_hf_qwen3.py, which also times HF generation at the generate shapes), then
+            `envtune bench extend` (an evaluation round: compacted extends vs all-slot calls)
 - train:    `envtune bench train` 8 x 2048 with full remat and HF's fwd+bwd with gradient
             checkpointing (peer_hf_train.py)
 - rollout:  `envtune bench rollout`: GRPO iterations of the 4B recipe on the real BFCL environments
@@ -106,6 +107,12 @@ def plan(groups, tiny: bool, peers: Path, rollout_overrides: list[str], generate
         argv, missing = peer("peer_hf_qwen3.py")
         steps.append(Step("hf transformers prefill+generate", "prefill", "hf", [argv], 420,
                           skip_reason=missing or no_cuda))
+        b, context, tail, new_prompt, chunk = (4, 32, 8, 64, 16) if tiny else (16, 2048, 128, 4096, 512)
+        shape = ["--batch", str(b), "--context", str(context), "--tail", str(tail), "--prompt-len", str(new_prompt),
+                 "--chunk", str(chunk)]
+        steps.append(Step(f"ours extend round {b} slots", "prefill", "ours",
+                          [envtune("extend", *model, *shape, "--attention", a)
+                           for a in (("reference",) if tiny else ("cudnn", "reference"))], 300))
     if "train" in groups:
         b, length = (2, 64) if tiny else (8, 2048)
         common = [*model[:3], "--batch", str(b), "--seq-len", str(length), "--remat", "full", "--steps", "3"]

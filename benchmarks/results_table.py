@@ -84,6 +84,7 @@ def render(records: list[dict]) -> str:
     lines += _generation(records)
     goals = not any(m.get("tiny") for m in meta)  # the goals are for 4B shapes on one H100
     lines += _prefill(records, goals)
+    lines += _extend(records)
     lines += _train(records, goals)
     lines += _rollout(records)
     lines += _memory(records)
@@ -147,6 +148,24 @@ def _prefill(records, goals: bool = True) -> list[str]:
     for r in hf:
         lines.append(f"| {r['batch']} x {r['seq']} | HF transformers | sdpa | {_fmt(r['tok_s'])} | | {_tflops(r.get('tflops'))} | | |")
     return lines + ["", "Model TFLOP/s = 2·params·tokens/s (the peer's count); no logits are computed for prompt positions.", ""]
+
+
+def _extend(records) -> list[str]:
+    ours = _usable(records, source="ours", benchmark="extend")
+    if not ours:
+        return []
+    lines = ["## An evaluation round's prefill: compacted extends vs all-slot calls", "",
+             "| B, context, tail, new prompt | attention | compacted s | all slots s | speed-up | token-rows compacted / all |"
+             " of the matmul rate: compacted / all slots |", "|---|---|---|---|---|---|---|"]
+    for r in ours:
+        c, a = r["compacted"], r["all_slots"]
+        lines.append(f"| {r['batch']}, {r['context']}, {r['tail']}, {r['prompt_len']} | {r['attention']} | "
+                     f"{_fmt(c['round_s'], 3)} | {_fmt(a['round_s'], 3)} | {r['speedup']:.2f}x | "
+                     f"{_fmt(c['token_rows'])} / {_fmt(a['token_rows'])} | "
+                     f"{_pct(r['fraction_of_matmul_rate'])} / {_pct(r['all_slots_fraction_of_matmul_rate'])} |")
+    return lines + ["", "B - 1 slots append a tail, the last takes a new prompt (GenerationEngine.replace_tail); "
+                    "the matmul rate's share: the FLOPs the appended tokens need (layer matmuls and attention "
+                    "to earlier tokens) over the rate.", ""]
 
 
 def _train(records, goals: bool = True) -> list[str]:

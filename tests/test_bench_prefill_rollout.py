@@ -1,4 +1,4 @@
-"""`envtune bench prefill` and `envtune bench rollout` on CPU (tiny shapes): the fields they promise,
+"""`envtune bench prefill`, `extend` and `rollout` on CPU (tiny shapes): the fields they promise,
 their arithmetic (FLOP counts, time shares), their errors, and the `--profile` trace."""
 from __future__ import annotations
 
@@ -39,6 +39,32 @@ def test_prefill_flops_of_qwen3_4b_by_hand():
     untied = preset("qwen3-8b")
     _, executed_8b = prefill_flops(untied, batch=1, prompt_len=1)
     assert executed_8b == 2 * (untied.num_params - 2 * 151936 * 4096) + 2 * 36 * 32 * 128
+
+
+def test_bench_extend_tiny_times_both_modes_and_counts_their_work():
+    from envtune_jax.bench.extend import check_arguments as extend_check_arguments
+    from envtune_jax.bench.extend import round_flops
+
+    argv = ["bench", "extend", "--preset", "tiny", "--random-weights", "--batch", "4", "--context", "32", "--tail", "8",
+            "--prompt-len", "64", "--chunk", "16", "--repeats", "1", "--dtype", "float32"]
+    record = _run_cli(argv)
+    assert record["benchmark"] == "extend" and record["appended_tokens"] == 3 * 8 + 64
+    # compacted: one call of the 4 slots' first pieces (16 wide), then 3 one-row calls for the prompt's rest;
+    # all slots: 4 calls of 4 rows x 16
+    assert record["compacted"]["token_rows"] == 4 * 16 + 3 * 16 and record["all_slots"]["token_rows"] == 4 * 4 * 16
+    assert record["compacted"]["compilations"]["extend_rows"] >= 1 and "extend_rows" not in record["all_slots"]["compilations"]
+    assert record["speedup"] == pytest.approx(record["all_slots"]["round_s"] / record["compacted"]["round_s"])
+    args = SimpleNamespace(batch=4, context=32, tail=8, prompt_len=64)
+    cfg = preset("tiny")
+    layer_params = cfg.num_params - cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
+    pairs = 3 * 8 * (32 + 4.5) + 64 * 65 / 2
+    assert round_flops(cfg, args) == 2 * layer_params * 88 + 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * pairs
+    rate = record["limits"]["matmul_flops_per_s"]
+    assert record["fraction_of_matmul_rate"] == pytest.approx(round_flops(cfg, args) / rate / record["compacted"]["round_s"])
+    bad = argv[:argv.index("--batch") + 1] + ["1"] + argv[argv.index("--batch") + 2:]
+    assert main(bad) != 0  # the CLI reports the ConfigError and exits non-zero
+    with pytest.raises(ConfigError, match="power of two"):
+        extend_check_arguments(SimpleNamespace(batch=4, context=8, tail=8, prompt_len=8, repeats=1, chunk=24))
 
 
 def test_prefill_rejects_a_chunk_the_engine_cannot_use():
@@ -84,7 +110,7 @@ def test_bench_lists_every_kind(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     text = capsys.readouterr().out
-    for kind in ("generate", "prefill", "train", "rollout", "memory"):
+    for kind in ("generate", "prefill", "extend", "train", "rollout", "memory"):
         assert kind in text
 
 

@@ -38,6 +38,9 @@ def test_table_prints_ratios_to_the_peers_and_the_goals():
         _ok("ours", benchmark="prefill", batch=8, prompt_len=2048, attention="cudnn", tok_s=75_000.0,
             model_tflops_per_s=603.0, fraction_of_limit=0.76),
         _ok("hf", what="hf_prefill", batch=8, seq=2048, tok_s=46_972.0, tflops=378.0),
+        _ok("ours", benchmark="extend", batch=16, context=2048, tail=128, prompt_len=4096, attention="cudnn",
+            compacted={"round_s": 0.25, "token_rows": 6144}, all_slots={"round_s": 1.5, "token_rows": 65536},
+            speedup=6.0, fraction_of_matmul_rate=0.5, all_slots_fraction_of_matmul_rate=0.0833),
         _ok("ours", benchmark="train", batch=8, seq_len=2048, remat="full", attention="cudnn", tokens_per_s=16_000.0,
             model_tflops_per_s=386.0, mfu=0.45, peak_memory_bytes=60e9),
         _ok("hf", what="hf_train_fwd_bwd_remat", batch=8, seq=2048, tok_s=11_074.0, model_tflops=267.0, peak_mem_gb=50.0),
@@ -59,6 +62,8 @@ def test_table_prints_ratios_to_the_peers_and_the_goals():
     prefill = next(line for line in text.splitlines() if line.startswith("| 8 x 2048 | ours | cudnn"))
     assert "75,000 | 1.60x | 603 | 76%" in prefill and "met (≥ 70,000)" in prefill
     train = next(line for line in text.splitlines() if line.startswith("| 8 x 2048 | ours ("))
+    extend = next(line for line in text.splitlines() if line.startswith("| 16, 2048, 128, 4096 |"))
+    assert "| cudnn | 0.250 | 1.500 | 6.00x | 6,144 / 65,536 | 50% / 8% |" in extend
     assert "16,000 | 1.44x | met (≥ 1.3x)" in train and "386 | 45% | met (≥ 40%)" in train and "60.0" in train
     assert "NVIDIA H100 80GB HBM3" in text and "abc1234" in text and "jax 0.11.2" in text
     assert "| decode loop (slots) | bfloat16 | 8,192 | 212 | 1,736,704 | 70.10 | 64.00 | 70.20 |" in text
@@ -109,6 +114,9 @@ def test_full_plan_pairs_ours_with_each_peer_at_the_issue_shapes(tmp_path):
         argv = steps[f"ours generate {b}x{p}+{n} pallas decode"].variants[0]
         assert argv[argv.index("--decode-attention") + 1] == "pallas" and argv[argv.index("--batch") + 1] == str(b)
     assert "--attention" in steps["ours prefill 8x2048 cudnn"].variants[0]
+    extend = steps["ours extend round 16 slots"].variants
+    assert [v[v.index("--attention") + 1] for v in extend] == ["cudnn", "reference"]
+    assert extend[0][extend[0].index("--prompt-len") + 1] == "4096"
     train = steps["ours train 8x2048 remat full"]
     assert [v[v.index("--attention") + 1] for v in train.variants] == ["cudnn", "xla"]
     rollout = steps["ours rollout"].variants
@@ -125,12 +133,13 @@ def test_suite_tiny_run_on_cpu_writes_results(tmp_path):
                            "--peers", str(tmp_path / "no-peers"), "--commit", "deadbee"]) == 0
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     ours = [r for r in records if r["source"] == "ours" and r["status"] == "ok"]
-    assert [r["benchmark"] for r in ours] == ["prefill"]
-    assert ours[0]["params"] < 1_000_000  # the Tunix peer's tiny shapes
+    assert [r["benchmark"] for r in ours] == ["prefill", "extend"]
+    assert all(r["params"] < 1_000_000 for r in ours)  # the Tunix peer's tiny shapes
+    assert ours[1]["compacted"]["token_rows"] < ours[1]["all_slots"]["token_rows"]
     skipped = {r["step"]: r["reason"] for r in records if r["status"] == "skipped"}
     assert set(skipped) == {"hf transformers prefill+generate"}
     text = (out / "RESULTS.md").read_text()
-    assert "## Prefill" in text and "deadbee" in text
+    assert "## Prefill" in text and "deadbee" in text and "compacted extends vs all-slot calls" in text
     assert "hf transformers prefill+generate: skipped" in text
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("generate", "prefill", "train", "rollout", "memory")
+BENCHMARKS = ("generate", "prefill", "extend", "train", "rollout", "memory")
 
 
 def register(subparsers) -> None:
