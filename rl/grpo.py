@@ -103,7 +103,8 @@ class PolicyLearner:
         total_tokens = int(sum(len(t.token_ids) for t in trajectories))
         metrics.update(rollout_s=rollout_s, generation_s=stats.generation_s, environment_s=stats.environment_s,
                        train_s=train_s, tokens=total_tokens, train_tokens_per_s=total_tokens / max(train_s, 1e-9),
-                       sampled_tokens=stats.sampled_tokens, train_rows_supplied=local_rows)
+                       sampled_tokens=stats.sampled_tokens, decode_calls=stats.decode_calls,
+                       slot_occupancy=stats.slot_occupancy, train_rows_supplied=local_rows)
         train_flops_per_s = 6 * self.model.config.num_params * total_tokens / max(train_s, 1e-9)
         metrics["train_tflops"] = train_flops_per_s / 1e12
         if self.peak_flops is not None:

@@ -1,15 +1,18 @@
 """The multi-turn rollout driver: sampler ⇄ chat protocol ⇄ tool environments, turn by turn.
 
-For a batch of episodes (G samples per prompt are G episodes of the same task) it prefills every
-rendered prompt, then repeats: decode every live sequence until it ends its step (stop token or
+The episodes (G samples per prompt are G episodes of the same task) share the engine's slots by
+continuous batching: an episode starts when a slot is free, with its rendered prompt prefilled; then,
+round by round: decode every live sequence until it ends its step (stop token or
 per-step budget) → parse the step's tool calls → step the environment → render the environment's
 reply (tool results, hints, next user turn) as tokens → append them to the live KV cache with
 `extend` (no re-prefill) → decode again. Sampled ids are kept exactly as sampled; the token
 sequence, loss mask and sampler log-probs of each trajectory are what the trainer consumes.
-Episodes over their token budget are truncated and scored over all their turns.
+Episodes over their token budget are truncated and scored over all their turns. An ended
+episode's slot goes to the next pending episode in the next round.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from typing import Sequence
@@ -58,6 +61,13 @@ class RolloutStats:
     decode_calls: int = 0
     sampled_tokens: int = 0
     environment_tokens: int = 0
+    slot_rounds: int = 0  # slots x decode calls
+    live_slot_rounds: int = 0  # ... of which a slot had a live episode
+
+    @property
+    def slot_occupancy(self) -> float:
+        """Share of the decode calls' slots that held a live episode."""
+        return self.live_slot_rounds / self.slot_rounds if self.slot_rounds else 0.0
 
 
 def _parse_step(episode: ToolEnvironment, conversation: TokenConversation):
@@ -77,55 +87,77 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
                  keep_text: bool = False, stats: RolloutStats | None = None) -> list[Trajectory]:
     """Plays every episode to its end; returns one Trajectory per episode (same order).
 
-    Episodes are played in waves of `engine.batch_size` slots.
+    Continuous batching over the engine's B slots: episodes start in order as slots free up. Each round
+    starts pending episodes in the free slots (one `refill`: the samples of a group that start together
+    share one prefill), decodes one step of every live episode, steps their environments, and appends
+    the replies to the live ones; an episode that ends gives its slot to the next one at once, instead
+    of the slot idling until the longest episode of a fixed wave has ended. The k-th refill draws slot
+    s's PRNG key as fold_in(fold_in(rng, k), s).
     """
     stats = stats if stats is not None else RolloutStats()
     key = jax.random.key(rng) if isinstance(rng, int) else rng
-    out: list[Trajectory] = []
-    for wave, first in enumerate(range(0, len(episodes), engine.batch_size)):
-        chunk = list(episodes[first:first + engine.batch_size])
-        out.extend(_run_wave(engine, tokenizer, chat, chunk, list(groups[first:first + len(chunk)]), sampling, config,
-                             jax.random.fold_in(key, wave), keep_text, stats))
-    return out
-
-
-def _run_wave(engine, tokenizer, chat, episodes, groups, sampling, config, key, keep_text, stats) -> list[Trajectory]:
-    vocab = engine.config.vocab_size
-    conversations = []
-    truncated = [False] * len(episodes)
-    t0 = time.perf_counter()
-    for episode in episodes:
-        conversation = TokenConversation(tokenizer, chat, vocab_size=vocab)
-        conversation.start(episode.reset(), episode.tools())
-        conversations.append(conversation)
-    stats.environment_s += time.perf_counter() - t0
-    prompt_lengths = [len(c) for c in conversations]
-    for i, length in enumerate(prompt_lengths):
-        if length > config.max_prompt_tokens:
-            episodes[i].truncate(f"prompt of {length} tokens exceeds max_prompt_tokens={config.max_prompt_tokens}")
-            truncated[i] = True
-    live = [not episodes[i].done for i in range(len(episodes))]
     step_sampling = dataclasses.replace(sampling, max_new_tokens=min(_max_budget(sampling), config.max_new_tokens_per_step))
-    t0 = time.perf_counter()
-    state = engine.start([c.ids if live[i] else c.ids[:1] for i, c in enumerate(conversations)], key)
-    stats.generation_s += time.perf_counter() - t0
-    while any(live):
+    vocab = engine.config.vocab_size
+    trajectories: list[Trajectory | None] = [None] * len(episodes)
+    conversations: dict[int, TokenConversation] = {}
+    prompt_lengths: dict[int, int] = {}
+    truncated = [False] * len(episodes)
+    pending = collections.deque(range(len(episodes)))
+    episode_in: list[int | None] = [None] * engine.batch_size  # the episode each slot plays
+    state, refills = None, 0
+
+    def finish(i: int, history_row=None) -> None:
+        trajectories[i] = _trajectory(episodes[i], conversations[i], groups[i], truncated[i], history_row, keep_text)
+
+    while pending or any(i is not None for i in episode_in):
         t0 = time.perf_counter()
-        active = [i for i, alive in enumerate(live) if alive]
+        free = [slot for slot, i in enumerate(episode_in) if i is None]
+        starts: dict[int, int] = {}  # slot -> episode
+        while pending and len(starts) < len(free):
+            i = pending.popleft()
+            conversation = conversations[i] = TokenConversation(tokenizer, chat, vocab_size=vocab)
+            conversation.start(episodes[i].reset(), episodes[i].tools())
+            prompt_lengths[i] = len(conversation)
+            if prompt_lengths[i] > config.max_prompt_tokens:
+                episodes[i].truncate(f"prompt of {prompt_lengths[i]} tokens exceeds max_prompt_tokens={config.max_prompt_tokens}")
+                truncated[i] = True
+            if episodes[i].done:  # nothing to generate: no slot
+                finish(i)
+                continue
+            starts[free[len(starts)]] = i
+        stats.environment_s += time.perf_counter() - t0
+        if starts:
+            t0 = time.perf_counter()
+            if state is None:
+                state = engine.new_state(max(prompt_lengths[i] for i in starts.values()))
+            state = engine.refill(state, {slot: conversations[i].ids for slot, i in starts.items()},
+                                  jax.random.fold_in(key, refills))
+            refills += 1
+            for slot, i in starts.items():
+                episode_in[slot] = i
+            stats.generation_s += time.perf_counter() - t0
+        active = [slot for slot, i in enumerate(episode_in) if i is not None]
+        if not active:
+            continue
+        t0 = time.perf_counter()
         state, result = engine.decode(state, step_sampling, active=active)
         stats.generation_s += time.perf_counter() - t0
         stats.decode_calls += 1
+        stats.slot_rounds += engine.batch_size
+        stats.live_slot_rounds += len(active)
         t0 = time.perf_counter()
         appends: dict[int, list[int]] = {}
-        for i in active:
-            sampled = result.tokens[i, :result.num_tokens[i]].tolist()
+        ended: list[int] = []
+        for slot in active:
+            i = episode_in[slot]
+            sampled = result.tokens[slot, :result.num_tokens[slot]].tolist()
             stats.sampled_tokens += len(sampled)
             conversation, episode = conversations[i], episodes[i]
             conversation.append_sampled(sampled)
             calls, errors, text = _parse_step(episode, conversation)
             step = episode.step(text, calls, errors)
             if episode.done:
-                live[i] = False
+                ended.append(slot)
                 continue
             segment = conversation.append_environment(step.messages)
             used = len(conversation) - prompt_lengths[i]
@@ -133,28 +165,36 @@ def _run_wave(engine, tokenizer, chat, episodes, groups, sampling, config, key, 
                     len(conversation) + config.max_new_tokens_per_step > min(config.max_context_tokens, engine.max_cache_len):
                 episode.truncate(f"token budget: {used} response tokens after step")
                 truncated[i] = True
-                live[i] = False
+                ended.append(slot)
                 continue
-            appends[i] = conversation.ids[segment.start:segment.end]
+            appends[slot] = conversation.ids[segment.start:segment.end]
             stats.environment_tokens += segment.end - segment.start
         stats.environment_s += time.perf_counter() - t0
+        if ended:  # the ended episodes' sampler records, before their slots are refilled
+            history = engine.history(state)
+            for slot in ended:
+                finish(episode_in[slot], (history.tokens[slot], history.logprobs[slot], int(history.lengths[slot])))
+                episode_in[slot] = None
         if appends:
             t0 = time.perf_counter()
             state = engine.extend(state, appends)
             stats.generation_s += time.perf_counter() - t0
-    history = engine.history(state)
-    trajectories = []
-    for i, (episode, conversation) in enumerate(zip(episodes, conversations)):
-        ids, mask = conversation.arrays()
-        logprobs = np.zeros(len(ids), np.float32)
-        if mask.any():
-            n = min(len(ids), int(history.lengths[i]))
-            if not np.array_equal(history.tokens[i, :n], ids[:n]):
-                raise RuntimeError(f"episode {episode.episode_id}: sampler and conversation token ids diverged")
-            logprobs[:n] = np.where(mask[:n] > 0, history.logprobs[i, :n], 0.0)
-        trajectories.append(Trajectory(episode.episode_id, episode.category, groups[i], ids, mask, logprobs,
-                                       episode.outcome(), truncated[i], conversation.text() if keep_text else ""))
     return trajectories
+
+
+def _trajectory(episode: ToolEnvironment, conversation: TokenConversation, group: int, truncated: bool,
+                history_row, keep_text: bool) -> Trajectory:
+    """The finished episode's trajectory; history_row: its slot's (tokens [S], sampler log-probs [S], length)."""
+    ids, mask = conversation.arrays()
+    logprobs = np.zeros(len(ids), np.float32)
+    if mask.any():
+        tokens_s, logprobs_s, length = history_row
+        n = min(len(ids), length)
+        if not np.array_equal(tokens_s[:n], ids[:n]):
+            raise RuntimeError(f"episode {episode.episode_id}: sampler and conversation token ids diverged")
+        logprobs[:n] = np.where(mask[:n] > 0, logprobs_s[:n], 0.0)
+    return Trajectory(episode.episode_id, episode.category, group, ids, mask, logprobs, episode.outcome(), truncated,
+                      conversation.text() if keep_text else "")
 
 
 def _max_budget(sampling: SamplingParams) -> int:

@@ -13,6 +13,8 @@ compilation); then `--iterations` timed ones:
   (advantages, batch packing);
 - sampled tokens per second of generation time, and the train step's model TFLOP/s (with its MFU on
   devices of envtune_jax/bench/device_limits' table).
+- decode calls per iteration and the slot occupancy: the share of the decode calls' slots that held a
+  live episode (the driver refills a slot as soon as its episode ends).
 With a preset model (`model.preset=qwen3-4b`) the weights are random and created on device: such a
 model writes no tool calls, so every step runs to `sampler.max_new_tokens` and the environment's share
 is the least it can be. Prints one JSON line.
@@ -117,7 +119,8 @@ def run(args) -> dict:
     wall = statistics.mean(walls)
     mean = {k: statistics.mean(m[k] for m, _ in timed)
             for k in ("generation_s", "environment_s", "train_s", "sampled_tokens", "tokens",
-                      "reward_mean", "train_tflops", "episode_tokens_mean", "turns_mean", "steps_mean")}
+                      "reward_mean", "train_tflops", "episode_tokens_mean", "turns_mean", "steps_mean",
+                      "decode_calls", "slot_occupancy")}
     episodes = prompts * samples
     record = {
         "benchmark": "rollout", "recipe": str(args.recipe), "overrides": list(args.overrides), "stage": stage.name,
@@ -131,7 +134,8 @@ def run(args) -> dict:
         "sampled_tok_s": mean["sampled_tokens"] / max(mean["generation_s"], 1e-9),
         "sampled_tokens_per_iteration": mean["sampled_tokens"], "train_tokens_per_iteration": mean["tokens"],
         "episode_tokens_mean": mean["episode_tokens_mean"], "turns_mean": mean["turns_mean"],
-        "steps_mean": mean["steps_mean"],
+        "steps_mean": mean["steps_mean"], "decode_calls": mean["decode_calls"],
+        "slot_occupancy": mean["slot_occupancy"],
         "train_tflops_per_s": mean["train_tflops"],
         "mfu": statistics.mean(m["mfu"] for m, _ in timed) if "mfu" in timed[0][0] else None,
         "reward_mean": mean["reward_mean"],
