@@ -2,8 +2,8 @@
 
 The episodes (G samples per prompt are G episodes of the same task) share the engine's slots by
 continuous batching: an episode starts when a slot is free, with its rendered prompt prefilled; then,
-round by round: decode every live sequence until it ends its step (stop token or
-per-step budget) → parse the step's tool calls → step the environment → render the environment's
+round by round: decode every live sequence (up to `decode_chunk` tokens) until it ends its step (stop
+token or per-step budget) → parse the step's tool calls → step the environment → render the environment's
 reply (tool results, hints, next user turn) as tokens → append them to the live KV cache with
 `extend` (no re-prefill) → decode again. Sampled ids are kept exactly as sampled; the token
 sequence, loss mask and sampler log-probs of each trajectory are what the trainer consumes.
@@ -35,6 +35,13 @@ class RolloutConfig:
     max_response_tokens: int = 24576  # model + environment tokens after the prompt, whole episode
     max_context_tokens: int = 32768
     max_new_tokens_per_step: int = 1024
+    # decode returns after this many tokens, so that episodes whose step has ended step their environment
+    # and rejoin while the others go on generating (0: each round decodes until every live step has ended)
+    decode_chunk: int = 128
+
+    def __post_init__(self):
+        if self.decode_chunk < 0:
+            raise ValueError(f"rollout.decode_chunk must be ≥ 0 (0: decode whole steps), got {self.decode_chunk}")
 
 
 @dataclasses.dataclass
@@ -89,10 +96,11 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
 
     Continuous batching over the engine's B slots: episodes start in order as slots free up. Each round
     starts pending episodes in the free slots (one `refill`: the samples of a group that start together
-    share one prefill), decodes one step of every live episode, steps their environments, and appends
-    the replies to the live ones; an episode that ends gives its slot to the next one at once, instead
-    of the slot idling until the longest episode of a fixed wave has ended. The k-th refill draws slot
-    s's PRNG key as fold_in(fold_in(rng, k), s).
+    share one prefill), decodes up to `config.decode_chunk` tokens of every live episode's step, steps the
+    environments of those whose step ended and appends the replies; an episode that ends gives its slot to
+    the next one at once, instead of the slot idling until the longest episode of a fixed wave has ended,
+    and a short step does not wait for the round's longest. The k-th refill draws slot s's PRNG key as
+    fold_in(fold_in(rng, k), s); tokens are drawn per position, so chunking alone changes no sample.
     """
     stats = stats if stats is not None else RolloutStats()
     key = jax.random.key(rng) if isinstance(rng, int) else rng
@@ -104,6 +112,8 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     truncated = [False] * len(episodes)
     pending = collections.deque(range(len(episodes)))
     episode_in: list[int | None] = [None] * engine.batch_size  # the episode each slot plays
+    partial: dict[int, list[int]] = {}  # slot -> tokens sampled so far in its unfinished step
+    max_steps = config.decode_chunk if config.decode_chunk > 0 else None
     state, refills = None, 0
 
     def finish(i: int, history_row=None) -> None:
@@ -140,7 +150,7 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
         if not active:
             continue
         t0 = time.perf_counter()
-        state, result = engine.decode(state, step_sampling, active=active)
+        state, result = engine.decode(state, step_sampling, active=active, max_steps=max_steps)
         stats.generation_s += time.perf_counter() - t0
         stats.decode_calls += 1
         stats.slot_rounds += engine.batch_size
@@ -150,7 +160,10 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
         ended: list[int] = []
         for slot in active:
             i = episode_in[slot]
-            sampled = result.tokens[slot, :result.num_tokens[slot]].tolist()
+            sampled = partial.pop(slot, []) + result.tokens[slot, :result.num_tokens[slot]].tolist()
+            if not result.finished[slot]:  # its step goes on in the next round
+                partial[slot] = sampled
+                continue
             stats.sampled_tokens += len(sampled)
             conversation, episode = conversations[i], episodes[i]
             conversation.append_sampled(sampled)

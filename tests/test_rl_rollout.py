@@ -1,7 +1,8 @@
 """The rollout driver's continuous batching: more episodes than slots, of different lengths, on a tiny
 random model in the synthetic environment. An ended episode's slot is refilled at once (fewer decode
 calls than fixed waves would take), the samples of a group that start together share one prefill, every
-trajectory's sampler log-probs are the trainer's recomputation, and the same rng gives the same rollout."""
+trajectory's sampler log-probs are the trainer's recomputation, and the same rng gives the same rollout,
+decoded whole steps at a time or in chunks."""
 from __future__ import annotations
 
 import dataclasses
@@ -31,16 +32,17 @@ def setup():
     return model, tokenizer, engine
 
 
-def play(setup, rng: int):
+def play(setup, rng: int, decode_chunk: int = 0, sampling: SamplingParams | None = None):
     """3 samples of a one-turn task, then 3 of a three-turn task: 6 episodes on 4 slots."""
     model, tokenizer, engine = setup
     short, long = SyntheticConfig(num_turns=1, doc_style="system"), SyntheticConfig(num_turns=3, doc_style="system")
     episodes = [SyntheticEpisode(make_synthetic_tasks(1, short, seed=1)[0], short) for _ in range(SAMPLES)]
     episodes += [SyntheticEpisode(make_synthetic_tasks(1, long, seed=2)[0], long) for _ in range(SAMPLES)]
     groups = [0] * SAMPLES + [1] * SAMPLES
-    sampling = SamplingParams(temperature=1.0, max_new_tokens=NEW_TOKENS, stop_token_ids=stop_token_ids(tokenizer))
+    sampling = sampling or SamplingParams(temperature=1.0, max_new_tokens=NEW_TOKENS,
+                                          stop_token_ids=stop_token_ids(tokenizer))
     config = RolloutConfig(max_prompt_tokens=128, max_response_tokens=128, max_context_tokens=256,
-                           max_new_tokens_per_step=NEW_TOKENS)
+                           max_new_tokens_per_step=NEW_TOKENS, decode_chunk=decode_chunk)
     stats = RolloutStats()
     trajectories = run_rollouts(engine, tokenizer, ChatConfig(), episodes, groups, sampling, config, rng=rng,
                                 stats=stats)
@@ -82,3 +84,45 @@ def test_the_same_rng_gives_the_same_rollout(setup):
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a.token_ids, b.token_ids)
         np.testing.assert_array_equal(a.sampler_logprobs, b.sampler_logprobs)
+
+
+def test_decoding_in_chunks_gives_the_same_rollout(setup):
+    """decode_chunk=2: every 6-token step takes 3 decode calls, episodes whose step ended step their
+    environment between them; tokens are drawn per position, so the rollout is the one of whole steps."""
+    whole, whole_stats = play(setup, rng=2)
+    chunked, chunked_stats = play(setup, rng=2, decode_chunk=2)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a.token_ids, b.token_ids)
+        np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+        np.testing.assert_allclose(a.sampler_logprobs, b.sampler_logprobs, atol=1e-6)
+    assert chunked_stats.decode_calls == 3 * whole_stats.decode_calls
+    assert chunked_stats.sampled_tokens == whole_stats.sampled_tokens
+    with pytest.raises(ValueError, match="decode_chunk"):
+        RolloutConfig(decode_chunk=-1)
+
+
+def step_lengths(trajectory) -> list[int]:
+    mask = np.concatenate([[0], trajectory.loss_mask, [0]])
+    starts, ends = np.flatnonzero(np.diff(mask) == 1), np.flatnonzero(np.diff(mask) == -1)
+    return (ends - starts).tolist()
+
+
+def test_steps_that_end_early_rejoin_between_chunks_with_the_same_rollout(setup):
+    """Greedy decoding with a stop token that the model emits in some steps only: those steps end before
+    the 6-token budget, mid-chunk; decoded in chunks of 4 they step their environment while the others
+    go on. Greedy tokens do not depend on slots or keys, so the rollout equals the whole-step one."""
+    free_run, _ = play(setup, rng=0, sampling=SamplingParams(greedy=True, max_new_tokens=NEW_TOKENS, stop_token_ids=()))
+    sampled = [t.token_ids[t.loss_mask > 0] for t in free_run]
+    counts = np.bincount(np.concatenate(sampled))
+    in_steps = {int(token) for token in np.flatnonzero(counts)}
+    stop = next(token for token in sorted(in_steps, key=lambda t: -counts[t])
+                if not all(token in ids for ids in sampled))  # frequent, but not in every trajectory
+    greedy = SamplingParams(greedy=True, max_new_tokens=NEW_TOKENS, stop_token_ids=(stop,))
+    whole, _ = play(setup, rng=0, sampling=greedy)
+    chunked, _ = play(setup, rng=0, decode_chunk=4, sampling=greedy)
+    lengths = [n for t in whole for n in step_lengths(t)]
+    assert min(lengths) < NEW_TOKENS and max(lengths) == NEW_TOKENS, lengths  # some steps ended early
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a.token_ids, b.token_ids)
+        np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+        np.testing.assert_allclose(a.sampler_logprobs, b.sampler_logprobs, atol=1e-6)
