@@ -101,6 +101,9 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     the next one at once, instead of the slot idling until the longest episode of a fixed wave has ended,
     and a short step does not wait for the round's longest. The k-th refill draws slot s's PRNG key as
     fold_in(fold_in(rng, k), s); tokens are drawn per position, so chunking alone changes no sample.
+    On an engine that cannot compact rows (`compact_rows` off, or the batch split over devices), a refill
+    or extend of a few slots costs all B rows: the driver then refills only when every slot is free
+    (fixed waves, the first refill's keys as before) and decodes whole steps.
     """
     stats = stats if stats is not None else RolloutStats()
     key = jax.random.key(rng) if isinstance(rng, int) else rng
@@ -113,7 +116,8 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     pending = collections.deque(range(len(episodes)))
     episode_in: list[int | None] = [None] * engine.batch_size  # the episode each slot plays
     partial: dict[int, list[int]] = {}  # slot -> tokens sampled so far in its unfinished step
-    max_steps = config.decode_chunk if config.decode_chunk > 0 else None
+    compacts = engine.compacts_rows
+    max_steps = config.decode_chunk if config.decode_chunk > 0 and compacts else None
     state, refills = None, 0
 
     def finish(i: int, history_row=None) -> None:
@@ -122,6 +126,8 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     while pending or any(i is not None for i in episode_in):
         t0 = time.perf_counter()
         free = [slot for slot, i in enumerate(episode_in) if i is None]
+        if not compacts and len(free) < engine.batch_size:
+            free = []  # waves: wait until every slot is free
         starts: dict[int, int] = {}  # slot -> episode
         while pending and len(starts) < len(free):
             i = pending.popleft()

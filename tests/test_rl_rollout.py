@@ -32,9 +32,10 @@ def setup():
     return model, tokenizer, engine
 
 
-def play(setup, rng: int, decode_chunk: int = 0, sampling: SamplingParams | None = None):
+def play(setup, rng: int, decode_chunk: int = 0, sampling: SamplingParams | None = None, engine=None):
     """3 samples of a one-turn task, then 3 of a three-turn task: 6 episodes on 4 slots."""
-    model, tokenizer, engine = setup
+    model, tokenizer, default_engine = setup
+    engine = engine or default_engine
     short, long = SyntheticConfig(num_turns=1, doc_style="system"), SyntheticConfig(num_turns=3, doc_style="system")
     episodes = [SyntheticEpisode(make_synthetic_tasks(1, short, seed=1)[0], short) for _ in range(SAMPLES)]
     episodes += [SyntheticEpisode(make_synthetic_tasks(1, long, seed=2)[0], long) for _ in range(SAMPLES)]
@@ -126,3 +127,17 @@ def test_steps_that_end_early_rejoin_between_chunks_with_the_same_rollout(setup)
         np.testing.assert_array_equal(a.token_ids, b.token_ids)
         np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
         np.testing.assert_allclose(a.sampler_logprobs, b.sampler_logprobs, atol=1e-6)
+
+
+def test_an_engine_that_cannot_compact_rows_plays_fixed_waves_of_whole_steps(setup):
+    """Without compacted extends a refill or extend of one slot costs all B rows: refills wait for every slot."""
+    model, _, engine = setup
+    buckets = dataclasses.replace(engine.buckets, compact_rows=False)
+    waves_engine = GenerationEngine(model, batch_size=SLOTS, max_cache_len=256, cache_dtype="float32", buckets=buckets)
+    assert engine.compacts_rows and not waves_engine.compacts_rows
+    trajectories, stats = play(setup, rng=0, decode_chunk=2, engine=waves_engine)
+    steps = [steps_of(t) for t in trajectories]
+    assert stats.decode_calls == max(steps[:SLOTS]) + max(steps[SLOTS:]), steps  # decode_chunk ignored too
+    continuous, _ = play(setup, rng=0)
+    for a, b in zip(trajectories[:SLOTS], continuous[:SLOTS]):  # the first refill samples as the first wave
+        np.testing.assert_array_equal(a.token_ids, b.token_ids)

@@ -120,6 +120,12 @@ class GenerationEngine:
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
     @property
+    def compacts_rows(self) -> bool:
+        """Extends of a few slots run on those rows only (and repeated prompts prefill once): True unless
+        compact_rows is off or the mesh splits the batch over devices. Drivers refill single slots only then."""
+        return len(self._row_buckets) > 1
+
+    @property
     def num_compilations(self) -> int:
         return sum(self.trace_counts.values())
 
@@ -164,7 +170,7 @@ class GenerationEngine:
         keys_b = jax.vmap(functools.partial(jax.random.fold_in, _as_key(rng)))(jnp.arange(self.batch_size))
         with self._mesh_context():
             state = self._reset(state, jnp.asarray(reset_b), jax.random.key_data(keys_b))
-        if len(self._row_buckets) == 1:  # every call runs all B rows: a repeated prompt costs nothing extra
+        if not self.compacts_rows:  # every call runs all B rows: a repeated prompt costs nothing extra
             return self.extend(state, slots)
         first_with: dict[bytes, int] = {}
         copies: dict[int, int] = {}  # slot -> the slot whose prefill of the same prompt it copies
