@@ -68,6 +68,7 @@ class RolloutStats:
     decode_calls: int = 0
     sampled_tokens: int = 0
     environment_tokens: int = 0
+    shared_prompts: int = 0  # episodes started from another live sample's cached prompt (no prefill)
     slot_rounds: int = 0  # slots x decode calls
     live_slot_rounds: int = 0  # ... of which a slot had a live episode
 
@@ -99,7 +100,9 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     share one prefill), decodes up to `config.decode_chunk` tokens of every live episode's step, steps the
     environments of those whose step ended and appends the replies; an episode that ends gives its slot to
     the next one at once, instead of the slot idling until the longest episode of a fixed wave has ended,
-    and a short step does not wait for the round's longest. The k-th refill draws slot s's PRNG key as
+    and a short step does not wait for the round's longest. An episode that starts while another sample
+    of its prompt is live copies that slot's cached prompt (`engine.fork`) instead of prefilling it.
+    The k-th refill draws slot s's PRNG key as
     fold_in(fold_in(rng, k), s); tokens are drawn per position, so chunking alone changes no sample.
     On an engine that cannot compact rows (`compact_rows` off, or the batch split over devices), a refill
     or extend of a few slots costs all B rows: the driver then refills only when every slot is free
@@ -111,6 +114,7 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     vocab = engine.config.vocab_size
     trajectories: list[Trajectory | None] = [None] * len(episodes)
     conversations: dict[int, TokenConversation] = {}
+    prompts: dict[int, list[int]] = {}  # each started episode's prompt ids
     prompt_lengths: dict[int, int] = {}
     truncated = [False] * len(episodes)
     pending = collections.deque(range(len(episodes)))
@@ -133,7 +137,8 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
             i = pending.popleft()
             conversation = conversations[i] = TokenConversation(tokenizer, chat, vocab_size=vocab)
             conversation.start(episodes[i].reset(), episodes[i].tools())
-            prompt_lengths[i] = len(conversation)
+            prompts[i] = conversation.ids
+            prompt_lengths[i] = len(prompts[i])
             if prompt_lengths[i] > config.max_prompt_tokens:
                 episodes[i].truncate(f"prompt of {prompt_lengths[i]} tokens exceeds max_prompt_tokens={config.max_prompt_tokens}")
                 truncated[i] = True
@@ -146,8 +151,16 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
             t0 = time.perf_counter()
             if state is None:
                 state = engine.new_state(max(prompt_lengths[i] for i in starts.values()))
-            state = engine.refill(state, {slot: conversations[i].ids for slot, i in starts.items()},
-                                  jax.random.fold_in(key, refills))
+            refill_key = jax.random.fold_in(key, refills)
+            holders = {slot: _prompt_holder(i, episode_in, starts, groups, prompts)
+                       for slot, i in starts.items()} if compacts else {}
+            forks = {slot: (holder, prompts[starts[slot]]) for slot, holder in holders.items() if holder is not None}
+            fresh = {slot: prompts[i] for slot, i in starts.items() if slot not in forks}
+            if fresh:
+                state = engine.refill(state, fresh, refill_key)
+            if forks:  # another sample of the same prompt is live: copy its cached prompt
+                state = engine.fork(state, forks, refill_key)
+                stats.shared_prompts += len(forks)
             refills += 1
             for slot, i in starts.items():
                 episode_in[slot] = i
@@ -199,6 +212,14 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
             state = engine.extend(state, appends)
             stats.generation_s += time.perf_counter() - t0
     return trajectories
+
+
+def _prompt_holder(i: int, episode_in, starts, groups, prompts) -> int | None:
+    """A slot whose live episode (started before this round) has episode i's prompt, or None."""
+    for slot, j in enumerate(episode_in):
+        if j is not None and slot not in starts and groups[j] == groups[i] and prompts[j] == prompts[i]:
+            return slot
+    return None
 
 
 def _trajectory(episode: ToolEnvironment, conversation: TokenConversation, group: int, truncated: bool,

@@ -1,6 +1,7 @@
 """Compacted extends and shared prefills: the extend plan on its own (coverage, order, buckets, cost), and
 the engine with compaction against the same engine running every call on all slots (same tokens,
-log-probs and logits; fewer token-rows computed), prompt deduplication in refill, copy_slots."""
+log-probs and logits; fewer token-rows computed), prompt deduplication in refill, copy_slots, and fork
+(a prompt another slot holds, copied instead of prefilled)."""
 from __future__ import annotations
 
 import numpy as np
@@ -150,3 +151,33 @@ def test_copy_slots_copies_the_sequence_and_rejects_chains(engines):
         engine.copy_slots(state, {2: 1, 1: 0})
     with pytest.raises(GenerationInputError, match="slot 4"):
         engine.copy_slots(state, {4: 0})
+
+
+def test_fork_samples_as_a_refill_of_the_same_prompt_would(engines):
+    """Slot 2 starts on the prompt slot 0 holds (slot 0 has generated past it): the same tokens and
+    log-probs as refilling slot 2 with that prompt, with one token computed instead of the prompt."""
+    engine = engines[True]
+    prompt = tokens(37, 31)
+    state = engine.start([prompt, tokens(9, 32)], rng=1)
+    state, _ = engine.decode(state, SAMPLED)  # slot 0 moves on: its cache holds the prompt and more
+    results = []
+    for start in ("fork", "refill"):
+        before = engine.extend_tokens["appended"]
+        if start == "fork":
+            branched = engine.fork(state, {2: (0, prompt)}, rng=9)
+        else:
+            branched = engine.refill(state, {2: prompt}, rng=9)
+        appended = engine.extend_tokens["appended"] - before
+        branched, result = engine.decode(branched, SAMPLED, active=[2])
+        history = engine.history(branched)
+        results.append((result.token_lists()[2], history.logprobs[2, :history.lengths[2]], appended))
+        state = engine.start([prompt, tokens(9, 32)], rng=1)  # the state was donated: rebuild it
+        state, _ = engine.decode(state, SAMPLED)
+    (fork_tokens, fork_logprobs, fork_appended), (tokens_, logprobs, appended) = results
+    assert fork_tokens == tokens_ and len(tokens_) == SAMPLED.max_new_tokens
+    np.testing.assert_allclose(fork_logprobs, logprobs, atol=1e-5)
+    assert (fork_appended, appended) == (1, 37)
+    with pytest.raises(GenerationInputError, match="does not start with"):
+        engine.fork(state, {2: (1, prompt[:10])})
+    with pytest.raises(GenerationInputError, match="not a prompt of"):
+        engine.fork(state, {2: (1, tokens(500, 1))})

@@ -1,7 +1,8 @@
 """The rollout driver's continuous batching: more episodes than slots, of different lengths, on a tiny
 random model in the synthetic environment. An ended episode's slot is refilled at once (fewer decode
 calls than fixed waves would take), the samples of a group that start together share one prefill, every
-trajectory's sampler log-probs are the trainer's recomputation, and the same rng gives the same rollout,
+trajectory's sampler log-probs are the trainer's recomputation (forked prompts included: samples that
+start while another sample of their prompt is live copy its cache), the same rng gives the same rollout,
 decoded whole steps at a time or in chunks."""
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def test_ended_episodes_give_their_slots_to_pending_ones(setup):
     assert stats.decode_calls == max(steps[SAMPLES:]) + max(steps[:SAMPLES]), steps  # short ones, then the long
     assert 0.5 < stats.slot_occupancy <= 1.0
     assert engine.trace_counts["copy_rows"] > copies_before  # the group's samples that started together
+    assert stats.shared_prompts == 2  # the long task's later samples copied the live first sample's prompt
     for t in trajectories:
         assert not t.truncated and 0 < t.loss_mask.sum() < len(t.token_ids)
         want = reference_logprobs(model, t.token_ids[None])[0]

@@ -165,11 +165,7 @@ class GenerationEngine:
         for slot, tokens in slots.items():
             if tokens.size == 0:
                 raise GenerationInputError(f"prompt for slot {slot} is empty (need ≥ 1 token to predict from)")
-        reset_b = np.zeros(self.batch_size, bool)
-        reset_b[list(slots)] = True
-        keys_b = jax.vmap(functools.partial(jax.random.fold_in, _as_key(rng)))(jnp.arange(self.batch_size))
-        with self._mesh_context():
-            state = self._reset(state, jnp.asarray(reset_b), jax.random.key_data(keys_b))
+        state = self._reset_slots(state, slots, rng)
         if not self.compacts_rows:  # every call runs all B rows: a repeated prompt costs nothing extra
             return self.extend(state, slots)
         first_with: dict[bytes, int] = {}
@@ -180,6 +176,37 @@ class GenerationEngine:
                 copies[slot] = copies_of
         state = self.extend(state, {s: t for s, t in slots.items() if s not in copies})
         return self.copy_slots(state, copies) if copies else state
+
+    def _reset_slots(self, state: GenerationState, slots, rng) -> GenerationState:
+        """Empties the slots and gives slot s the PRNG key fold_in(rng, s)."""
+        reset_b = np.zeros(self.batch_size, bool)
+        reset_b[list(slots)] = True
+        keys_b = jax.vmap(functools.partial(jax.random.fold_in, _as_key(rng)))(jnp.arange(self.batch_size))
+        with self._mesh_context():
+            return self._reset(state, jnp.asarray(reset_b), jax.random.key_data(keys_b))
+
+    def fork(self, state: GenerationState, forks: Mapping[int, tuple[int, Sequence[int]]],
+             rng: int | jax.Array = 0) -> GenerationState:
+        """Starts slot t on a prompt that slot s already holds, for each t: (s, prompt) in `forks`, instead of
+        prefilling it: s's first len(prompt) cached tokens must be the prompt. Slot t gets s's cache (copied,
+        cut back to the prompt; its last token is run again for its hidden state) and the PRNG key
+        fold_in(rng, t), as `refill` would give it. For samples of a prompt that start after another sample
+        of it did (continuous batching): one prefill serves them all while one of them is live."""
+        targets = {check_slot(t, self.batch_size): (check_slot(s, self.batch_size), np.asarray(p, np.int32))
+                   for t, (s, p) in forks.items()}
+        if not targets:
+            return state
+        lengths_b = to_host(state.cache.lengths)
+        for target, (source, prompt) in targets.items():
+            if not 1 <= prompt.size <= lengths_b[source]:
+                raise GenerationInputError(f"fork: slot {source} holds {lengths_b[source]} tokens, not a prompt of "
+                                           f"{prompt.size} for slot {target}")
+            held = to_host(state.tokens_bs[source])[:prompt.size]  # the whole row: one shape per capacity
+            if not np.array_equal(held, prompt):
+                raise GenerationInputError(f"fork: slot {source} does not start with slot {target}'s prompt")
+        state = self._reset_slots(state, targets, rng)
+        state = self.copy_slots(state, {t: s for t, (s, _) in targets.items()})
+        return self.replace_tail(state, {t: (p.size - 1, p[-1:]) for t, (_, p) in targets.items()})
 
     def copy_slots(self, state: GenerationState, copies: Mapping[int, int]) -> GenerationState:
         """Makes slot t a copy of slot s for each t: s in `copies` (its cache, sequence and turn), keeping t's
