@@ -102,8 +102,8 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     the next one at once, instead of the slot idling until the longest episode of a fixed wave has ended,
     and a short step does not wait for the round's longest. An episode that starts while another sample
     of its prompt is live copies that slot's cached prompt (`engine.fork`) instead of prefilling it.
-    The k-th refill draws slot s's PRNG key as
-    fold_in(fold_in(rng, k), s); tokens are drawn per position, so chunking alone changes no sample.
+    The k-th refill draws slot s's PRNG key as fold_in(fold_in(rng, k), s); tokens are drawn per
+    position, so chunking alone changes no sample.
     On an engine that cannot compact rows (`compact_rows` off, or the batch split over devices), a refill
     or extend of a few slots costs all B rows: the driver then refills only when every slot is free
     (fixed waves, the first refill's keys as before) and decodes whole steps.
