@@ -69,6 +69,13 @@ class Qwen3Config:
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
         return self.vocab_size * d + self.num_layers * per_layer + d + head
 
+    @property
+    def layer_params(self) -> int:
+        """Parameters outside the embedding table(s): what a forward pass multiplies by (the embedding is
+        a lookup; the output layer is left out too, as prefill and extend compute no logits)."""
+        tables = 1 if self.tie_word_embeddings else 2
+        return self.num_params - tables * self.vocab_size * self.hidden_size
+
     def replace(self, **changes: Any) -> "Qwen3Config":
         return dataclasses.replace(self, **changes)
 

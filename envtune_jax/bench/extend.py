@@ -21,6 +21,7 @@ import statistics
 import time
 
 from envtune_jax.bench.generate import add_model_source_arguments
+from envtune_jax.bench.prefill import check_chunk
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +45,7 @@ def check_arguments(args) -> None:
 
     if args.batch < 2 or min(args.context, args.tail, args.prompt_len, args.repeats) < 1:
         raise ConfigError("--batch must be ≥ 2 and --context, --tail, --prompt-len, --repeats ≥ 1")
-    if args.chunk < 1 or args.chunk & (args.chunk - 1):
-        raise ConfigError(f"--chunk must be a power of two (the engine's chunk widths are), got {args.chunk}")
+    check_chunk(args.chunk)
 
 
 def time_round(engine, contexts, tails, prompt) -> tuple[float, int]:
@@ -65,12 +65,10 @@ def time_round(engine, contexts, tails, prompt) -> tuple[float, int]:
 
 def round_flops(cfg, args) -> float:
     """FLOPs the round's appended tokens need: layer matmuls + attention to every earlier token."""
-    tables = 1 if cfg.tie_word_embeddings else 2
-    layer_params = cfg.num_params - tables * cfg.vocab_size * cfg.hidden_size
     appended = (args.batch - 1) * args.tail + args.prompt_len
     pairs = ((args.batch - 1) * args.tail * (args.context + (args.tail + 1) / 2)  # each tail token sees its past
              + args.prompt_len * (args.prompt_len + 1) / 2)  # the new prompt, causal
-    return 2.0 * layer_params * appended + 4.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * pairs
+    return 2.0 * cfg.layer_params * appended + 4.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * pairs
 
 
 def run(args) -> dict:

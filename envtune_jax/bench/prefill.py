@@ -47,18 +47,23 @@ def check_arguments(args) -> None:
     if args.batch < 1 or args.prompt_len < 1 or args.repeats < 1:
         raise ConfigError(f"--batch, --prompt-len and --repeats must be ≥ 1, got {args.batch}, {args.prompt_len}, "
                           f"{args.repeats}")
-    if args.chunk < 1 or args.chunk & (args.chunk - 1):
-        raise ConfigError(f"--chunk must be a power of two (the engine's chunk widths are), got {args.chunk}")
+    check_chunk(args.chunk)
+
+
+def check_chunk(chunk: int) -> None:
+    """--chunk must be a power of two, as the engine's chunk widths are."""
+    from envtune_jax.config import ConfigError
+
+    if chunk < 1 or chunk & (chunk - 1):
+        raise ConfigError(f"--chunk must be a power of two (the engine's chunk widths are), got {chunk}")
 
 
 def prefill_flops(cfg, batch: int, prompt_len: int) -> tuple[float, float]:
     """(model FLOPs 2·params·B·P as the peer counts them, FLOPs executed: layer matmuls without the
     embedding table(s) + causal attention 2·layers·B·N·H·P²) of one prefill."""
     model = 2.0 * cfg.num_params * batch * prompt_len
-    tables = 1 if cfg.tie_word_embeddings else 2
-    layer_params = cfg.num_params - tables * cfg.vocab_size * cfg.hidden_size
     attention = 2.0 * cfg.num_layers * batch * cfg.num_heads * cfg.head_dim * prompt_len**2
-    return model, 2.0 * layer_params * batch * prompt_len + attention
+    return model, 2.0 * cfg.layer_params * batch * prompt_len + attention
 
 
 def time_prefill(engine, prompts, capacity: int) -> float:

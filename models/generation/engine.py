@@ -197,12 +197,14 @@ class GenerationEngine:
         if not targets:
             return state
         lengths_b = to_host(state.cache.lengths)
+        held = {}  # source -> its token row, read once however many targets fork from it
         for target, (source, prompt) in targets.items():
             if not 1 <= prompt.size <= lengths_b[source]:
                 raise GenerationInputError(f"fork: slot {source} holds {lengths_b[source]} tokens, not a prompt of "
                                            f"{prompt.size} for slot {target}")
-            held = to_host(state.tokens_bs[source])[:prompt.size]  # the whole row: one shape per capacity
-            if not np.array_equal(held, prompt):
+            if source not in held:  # the whole row: one shape per capacity
+                held[source] = to_host(state.tokens_bs[source])
+            if not np.array_equal(held[source][:prompt.size], prompt):
                 raise GenerationInputError(f"fork: slot {source} does not start with slot {target}'s prompt")
         state = self._reset_slots(state, targets, rng)
         state = self.copy_slots(state, {t: s for t, (s, _) in targets.items()})

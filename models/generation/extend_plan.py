@@ -45,8 +45,7 @@ class ExtendCosts:
     def for_model(cls, config, cache_bytes_per_value: int) -> "ExtendCosts":
         """Slot cost from the model's shapes: a slot's K/V bytes over the bytes of the weights an extend
         reads (the layers'; the embedding is only gathered and no logits are computed), times call_tokens."""
-        embeddings = config.vocab_size * config.hidden_size * (1 if config.tie_word_embeddings else 2)
-        weight_bytes = (config.num_params - embeddings) * jnp.dtype(config.dtype).itemsize
+        weight_bytes = config.layer_params * jnp.dtype(config.dtype).itemsize
         slot_bytes = 2 * config.num_layers * config.num_kv_heads * config.head_dim * cache_bytes_per_value
         return cls(CALL_TOKENS, CALL_TOKENS * slot_bytes / weight_bytes)
 
