@@ -1,7 +1,8 @@
 """The evaluation loop: episodes played by a policy through the text protocol, batched across episodes.
 
 Each round asks the policy for one step of every unfinished episode, decodes the calls (official BFCL
-rule, `protocol.decode_for_evaluation`), steps the environment and extends the conversation. Finished
+rule, `protocol.decode_for_evaluation`), steps the environment and extends the conversation; an episode
+whose step the policy has not finished yet (`STEP_PENDING`) waits for the next round as it is. Finished
 episodes yield an `EpisodeRecord`: the outcome (official verdict, rewards, counters) and the visible
 step texts in the official result layout, so the run can be re-scored by the official evaluation.
 `evaluate_bfcl` does this for a list of entries, optionally split across worker processes.
@@ -18,7 +19,7 @@ from environments.base import EpisodeOutcome, ToolCall, ToolEnvironment
 from environments.bfcl_data import BfclEntry
 from environments.bfcl_env import BfclEpisode
 from environments.config import EnvironmentConfig
-from environments.policies import Policy, PolicyState
+from environments.policies import STEP_PENDING, Policy, PolicyState
 from environments.pool import map_in_chunks
 from environments.protocol import decode_for_evaluation, history_message
 
@@ -50,6 +51,8 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
     At most `max_live` episodes are in play at once (default: the policy's `max_live_episodes`, if it
     has one; else all): a finished episode's place goes to the next one, so a model policy can keep each
     live conversation in its cache from step to step. Episodes are independent, so this changes no result.
+    A policy may answer STEP_PENDING for an episode whose step it is still generating: that episode keeps
+    its state (and its place) and is asked again in the next round.
     """
     max_live = max_live if max_live is not None else getattr(policy, "max_live_episodes", None)
     max_live = len(episodes) if max_live is None else max(1, int(max_live))
@@ -83,6 +86,8 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
             raise RuntimeError(f"policy {policy.name} returned {len(steps)} steps for {len(active)} states")
         for i, step in zip(active, steps):
             env = episodes[i]
+            if step is STEP_PENDING:
+                continue
             if step is None:
                 env.truncate(f"policy {policy.name} stopped")
                 continue

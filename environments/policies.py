@@ -2,7 +2,9 @@
 
 `Policy.act` is batched (a model-backed policy generates for many episodes at once). A policy returns,
 per state, a `PolicyStep` (the visible text, i.e. after any </think>, which the official result layout
-records, plus the reasoning), or None to stop that episode (it is truncated and scored as a force-quit).
+records, plus the reasoning), None to stop that episode (it is truncated and scored as a force-quit), or
+`STEP_PENDING`: the step is still being generated and the driver asks again with the same state in its
+next round (a policy that streams steps lets the episodes whose step ended move on meanwhile).
 Built in: the oracle (plays the ground truth through the text protocol), do-nothing, and replay of
 recorded outputs. A model-backed policy is built by the generation engine through
 `build_model_policy` (entry point `MODEL_POLICY_ENTRY_POINT`).
@@ -39,10 +41,20 @@ class PolicyStep:
     reasoning: str = ""
 
 
+class StepPending:
+    """The type of STEP_PENDING: this episode's step is not finished yet; ask again with the same state."""
+
+    def __repr__(self) -> str:
+        return "STEP_PENDING"
+
+
+STEP_PENDING = StepPending()
+
+
 class Policy(Protocol):
     name: str
 
-    def act(self, states: Sequence[PolicyState]) -> list[PolicyStep | None]: ...
+    def act(self, states: Sequence[PolicyState]) -> list[PolicyStep | StepPending | None]: ...
 
 
 class DoNothingPolicy:

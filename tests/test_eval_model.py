@@ -25,6 +25,9 @@ def test_eval_of_a_model_writes_the_table(full_vocab_checkpoint, tmp_path, capsy
     assert "| OVERALL | 0 | 1 | 0.00% |" in printed  # a random tiny model solves nothing
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert [row["category"] for row in results["table"]] == ["multi_turn_base", "OVERALL"]
+    generation = results["generation"]  # one slot, 4-token steps: every decode step samples for the one slot
+    assert generation["decode_calls"] >= 1 and generation["slot_occupancy"] == 1.0
+    assert 0 < generation["prefilled_tokens"] < generation["prompt_tokens"]
     (line,) = (tmp_path / "model_results.jsonl").read_text().splitlines()
     record = json.loads(line)
     # every turn was played (one step each: the model never calls a tool), none cut short
@@ -77,3 +80,47 @@ def test_kept_conversations_give_the_steps_of_fresh_prefills(full_vocab_checkpoi
     assert fresh_policy.prefilled_tokens == fresh_policy.prompt_tokens
     assert kept_policy.prompt_tokens == fresh_policy.prompt_tokens
     assert kept_policy.prefilled_tokens < 0.5 * kept_policy.prompt_tokens
+
+
+@pytest.fixture(scope="module")
+def varied_checkpoint(tmp_path_factory):
+    """A tiny full-vocabulary model whose greedy steps differ between the synthetic tasks' turns."""
+    return write_tiny_qwen3(tmp_path_factory.mktemp("varied"), "untied_kv1", vocab_size=151936)
+
+
+def test_streamed_steps_give_the_records_of_whole_steps(varied_checkpoint):
+    """With decode_chunk=2 each engine call decodes ≤ 2 tokens of every live step; an episode whose step
+    ended steps its environment and prefills its next prompt (or leaves its slot to the next episode) while
+    the others answer STEP_PENDING. Records are those of whole-step rounds, for fewer slot-steps decoded
+    (a lockstep round runs every slot until its longest step has ended)."""
+    import dataclasses
+
+    from environments.config import EnvironmentConfig
+    from environments.evaluation import run_episodes
+    from environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks
+    from rl.model_policy import build_model_policy
+
+    config = SyntheticConfig(num_turns=2)
+    tasks = make_synthetic_tasks(6, config, seed=0)
+
+    def play(decode_chunk, extra_stops=()):
+        policy = build_model_policy(hf_dir=str(varied_checkpoint), batch_size=3, max_cache_len=2048, max_new_tokens=12,
+                                    dtype="float32", decode_chunk=decode_chunk)
+        policy.sampling = dataclasses.replace(policy.sampling, stop_token_ids=policy.sampling.stop_token_ids + tuple(extra_stops))
+        steps = []
+        policy_step = policy._policy_step
+        policy._policy_step = lambda ids: steps.append(ids) or policy_step(ids)  # each finished step's ids
+        records = run_episodes([SyntheticEpisode(task, config, EnvironmentConfig.evaluation()) for task in tasks], policy)
+        return [(record.to_json(), record.steps) for record in records], policy, steps
+
+    _, _, budget_steps = play(0)  # every step runs to the 12-token budget (no stop token drawn)
+    # two tokens of those steps become stop tokens, so that steps of one round end at different lengths
+    stops = (budget_steps[0][9], budget_steps[3][4])
+    whole, whole_policy, whole_steps = play(0, stops)
+    streamed, streamed_policy, streamed_steps = play(2, stops)
+    assert len({len(ids) for ids in whole_steps}) > 1  # steps of several lengths
+    assert whole_policy.slot_steps > whole_policy.live_slot_steps  # lockstep rounds idled some slots
+    assert streamed == whole and sorted(streamed_steps) == sorted(whole_steps)
+    assert streamed_policy.decode_calls > whole_policy.decode_calls  # steps were left pending and went on
+    assert streamed_policy.live_slot_steps == whole_policy.live_slot_steps
+    assert streamed_policy.slot_steps < whole_policy.slot_steps

@@ -47,6 +47,9 @@ def register(subparsers) -> None:
     model.add_argument("--max-new-tokens", type=int, default=4096, help="per step (official: 4096)")
     model.add_argument("--batch-size", type=int, default=16, help="episodes generated together")
     model.add_argument("--max-cache-len", type=int, default=32768, help="longest conversation in tokens")
+    model.add_argument("--decode-chunk", type=int, default=128,
+                       help="tokens per decode call: a step that ends lets its episode move on while the others "
+                            "go on generating (0: every round waits for its longest step)")
     model.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="parameter dtype")
     model.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T", help="device mesh")
     model.add_argument("--attention", default="reference", choices=("reference", "xla", "cudnn"),
@@ -78,6 +81,8 @@ def run(args) -> int:
     from environments.policies import DoNothingPolicy, ModelPolicyUnavailableError, OraclePolicy, build_model_policy
     from environments.splits import first_per_category, split_entries_from
 
+    if args.decode_chunk < 0:
+        raise SystemExit(f"envtune eval: --decode-chunk must be ≥ 0 (0: whole steps), got {args.decode_chunk}")
     categories = parse_categories(args.categories)
     try:
         entries = split_entries_from(args.data_source, args.split, categories, data_dir=args.data_dir)
@@ -107,13 +112,17 @@ def run(args) -> int:
                 policy = build_model_policy(ckpt=str(args.ckpt) if args.ckpt else None, hf_dir=str(args.hf) if args.hf else None,
                                             batch_size=args.batch_size, max_cache_len=args.max_cache_len,
                                             max_new_tokens=args.max_new_tokens, dtype=args.dtype, mesh_spec=args.mesh,
-                                            attention_impl=args.attention, decode_attention=args.decode_attention)
+                                            attention_impl=args.attention, decode_attention=args.decode_attention,
+                                            decode_chunk=args.decode_chunk)
             except ModelPolicyUnavailableError as exc:
                 print(f"envtune eval: {exc}", file=sys.stderr)
                 return 2
             source, workers = f"ckpt:{args.ckpt}" if args.ckpt else f"hf:{args.hf}", 1
         keep_history = args.policy is None  # only a model reads the conversation
         records = evaluate_bfcl(entries, policy, EnvironmentConfig.evaluation(), workers, keep_history=keep_history)
+        if hasattr(policy, "slot_occupancy"):  # a model: how its generation went
+            extra["generation"] = {"decode_calls": policy.decode_calls, "slot_occupancy": round(policy.slot_occupancy, 4),
+                                   "prompt_tokens": policy.prompt_tokens, "prefilled_tokens": policy.prefilled_tokens}
     seconds = time.perf_counter() - started
     rows = category_table(records, categories)
     out = args.out or Path("runs") / f"eval-{datetime.datetime.now():%Y%m%d-%H%M%S}"
