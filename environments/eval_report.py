@@ -5,6 +5,9 @@ unweighted mean of the category accuracies (the leaderboard's multi-turn overall
 total columns are sums. Files: `eval_results.json` (table, per-entry verdicts and rewards, run metadata),
 `eval_results.md` (the table), and `model_results.jsonl` (per entry the raw step texts in the official
 result layout, {"id", "result": [[step text, ...] per turn]}, re-scorable with `--replay` or officially).
+While a run goes on, `EvalProgress` appends each finished entry's record to `eval_records.partial` in the
+same folder, so that the same run started again with that folder skips what was done (the file is removed
+once the results are written).
 Replay input: official result files (JSON lines, or a JSON list) or a folder of them.
 """
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from environments.base import EpisodeOutcome
 from environments.bfcl_data import CATEGORIES
 from environments.evaluation import EpisodeRecord
 
@@ -104,3 +108,64 @@ def load_recorded_outputs(paths: Iterable[str | Path]) -> dict[str, list[list[st
                 )
                 recorded[item["id"]] = result if valid else []
     return recorded
+
+
+PROGRESS_FILE = "eval_records.partial"  # not *.json / *.jsonl: a replay of the folder does not read it
+
+
+class EvalProgressMismatchError(ValueError):
+    """The output folder holds the progress of a different evaluation run."""
+
+
+class EvalProgress:
+    """The records of the entries a run has finished, one JSON line each in `out_dir/eval_records.partial`
+    after a first line naming the run (`run`: source, split, categories, ...).
+
+    Opening a folder whose file names the same run loads its records (`done`: entry id -> record), so the
+    caller evaluates only the others; a different run raises EvalProgressMismatchError. A line cut short by
+    a kill mid-write is dropped (that entry is evaluated again). `add` appends and flushes one record;
+    `close` removes the file (call it once the results are written).
+    """
+
+    def __init__(self, out_dir: str | Path, run: dict[str, Any]):
+        self.path = Path(out_dir) / PROGRESS_FILE
+        self.run = json.loads(json.dumps(run))  # as it reads back
+        self.done: dict[str, EpisodeRecord] = {}
+        if self.path.exists():
+            self._load()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"run": self.run}) + "\n")
+
+    def _load(self) -> None:
+        lines = self.path.read_text().splitlines()
+        header = json.loads(lines[0]) if lines else {}
+        if header.get("run") != self.run:
+            raise EvalProgressMismatchError(
+                f"{self.path} holds the progress of another evaluation ({header.get('run')}), not of this one "
+                f"({self.run}): choose another --out, or delete the file to start over")
+        cut_short = False
+        for line in lines[1:]:
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:  # the last line, cut short by a kill
+                cut_short = True
+                continue
+            outcome = EpisodeOutcome(**item["outcome"])
+            self.done[item["id"]] = EpisodeRecord(item["id"], item["category"], outcome, item["steps"])
+        if cut_short:  # rewritten whole, so that the next line does not continue the broken one
+            kept = [json.dumps({"run": self.run}), *(json.dumps(_record_line(r)) for r in self.done.values())]
+            self.path.write_text("\n".join(kept) + "\n")
+
+    def add(self, record: EpisodeRecord) -> None:
+        self.done[record.episode_id] = record
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(_record_line(record)) + "\n")
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _record_line(record: EpisodeRecord) -> dict[str, Any]:
+    return {"id": record.episode_id, "category": record.category, "outcome": dataclasses.asdict(record.outcome),
+            "steps": record.steps}

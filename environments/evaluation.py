@@ -43,7 +43,8 @@ class EpisodeRecord:
 
 
 def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: Decoder = decode_for_evaluation,
-                 keep_history: bool = True, max_live: int | None = None) -> list[EpisodeRecord]:
+                 keep_history: bool = True, max_live: int | None = None,
+                 on_record: Callable[[EpisodeRecord], None] | None = None) -> list[EpisodeRecord]:
     """Plays every episode to the end; records are in the order of `episodes`.
 
     The `messages` a policy receives are the live conversation lists (read them, do not modify them);
@@ -53,6 +54,7 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
     live conversation in its cache from step to step. Episodes are independent, so this changes no result.
     A policy may answer STEP_PENDING for an episode whose step it is still generating: that episode keeps
     its state (and its place) and is asked again in the next round.
+    `on_record` is called with each episode's record as soon as the episode ends (to save it, count it).
     """
     max_live = max_live if max_live is not None else getattr(policy, "max_live_episodes", None)
     max_live = len(episodes) if max_live is None else max(1, int(max_live))
@@ -62,6 +64,13 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
     step_of = [0] * len(episodes)
     pending = iter(range(len(episodes)))
     active: list[int] = []
+    records: list[EpisodeRecord | None] = [None] * len(episodes)
+
+    def finish(i: int) -> None:
+        env = episodes[i]
+        records[i] = EpisodeRecord(env.episode_id, env.category, env.outcome(), env.steps_log())
+        if on_record is not None:
+            on_record(records[i])
 
     def fill() -> None:  # starts episodes until max_live are in play (or none is left)
         while len(active) < max_live:
@@ -71,7 +80,9 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
             opening = episodes[i].reset()
             if keep_history:
                 conversations[i], tools[i] = list(opening), episodes[i].tools()
-            if not episodes[i].done:
+            if episodes[i].done:
+                finish(i)
+            else:
                 active.append(i)
 
     fill()
@@ -100,30 +111,36 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
                 turn_of[i], step_of[i] = turn_of[i] + 1, 0
             else:
                 step_of[i] += 1
+        for i in active:
+            if episodes[i].done:
+                finish(i)
         active[:] = [i for i in active if not episodes[i].done]
         fill()
-    return [
-        EpisodeRecord(env.episode_id, env.category, env.outcome(), env.steps_log())
-        for env in episodes
-    ]
+    return records
 
 
-def _evaluate_chunk(entries: list[BfclEntry], policy: Policy, config: EnvironmentConfig,
-                    keep_history: bool) -> list[EpisodeRecord]:
-    return run_episodes([BfclEpisode(entry, config) for entry in entries], policy, keep_history=keep_history)
+def _evaluate_chunk(entries: list[BfclEntry], policy: Policy, config: EnvironmentConfig, keep_history: bool,
+                    on_record: Callable[[EpisodeRecord], None] | None = None) -> list[EpisodeRecord]:
+    return run_episodes([BfclEpisode(entry, config) for entry in entries], policy, keep_history=keep_history,
+                        on_record=on_record)
 
 
 def evaluate_bfcl(entries: Sequence[BfclEntry], policy: Policy, config: EnvironmentConfig | None = None,
-                  workers: int = 1, keep_history: bool = True) -> list[EpisodeRecord]:
+                  workers: int = 1, keep_history: bool = True,
+                  on_record: Callable[[EpisodeRecord], None] | None = None) -> list[EpisodeRecord]:
     """Records for `entries` (in order). workers > 1 splits the entries across processes; the policy
     must then be picklable (oracle, replay and do-nothing are; a model policy should run with workers=1).
-    Workers are spawned, not forked: forking a process that runs JAX threads can deadlock."""
+    Workers are spawned, not forked: forking a process that runs JAX threads can deadlock.
+    `on_record` gets each record as its episode ends (with workers > 1: once every worker is done)."""
     config = config or EnvironmentConfig.evaluation()
     if workers <= 1 or len(entries) < 2:
-        return _evaluate_chunk(list(entries), policy, config, keep_history)
+        return _evaluate_chunk(list(entries), policy, config, keep_history, on_record)
     run_chunk = functools.partial(_evaluate_chunk, policy=policy, config=config, keep_history=keep_history)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return map_in_chunks(pool, run_chunk, list(entries), workers)
+        records = map_in_chunks(pool, run_chunk, list(entries), workers)
+    for record in records if on_record is not None else ():
+        on_record(record)
+    return records
 
 
 def replay_bfcl(entries: Sequence[BfclEntry], recorded: dict[str, list[list[str]]],

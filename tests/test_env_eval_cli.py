@@ -64,3 +64,50 @@ def test_default_data_source_is_the_tfds_dataset_built_on_first_use(tmp_path, ca
 
     expected = first_per_category(split_entries("test", ["multi_turn_miss_func"]), 3)
     assert [entry["id"] for entry in results["entries"]] == [entry.id for entry in expected]
+
+
+def test_an_interrupted_eval_goes_on_where_it_stopped(tmp_path, capsys, monkeypatch):
+    """Each finished entry is saved as it ends; the same command with the same --out evaluates only the
+    others (a line cut short by the kill is dropped and its entry played again) and writes the results an
+    uninterrupted run writes. Another run's command into that folder is refused."""
+    from environments import eval_report
+
+    command = ["eval", "--policy", "oracle", "--split", "test", "--categories", "base,miss_func", "--limit", "3",
+               "--data-source", "package"]
+    assert main(command + ["--out", str(tmp_path / "whole")]) == 0
+    capsys.readouterr()
+
+    out = tmp_path / "resumed"
+    add = eval_report.EvalProgress.add
+    added = []
+
+    def add_then_die(self, record):
+        if len(added) == 4:
+            raise KeyboardInterrupt
+        add(self, record)
+        added.append(record.episode_id)
+
+    monkeypatch.setattr(eval_report.EvalProgress, "add", add_then_die)
+    assert main(command + ["--out", str(out)]) == 130  # interrupted after 4 saved entries
+    monkeypatch.setattr(eval_report.EvalProgress, "add", add)
+    partial = out / eval_report.PROGRESS_FILE
+    with partial.open("a") as handle:
+        handle.write('{"id": "multi_turn_miss_func_9", "categ')  # killed mid-write
+    assert not (out / "eval_results.json").exists()
+
+    assert main(command[:-6] + ["--categories", "base", "--data-source", "package", "--out", str(out)]) == 2
+    assert "another evaluation" in capsys.readouterr().err
+
+    played = []
+    act = eval_report.EvalProgress.add
+    monkeypatch.setattr(eval_report.EvalProgress, "add", lambda self, record: played.append(record.episode_id) or act(self, record))
+    assert main(command + ["--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "resuming: 4 entries already evaluated" in captured.err
+    assert "| OVERALL | 6 | 6 | 100.00% |" in captured.out
+    whole = json.loads((tmp_path / "whole" / "eval_results.json").read_text())
+    assert len(added) == 4 and sorted(played) == sorted({entry["id"] for entry in whole["entries"]} - set(added))
+    resumed = json.loads((out / "eval_results.json").read_text())
+    assert resumed["entries"] == whole["entries"] and resumed["resumed_entries"] == 4
+    assert (out / "model_results.jsonl").read_text() == (tmp_path / "whole" / "model_results.jsonl").read_text()
+    assert not partial.exists()

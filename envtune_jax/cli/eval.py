@@ -75,10 +75,11 @@ def parse_categories(text: str) -> tuple[str, ...]:
 
 def run(args) -> int:
     from environments.bfcl_data import BfclDataMissingError
-    from environments.config import EnvironmentConfig
-    from environments.eval_report import category_table, load_recorded_outputs, markdown_table, write_results
-    from environments.evaluation import evaluate_bfcl, replay_bfcl
-    from environments.policies import DoNothingPolicy, ModelPolicyUnavailableError, OraclePolicy, build_model_policy
+    from environments.eval_report import (
+        EvalProgress, EvalProgressMismatchError, category_table, load_recorded_outputs, markdown_table, write_results,
+    )
+    from environments.evaluation import replay_bfcl
+    from environments.policies import ModelPolicyUnavailableError
     from environments.splits import first_per_category, split_entries_from
 
     if args.decode_chunk < 0:
@@ -93,6 +94,8 @@ def run(args) -> int:
         return 2
     started = time.perf_counter()
     extra: dict = {}
+    out = args.out or Path("runs") / f"eval-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    progress = None
     if args.replay:
         source = "replay:" + ",".join(map(str, args.replay))
         recorded = load_recorded_outputs(args.replay)
@@ -103,32 +106,82 @@ def run(args) -> int:
                   f"wrong (first: {missing[0]})", file=sys.stderr)
         records = replay_bfcl(entries, recorded, workers=args.workers)
     else:
-        if args.policy == "oracle":
-            policy, source, workers = OraclePolicy.for_bfcl(entries), "oracle", args.workers
-        elif args.policy == "do-nothing":
-            policy, source, workers = DoNothingPolicy(), "do-nothing", args.workers
-        else:
-            try:
-                policy = build_model_policy(ckpt=str(args.ckpt) if args.ckpt else None, hf_dir=str(args.hf) if args.hf else None,
-                                            batch_size=args.batch_size, max_cache_len=args.max_cache_len,
-                                            max_new_tokens=args.max_new_tokens, dtype=args.dtype, mesh_spec=args.mesh,
-                                            attention_impl=args.attention, decode_attention=args.decode_attention,
-                                            decode_chunk=args.decode_chunk)
-            except ModelPolicyUnavailableError as exc:
-                print(f"envtune eval: {exc}", file=sys.stderr)
-                return 2
-            source, workers = f"ckpt:{args.ckpt}" if args.ckpt else f"hf:{args.hf}", 1
-        keep_history = args.policy is None  # only a model reads the conversation
-        records = evaluate_bfcl(entries, policy, EnvironmentConfig.evaluation(), workers, keep_history=keep_history)
-        if hasattr(policy, "slot_occupancy"):  # a model: how its generation went
-            extra["generation"] = {"decode_calls": policy.decode_calls, "slot_occupancy": round(policy.slot_occupancy, 4),
-                                   "prompt_tokens": policy.prompt_tokens, "prefilled_tokens": policy.prefilled_tokens}
+        source = args.policy or (f"ckpt:{args.ckpt}" if args.ckpt else f"hf:{args.hf}")
+        try:
+            progress = EvalProgress(out, _run_identity(args, source, categories))
+        except EvalProgressMismatchError as exc:
+            print(f"envtune eval: {exc}", file=sys.stderr)
+            return 2
+        if progress.done:
+            extra["resumed_entries"] = len(progress.done)
+        try:
+            records = _play(args, [entry for entry in entries if entry.id not in progress.done], progress, extra, out)
+        except ModelPolicyUnavailableError as exc:
+            print(f"envtune eval: {exc}", file=sys.stderr)
+            return 2
+        by_id = {**progress.done, **{record.episode_id: record for record in records}}
+        records = [by_id[entry.id] for entry in entries]
     seconds = time.perf_counter() - started
     rows = category_table(records, categories)
-    out = args.out or Path("runs") / f"eval-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     metadata = {"source": source, "split": args.split, "categories": list(categories),
                 "protocol": "official (no hints, 20 tool steps per turn)", "seconds": round(seconds, 3), **extra}
     paths = write_results(out, rows, records, metadata)
+    if progress is not None:
+        progress.close()
     sys.stdout.write(markdown_table(rows))
     print(f"\n{len(records)} entries in {seconds:.1f} s; wrote {paths['json']}, {paths['markdown']}, {paths['layout']}")
     return 0
+
+
+def _run_identity(args, source: str, categories) -> dict:
+    """What makes two evaluation runs the same run (an interrupted one resumes only into its own folder)."""
+    run = {"source": source, "split": args.split, "categories": list(categories), "limit": args.limit,
+           "data_source": args.data_source}
+    if args.policy is None:  # a model: what changes its steps
+        run |= {"max_new_tokens": args.max_new_tokens, "max_cache_len": args.max_cache_len, "dtype": args.dtype}
+    return run
+
+
+def _play(args, entries, progress, extra: dict, out: Path) -> list:
+    """Plays `entries` with the chosen policy (none done: no model is loaded); each record is saved to
+    `progress` as its entry ends, under a progress bar."""
+    from tqdm.auto import tqdm
+
+    from environments.config import EnvironmentConfig
+    from environments.evaluation import evaluate_bfcl
+    from environments.policies import DoNothingPolicy, OraclePolicy, build_model_policy
+
+    done = len(progress.done)
+    if done:
+        print(f"envtune eval: resuming: {done} entries already evaluated in {out}", file=sys.stderr)
+    if not entries:
+        return []
+    if args.policy == "oracle":
+        policy, workers = OraclePolicy.for_bfcl(entries), args.workers
+    elif args.policy == "do-nothing":
+        policy, workers = DoNothingPolicy(), args.workers
+    else:
+        policy = build_model_policy(ckpt=str(args.ckpt) if args.ckpt else None, hf_dir=str(args.hf) if args.hf else None,
+                                    batch_size=args.batch_size, max_cache_len=args.max_cache_len,
+                                    max_new_tokens=args.max_new_tokens, dtype=args.dtype, mesh_spec=args.mesh,
+                                    attention_impl=args.attention, decode_attention=args.decode_attention,
+                                    decode_chunk=args.decode_chunk)
+        workers = 1
+        print(f"envtune eval: finished entries are saved as they end; if interrupted, run the same command with "
+              f"--out {out} to go on", file=sys.stderr)
+    bar = tqdm(total=done + len(entries), initial=done, desc="eval", unit="entry", file=sys.stderr)
+
+    def on_record(record) -> None:
+        progress.add(record)
+        bar.update(1)
+
+    keep_history = args.policy is None  # only a model reads the conversation
+    try:
+        records = evaluate_bfcl(entries, policy, EnvironmentConfig.evaluation(), workers, keep_history=keep_history,
+                                on_record=on_record)
+    finally:
+        bar.close()
+    if hasattr(policy, "slot_occupancy"):  # a model: how its generation went
+        extra["generation"] = {"decode_calls": policy.decode_calls, "slot_occupancy": round(policy.slot_occupancy, 4),
+                               "prompt_tokens": policy.prompt_tokens, "prefilled_tokens": policy.prefilled_tokens}
+    return records
