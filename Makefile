@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 BFCL   := bfcl-eval==2026.3.23 mpmath==1.3.0
 
-.PHONY: setup demo test test-learning bench gpu-bundle clean
+.PHONY: setup demo test test-learning test-jax-next bench gpu-bundle clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,16 @@ test: setup
 # (full XLA optimisation: tests/conftest.py's quick-compile default would double its run time)
 test-learning: setup
 	XLA_FLAGS=--xla_cpu_multi_thread_eigen=true $(BIN)/python -m pytest -q -m learning tests
+
+# The suite on the GPU image's versions (jax 0.11.2 / flax 0.12.10 need Python >= 3.12), on CPU, in .venv312.
+# Opt-in (not run by CI): on 3.12, PyPI's torch 2.13 wheel is the CUDA build, ~6 GB with its libraries.
+PYTHON312 ?= python3.12
+test-jax-next:
+	test -x .venv312/bin/python || $(PYTHON312) -m venv .venv312
+	.venv312/bin/python -m pip install -q -e ".[test]" jax==0.11.2 jaxlib==0.11.2 flax==0.12.10
+	.venv312/bin/python -m pip install -q --no-deps $(BFCL)
+	.venv312/bin/python -m pytest -q -n 2 --dist loadgroup -m "not learning" tests
+	XLA_FLAGS=--xla_cpu_multi_thread_eigen=true .venv312/bin/python -m pytest -q -m learning tests
 
 # CPU-sized speed checks, one JSON line each (GPU runs: see the README's "Measured figures")
 bench: setup
