@@ -131,15 +131,18 @@ class EvalProgress:
         self.path = Path(out_dir) / PROGRESS_FILE
         self.run = json.loads(json.dumps(run))  # as it reads back
         self.done: dict[str, EpisodeRecord] = {}
-        if self.path.exists():
-            self._load()
-        else:
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        if lines:
+            self._load(lines)
+        else:  # a new run (or a kill before its first line was written)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps({"run": self.run}) + "\n")
 
-    def _load(self) -> None:
-        lines = self.path.read_text().splitlines()
-        header = json.loads(lines[0]) if lines else {}
+    def _load(self, lines: list[str]) -> None:
+        try:
+            header = json.loads(lines[0])
+        except json.JSONDecodeError:
+            header = {}
         if header.get("run") != self.run:
             raise EvalProgressMismatchError(
                 f"{self.path} holds the progress of another evaluation ({header.get('run')}), not of this one "

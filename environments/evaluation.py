@@ -138,8 +138,9 @@ def evaluate_bfcl(entries: Sequence[BfclEntry], policy: Policy, config: Environm
     run_chunk = functools.partial(_evaluate_chunk, policy=policy, config=config, keep_history=keep_history)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         records = map_in_chunks(pool, run_chunk, list(entries), workers)
-    for record in records if on_record is not None else ():
-        on_record(record)
+    if on_record is not None:
+        for record in records:
+            on_record(record)
     return records
 
 

@@ -99,8 +99,7 @@ def test_an_interrupted_eval_goes_on_where_it_stopped(tmp_path, capsys, monkeypa
     assert "another evaluation" in capsys.readouterr().err
 
     played = []
-    act = eval_report.EvalProgress.add
-    monkeypatch.setattr(eval_report.EvalProgress, "add", lambda self, record: played.append(record.episode_id) or act(self, record))
+    monkeypatch.setattr(eval_report.EvalProgress, "add", lambda self, record: played.append(record.episode_id) or add(self, record))
     assert main(command + ["--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "resuming: 4 entries already evaluated" in captured.err
