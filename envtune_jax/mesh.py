@@ -11,6 +11,8 @@ import math
 import os
 from typing import TYPE_CHECKING
 
+from envtune_jax.config import ConfigError
+
 if TYPE_CHECKING:
     from jax.sharding import Mesh
 
@@ -33,14 +35,16 @@ class MeshConfig:
 
 
 def resolve_mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes of `config` on `num_devices` devices; ConfigError if they do not fit."""
     sizes = [config.data, config.fsdp, config.tensor]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(f"{num_devices} devices cannot fill mesh {config} ({known} fixed)")
+            raise ConfigError(f"mesh data={config.data}, fsdp={config.fsdp}, tensor={config.tensor} needs a multiple "
+                              f"of {known} devices, have {num_devices}")
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {num_devices}")
+        raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {num_devices}")
     return tuple(sizes)  # type: ignore[return-value]
 
 

@@ -7,6 +7,7 @@ recipe). `stage_overrides` (key=value) apply to every stage, e.g. `max_steps=2` 
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 from typing import Optional
@@ -100,7 +101,7 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> tuple[RunCon
         raise ConfigError(f"{path}: lists no stages")
     stages = []
     for stage_path in cfg.stages:
-        full = (path.parent / stage_path) if not Path(stage_path).is_absolute() else Path(stage_path)
+        full = Path(os.path.normpath(path.parent / stage_path))
         try:
             stages.append(load(StageConfig, full, cfg.stage_overrides))
         except ConfigError as exc:

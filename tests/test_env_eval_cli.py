@@ -5,6 +5,7 @@ import json
 
 from envtune_jax.cli.main import main
 from environments.eval_report import TableRow, category_table, markdown_table
+from tests.hf_fixtures import write_weightless_hf_dir
 
 
 def test_oracle_eval_writes_the_table_and_its_replay_scores_the_same(tmp_path, capsys):
@@ -34,8 +35,10 @@ def test_model_eval_without_a_generation_engine_fails_clearly(tmp_path, capsys, 
     import environments.policies as policies
 
     monkeypatch.setattr(policies, "MODEL_POLICY_ENTRY_POINT", "envtune_jax_missing_engine.policy:build_model_policy")
-    assert main(["eval", "--hf", str(tmp_path), "--data-source", "package", "--out", str(tmp_path / "o")]) == 2
+    hf_dir = write_weightless_hf_dir(tmp_path / "hf")
+    assert main(["eval", "--hf", str(hf_dir), "--data-source", "package", "--out", str(tmp_path / "o")]) == 2
     assert "generation engine" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "eval_records.partial").exists()  # nothing evaluated: no progress left behind
 
 
 def test_overall_is_the_unweighted_mean_of_category_accuracies():
