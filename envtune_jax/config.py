@@ -82,7 +82,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return from_dict(annotation, value, where)
     if origin in (list, tuple, Sequence):
         if isinstance(value, str):
-            value = parse_yaml(value, where) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = parse_yaml(value, where, in_file=False) if value.strip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_type = args[0] if args else Any
@@ -90,7 +90,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if isinstance(value, str):
-            value = parse_yaml(value, where)
+            value = parse_yaml(value, where, in_file=False)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
@@ -168,7 +168,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{key}' is not a section")
-        parsed = parse_yaml(raw, f"override '{item}'") if raw.strip() else ""
+        parsed = parse_yaml(raw, f"override '{item}'", in_file=False) if raw.strip() else ""
         node[keys[-1]] = raw if isinstance(parsed, (dict, list)) and not raw.strip()[:1] in "[{" else parsed
     return data
 
@@ -215,13 +215,14 @@ def load_yaml_with_includes(path: str | Path, path_fields: Sequence[str] = ()) -
     return data
 
 
-def parse_yaml(text: str, source: str) -> Any:
-    """yaml.safe_load, with a syntax error as one ConfigError line naming `source`, line and column."""
+def parse_yaml(text: str, source: str, in_file: bool = True) -> Any:
+    """yaml.safe_load, with a syntax error as one ConfigError line naming `source` (with line and column
+    when it is a file)."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None and in_file else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{where}: not valid YAML ({problem})") from None
 

@@ -12,7 +12,7 @@ import dataclasses
 
 from envtune_jax.config import ConfigError, check_name
 
-# The names the registries of rl.losses hold (tests/test_cli_validation.py checks that they agree), so that a
+# The names the registries of rl.losses hold (tests/test_config.py checks that they agree), so that a
 # config is checked without importing JAX.
 KL_ESTIMATOR_NAMES = ("k1", "k3", "low_var_kl")
 AGGREGATION_NAMES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")

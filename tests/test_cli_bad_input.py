@@ -240,3 +240,18 @@ def test_an_existing_output_of_the_same_command_may_be_replaced(files, tmp_path)
     outputs.check_replaceable(out, {"--ckpt": Path(files["ckpt"])}, "export", overwrite=True)
     with pytest.raises(ConfigError, match="is the --hf folder"):  # --overwrite never allows replacing the input
         outputs.check_replaceable(Path(files["hf"]), {"--hf": Path(files["hf"])}, "convert", overwrite=True)
+
+
+def test_a_mesh_that_does_not_fit_is_one_line_when_jax_counts_the_devices(files, tmp_path, capsys, monkeypatch):
+    """Where the device count is only known once JAX starts, the mesh is still checked before any weight loads."""
+    from envtune_jax import hf_io
+    from envtune_jax.cli import validate
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights were loaded before the mesh was checked")
+
+    monkeypatch.setattr(validate, "visible_device_count", lambda: None)
+    monkeypatch.setattr(hf_io, "load_pretrained", no_load)
+    assert main(["convert", "--hf", files["hf"], "--out", str(tmp_path / "o"), "--mesh", "data=2"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "needs a multiple of 2 devices, have 1" in err

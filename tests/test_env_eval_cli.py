@@ -113,3 +113,18 @@ def test_an_interrupted_eval_goes_on_where_it_stopped(tmp_path, capsys, monkeypa
     assert resumed["entries"] == whole["entries"] and resumed["resumed_entries"] == 4
     assert (out / "model_results.jsonl").read_text() == (tmp_path / "whole" / "model_results.jsonl").read_text()
     assert not partial.exists()
+
+
+def test_a_finished_evaluation_is_replaced_only_with_overwrite(tmp_path, capsys):
+    out = tmp_path / "eval"
+    command = ["eval", "--split", "test", "--categories", "base", "--limit", "2", "--data-source", "package",
+               "--out", str(out)]
+    assert main(command + ["--policy", "oracle"]) == 0
+    finished = (out / "eval_results.json").read_text()
+    capsys.readouterr()
+    assert main(command + ["--policy", "do-nothing"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished evaluation" in err and len(err.splitlines()) == 1
+    assert (out / "eval_results.json").read_text() == finished and not (out / "eval_records.partial").exists()
+    assert main(command + ["--policy", "do-nothing", "--overwrite"]) == 0
+    assert json.loads((out / "eval_results.json").read_text())["overall_accuracy"] == 0.0

@@ -37,11 +37,12 @@ def run(args) -> int:
     import jax
 
     from envtune_jax import checkpointing, hf_io
+    from envtune_jax.chat.tokenizer import has_tokenizer
 
     mesh = parse_mesh(args.mesh)
     model = checkpointing.load_model(args.ckpt, mesh=mesh)
     tokenizer_dir = checkpointing.tokenizer_dir(args.ckpt)
-    if tokenizer_dir is None:
+    if not has_tokenizer(tokenizer_dir):
         print(f"envtune export: note: {args.ckpt} holds no tokenizer files, so neither will {args.out}; copy them "
               "from the original model before loading it with transformers", file=sys.stderr)
     if jax.process_index() == 0:
