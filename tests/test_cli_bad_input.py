@@ -255,3 +255,31 @@ def test_a_mesh_that_does_not_fit_is_one_line_when_jax_counts_the_devices(files,
     assert main(["convert", "--hf", files["hf"], "--out", str(tmp_path / "o"), "--mesh", "data=2"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "needs a multiple of 2 devices, have 1" in err
+
+
+def test_the_device_count_is_known_early_only_when_certain(monkeypatch):
+    import importlib.metadata
+
+    from envtune_jax.cli import validate
+
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8")
+    assert validate.visible_device_count() == 8
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")  # several processes: JAX counts them
+    assert validate.visible_device_count() is None
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    assert validate.visible_device_count() is None
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.setattr(validate, "_cpu_only_install", lambda: False)  # e.g. the CUDA plugin is installed
+    assert validate.visible_device_count() is None
+    monkeypatch.setattr(validate, "_cpu_only_install", lambda: True)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert validate.visible_device_count() == 1
+    monkeypatch.undo()
+    monkeypatch.setenv("PJRT_NAMES_AND_LIBRARY_PATHS", "my_chip:/opt/libmychip.so")
+    assert not validate._cpu_only_install()
+    monkeypatch.delenv("PJRT_NAMES_AND_LIBRARY_PATHS")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: ["xla_cuda12"] if group == "jax_plugins" else [])
+    assert not validate._cpu_only_install()

@@ -82,17 +82,34 @@ def mesh_fits_devices(config: MeshConfig, what: str = "--mesh") -> None:
 
 def visible_device_count() -> int | None:
     """The number of devices JAX will see, when that is certain without starting it: a single-process run
-    limited to the CPU (JAX_PLATFORMS=cpu), whose device count is JAX_NUM_CPU_DEVICES or XLA's
-    --xla_force_host_platform_device_count (default 1). None otherwise."""
-    if os.environ.get("JAX_PLATFORMS", "").strip().lower() != "cpu":
-        return None
+    on the CPU alone (JAX_PLATFORMS=cpu, or no accelerator plugin, libtpu or TPU device present), whose
+    device count is JAX_NUM_CPU_DEVICES or XLA's --xla_force_host_platform_device_count (default 1).
+    None otherwise: the mesh is then checked once JAX has started, still before any weight loads."""
     if any(name in os.environ for name in DISTRIBUTED_ENV):
         return None
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms != "cpu" and (platforms or not _cpu_only_install()):
+        return None
     count = os.environ.get("JAX_NUM_CPU_DEVICES", "").strip()
-    if count.lstrip("-").isdigit() and int(count) > 0:
+    if count.isdigit() and int(count) > 0:
         return int(count)
     found = re.findall(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
     return int(found[-1]) if found else 1
+
+
+def _cpu_only_install() -> bool:
+    """No way for JAX to reach an accelerator: no PJRT plugin (the `jax_plugins` package or entry points:
+    CUDA, ROCm, Metal, ...), no libtpu, no plugin or TPU library named in the environment, no TPU device."""
+    import importlib.metadata
+    import importlib.util
+
+    if any(os.environ.get(name) for name in ("PJRT_NAMES_AND_LIBRARY_PATHS", "TPU_LIBRARY_PATH")):
+        return False
+    if importlib.util.find_spec("libtpu") is not None or importlib.util.find_spec("jax_plugins") is not None:
+        return False
+    if list(Path("/dev").glob("accel*")) or Path("/dev/vfio").is_dir():
+        return False
+    return not importlib.metadata.entry_points(group="jax_plugins")
 
 
 def model_source(args) -> None:
