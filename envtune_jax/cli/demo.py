@@ -80,7 +80,7 @@ def run(args) -> int:
 
     out = args.out.absolute()
     out.mkdir(parents=True, exist_ok=True)
-    outputs.mark(out, "demo", args.hf or out)  # a later demo may write here again
+    outputs.mark(out, "demo", args.hf)  # a later demo may write here again
     started = time.perf_counter()
     total = 6
     t = _banner(1, total, "tiny random Qwen3 checkpoint (HF layout, embedded Qwen3 tokenizer)" if args.hf is None

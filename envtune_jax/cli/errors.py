@@ -45,7 +45,7 @@ def split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
 
 
 def is_user_error(exc: BaseException) -> bool:
-    user_errors = [FileNotFoundError, NotADirectoryError, IsADirectoryError]
+    user_errors = [FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError]
     for module_name, class_name in USER_ERRORS:
         module = sys.modules.get(module_name)
         if module is not None and isinstance(getattr(module, class_name, None), type):

@@ -3,7 +3,9 @@
 Plays the selected entries with one policy (a model from --ckpt/--hf, recorded outputs from --replay, or
 the built-in oracle / do-nothing policies) under the official protocol (no hints, 20 tool steps per
 turn, official decoding and checker semantics), prints the Markdown table and writes eval_results.json,
-eval_results.md and model_results.jsonl (official result layout) into --out.
+eval_results.md and model_results.jsonl (official result layout) into --out. An --out that holds a
+finished evaluation is refused unless --overwrite; an interrupted model or built-in policy run goes on
+when started again with the same --out.
 """
 from __future__ import annotations
 

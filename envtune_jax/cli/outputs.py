@@ -57,9 +57,9 @@ def marker(out: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def mark(out: Path, command: str, source: Path) -> None:
+def mark(out: Path, command: str, source: Path | None) -> None:
     """Records that `out` is the output of `command` (call once it is completely written)."""
-    record = {"command": command, "source": str(Path(source).absolute()),
+    record = {"command": command, "source": str(Path(source).absolute()) if source is not None else None,
               "written": datetime.datetime.now().isoformat(timespec="seconds")}
     (out / MARKER_FILE).write_text(json.dumps(record, indent=1) + "\n")
 
