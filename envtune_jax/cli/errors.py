@@ -21,7 +21,6 @@ USER_ERRORS = (
     ("models.hf_io", "CheckpointError"),
     ("envtune_jax.checkpointing", "CheckpointNotFound"),
     ("environments.bfcl_data", "BfclDataMissingError"),
-    ("environments.eval_report", "ReplayFileError"),
     ("environments.eval_report", "EvalProgressMismatchError"),
     ("environments.replay_files", "ReplayFileError"),
     ("environments.policies", "ModelPolicyUnavailableError"),
