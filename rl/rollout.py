@@ -27,21 +27,7 @@ from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import TokenConversation
 from models.generation.engine import GenerationEngine
 from models.generation.sampling import SamplingParams
-
-
-@dataclasses.dataclass
-class RolloutConfig:
-    max_prompt_tokens: int = 8192  # the rendered first prompt; longer tasks are skipped with a warning
-    max_response_tokens: int = 24576  # model + environment tokens after the prompt, whole episode
-    max_context_tokens: int = 32768
-    max_new_tokens_per_step: int = 1024
-    # decode returns after this many tokens, so that episodes whose step has ended step their environment
-    # and rejoin while the others go on generating (0: each round decodes until every live step has ended)
-    decode_chunk: int = 128
-
-    def __post_init__(self):
-        if self.decode_chunk < 0:
-            raise ValueError(f"rollout.decode_chunk must be ≥ 0 (0: decode whole steps), got {self.decode_chunk}")
+from rl.rollout_config import RolloutConfig
 
 
 @dataclasses.dataclass

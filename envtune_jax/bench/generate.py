@@ -73,6 +73,33 @@ def model_config_changes(items) -> dict:
     return changes
 
 
+def check_model_source(args) -> None:
+    """--hf names a loadable checkpoint, or --preset a known preset (with --random-weights) whose
+    --model-config changes make a valid Qwen3Config; ConfigError otherwise (before anything heavy loads)."""
+    from envtune_jax.cli import validate as check
+    from envtune_jax.config import ConfigError
+    from models.config import preset
+
+    if args.hf:
+        check.hf_checkpoint(args.hf)
+        return
+    check.preset_name(args.preset)
+    if not args.random_weights:
+        raise ConfigError("--preset needs --random-weights (or pass --hf DIR)")
+    try:
+        preset(args.preset, **model_config_changes(getattr(args, "model_config", [])))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--model-config: {exc}") from None
+
+
+def check_arguments(args) -> None:
+    from envtune_jax.cli import validate as check
+
+    check_model_source(args)
+    check.at_least(args, 1, "batch", "prompt_len", "new_tokens", "repeats", "prefill_chunk")
+    check.mesh_spec(args.mesh)
+
+
 class CompileTimer:
     """Sums jax.monitoring's tracing / lowering / backend-compile durations while active."""
 
@@ -106,8 +133,6 @@ def build_model(args, mesh):
     if args.hf:
         return hf_io.load_pretrained(args.hf, dtype=args.dtype, mesh=mesh, attention_impl=args.attention,
                                      decode_attention=getattr(args, "decode_attention", "reference"), progress=False)
-    if not args.random_weights:
-        raise SystemExit("envtune bench generate: --preset needs --random-weights (or pass --hf DIR)")
     from envtune_jax.bench.random_weights import random_model
     cfg = preset(args.preset, param_dtype=args.dtype, dtype=args.dtype, attention_impl=args.attention,
                  decode_attention=getattr(args, "decode_attention", "reference"),
@@ -164,6 +189,7 @@ def run(args) -> dict:
     from models.generation import BucketConfig, GenerationEngine, SamplingParams
     from models.attention import decode_kernel_blocks
 
+    check_arguments(args)
     mesh = parse_mesh(args.mesh)
     model = build_model(args, mesh)
     cfg = model.config

@@ -42,12 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args) -> None:
+    from envtune_jax.bench.generate import check_model_source
+    from envtune_jax.cli import validate as check
     from envtune_jax.config import ConfigError
 
     if args.batch < 1 or args.prompt_len < 1 or args.repeats < 1:
         raise ConfigError(f"--batch, --prompt-len and --repeats must be ≥ 1, got {args.batch}, {args.prompt_len}, "
                           f"{args.repeats}")
     check_chunk(args.chunk)
+    check_model_source(args)
+    check.mesh_spec(args.mesh)
 
 
 def check_chunk(chunk: int) -> None:

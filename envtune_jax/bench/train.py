@@ -46,10 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args) -> None:
     """ConfigError (printed by the CLI as one line) for arguments the benchmark cannot run with."""
+    from envtune_jax.cli import validate as check
     from envtune_jax.config import ConfigError
 
+    check.preset_name(args.preset)
     if not args.random_weights:
         raise ConfigError("--preset needs --random-weights (the benchmark's weights are random)")
+    check.mesh_spec(args.mesh)
+    check.at_least(args, 1, "logprob_chunk_t", "logprob_chunk_v")
     if args.batch < 1 or args.steps < 1:
         raise ConfigError(f"--batch and --steps must be ≥ 1, got {args.batch} and {args.steps}")
     if args.seq_len < 2:
