@@ -27,6 +27,8 @@ REMAT_CHOICES = RematPolicy.__args__  # type: ignore[attr-defined]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help="model shapes (qwen3-4b, qwen3-0.6b, tiny, ...)")
     parser.add_argument("--random-weights", action="store_true", help="random weights created on device (required)")
+    parser.add_argument("--model-config", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a field of the preset's Qwen3Config (repeatable), e.g. vocab_size=1000")
     parser.add_argument("--batch", type=int, default=8, help="sequences per step (B)")
     parser.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (L)")
     parser.add_argument("--micro-batch", type=int, default=0, help="rows per gradient-accumulation micro-batch (0: all)")
@@ -116,7 +118,7 @@ def run(args) -> dict:
     from flax import nnx
 
     from envtune_jax.bench.device_limits import device_limits
-    from envtune_jax.bench.generate import CompileTimer
+    from envtune_jax.bench.generate import CompileTimer, model_config_changes
     from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.bench.random_weights import random_model
     from envtune_jax.cli.common import parse_mesh, print_json
@@ -129,7 +131,7 @@ def run(args) -> dict:
     mesh = parse_mesh(args.mesh)
     check_rows_split_over_mesh(args.batch, args.micro_batch, mesh)
     cfg = preset(args.preset, param_dtype=args.dtype, dtype=args.dtype, attention_impl=args.attention,
-                 remat=args.remat)
+                 remat=args.remat, **model_config_changes(args.model_config))
     model = random_model(cfg, mesh, seed=args.seed)
     graphdef, params = nnx.split(model, nnx.Param)
     del model
