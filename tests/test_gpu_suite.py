@@ -266,7 +266,7 @@ def test_first_light_dry_run_of_both_calls_on_cpu(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "WHEELS": str(tmp_path / "no-wheels"),
            "GPU_SUITE_ARGS": f"--tiny --state-dir {tmp_path / 'state'} --peers {tmp_path / 'no-peers'}"}
     script = str(BENCHMARKS / "gpu_first_light.sh")
-    first = subprocess.run(["bash", script, "first", "75"], env={**env, "OUT": str(tmp_path / "out1")},
+    first = subprocess.run(["bash", script, "first", "50"], env={**env, "OUT": str(tmp_path / "out1")},
                            capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
     rest = subprocess.run(["bash", script, "rest", "600"], env={**env, "OUT": str(tmp_path / "out2")},
@@ -281,6 +281,9 @@ def test_first_light_dry_run_of_both_calls_on_cpu(tmp_path):
     peerless = {"tunix sampler", "ours generate BFCL 4x64+8 shared prefix"}  # no peer script; no such option yet
     assert ok[0] | ok[1] == set(plan) - peerless
     assert ok[0] & ok[1] <= {"hf reference"}  # only what a resumed step needs runs again (reusing its files)
+    assert ok[1] - {"hf reference"}, "40 s cannot hold the whole plan: the second call must have had work"
+    skipped = [r for r in calls[0] if r["status"] == "skipped" and r.get("resumable")]
+    assert all("left in this call" in r["reason"] for r in skipped)
     assert set(calls[1][0]["planned"]) >= set(plan) - ok[0] - peerless
     ok_records = [r for records in calls for r in records if r["status"] == "ok"]
     parity = [r for r in ok_records if r.get("what") == "parity_logits"]
