@@ -236,7 +236,7 @@ def check_ours(args) -> int:
     return 1 if failed else 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sides = parser.add_subparsers(dest="side", required=True)
     add_shape_arguments(sides.add_parser("hf", help="transformers: checkpoint, reference logits and tokens"))
@@ -244,6 +244,11 @@ def main(argv=None) -> int:
     add_shape_arguments(ours)
     ours.add_argument("--attention", default="reference", help="comma-separated attention implementations")
     ours.add_argument("--decode-attention", default="reference", choices=["reference", "pallas"])
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if min(args.batch, args.prompt_len, args.new_tokens) < 1:
         parser.error("--batch, --prompt-len and --new-tokens must be ≥ 1")

@@ -125,13 +125,18 @@ def generate(model, device, vocab, batch, prompt_len, new_tokens):
          s=seconds, got=int(out.shape[1] - prompt_len))
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="prefill,train", help=f"comma-separated, from {', '.join(PARTS)}")
     parser.add_argument("--preset", default="qwen3-4b-instruct-2507")
     parser.add_argument("--model-config", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--tiny", action="store_true", help="the suite's tiny shapes (CPU dry runs)")
     parser.add_argument("--repeats", type=int, default=3)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     if not parts or set(parts) - set(PARTS):

@@ -202,6 +202,29 @@ def test_first_light_plan_runs_the_issue_steps_in_order_at_4b_shapes(tmp_path):
     assert all(s.limit_s >= 2 * s.expect_s for s in steps)  # a limit leaves room for a plan that was optimistic
 
 
+@pytest.mark.parametrize("tiny", [False, True])
+def test_every_planned_command_parses(tmp_path, tiny):
+    """The 4B commands never run on CPU: each one's arguments must at least be what its parser accepts."""
+    import peer_hf
+
+    from envtune_jax.cli.main import build_parser
+
+    steps = suite_plan.plan(list(suite_plan.GROUPS), tiny, tmp_path, tmp_path, shared_prefix=(True, True))
+    option_exists = suite_plan.shared_prefix_option() is not None
+    for step in steps:
+        for argv in step.variants:
+            if argv[1:3] == ["-m", "envtune_jax.cli.main"]:
+                if "--shared-prefix" in argv and not option_exists:
+                    argv = argv[:argv.index("--shared-prefix")]
+                build_parser().parse_args(argv[3:])
+            elif argv[1].endswith("hf_parity.py"):
+                hf_parity.build_parser().parse_args(argv[2:])
+            elif argv[1].endswith("peer_hf.py"):
+                peer_hf.build_parser().parse_args(argv[2:])
+            else:
+                assert argv[1].endswith("peer_tunix_sampler.py"), argv
+
+
 def test_shared_prefix_steps_turn_on_with_the_generate_option(tmp_path):
     assert suite_plan.parse_shared_prefix_help("  --shared-prefix G  slots per group") == (True, True)
     assert suite_plan.parse_shared_prefix_help("  --shared-prefix       store a group's prompt once") == (True, False)
