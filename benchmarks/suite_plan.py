@@ -74,14 +74,18 @@ def step_dir(state_dir: Path, name: str) -> Path:
 
 
 def shared_prefix_option() -> tuple[bool, bool] | None:
-    """(present, takes a value) for `envtune bench generate --shared-prefix`; None while it does not exist."""
-    sys.path.insert(0, str(REPO))
-    from envtune_jax.cli.main import build_parser
+    """(present, takes a value) for `envtune bench generate --shared-prefix`, read from its --help; None while
+    it has no such option (or the help cannot be read)."""
+    import os
+    import subprocess
 
-    parser = build_parser()
-    bench = parser._subparsers._group_actions[0].choices["bench"]  # noqa: SLF001 - argparse keeps them there
-    generate = bench._subparsers._group_actions[0].choices["generate"]  # noqa: SLF001
-    return parse_shared_prefix_help(generate.format_help())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    try:
+        done = subprocess.run([sys.executable, "-m", "envtune_jax.cli.main", "bench", "generate", "--help"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_shared_prefix_help(done.stdout) if done.returncode == 0 else None
 
 
 def parse_shared_prefix_help(help_text: str) -> tuple[bool, bool] | None:
