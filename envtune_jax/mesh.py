@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from typing import ClassVar
 
 import jax
 from jax.sharding import AxisType, Mesh
@@ -21,6 +22,8 @@ class MeshConfig:
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+
+    FIELD_USE: ClassVar[tuple] = ()  # every axis is read whatever the others say
 
 
 def resolve_mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:

@@ -3,6 +3,7 @@ betas 0.9/0.999, weight decay 0.01, clip 1.0), with the moments' dtype selectabl
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax.numpy as jnp
 import optax
@@ -18,6 +19,8 @@ class OptimizerConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 0
     moments_dtype: str = "float32"  # AdamW mu/nu; fp32 keeps bf16 params trainable
+
+    FIELD_USE: ClassVar[tuple] = ()  # every field is read (grad_clip 0 and warmup_steps 0 switch those off)
 
 
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:

@@ -165,8 +165,10 @@ def grpo(cfg: SyntheticRunConfig, warmed: WarmedUp, out_dir: str | Path | None =
     graphdef, _ = nnx.split(model, nnx.Param)
     engine = GenerationEngine(model, batch_size=cfg.prompts_per_step * cfg.samples_per_prompt,
                               max_cache_len=cfg.max_cache_len, cache_dtype="float32")
+    # old log-probs from the sampler (float32 cache here, so they equal the trainer's to ~1e-6): the setting
+    # the documented curves were measured with
     trainer = Trainer(graphdef, loss_cfg, OptimizerConfig(learning_rate=cfg.learning_rate, weight_decay=0.0, eps=cfg.adam_eps),
-                      TrainStepConfig(temperature=cfg.temperature))
+                      TrainStepConfig(temperature=cfg.temperature, old_logprobs="sampler"))
     learner = PolicyLearner(model, engine, trainer, tokenizer, loss_cfg)
     sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                               stop_token_ids=stop_token_ids(tokenizer))
