@@ -15,7 +15,7 @@ import dataclasses
 import random
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ from environments.config import EnvironmentConfig
 from environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks
 from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, compact_qwen_tokenizer, stop_token_ids
 from envtune_jax.chat.chat_config import ChatConfig
+from envtune_jax.config import ReadOnlyWhen, check_field_use
 from models.config import Qwen3Config
 from models.generation.engine import GenerationEngine
 from models.generation.sampling import SamplingParams
@@ -85,6 +86,14 @@ class SyntheticRunConfig:
     max_new_tokens: int = 4
     temperature: float = 1.0
     max_cache_len: int = 256
+
+    FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = tuple(
+        ReadOnlyWhen(name, "there is no warm-up (warmup_steps is 0)", lambda c: c.warmup_steps > 0)
+        for name in ("warmup_batch", "warmup_learning_rate", "device_accuracy", "value_accuracy", "syntax_accuracy",
+                     "demo_attempts"))
+
+    def __post_init__(self) -> None:
+        check_field_use(self)
 
     def task_config(self) -> SyntheticConfig:
         return SyntheticConfig(devices=FOUR_VALUE_DEVICES, num_turns=self.num_turns, doc_style=self.doc_style)

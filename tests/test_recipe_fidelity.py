@@ -24,6 +24,7 @@ from rl.recipe_card import READERS, card_rows
 from rl.rl_config import LossConfig
 from rl.run_config import RECIPE_FIELD_USE, DataConfig, ModelSourceConfig, RunConfig, load_run_config
 from rl.stage_data import load_subset
+from rl.synthetic_run import SyntheticRunConfig
 from rl.train_step import TrainStepConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +99,7 @@ def _config_classes(root: type, seen: set[type]) -> set[type]:
     return seen
 
 
-CONFIG_CLASSES = _config_classes(RunConfig, set()) | _config_classes(StageConfig, set())
+CONFIG_CLASSES = _config_classes(RunConfig, set()) | _config_classes(StageConfig, set()) | {SyntheticRunConfig}
 
 # For every FIELD_USE row: overrides that set the field while its mode ignores it (the last override is the
 # field itself). Loaded as a class on its own, or as a recipe (RunConfig rows and RECIPE_FIELD_USE).
@@ -115,6 +116,9 @@ BAD_COMBINATIONS: dict[tuple[type, str], list[str]] = {
     (DataConfig, "data_dir"): ["source=package", "data_dir=data"],
     (DataConfig, "shortest_prompts_first"): ["limit_per_category=null", "shortest_prompts_first=true"],
     (StageConfig, "validation_entries"): ["validation_every=0", "validation_entries=8"],
+    **{(SyntheticRunConfig, name): ["warmup_steps=0", f"{name}={value}"] for name, value in (
+        ("warmup_batch", 8), ("warmup_learning_rate", 0.1), ("device_accuracy", 0.5), ("value_accuracy", 0.5),
+        ("syntax_accuracy", 0.5), ("demo_attempts", 3))},
     **{(AdvanceRule, name): ["kind=fixed", f"{name}={value}"] for name, value in (
         ("patience", 3), ("min_delta", 0.02), ("grad_norm_window", 5), ("grad_norm_cv_max", 0.3), ("min_steps", 10))},
     (RunConfig, "train_step.temperature"): ["train_step.temperature=1.0"],
