@@ -95,7 +95,8 @@ def _episode_cap(view: StageView) -> str:
 
 def _batch(view: StageView) -> str:
     stage = view.stage
-    return f"{stage.prompts_per_step} (x {stage.samples_per_prompt} = {stage.prompts_per_step * stage.samples_per_prompt} trajectories)"
+    trajectories = stage.prompts_per_step * stage.samples_per_prompt
+    return f"{stage.prompts_per_step} (x {stage.samples_per_prompt} = {trajectories} trajectories)"
 
 
 # How the card reads each PaperSetting's value from what the stage runs with: (value compared, text shown).

@@ -159,7 +159,8 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
                 episodes[i].truncate(f"prompt of {prompt_lengths[i]} tokens exceeds max_prompt_tokens={config.max_prompt_tokens}")
                 truncated[i] = True
             elif (budget := next_step_budget(i)) < 1:
-                episodes[i].truncate(f"prompt of {prompt_lengths[i]} tokens leaves no room in a context of {context_cap}")
+                episodes[i].truncate(
+                    f"prompt of {prompt_lengths[i]} tokens leaves no room in a context of {context_cap}")
                 truncated[i] = True
             else:
                 step_budget[i] = budget

@@ -40,7 +40,8 @@ class ModelSourceConfig:
     remat: str = "none"
 
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
-        ReadOnlyWhen("seed", "only random weights (model.preset) are drawn from a seed", lambda c: c.preset is not None),
+        ReadOnlyWhen("seed", "only random weights (model.preset) are drawn from a seed",
+                     lambda c: c.preset is not None),
     )
 
     def __post_init__(self) -> None:

@@ -54,7 +54,8 @@ class TrainStepConfig:
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 0:
-            raise ConfigError(f"micro_batch_size must be >= 0 (0: the whole batch at once), got {self.micro_batch_size}")
+            raise ConfigError(f"micro_batch_size must be >= 0 (0: the whole batch at once), "
+                              f"got {self.micro_batch_size}")
         if self.loss_weighting == "per_micro_batch":
             rows, micro = self.weighting_micro_batch_rows, self.micro_batch_size
             if rows <= 0:

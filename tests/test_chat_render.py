@@ -147,7 +147,8 @@ def test_qwen_fc_stage34_instructions_open_the_system_message(reference_format_p
     assert stage34.startswith("<|im_start|>system\n" + QWEN_FC_STAGE34_INSTRUCTIONS + "\n\n# Tools\n")
     assert QWEN_FC_STAGE34_INSTRUCTIONS not in stage12 and "<answer>" not in QWEN_FC_STAGE34_INSTRUCTIONS
     # an entry's own system message follows the instructions
-    own = render_messages([{"role": "system", "content": "Be brief."}, *messages], tools, "qwen_fc", paper_variant="stage34")
+    own = render_messages([{"role": "system", "content": "Be brief."}, *messages], tools, "qwen_fc",
+                          paper_variant="stage34")
     assert own.startswith("<|im_start|>system\n" + QWEN_FC_STAGE34_INSTRUCTIONS + "\n\nBe brief.\n\n# Tools\n")
 
 

@@ -85,7 +85,8 @@ def test_a_stage3_episode_prompt_carries_the_stage34_instructions_and_stage2s_do
         prompts[name] = conversation.text()
     assert prompts["stage3_hard"].startswith("<|im_start|>system\n" + QWEN_FC_STAGE34_INSTRUCTIONS + "\n\n# Tools\n")
     assert prompts["stage4_independent"] == prompts["stage3_hard"]
-    assert "Guidelines" not in prompts["stage2_hints"] and prompts["stage2_hints"].startswith("<|im_start|>system\n# Tools\n")
+    assert "Guidelines" not in prompts["stage2_hints"]
+    assert prompts["stage2_hints"].startswith("<|im_start|>system\n# Tools\n")
     assert prompts["stage3_hard"].endswith(prompts["stage2_hints"][len("<|im_start|>system\n"):])
 
 

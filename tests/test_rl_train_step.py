@@ -46,8 +46,8 @@ def whole_batch_trainer(setup):
 
 def _trainer(graphdef, micro, **loss_kw):
     loss = LossConfig(**loss_kw)
-    return Trainer(graphdef, loss, OptimizerConfig(learning_rate=1e-3), TrainStepConfig(micro_batch_size=micro, logprob_chunk_t=8, logprob_chunk_v=40,
-                                                                                       old_logprobs="sampler"))
+    step = TrainStepConfig(micro_batch_size=micro, logprob_chunk_t=8, logprob_chunk_v=40, old_logprobs="sampler")
+    return Trainer(graphdef, loss, OptimizerConfig(learning_rate=1e-3), step)
 
 
 def _copy(tree):
