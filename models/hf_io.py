@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
+from envtune_jax.atomic_files import publish_dir, recover_dir
 from envtune_jax.sharding import named_sharding
 from models.config import NotAQwen3Checkpoint, Qwen3Config, load_hf_config, to_hf_dict
 from models.qwen3 import Qwen3
@@ -190,17 +191,19 @@ def save_pretrained(model: Qwen3, out_dir: str | os.PathLike, tokenizer_dir: str
 
 @contextlib.contextmanager
 def staged_dir(out_dir: Path, all_processes: bool = True) -> Iterator[Path]:
-    """Yields `.<name>.partial`, a sibling of `out_dir` to write into; on success it replaces `out_dir`,
-    on failure it is removed and an existing `out_dir` is left as it was.
+    """Yields `.<name>.partial`, a sibling of `out_dir` to write into; on success it replaces `out_dir`
+    (`publish_dir`: at every instant `out_dir` is the previous complete folder or the new one), on
+    failure it is removed and an existing `out_dir` is left as it was.
 
     With `all_processes` every process calls this (Orbax writes from all of them into the same folder):
     process 0 alone creates, renames and removes, between barriers. Otherwise only the caller writes.
     """
     out_dir = Path(out_dir).absolute()
-    tmp, old = (out_dir.parent / f".{out_dir.name}.{suffix}" for suffix in ("partial", "replaced"))
+    tmp = out_dir.parent / f".{out_dir.name}.partial"
     leader = not all_processes or jax.process_index() == 0
     if leader:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(out_dir)  # a previous publish killed between its fallback renames
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
         tmp.mkdir()
     _barrier(all_processes, f"staged_dir:create:{out_dir}")
@@ -208,16 +211,10 @@ def staged_dir(out_dir: Path, all_processes: bool = True) -> Iterator[Path]:
         yield tmp
         _barrier(all_processes, f"staged_dir:written:{out_dir}")
         if leader:
-            shutil.rmtree(old, ignore_errors=True)
-            if out_dir.exists():
-                out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            publish_dir(tmp, out_dir)
     except BaseException:
         if leader:
             shutil.rmtree(tmp, ignore_errors=True)
-            if old.exists() and not out_dir.exists():  # failed between the two renames
-                old.rename(out_dir)
         raise
     _barrier(all_processes, f"staged_dir:renamed:{out_dir}")
 
