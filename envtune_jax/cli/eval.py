@@ -56,7 +56,16 @@ def register(subparsers) -> None:
                        help="attention for prompt / tool-response chunks (cudnn on GPU for long contexts)")
     model.add_argument("--decode-attention", default="reference", choices=("reference", "pallas"),
                        help="attention of one-token steps (pallas: JAX's Pallas GPU decode kernel)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run_locked)
+
+
+def run_locked(args) -> int:
+    """`run` with the output folder locked: one evaluation at a time per --out (a second one is refused)."""
+    from envtune_jax.folder_lock import hold_folder
+
+    args.out = args.out or Path("runs") / f"eval-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    with hold_folder(args.out, "evaluation output folder"):
+        return run(args)
 
 
 def parse_categories(text: str) -> tuple[str, ...]:
