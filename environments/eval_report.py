@@ -150,10 +150,13 @@ class EvalProgress:
 
     def _load(self, lines: list[str]) -> None:
         header = _header(lines[0])
-        if header is None or header.get("run") != self.run:
+        if header is None:
+            raise EvalProgressMismatchError(f"{self.path} is not an evaluation's progress (its first line names no "
+                                            "evaluation): choose another --out, or delete the file to start over")
+        if header.get("run") != self.run:
             raise EvalProgressMismatchError(
-                f"{self.path} holds the progress of another evaluation ({(header or {}).get('run')}), not of this "
-                f"one ({self.run}): choose another --out, or delete the file to start over")
+                f"{self.path} holds the progress of another evaluation ({header.get('run')}), not of this one "
+                f"({self.run}): choose another --out, or delete the file to start over")
         for line in lines[1:]:
             try:
                 item = json.loads(line)

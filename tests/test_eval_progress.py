@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from environments.base import EpisodeOutcome
-from environments.eval_report import PROGRESS_FILE, EvalProgress
+from environments.eval_report import PROGRESS_FILE, EvalProgress, EvalProgressMismatchError, _record_line
 from environments.evaluation import EpisodeRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +76,10 @@ def test_records_are_on_disk_when_add_returns(tmp_path):
     progress.add(_record(1))
     line = (tmp_path / PROGRESS_FILE).read_text().splitlines()[1]
     assert json.loads(line)["outcome"] == dataclasses.asdict(_record(1).outcome)
+
+
+def test_a_file_whose_first_line_names_no_evaluation_is_said_so(tmp_path):
+    lines = [json.dumps(_record_line(_record(i))) for i in range(2)]
+    (tmp_path / PROGRESS_FILE).write_text("\n".join(lines) + "\n")
+    with pytest.raises(EvalProgressMismatchError, match="its first line names no evaluation"):
+        EvalProgress(tmp_path, RUN)
