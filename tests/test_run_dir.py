@@ -85,3 +85,12 @@ def test_a_finished_run_is_recognised_with_its_own_settings_only(tmp_path):
     assert inspect_run_dir(tmp_path, cfg, stages, [], allow_change=False).finished is not None  # checkpoints deleted
     more = dataclasses.replace(stages[1], name="stage3_more")
     assert inspect_run_dir(tmp_path, cfg, [*stages, more], [2], allow_change=True).finished is None  # goes on
+
+
+def test_rewrite_final_on_a_run_that_is_not_finished_is_refused_before_anything_loads(tmp_path, capsys):
+    from envtune_jax.cli.main import main
+
+    assert main(["train", "--config", str(RECIPE), f"run_dir={tmp_path / 'run'}", TWO_STAGES,
+                 "--rewrite-final"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--rewrite-final:" in err and "holds no finished run" in err
