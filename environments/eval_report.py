@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -127,8 +126,9 @@ class EvalProgress:
     caller evaluates only the others; a different run raises EvalProgressMismatchError. The file is only
     ever appended to after its first line (written whole, atomically), so a kill at any point loses at
     most the line being written: such a line is skipped when read (that entry is evaluated again) and
-    ended with a newline so the next record starts on its own line. `add` appends one record and syncs
-    it to disk; `close` removes the file (call it once the results are written).
+    ended with a newline so the next record starts on its own line. `add` appends one record (in the
+    file when it returns: a killed process loses none); `close` removes the file (call it once the results
+    are written).
     """
 
     def __init__(self, out_dir: str | Path, run: dict[str, Any]):
@@ -169,8 +169,6 @@ class EvalProgress:
         self.done[record.episode_id] = record
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(_record_line(record)) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
 
     def close(self) -> None:
         self.path.unlink(missing_ok=True)
