@@ -1,7 +1,8 @@
 """`rl.train_loop.train` end to end on the tiny recipe, and resume at loop level.
 
 Two one-step stages (syntax reward, then hints and progress reward). Run A goes straight through,
-checkpointing after every step, and is recorded as finished: running it again does nothing. Run B is a
+checkpointing after every step, and is recorded as finished: running it again does nothing (unless asked
+to write final/ again). Run B is a
 copy of A's directory whose step-2 checkpoint has a truncated file, and whose metrics log already holds
 step 2 (as after a kill before that checkpoint). Resumed with a changed learning rate, B is
 refused; allowed, it falls back to the step-1 checkpoint (written at the stage boundary), starts stage 2
@@ -60,6 +61,10 @@ def test_train_runs_the_curriculum_and_resumes_exactly_after_a_kill(tmp_path, ca
     assert "this run finished at step 2 (stage1_syntax, stage2_hints)" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in (straight / "final").rglob("*")} == final_files
     assert sorted(_metrics(straight)) == [1, 2]
+    train(cfg, stages, rewrite_final=True)  # asked: final/ again from the last checkpoint, nothing trained
+    assert "resumed from step 2: every stage is done" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in (straight / "final").rglob("*")} != final_files
+    assert _metrics(straight) == metrics
 
     killed = tmp_path / "killed"
     (killed / "checkpoints").mkdir(parents=True)
