@@ -200,6 +200,11 @@ def _check_agreement(workers: list[dict], reference: dict, processes: int, out: 
     assert first["resumed_loss"] == first["continued_loss"]
     assert first["resumed_checksum"] == first["continued_checksum"]
 
+    # process 0 alone held the run directory's lock, every process saw it as the holder, and it is gone
+    holders = [w for w in workers if w["lock"]["held_here"]]
+    assert [w["process_index"] for w in holders] == [0], [w["lock"] for w in workers]
+    assert all(w["lock"]["holder_pid"] == holders[0]["lock"]["pid"] for w in workers)
+    assert not (out / "run").exists()
     # one metrics log, one line per step (two writers would have appended twice)
     logs = list(out.rglob("metrics.jsonl"))
     assert logs == [out / "metrics" / "metrics.jsonl"], logs
