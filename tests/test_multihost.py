@@ -256,9 +256,11 @@ def test_initialize_distributed_detects_the_environment(monkeypatch, env, expect
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    import jax  # (the module under test imports it where it is used)
+
     calls = []
-    monkeypatch.setattr(mesh_module.jax.distributed, "is_initialized", lambda: False)
-    monkeypatch.setattr(mesh_module.jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     assert mesh_module.initialize_distributed() is (expected is not None)
     assert calls == ([] if expected is None else [expected])
 
@@ -267,7 +269,9 @@ def test_initialize_distributed_names_missing_variables(monkeypatch):
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "h:1234")
     monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
     monkeypatch.setenv("JAX_PROCESS_ID", "0")
-    monkeypatch.setattr(mesh_module.jax.distributed, "is_initialized", lambda: False)
+    import jax
+
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
         mesh_module.initialize_distributed()
 
