@@ -56,6 +56,23 @@ def test_a_second_eval_is_refused_and_a_killed_holders_lock_is_taken_over(tmp_pa
     assert (out / "eval_results.json").is_file() and not (out / LOCK_FILE).exists()
 
 
+def test_an_evaluation_finished_in_out_after_the_argument_check_is_not_overwritten(tmp_path, capsys, monkeypatch):
+    from envtune_jax.cli import eval as eval_cli
+
+    out, checked = tmp_path / "eval", eval_cli.validate
+
+    def check_then_another_finishes(args):  # another evaluation ends in --out between the check and the lock
+        checked(args)
+        out.mkdir()
+        (out / "eval_results.json").write_text("{}")
+
+    monkeypatch.setattr(eval_cli, "validate", check_then_another_finishes)
+    assert main(EVAL + ["--out", str(out)]) == 2
+    assert "holds a finished evaluation" in _one_line(capsys.readouterr().err)
+    assert sorted(p.name for p in out.iterdir()) == ["eval_results.json"]
+    assert (out / "eval_results.json").read_text() == "{}"
+
+
 def test_a_second_train_on_a_run_dir_is_refused_before_anything_loads(tmp_path, capsys):
     run_dir = tmp_path / "run"
     holder = _hold(run_dir)
