@@ -13,12 +13,12 @@ uses its compact syntax. Rendering calls as text (the oracle) uses the chat pack
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Sequence
 
 from environments.base import ToolCall, ToolCallLike, ToolEnvironment
 from environments.synthetic import parse_compact_calls
+from envtune_jax.untrusted_json import loads_bounded
 
 OFFICIAL_TOOL_CALL_BLOCK = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.DOTALL)
 UNDECODABLE_STEP = "the step's tool calls could not be decoded (official BFCL rule)"
@@ -37,7 +37,7 @@ def decode_official_step(text: str) -> list[ToolCall] | None:
     bodies = []
     for match in OFFICIAL_TOOL_CALL_BLOCK.findall(text):
         try:
-            bodies.append(json.loads(match))
+            bodies.append(loads_bounded(match))
         except (ValueError, RecursionError):
             continue
     calls = []
@@ -48,7 +48,7 @@ def decode_official_step(text: str) -> list[ToolCall] | None:
         try:
             hash(name)
             if type(arguments) == str:  # noqa: E721
-                arguments = json.loads(arguments)
+                arguments = loads_bounded(arguments)
         except (TypeError, ValueError, RecursionError):
             return None
         if not isinstance(arguments, dict):

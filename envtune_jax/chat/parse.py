@@ -1,6 +1,7 @@
 """Parses one model step (decoded text) into tool calls, reasoning, the reply, and typed errors.
 
-Only `json.loads` ever touches the model's text: nothing is executed or evaluated. Calls are returned
+Only `json.loads` ever touches the model's text (through `loads_bounded`, which refuses bodies nested
+past its limit): nothing is executed or evaluated. Calls are returned
 only when well formed ({"name": str, "arguments": object}) and naming a tool offered this turn.
 - "qwen_fc": reasoning is the text before the last </think> (as the official handler splits it); every
   <tool_call>…</tool_call> after it is a call; the remaining text is `answer_text`.
@@ -10,13 +11,13 @@ only when well formed ({"name": str, "arguments": object}) and naming a tool off
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from typing import Any, Collection
 
 from envtune_jax.chat import parse_errors as pe
 from envtune_jax.chat.chat_config import PromptStyle, PROMPT_STYLES
 from envtune_jax.chat.render import render_tool_call
+from envtune_jax.untrusted_json import loads_bounded
 
 _QWEN_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _PAPER_BLOCK = re.compile(r"<(think|tool_call|answer)>(.*?)</\1>", re.DOTALL)
@@ -69,8 +70,8 @@ def _json_type_name(value: Any) -> str:
 
 def _decode_call(body: str, block_index: int) -> ToolCall | pe.ParseError:
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; deep nesting recurses
+        value = loads_bounded(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and JsonTooDeepError are ValueErrors
         return pe.InvalidJsonError(block_index, body=body, reason=str(exc) or type(exc).__name__)
     if not isinstance(value, dict):
         return pe.NotAnObjectError(block_index, type_name=_json_type_name(value))
