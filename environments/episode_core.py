@@ -6,6 +6,8 @@ message is revealed. A step with calls beyond `max_steps_per_turn` force-quits t
 still run). Augmentation switches (config) add hints to failing results, return format errors as
 feedback without ending the turn, and block calls on turns that expect none (with a warning prepended
 to the next user message). Subclasses supply the task: opening messages, execution, ground truth, checks.
+What the environment writes around the model's output (format feedback, hints, the echoed tool name) is
+bounded (`envtune_jax.untrusted_text`); tool results themselves are the official strings, unchanged.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from environments.base import EpisodeFinishedError, EpisodeOutcome, StepResult, 
 from environments.config import EnvironmentConfig
 from environments.executor import ExecutedCall
 from environments.rewards import progress_reward, syntax_reward, turn_reward
+from envtune_jax.untrusted_text import bounded_message, echo
 
 EMPTY_TURN_WARNING = (
     "[System warning] Your previous reply called a tool although the request could not be completed: "
@@ -48,7 +51,8 @@ class TurnBasedEpisode(ToolEnvironment):
     def _expects_calls(self, turn: int) -> bool: ...
 
     @abc.abstractmethod
-    def _execute(self, call: ToolCallLike) -> ExecutedCall: ...
+    def _execute(self, calls: Sequence[ToolCallLike]) -> list[ExecutedCall]:
+        """Runs one step's calls in order (one batch, so a tool process answers them in one round trip)."""
 
     @abc.abstractmethod
     def _hint(self, executed: ExecutedCall) -> str | None:
@@ -57,6 +61,9 @@ class TurnBasedEpisode(ToolEnvironment):
     @abc.abstractmethod
     def _close_turn(self, turn: int) -> tuple[bool, bool]:
         """Advances the ground truth through `turn`; returns (state matches, responses contained)."""
+
+    def _release(self) -> None:
+        """Called once when the episode is done: free task state held elsewhere (a tool process)."""
 
     # ---- protocol ----------------------------------------------------------------------------------
     def reset(self) -> list[dict[str, Any]]:
@@ -93,7 +100,8 @@ class TurnBasedEpisode(ToolEnvironment):
         if format_errors:
             self._counters["format_errors"] += len(format_errors)
             self._counters["format_error_steps"] += 1
-        feedback = [{"role": "tool", "content": str(error)} for error in format_errors] if self.config.format_feedback else []
+        feedback = ([{"role": "tool", "content": bounded_message(str(error))} for error in format_errors]
+                    if self.config.format_feedback else [])
 
         if calls and self.config.empty_turn_warning and not self._expects_calls(self._turn):
             self._counters["blocked_calls"] += len(calls)
@@ -103,9 +111,7 @@ class TurnBasedEpisode(ToolEnvironment):
         if not calls and not feedback:
             return self._end_turn()
 
-        messages = []
-        for call in calls:
-            messages.append(self._run_call(call))
+        messages = [self._tool_message(executed) for executed in self._execute(calls)] if calls else []
         messages += feedback
         if calls:
             self._made_call_in_turn = True
@@ -117,8 +123,7 @@ class TurnBasedEpisode(ToolEnvironment):
             return StepResult(messages, turn_ended=True, done=True)
         return StepResult(messages, turn_ended=False, done=False)
 
-    def _run_call(self, call: ToolCallLike) -> dict[str, Any]:
-        executed = self._execute(call)
+    def _tool_message(self, executed: ExecutedCall) -> dict[str, Any]:
         self._counters["tool_calls"] += 1
         self._counters["valid_calls" if executed.valid else "invalid_calls"] += 1
         if executed.raised or executed.reported_error:
@@ -128,8 +133,8 @@ class TurnBasedEpisode(ToolEnvironment):
             hint = self._hint(executed)
             if hint:
                 self._counters["hints"] += 1
-                content = f"{content}\n{hint}"
-        return {"role": "tool", "name": executed.name, "content": content}
+                content = f"{content}\n{bounded_message(hint)}"
+        return {"role": "tool", "name": echo(executed.name), "content": content}
 
     def _score_current_turn(self) -> None:
         turn = self._turn
@@ -145,7 +150,7 @@ class TurnBasedEpisode(ToolEnvironment):
         self._score_current_turn()
         self._turn += 1
         if self._turn >= self.num_turns:
-            self._done = True
+            self._set_done()
             return StepResult([], turn_ended=True, done=True)
         self._steps_in_turn = 0
         self._made_call_in_turn = False
@@ -166,7 +171,11 @@ class TurnBasedEpisode(ToolEnvironment):
         self._score_current_turn()
         if self._turn < self.num_turns - 1:
             self._all_turns_pass = False
+        self._set_done()
+
+    def _set_done(self) -> None:
         self._done = True
+        self._release()
 
     def truncate(self, reason: str) -> None:
         if not self._started:
@@ -176,7 +185,7 @@ class TurnBasedEpisode(ToolEnvironment):
         self._counters["truncated"] = 1
         if not self._log[self._turn]:  # the current turn never started: it is unreached, like the rest
             self._all_turns_pass = False
-            self._done = True
+            self._set_done()
             return
         self._finish_episode_early()
 
