@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from environments.bfcl_data import BfclEntry, shared_offered_tool_docs
 from environments.config import EnvironmentConfig
@@ -22,7 +22,7 @@ from environments.executor import ExecutedCall, public_method_names
 from environments.gt_calls import parse_ground_truth_call
 from environments.hints import HintContext, hint_for
 from environments.hosted_backend import open_backend
-from environments.rewards import responses_contained
+from environments.rewards import Verdict
 from environments.tool_backend import BackendSpec
 from envtune_jax.untrusted_text import echo
 
@@ -69,7 +69,7 @@ class BfclEpisode(TurnBasedEpisode):
         if self.config.execute_withheld_tools:
             unoffered = tuple(d["name"] for docs in self._withheld_docs.values() for d in docs)
         spec = BackendSpec(tuple(entry.involved_classes), entry.initial_config, entry.long_context,
-                           tuple(self._tool_docs), unoffered)
+                           tuple(d["name"] for d in self._tool_docs), unoffered)
         if getattr(self, "_backend", None) is not None:
             self._backend.close()  # reset() of a used episode: its old state is not needed any more
         self._backend = open_backend(spec, self.config.call_time_limit_s)
@@ -82,7 +82,7 @@ class BfclEpisode(TurnBasedEpisode):
     def _opening_messages(self, turn: int) -> list[dict[str, Any]]:
         if turn in self._withheld_docs:
             withheld = self._withheld_docs[turn]
-            self._backend.offer(withheld)
+            self._backend.offer([doc["name"] for doc in withheld])
             self._offered_docs.update((doc["name"], doc) for doc in withheld)
             if not self.entry.question[turn]:
                 return [{"role": "user", "content": f"{withheld}\n{ADDITIONAL_FUNCTION_PROMPT}"}]
@@ -101,8 +101,7 @@ class BfclEpisode(TurnBasedEpisode):
         # Rules quote the name: quote it bounded (no offered name is long enough to change).
         return hint_for(dataclasses.replace(executed, name=echo(executed.name)), context)
 
-    def _close_turn(self, turn: int) -> tuple[bool, bool]:
+    def _close_turn(self, turn: int) -> Verdict | Callable[[], Verdict]:
         if not self._truth_calls[turn]:
             return True, True
-        truth_results, state_ok = self._backend.close_turn(self._truth_calls[turn])
-        return state_ok, responses_contained(truth_results, self._agent_results)
+        return self._backend.close_turn(self._truth_calls[turn])

@@ -12,12 +12,12 @@ bounded (`envtune_jax.untrusted_text`); tool results themselves are the official
 from __future__ import annotations
 
 import abc
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from environments.base import EpisodeFinishedError, EpisodeOutcome, StepResult, ToolCallLike, ToolEnvironment
 from environments.config import EnvironmentConfig
 from environments.executor import ExecutedCall
-from environments.rewards import progress_reward, syntax_reward, turn_reward
+from environments.rewards import Verdict, progress_reward, syntax_reward, turn_reward
 from envtune_jax.untrusted_text import bounded_message, echo
 
 EMPTY_TURN_WARNING = (
@@ -59,8 +59,9 @@ class TurnBasedEpisode(ToolEnvironment):
         """Actionable hint for a failing result, or None."""
 
     @abc.abstractmethod
-    def _close_turn(self, turn: int) -> tuple[bool, bool]:
-        """Advances the ground truth through `turn`; returns (state matches, responses contained)."""
+    def _close_turn(self, turn: int) -> "Verdict | Callable[[], Verdict]":
+        """Advances the ground truth through `turn`; returns (state matches, responses contained), or a
+        function giving them when the outcome is asked for (a tool process answers later)."""
 
     def _release(self) -> None:
         """Called once when the episode is done: free task state held elsewhere (a tool process)."""
@@ -72,8 +73,8 @@ class TurnBasedEpisode(ToolEnvironment):
         self._turn = 0
         self._steps_in_turn = 0
         self._made_call_in_turn = False
-        self._turn_rewards: list[float] = []
-        self._all_turns_pass = True
+        self._closed_turns: list[tuple[bool, bool, Verdict | Callable[[], Verdict]]] = []  # (expects, called, verdict)
+        self._unreached_turns = False  # the episode ended before its last turn
         self._done = False
         self._warn_next_turn = False
         self._log: list[list[str]] = [[]]
@@ -138,13 +139,21 @@ class TurnBasedEpisode(ToolEnvironment):
 
     def _score_current_turn(self) -> None:
         turn = self._turn
-        state_ok, responses_ok = self._close_turn(turn)
-        expects = self._expects_calls(turn)
-        reward = turn_reward(expects, self._made_call_in_turn, state_ok, responses_ok)
-        self._turn_rewards.append(reward)
-        if expects and not (self._made_call_in_turn and state_ok and responses_ok):
-            self._all_turns_pass = False
+        self._closed_turns.append((self._expects_calls(turn), self._made_call_in_turn, self._close_turn(turn)))
         self._counters["turns_completed"] += 1
+
+    def _turn_scores(self) -> tuple[list[float], bool]:
+        """(r_t of each closed turn, whether every closed turn that expects calls passed)."""
+        rewards, passed = [], True
+        for index, (expects, called, verdict) in enumerate(self._closed_turns):
+            if callable(verdict):
+                verdict = verdict()
+                self._closed_turns[index] = (expects, called, verdict)
+            state_ok, responses_ok = verdict
+            rewards.append(turn_reward(expects, called, state_ok, responses_ok))
+            if expects and not (called and state_ok and responses_ok):
+                passed = False
+        return rewards, passed
 
     def _end_turn(self) -> StepResult:
         self._score_current_turn()
@@ -170,7 +179,7 @@ class TurnBasedEpisode(ToolEnvironment):
         """
         self._score_current_turn()
         if self._turn < self.num_turns - 1:
-            self._all_turns_pass = False
+            self._unreached_turns = True
         self._set_done()
 
     def _set_done(self) -> None:
@@ -184,7 +193,7 @@ class TurnBasedEpisode(ToolEnvironment):
             return
         self._counters["truncated"] = 1
         if not self._log[self._turn]:  # the current turn never started: it is unreached, like the rest
-            self._all_turns_pass = False
+            self._unreached_turns = True
             self._set_done()
             return
         self._finish_episode_early()
@@ -192,8 +201,9 @@ class TurnBasedEpisode(ToolEnvironment):
     def outcome(self) -> EpisodeOutcome:
         if not self._started:
             raise EpisodeFinishedError("call reset() before outcome()")
-        turn_rewards = self._turn_rewards + [0.0] * (self.num_turns - len(self._turn_rewards))
-        correct = self._done and self._all_turns_pass
+        closed_rewards, closed_pass = self._turn_scores()
+        turn_rewards = closed_rewards + [0.0] * (self.num_turns - len(closed_rewards))
+        correct = self._done and closed_pass and not self._unreached_turns
         progress = progress_reward(turn_rewards, self.num_turns)
         syntax = syntax_reward(
             self._counters["steps"], self._counters["format_error_steps"],

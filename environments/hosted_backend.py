@@ -2,15 +2,18 @@
 
 `open_backend(spec, limit_s)` gives an episode its API state: a plain in-process `ToolBackend` when there
 is no limit, else a `HostedBackend`, a handle on a backend that lives in this process's tool process
-(`environments.tool_host`; one per process, started on first use, kept warm). Each `execute` or
-`close_turn` is one round trip; offers and drops travel with the next one.
+(`environments.tool_host`; one per process, started on first use, kept warm). Executing a step's calls is
+one round trip. Opening a backend is sent at once without waiting (its scenario loads meanwhile);
+offering tools, closing a turn and dropping a backend ride along with the next message (a turn's verdict
+comes back with a later answer, or with one round trip when it is asked for first). A turn thus costs
+one round trip per tool-calling step, and an episode one more for its last verdict.
 
-The limit: while a request runs, the parent watches the call the tool process says is running (a shared
-record of backend, call ordinal and start time) and, once that call has run `limit_s`, kills the process.
-A call that ends the process otherwise (a crash, the kernel's out-of-memory killer) is treated alike.
-The call is then marked refused in its backend (the reason becomes its error string,
-"Error during execution: <tool> did not finish within 5 s"), a fresh tool process is started, and the
-backend is rebuilt there by replaying its history (every request since it was opened) with that call
+The limit: while the parent waits for an answer, it watches the call the tool process says is running (a
+shared record of backend, call ordinal and start time) and, once that call has run `limit_s`, kills the
+process. A call that ends the process otherwise (a crash, the kernel's out-of-memory killer) is treated
+alike. The call is then marked refused in its backend (the reason becomes its error string, "Error during
+execution: <tool> did not finish within 5 s"), a fresh tool process is started, and the backend is
+rebuilt there by replaying its history (everything sent for it since it was opened) with that call
 refused. Backends are deterministic (seeded ids, counters), so the rebuilt state is the state before the
 call: a call that ran too long has no effect, whatever it had done when it was stopped. Other backends
 of the killed process are rebuilt the same way when they are next used. A replayed call that no longer
@@ -21,101 +24,131 @@ unpickles it, so episodes can still be shipped to worker processes.
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import itertools
-import multiprocessing
 import os
+import selectors
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import weakref
+from multiprocessing.connection import Connection
 from typing import Any, Mapping, Sequence
 
-from environments.executor import ExecutedCall, api_module_names
-from environments.gt_calls import GroundTruthCall
-from environments.tool_backend import BackendSpec, ToolBackend
 from environments import tool_host
+from environments.executor import ExecutedCall
+from environments.gt_calls import GroundTruthCall
+from environments.rewards import Verdict
+from environments.tool_backend import BackendSpec, ToolBackend
 
 IDLE_POLL_S = 0.1  # how often the parent looks at the record while no call runs (a call may start meanwhile)
 MAX_POLL_S = 60.0
+_UNEXPLAINED_STOP = object()
 
 
 class ToolHostError(RuntimeError):
     """The tool process failed in a way no tool call explains (a fault of ours, not of a call)."""
 
 
+class DeferredVerdict:
+    """A closed turn's verdict, fetched from the backend when first asked for (picklable)."""
+
+    def __init__(self, backend: "HostedBackend", index: int):
+        self.backend, self.index = backend, index
+
+    def __call__(self) -> Verdict:
+        return self.backend.verdict(self.index)
+
+
 class HostedBackend:
-    """A handle on one episode's backend in the tool process; same methods as ToolBackend."""
+    """A handle on one episode's backend in the tool process; the methods of ToolBackend."""
 
     def __init__(self, spec: BackendSpec, limit_s: float):
         self.spec = spec
         self.limit_s = float(limit_s)
         self.refused: dict[int, str] = {}  # call ordinal -> reason (calls that stopped the process)
-        self.history: list[tuple[str, Any]] = []  # (op, payload) of every request since opened
+        self.history: list[tuple[str, Any]] = []  # (op, payload) of everything sent since opened
+        self.verdicts: list[Verdict] = []  # of the turns closed so far, as far as answered
+        self.closed_turns = 0
         self.closed = False
         self.backend_id: int | None = None
         self.host_token: object | None = None  # the tool process holding it (None: rebuild on next use)
+        _client().open(self)
 
-    def offer(self, tool_docs: Sequence[Mapping[str, Any]]) -> None:
-        docs = [dict(doc) for doc in tool_docs]
-        self.history.append(("offer", docs))
-        _client().queue(self, ("offer", docs))
+    def offer(self, names: Sequence[str]) -> None:
+        self._send_later("offer", list(names))
 
     def execute(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> list[ExecutedCall]:
-        return self._request("execute", list(calls))
+        self.history.append(("execute", list(calls)))
+        return _client().request(self, None)
 
-    def close_turn(self, truth_calls: Sequence[GroundTruthCall]) -> tuple[list[str], bool]:
-        return self._request("close_turn", list(truth_calls))
+    def close_turn(self, truth_calls: Sequence[GroundTruthCall]) -> DeferredVerdict:
+        self._send_later("close_turn", list(truth_calls))
+        self.closed_turns += 1
+        return DeferredVerdict(self, self.closed_turns - 1)
+
+    def verdict(self, index: int) -> Verdict:
+        if index >= len(self.verdicts):
+            _client().request(self, ("sync", None))
+        return self.verdicts[index]
 
     def close(self) -> None:
         """Frees the backend in the tool process (the episode is over)."""
         if not self.closed:
             self.closed = True
-            _client().queue(self, ("drop", None))
+            _client().send_later(self, ("drop", None))
 
-    def _request(self, op: str, payload: Any) -> Any:
-        if self.closed:
-            raise ToolHostError("this backend was closed: its episode is over")
+    def _send_later(self, op: str, payload: Any) -> None:
         self.history.append((op, payload))
-        return _client().request(self)
+        _client().send_later(self, (op, payload))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.spec, "limit_s": self.limit_s, "refused": dict(self.refused),
-                "history": list(self.history), "closed": self.closed}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.backend_id, self.host_token = None, None
+        state = dict(self.__dict__)
+        state["backend_id"], state["host_token"] = None, None
+        return state
 
 
 class ToolHostClient:
-    """This process's side of its tool process: starts it, sends requests, enforces the limit, replaces it."""
+    """This process's side of its tool process: starts it, sends to it, enforces the limit, replaces it."""
 
     def __init__(self):
         self._lock = threading.RLock()
-        self._process = None
-        self._connection = None
+        self._process: subprocess.Popen | None = None
+        self._connection: Connection | None = None
+        self._readable: selectors.BaseSelector | None = None
         self._record = None
         self._token: object | None = None
-        self._queued: collections.deque = collections.deque()  # commands for the current process
+        self._dropped: collections.deque = collections.deque()  # ids of garbage-collected handles
+        self._queued: list[tuple[str, int, Any]] = []  # commands for the current process's next message
         self._ids = itertools.count()
         self._live: weakref.WeakValueDictionary[int, HostedBackend] = weakref.WeakValueDictionary()
         self.processes_started = 0
 
     # -- the process ------------------------------------------------------------------------------
     def _start(self) -> None:
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        if context.get_start_method() == "forkserver":  # each new tool process starts with the API classes loaded
-            context.set_forkserver_preload(["environments.tool_host", *api_module_names()])
-        parent_end, child_end = context.Pipe()
-        record = context.RawArray("d", tool_host.RECORD_SIZE)
-        process = context.Process(target=tool_host.serve, args=(child_end, record), daemon=True,
-                                  name="envtune-tool-process")
-        process.start()
-        child_end.close()
-        self._process, self._connection, self._record = process, parent_end, record
+        """Starts a tool process: a fresh interpreter running `environments.tool_host` (not a
+        multiprocessing child, which would import this process's __main__ again), joined to this one by
+        a socket pair and a mapped record file."""
+        ours, theirs = socket.socketpair()
+        record_file = tempfile.TemporaryFile(prefix="envtune-tool-record-")
+        record_file.truncate(tool_host.RECORD_BYTES)
+        fds = (theirs.fileno(), record_file.fileno())
+        path = os.pathsep.join(entry for entry in sys.path if entry)
+        process = subprocess.Popen([sys.executable, "-m", "environments.tool_host", *map(str, fds)], pass_fds=fds,
+                                   env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._process, self._connection = process, Connection(ours.detach())
+        self._readable = selectors.DefaultSelector()  # kept for the process's life (Connection.poll makes one per call)
+        self._readable.register(self._connection, selectors.EVENT_READ)
+        self._record = tool_host.map_record(record_file.fileno())
+        record_file.close()  # the mapping keeps the memory
         self._token = object()
-        self._queued.clear()
+        self._dropped.clear()
+        self._queued = []
         self.processes_started += 1
 
     def _stop(self, kill: bool) -> int | None:
@@ -125,61 +158,137 @@ class ToolHostClient:
         self._token = None
         if process is None:
             return None
-        if kill:
-            process.kill()
-        else:
+        if not kill:
             try:
                 connection.send(None)
-            except (OSError, ValueError):
+                process.wait(timeout=5.0)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
-        process.join(timeout=None if kill else 5.0)
-        if process.is_alive():
+        if process.poll() is None:
             process.kill()
-            process.join()
+        process.wait()
+        self._readable.close()
         connection.close()
-        return process.exitcode
+        return process.returncode
 
     def close(self) -> None:
+        """Lets the tool process finish (a later use starts a new one)."""
         with self._lock:
             self._stop(kill=False)
 
-    # -- requests ---------------------------------------------------------------------------------
-    def queue(self, backend: HostedBackend, command: tuple[str, Any]) -> None:
-        """Sends `command` with the next request, if the current process holds the backend (else its
-        history will rebuild it)."""
-        if backend.host_token is not None and backend.host_token is self._token:
-            self._queued.append((command[0], backend.backend_id, command[1]))
-
-    def request(self, backend: HostedBackend) -> Any:
-        """Runs the backend's last history entry in the tool process and returns its result."""
+    def round_trip_s(self) -> float:
+        """Seconds one empty request takes (what each tool-calling step adds, besides moving its data)."""
         with self._lock:
+            if self._process is None:
+                self._start()
+            started = time.perf_counter()
+            self._connection.send(("request", self._take_queued()))
+            reply = self._await_reply()
+            if not isinstance(reply, tuple) or reply[0] != "ok":
+                raise ToolHostError(f"the tool process did not answer an empty request: {reply!r}")
+            return time.perf_counter() - started
+
+    def backends_held(self) -> int:
+        """How many episodes' API state the tool process holds (finished episodes free theirs)."""
+        with self._lock:
+            if self._process is None:
+                return 0
+            self._connection.send(("request", self._take_queued() + [("count", -1, None)]))
+            reply = self._await_reply()
+            if not isinstance(reply, tuple) or reply[0] != "ok":
+                raise ToolHostError(f"the tool process did not answer: {reply!r}")
+            return reply[1]
+
+    @property
+    def pid(self) -> int | None:
+        """The running tool process's id (None if none runs)."""
+        return self._process.pid if self._process is not None else None
+
+    # -- messages ---------------------------------------------------------------------------------
+    def _held(self, backend: HostedBackend) -> bool:
+        return backend.host_token is not None and backend.host_token is self._token
+
+    def _rebuild_commands(self, backend: HostedBackend) -> list[tuple[str, int, Any]]:
+        """Makes the current process hold `backend`: the commands that open it and replay its history."""
+        backend.backend_id, backend.host_token = next(self._ids), self._token
+        self._live[backend.backend_id] = backend
+        weakref.finalize(backend, self._drop_later, backend.backend_id, self._token)
+        commands = [("open", backend.backend_id, (backend.spec, dict(backend.refused)))]
+        return commands + [(op, backend.backend_id, payload) for op, payload in backend.history]
+
+    def open(self, backend: HostedBackend) -> None:
+        """Opens a new backend in the tool process now (its scenario loads while this process goes on)."""
+        with self._lock:
+            if self._process is None:
+                self._start()
+            self._send_without_answer(self._take_queued() + self._rebuild_commands(backend))
+
+    def send_later(self, backend: HostedBackend, command: tuple[str, Any]) -> None:
+        """Queues a command that needs no answer for the next message, if the current process holds the
+        backend (else its history will rebuild it when it is next used). Every message costs both
+        processes a wake-up, so these cheap commands ride along with the next one."""
+        with self._lock:
+            if self._held(backend):
+                self._queued.append((command[0], backend.backend_id, command[1]))
+
+    def _take_queued(self) -> list[tuple[str, int, Any]]:
+        drops = [("drop", self._dropped.popleft(), None) for _ in range(len(self._dropped))]
+        queued, self._queued = self._queued, []
+        return queued + drops
+
+    def _send_without_answer(self, commands: list) -> None:
+        try:
+            self._connection.send(("queue", commands))
+        except OSError:  # the process is gone: the next request notices and rebuilds what it needs
+            self._stop(kill=True)
+
+    def request(self, backend: HostedBackend, command: tuple[str, Any] | None) -> Any:
+        """The answer to `command` (None: the backend's last history entry) for `backend`."""
+        with self._lock:
+            unexplained_stops = 0
             while True:
                 if self._process is None:
                     self._start()
-                commands = [self._queued.popleft() for _ in range(len(self._queued))]
-                if backend.host_token is not self._token:  # not held by this process: rebuild it there
-                    backend.backend_id, backend.host_token = next(self._ids), self._token
-                    self._live[backend.backend_id] = backend
-                    weakref.finalize(backend, self._drop_later, backend.backend_id, self._token)
-                    commands.append(("open", backend.backend_id, (backend.spec, dict(backend.refused))))
-                    commands += [(op, backend.backend_id, payload) for op, payload in backend.history]
-                else:
+                commands = self._take_queued()
+                if not self._held(backend):
+                    commands += self._rebuild_commands(backend)
+                elif command is None:
                     op, payload = backend.history[-1]
                     commands.append((op, backend.backend_id, payload))
-                self._connection.send(commands)
-                reply = self._await_reply()
-                if reply is not None:
-                    if reply[0] == "ok":
-                        return reply[1]
+                if command is not None:
+                    commands.append((command[0], backend.backend_id, command[1]))
+                try:
+                    self._connection.send(("request", commands))
+                except OSError:  # it died while idle
+                    self._stop(kill=True)
+                    reply = _UNEXPLAINED_STOP
+                else:
+                    reply = self._await_reply()
+                if reply is _UNEXPLAINED_STOP:  # start over once (a process may die with the thread that
+                    unexplained_stops += 1      # started it, see tool_host); twice is a fault of ours
+                    if unexplained_stops > 1:
+                        raise ToolHostError("the tool process ended twice outside any tool call")
+                    continue
+                if reply is None:
+                    continue  # the process was stopped and a call refused: rebuild and ask again
+                if reply[0] == "raise":
                     raise reply[1]
+                self._store_verdicts(reply[2])
+                return reply[1]
+
+    def _store_verdicts(self, updates: Mapping[int, tuple[int, list[Verdict]]]) -> None:
+        for backend_id, (start, verdicts) in updates.items():
+            backend = self._live.get(backend_id)
+            if backend is not None and self._held(backend):
+                backend.verdicts[start:start + len(verdicts)] = verdicts
 
     def _drop_later(self, backend_id: int, token: object) -> None:
-        if token is self._token:  # a garbage-collected handle: free its backend with the next request
-            self._queued.append(("drop", backend_id, None))
+        if token is self._token:  # a garbage-collected handle: free its backend with the next message
+            self._dropped.append(backend_id)
 
-    def _await_reply(self) -> tuple | None:
-        """The reply, or None after the tool process was stopped (a call ran past its limit or ended the
-        process; that call is now refused in its backend)."""
+    def _await_reply(self) -> Any:
+        """The answer; None after the tool process was stopped (a call ran past its limit or ended the
+        process; that call is now refused in its backend); _UNEXPLAINED_STOP if it ended outside a call."""
         record, connection = self._record, self._connection
         while True:
             started = record[tool_host.RECORD_STARTED]
@@ -191,17 +300,15 @@ class ToolHostClient:
                     self._refuse_running_call(None)
                     return None
             try:
-                if connection.poll(min(wait, MAX_POLL_S)):
+                if self._readable.select(min(wait, MAX_POLL_S)):  # an answer, or the end of the process
                     return connection.recv()
             except (EOFError, OSError):
                 exit_code = self._stop(kill=True)
-                if not self._refuse_running_call(exit_code):
-                    raise ToolHostError(f"the tool process ended outside any tool call ({_describe(exit_code)})")
-                return None
+                return None if self._refuse_running_call(exit_code) else _UNEXPLAINED_STOP
 
     def _limit_of(self, backend_id: float) -> float:
         backend = self._live.get(int(backend_id))
-        return backend.limit_s if backend is not None else float("inf")
+        return backend.limit_s if backend is not None else MAX_POLL_S
 
     def _refuse_running_call(self, exit_code: int | None) -> bool:
         """After the process stopped: marks the call the record shows as refused; False if none ran."""
@@ -235,6 +342,7 @@ def _client() -> ToolHostClient:
     with _CLIENT_LOCK:
         if _CLIENT is None:
             _CLIENT = ToolHostClient()
+            atexit.register(_CLIENT.close)
         return _CLIENT
 
 

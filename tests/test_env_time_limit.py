@@ -3,6 +3,7 @@ limit, the call becomes an error string without effect, and every episode goes o
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import pickle
 import signal
@@ -14,6 +15,7 @@ from environments.bfcl_data import entry_by_id, load_entries
 from environments.bfcl_env import BfclEpisode
 from environments.config import EnvironmentConfig
 from environments.evaluation import evaluate_bfcl
+from environments.gt_calls import ground_truth_tool_calls
 from environments.hosted_backend import tool_host_client
 from environments.policies import OraclePolicy
 
@@ -60,8 +62,7 @@ def test_a_call_that_ends_the_tool_process_is_refused_and_the_episode_goes_on():
     env = BfclEpisode(entry_by_id("multi_turn_base_15"), _config(60.0))
     env.reset()
     _results(env, [ToolCall("mkdir", {"dir_name": "zz_before"})])
-    process = tool_host_client()._process
-    killer = threading.Timer(0.5, os.kill, (process.pid, signal.SIGKILL))  # as the out-of-memory killer would
+    killer = threading.Timer(0.5, os.kill, (tool_host_client().pid, signal.SIGKILL))  # as the OOM killer would
     killer.start()
     try:
         results = _results(env, [SLOW_CALL])
@@ -77,3 +78,27 @@ def test_the_tool_process_and_the_in_process_reference_give_identical_records():
     reference = evaluate_bfcl(entries, OraclePolicy.for_bfcl(entries), _config(None))
     assert [(r.to_json(), r.steps) for r in hosted] == [(r.to_json(), r.steps) for r in reference]
     assert all(r.outcome.correct for r in hosted)
+
+
+def test_finished_episodes_free_their_state_and_turn_verdicts_survive_a_restart():
+    entries = load_entries()[::100]
+    records = evaluate_bfcl(entries, OraclePolicy.for_bfcl(entries), _config(5.0))
+    assert all(r.outcome.correct for r in records)
+    gc.collect()
+    assert tool_host_client().backends_held() == 0
+
+    # Turn 0 closes (its verdict is not fetched yet), then a call of turn 1 stops the tool process: the
+    # rebuilt backend recomputes the verdict, and the stopped call changes nothing.
+    entry = entry_by_id("multi_turn_base_15")
+    env = BfclEpisode(entry, _config(1.0))
+    env.reset()
+    for turn, sources in enumerate(entry.ground_truth):
+        calls = ground_truth_tool_calls(sources, entry.involved_classes)
+        if turn == 1:
+            env.step("", [SLOW_CALL], [])
+        if calls:
+            env.step("", calls, [])
+        env.step("Done.", [], [])
+    outcome = env.outcome()
+    assert outcome.correct and outcome.turn_rewards == [1.0] * entry.num_turns
+    assert outcome.counters["tool_errors"] == 1
