@@ -5,6 +5,9 @@ turn-ending step that runs the turn's checks), timing whole episodes (reset, eve
 - steps_per_s / calls_per_s / us_per_step / us_per_call: `env.step` calls and the tool calls in them;
 - replay_800_s: all 800 entries played by the oracle through the whole text protocol (calls rendered as
   <tool_call> text, decoded by the official rule, executed, checked), one process;
+- single_call_step_us_median / _mean: one episode stepping 3,000 times with one cheap call (`pwd`): the
+  price of a tool call on its own (the median is the typical call; the mean adds the waits a busy
+  machine imposes);
 - tool_process_round_trip_us: an empty request to the tool process and its answer (median of 2000),
   the machine's price of one synchronous hop between two processes.
 Configurations: "current" (this tree, the default 5 s per-call limit: calls run in the tool process),
@@ -95,6 +98,24 @@ def measure_official_checker() -> float:
     return time.perf_counter() - started
 
 
+def measure_single_calls(limit_s: float | None, count: int = 3000) -> list[float]:
+    """Seconds of each of `count` steps making one cheap call (`pwd`) in one episode: the per-call price."""
+    from environments.base import ToolCall
+    from environments.bfcl_data import entry_by_id
+    from environments.bfcl_env import BfclEpisode
+    from environments.config import EnvironmentConfig
+
+    config = dataclasses.replace(EnvironmentConfig.evaluation(), call_time_limit_s=limit_s, max_steps_per_turn=None)
+    env = BfclEpisode(entry_by_id("multi_turn_base_0"), config)
+    env.reset()
+    seconds = []
+    for _ in range(count):
+        started = time.perf_counter()
+        env.step("", [ToolCall("pwd", {})], [])
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
 def measure_round_trip(count: int = 2000) -> float | None:
     """Median seconds of an empty request to the tool process (None: this code has no tool process)."""
     try:
@@ -110,6 +131,8 @@ def _measure_here(limit_s: float | None) -> dict[str, float]:
     measure_episodes(limit_s)  # warm caches (doc parsing, class imports, the tool process)
     record = measure_episodes(limit_s)
     record["replay_800_s"] = measure_replay(limit_s)
+    single = measure_single_calls(limit_s)
+    record["single_call_median_s"], record["single_call_mean_s"] = statistics.median(single), statistics.mean(single)
     if limit_s is not None:
         record["round_trip_s"] = measure_round_trip()
     return record
@@ -138,7 +161,9 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
     calls_per_s = statistics.median(r["calls"] / r["seconds"] for r in runs)
     summary = {"steps_per_s": round(steps_per_s, 1), "calls_per_s": round(calls_per_s, 1),
                "us_per_step": round(1e6 / steps_per_s, 1), "us_per_call": round(1e6 / calls_per_s, 1),
-               "replay_800_s": round(statistics.median(r["replay_800_s"] for r in runs), 3)}
+               "replay_800_s": round(statistics.median(r["replay_800_s"] for r in runs), 3),
+               "single_call_step_us_median": round(1e6 * statistics.median(r["single_call_median_s"] for r in runs), 1),
+               "single_call_step_us_mean": round(1e6 * statistics.median(r["single_call_mean_s"] for r in runs), 1)}
     round_trips = [r["round_trip_s"] for r in runs if r.get("round_trip_s") is not None]
     if round_trips:
         summary["tool_process_round_trip_us"] = round(1e6 * statistics.median(round_trips), 1)
@@ -183,6 +208,8 @@ def main() -> None:
         record["steps_per_s_current_over_baseline"] = round(current["steps_per_s"] / baseline["steps_per_s"], 3)
         record["limit_cost_us_per_call"] = round(current["us_per_call"] - baseline["us_per_call"], 1)
         record["limit_cost_us_per_step"] = round(current["us_per_step"] - baseline["us_per_step"], 1)
+        record["limit_cost_us_per_single_call_median"] = round(
+            current["single_call_step_us_median"] - baseline["single_call_step_us_median"], 1)
     record["current_over_in_process"] = round(results["current"]["steps_per_s"]
                                               / results["current_in_process"]["steps_per_s"], 3)
     if args.official:
