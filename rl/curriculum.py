@@ -14,6 +14,7 @@ from typing import Literal, Sequence
 
 from environments.config import EnvironmentConfig
 from envtune_jax.chat.chat_config import ChatConfig
+from envtune_jax.config import require_at_least
 
 DataSubset = Literal["stage1_easy", "base_train", "train", "validation", "synthetic"]
 
@@ -26,6 +27,12 @@ class AdvanceRule:
     grad_norm_window: int = 10
     grad_norm_cv_max: float = 0.5
     min_steps: int = 1
+
+    def __post_init__(self):
+        require_at_least(self, 1, "patience", "grad_norm_window")
+        require_at_least(self, 0, "min_delta", "min_steps")
+        if not self.grad_norm_cv_max > 0:
+            raise ValueError(f"grad_norm_cv_max must be > 0, got {self.grad_norm_cv_max}")
 
 
 @dataclasses.dataclass
@@ -41,6 +48,13 @@ class StageConfig:
     chat: ChatConfig = dataclasses.field(default_factory=ChatConfig)
     advance: AdvanceRule = dataclasses.field(default_factory=AdvanceRule)
     export_hf: bool = True  # write HF safetensors when the stage ends
+
+    def __post_init__(self):
+        require_at_least(self, 1, "max_steps", "prompts_per_step")
+        require_at_least(self, 0, "validation_every", "validation_entries")
+        if self.samples_per_prompt < 2:
+            raise ValueError(f"samples_per_prompt must be ≥ 2 (GRPO compares the samples of a prompt), "
+                             f"got {self.samples_per_prompt}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,14 +7,13 @@ environment/tool/user tokens and padding (they do not). Registries (`KL_ESTIMATO
 """
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Mapping, NamedTuple, TypeVar
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from envtune_jax.config import ConfigError
+from envtune_jax.config import UnknownNameError, check_name  # noqa: F401 - UnknownNameError: lookup's error
 from rl.rl_config import LossConfig
 
 # |log ratio| is clipped here before exp() so that exp never overflows (as verl does); the clip
@@ -24,17 +23,10 @@ LOG_RATIO_LIMIT = 20.0
 V = TypeVar("V")
 
 
-class UnknownNameError(ConfigError):
-    """A name is not in a registry; the message lists the closest valid name."""
-
-
 def lookup(registry: Mapping[str, V], name: str, what: str) -> V:
     """Returns registry[name], or raises UnknownNameError naming the closest valid key."""
-    if name in registry:
-        return registry[name]
-    close = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.4)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise UnknownNameError(f"unknown {what} '{name}'.{hint} Valid: {', '.join(sorted(registry))}.")
+    check_name(registry, name, what)
+    return registry[name]
 
 
 # ---------------------------------------------------------------- aggregation over [B, T] -> scalar

@@ -2,9 +2,10 @@
 
 Like the official harness, every step re-renders the whole conversation with the Qwen FC template
 (tools in the system prompt, earlier steps as rendered tool calls) and generates greedily (the
-harness's temperature 0.001) up to `max_new_tokens` (4096); reasoning before </think> is split off
-as the official handler does. The live episodes' steps are generated as one batch, streamed: each
-engine call decodes at most `decode_chunk` tokens of every live step; an episode whose step ended leaves
+harness's temperature 0.001) up to `max_new_tokens` (4096); the step's whole text goes to the
+evaluation driver, which splits off the reasoning and keeps the history as the official handler does.
+The live episodes' steps are generated as one batch, streamed: each engine call decodes at most
+`decode_chunk` tokens of every live step; an episode whose step ended leaves
 with it (its environment steps, its next prompt is prefilled, or a new episode takes its slot) while the
 others answer `STEP_PENDING` and go on at the next call, so a round does not wait for its longest step.
 Greedy decoding draws each token from its position alone: chunking changes no step.
@@ -21,13 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from environments.policies import STEP_PENDING, PolicyState, PolicyStep, StepPending
-from environments.protocol import split_reasoning
 from envtune_jax.chat.render import render_messages
 from envtune_jax.chat.tokenizer import encode_text, stop_token_ids
 from models.generation.sampling import SamplingParams
@@ -126,9 +125,10 @@ class ModelPolicy:
                   file=sys.stderr)
 
     def _policy_step(self, ids: list[int]) -> PolicyStep:
+        # The official harness reads the server's completion text, which leaves out special tokens (vLLM's
+        # default skip_special_tokens); <tool_call> and <think> are not special and stay.
         ids = [t for t in ids if t not in self.sampling.stop_token_ids]
-        reasoning, visible = split_reasoning(self.tokenizer.decode(ids, skip_special_tokens=False))
-        return PolicyStep(visible, reasoning)
+        return PolicyStep(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def _generate(self, group: list[tuple[PolicyState, list[int] | None]], max_steps: int | None) -> list[list[int] | None]:
         """Decodes ≤ max_steps tokens (None: to the end) of the step of each of ≤ batch_size episodes: a new step
@@ -189,7 +189,7 @@ def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, ba
     contexts from materialising [B, N, T, S] scores); decode_attention the one-token steps; decode_chunk the
     tokens per engine call of a streamed step (0: whole steps)."""
     from envtune_jax import checkpointing, hf_io
-    from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, default_tokenizer, load_tokenizer
+    from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, checkpoint_tokenizer
     from envtune_jax.cli.common import parse_mesh
     from models.generation.engine import GenerationEngine
 
@@ -204,10 +204,7 @@ def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, ba
         tokenizer_dir = checkpointing.tokenizer_dir(ckpt)
     else:
         raise ValueError("build_model_policy needs ckpt or hf_dir")
-    has_tokenizer = tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").is_file()
-    if not has_tokenizer:
-        print(f"note: no tokenizer.json with the model; using the embedded Qwen3 tokenizer", file=sys.stderr)
-    tokenizer = load_tokenizer(tokenizer_dir) if has_tokenizer else default_tokenizer()
+    tokenizer = checkpoint_tokenizer(tokenizer_dir, hf_dir or ckpt)
     check_tokenizer_fits_model(tokenizer, model.config.vocab_size)
     max_cache_len = min(max_cache_len, model.config.max_position_embeddings)
     engine = GenerationEngine(model, batch_size=batch_size, max_cache_len=max_cache_len, mesh=mesh)

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from envtune_jax.config import ConfigError
+from envtune_jax.config import ConfigError, check_name
+
+# The names the registries of rl.losses hold (tests/test_config.py checks that they agree), so that a
+# config is checked without importing JAX.
+KL_ESTIMATOR_NAMES = ("k1", "k3", "low_var_kl")
+AGGREGATION_NAMES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+RATIO_NAMES = ("token", "sequence")
+
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
@@ -68,9 +75,6 @@ class LossConfig:
             raise ConfigError(f"seq_sum_norm_length must be > 0 (or None), got {self.seq_sum_norm_length}")
         if self.advantage_eps < 0.0 or self.advantage_std_ddof < 0:
             raise ConfigError("advantage_eps and advantage_std_ddof must be >= 0")
-        # Imported here: rl.losses imports this module for its type hints.
-        from rl.losses import AGGREGATIONS, KL_ESTIMATORS, RATIOS, lookup
-
-        lookup(KL_ESTIMATORS, self.kl_estimator, "kl_estimator")
-        lookup(AGGREGATIONS, self.loss_agg_mode, "loss_agg_mode")
-        lookup(RATIOS, self.ratio_level, "ratio_level")
+        check_name(KL_ESTIMATOR_NAMES, self.kl_estimator, "kl_estimator")
+        check_name(AGGREGATION_NAMES, self.loss_agg_mode, "loss_agg_mode")
+        check_name(RATIO_NAMES, self.ratio_level, "ratio_level")

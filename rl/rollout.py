@@ -27,21 +27,7 @@ from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import TokenConversation
 from models.generation.engine import GenerationEngine
 from models.generation.sampling import SamplingParams
-
-
-@dataclasses.dataclass
-class RolloutConfig:
-    max_prompt_tokens: int = 8192  # the rendered first prompt; longer tasks are skipped with a warning
-    max_response_tokens: int = 24576  # model + environment tokens after the prompt, whole episode
-    max_context_tokens: int = 32768
-    max_new_tokens_per_step: int = 1024
-    # decode returns after this many tokens, so that episodes whose step has ended step their environment
-    # and rejoin while the others go on generating (0: each round decodes until every live step has ended)
-    decode_chunk: int = 128
-
-    def __post_init__(self):
-        if self.decode_chunk < 0:
-            raise ValueError(f"rollout.decode_chunk must be ≥ 0 (0: decode whole steps), got {self.decode_chunk}")
+from rl.rollout_config import RolloutConfig
 
 
 @dataclasses.dataclass
@@ -79,14 +65,19 @@ class RolloutStats:
 
 
 def _parse_step(episode: ToolEnvironment, conversation: TokenConversation):
-    """(calls, format-error messages, text) of the conversation's latest assistant step."""
+    """(calls, format-error messages, text) of the conversation's latest assistant step.
+
+    The calls are every call the official rule decodes, offered or not: the environment runs a call to
+    a tool it does not offer into the official error string (an invalid call for R_tool, with a hint when
+    hints are on). So only format errors are handed over as such: an unknown tool is a tool error, never
+    also a format error (R_format counts format errors only)."""
     segment = conversation.boundaries[-1]
     text = conversation.sampled_text(segment)
     if episode.call_syntax == "compact":
         calls, errors = parse_compact_calls(text, sorted(episode.offered_tool_names()))
         return calls, errors, text
     parsed = conversation.parse_last_step(episode.offered_tool_names())
-    errors = [error.message for error in parsed.errors]
+    errors = [error.message for error in parsed.format_errors]
     return list(parsed.well_formed_calls), errors, text
 
 

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from environments.bfcl_env import BfclEpisode
 from envtune_jax import checkpointing, config as config_lib, hf_io
-from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, default_tokenizer, load_tokenizer, stop_token_ids
-from envtune_jax.mesh import make_mesh
+from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, checkpoint_tokenizer, stop_token_ids
+from envtune_jax.mesh import make_mesh, resolve_mesh_shape
 from envtune_jax.sharding import named_sharding
 from models.config import preset
 from models.generation.sampling import SamplingParams
@@ -63,10 +63,6 @@ def load_policy_model(cfg: RunConfig, mesh):
     return model, None
 
 
-def _tokenizer(tokenizer_dir):
-    if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").is_file():
-        return load_tokenizer(tokenizer_dir)
-    return default_tokenizer()
 
 
 def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
@@ -83,7 +79,7 @@ def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
 def build_learner(cfg: RunConfig, model, tokenizer_dir, mesh) -> PolicyLearner:
     """The run's PolicyLearner around `model`: its tokenizer (checked against the model and the sampler's
     stop ids), trainer, and generation engine on `mesh` (shared by `envtune train` and `envtune bench rollout`)."""
-    tokenizer = _tokenizer(tokenizer_dir)
+    tokenizer = checkpoint_tokenizer(tokenizer_dir, cfg.model.hf or cfg.model.ckpt)
     check_tokenizer(tokenizer, model.config.vocab_size, cfg.sampler.stop_token_ids)
     graphdef, _ = nnx.split(model, nnx.Param)
     trainer = Trainer(graphdef, cfg.loss, cfg.optimizer, dataclasses.replace(cfg.train_step, temperature=cfg.sampler.temperature))
@@ -102,6 +98,7 @@ def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig
 
 def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
     run_dir = Path(cfg.run_dir)
+    resolve_mesh_shape(cfg.mesh, len(jax.devices()))  # a mesh that does not fit the devices: ConfigError
     mesh = make_mesh(cfg.mesh) if len(jax.devices()) > 1 else None
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)

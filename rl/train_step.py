@@ -9,7 +9,7 @@ anything at the output layer. Advantages [B] are broadcast over each sequence's 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,15 +23,7 @@ from rl.logprobs import token_logprobs_and_entropy
 from rl.losses import aggregation_weight, policy_loss
 from rl.optimizer import OptimizerConfig, make_optimizer
 from rl.rl_config import LossConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainStepConfig:
-    micro_batch_size: int = 0  # 0: the whole batch at once
-    temperature: float = 1.0  # must equal the sampler's, so log-probs agree
-    logprob_chunk_t: int = 512
-    logprob_chunk_v: int = 16384
-    old_logprobs: Literal["sampler", "recompute"] = "sampler"
+from rl.train_step_config import TrainStepConfig
 
 
 @dataclasses.dataclass

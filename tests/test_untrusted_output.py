@@ -107,8 +107,8 @@ def test_deep_arguments_get_the_official_nesting_error_and_deeper_bodies_do_not_
 
 def _decode_and_render(text):
     """The evaluation's decode, then the official history message rendered as the next prompt holds it."""
-    calls = decode_official_step(text)
-    history = [{"role": "user", "content": "go"}, history_message("", text, calls or [])]
+    decode_official_step(text)
+    history = [{"role": "user", "content": "go"}, history_message(text)]
     return render_messages(history, FILES_TOOLS)
 
 

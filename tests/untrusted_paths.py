@@ -18,7 +18,6 @@ from typing import Sequence
 from environments.base import StepResult, ToolEnvironment
 from environments.evaluation import EpisodeRecord, run_episodes
 from environments.policies import PolicyStep
-from environments.protocol import split_reasoning
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import TokenConversation
 from envtune_jax.chat.render import render_messages
@@ -71,9 +70,7 @@ class ScriptedModelPolicy:
             self.prompt_tokens.append(len(ids))
             turns = self.recorded[state.episode_id]
             turn = turns[state.turn] if state.turn < len(turns) else []
-            text = turn[state.step] if state.step < len(turn) else ""
-            reasoning, visible = split_reasoning(text)
-            steps.append(PolicyStep(visible, reasoning))
+            steps.append(PolicyStep(turn[state.step] if state.step < len(turn) else ""))
         return steps
 
 

@@ -45,6 +45,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=4096, help="upper end of the --fit search")
 
 
+def check_arguments(args) -> None:
+    from envtune_jax.cli import validate as check
+    from envtune_jax.config import ConfigError
+
+    check.preset_name(args.preset)
+    check.at_least(args, 1, "batch", "max_batch")
+    check.at_least(args, 2, "context")
+    check.at_least(args, 0, "micro_batch", "kl_coef")
+    if args.memory_gb is not None and not args.memory_gb > 0:
+        raise ConfigError(f"--memory-gb must be > 0, got {args.memory_gb}")
+    if not 0 < args.fraction <= 1:
+        raise ConfigError(f"--fraction must lie in (0, 1], got {args.fraction}")
+
+
 def model_config(args):
     from models.config import preset
 

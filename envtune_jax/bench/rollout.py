@@ -37,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None, metavar="DIR", help="write a jax.profiler trace of one extra iteration")
 
 
+def check_arguments(args) -> None:
+    from envtune_jax.cli import validate as check
+
+    args.run_config = check.recipe(args.recipe, args.overrides)
+    check.at_least(args, 1, "prompts", "samples", "iterations")
+    choose_stage(args.run_config[1], args.stage)
+
+
 def choose_stage(stages, name: str | None):
     from envtune_jax.config import ConfigError
 
@@ -77,7 +85,7 @@ def run(args) -> dict:
     from envtune_jax.cli.common import print_json
     from envtune_jax.config import ConfigError
     from envtune_jax.bench.profiling import maybe_trace
-    from envtune_jax.mesh import make_mesh
+    from envtune_jax.mesh import make_mesh, resolve_mesh_shape
     from environments.bfcl_env import BfclEpisode
     from rl.run_config import load_run_config
     from rl.stage_data import draw, load_subset
@@ -85,12 +93,13 @@ def run(args) -> dict:
 
     if args.iterations < 1:
         raise ConfigError(f"--iterations must be ≥ 1, got {args.iterations}")
-    cfg, stages = load_run_config(args.recipe, args.overrides)
+    cfg, stages = getattr(args, "run_config", None) or load_run_config(args.recipe, args.overrides)
     stage = choose_stage(stages, args.stage)
     prompts = args.prompts or stage.prompts_per_step
     samples = args.samples or stage.samples_per_prompt
     if prompts < 1 or samples < 1:
         raise ConfigError(f"--prompts and --samples must be ≥ 1, got {prompts} and {samples}")
+    resolve_mesh_shape(cfg.mesh, len(jax.devices()))  # a mesh that does not fit the devices: ConfigError
     mesh = make_mesh(cfg.mesh) if len(jax.devices()) > 1 else None
     model, tokenizer_dir = load_model(cfg, mesh)
     learner = build_learner(cfg, model, tokenizer_dir, mesh)
