@@ -226,7 +226,7 @@ def memory_steps(tiny: bool, budgets: dict) -> list[Step]:
 # 16 decode slots of ≤ 8,192 tokens (≤ 19 GB of KV cache), short random-weight steps.
 ROLLOUT_4B_ONE_GPU = [
     "model.ckpt=null", "model.preset=qwen3-4b-instruct-2507", "model.param_dtype=bfloat16", "loss.kl_coef=0.0",
-    "data.source=package", "sampler.batch_size=16", "sampler.max_cache_len=8192", "sampler.max_new_tokens=256",
+    "data.source=package", "sampler.batch_size=16", "sampler.max_cache_len=8192",
     "rollout.max_new_tokens_per_step=256", "rollout.max_context_tokens=8192", "rollout.max_response_tokens=4096",
     "train_step.micro_batch_size=2",
 ]

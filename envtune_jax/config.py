@@ -3,6 +3,15 @@
 Every concern (model, mesh, sampler, rl, environment, curriculum, checkpoint, logging) owns a
 dataclass. `load(cls, yaml_path, overrides)` builds one, rejecting unknown keys (with the closest
 valid key suggested) and values of the wrong type, so a typo fails loudly instead of silently.
+
+A field that the chosen mode does not read is an error too, never a silent no-op: each config class
+declares, in a `FIELD_USE` table of `ReadOnlyWhen` rows, which of its fields (or of its nested
+configs' fields, by dotted path) are read only under some condition. `check_field_use` raises
+`IgnoredFieldError` naming a field that is set (different from its default, or named by a `key=value`
+override) while its condition does not hold; classes call it from `__post_init__`, and `load` calls it
+again with the override keys, so a command-line override that would change nothing is caught even when
+it repeats the default. (A YAML file may spell out a default that its mode ignores: recipes document
+the paper's settings that way, and removing the line would change nothing.)
 """
 from __future__ import annotations
 
@@ -12,7 +21,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Collection, Mapping, Sequence, TypeVar
 
 import yaml
 
@@ -43,6 +52,75 @@ def check_name(names: Collection[str], name: str, what: str) -> None:
     close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.4)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     raise UnknownNameError(f"unknown {what} '{name}'.{hint} Valid: {', '.join(sorted(names))}.")
+
+
+class IgnoredFieldError(ConfigError):
+    """A field is set although the chosen mode does not read it; `path` is its dotted name."""
+
+    def __init__(self, path: str, value: Any, reason: str):
+        self.path, self.value, self.reason = path, value, reason
+        super().__init__(f"{path}={value!r} has no effect: {reason}; remove it or change the setting it depends on")
+
+    def under(self, prefix: str) -> "IgnoredFieldError":
+        return IgnoredFieldError(f"{prefix}.{self.path}", self.value, self.reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOnlyWhen:
+    """A row of a config class's `FIELD_USE` table: `field` (a name, or a dotted path into a nested config)
+    is read only when `applies(config)` is true; `reason` says so in words for the error message."""
+
+    field: str
+    reason: str
+    applies: Callable[[Any], bool]
+
+
+def get_path(config: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        config = getattr(config, name)
+    return config
+
+
+def _field_default(owner_cls: type, name: str) -> Any:
+    field = next(f for f in dataclasses.fields(owner_cls) if f.name == name)
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
+def _differs_from_default(config: Any, dotted: str) -> bool:
+    *parents, name = dotted.split(".")
+    owner = get_path(config, ".".join(parents)) if parents else config
+    return getattr(owner, name) != _field_default(type(owner), name)
+
+
+def field_is_set(config: Any, dotted: str, explicit: Collection[str] = (), prefix: str = "") -> bool:
+    """Whether field `dotted` of `config` is set: named in `explicit` (as prefix + dotted) or not at its default."""
+    return prefix + dotted in explicit or _differs_from_default(config, dotted)
+
+
+def check_field_use(config: Any, explicit: Collection[str] = (), prefix: str = "") -> None:
+    """Raises IgnoredFieldError for the first field of `config` (or of a config nested in it) that is set
+    although its `FIELD_USE` row says the mode does not read it. Set means: its dotted path (from the
+    top-level config) is in `explicit`, or its value differs from its default."""
+    for row in getattr(type(config), "FIELD_USE", ()):
+        if field_is_set(config, row.field, explicit, prefix) and not row.applies(config):
+            raise IgnoredFieldError(prefix + row.field, get_path(config, row.field), row.reason)
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_field_use(value, explicit, f"{prefix}{field.name}.")
+
+
+def override_paths(overrides: Sequence[str]) -> set[str]:
+    """Every dotted key (and its parents) that `key=value` overrides name, e.g. {"loss", "loss.kl_coef"}."""
+    paths = set()
+    for item in overrides:
+        keys = item.split("=", 1)[0].strip().split(".")
+        paths |= {".".join(keys[:n]) for n in range(1, len(keys) + 1)}
+    return paths
 
 
 def _suggest(key: str, valid: Sequence[str]) -> str:
@@ -147,6 +225,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         kwargs[key] = _coerce(value, types_by_name[key], path)
     try:
         return cls(**kwargs)
+    except IgnoredFieldError as exc:
+        raise (exc.under(where) if where else exc) from None
     except (TypeError, ValueError) as exc:  # __post_init__ checks: named with the section they belong to
         raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
 
@@ -258,10 +338,30 @@ def load(cls: type[T], yaml_path: str | Path | None = None, overrides: Sequence[
     data = load_yaml_with_includes(yaml_path, path_fields) if yaml_path else {}
     _validate_overrides(cls, overrides)
     apply_overrides(data, overrides)
-    return from_dict(cls, data)
+    config = from_dict(cls, data)
+    check_field_use(config, override_paths(overrides))
+    return config
+
+
+def _drop_unread(config: Any, data: dict[str, Any]) -> None:
+    """Removes from `data` (to_dict of `config`) every field that config's mode does not read."""
+    for row in getattr(type(config), "FIELD_USE", ()):
+        if not row.applies(config):
+            *parents, name = row.field.split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            node.pop(name, None)
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type) and isinstance(data.get(field.name), dict):
+            _drop_unread(value, data[field.name])
 
 
 def save(config: Any, path: str | Path) -> None:
-    """Writes the resolved config as YAML (saved next to every run's checkpoints)."""
+    """Writes the resolved config as YAML (saved next to every run's checkpoints): every field in effect,
+    none that the chosen modes ignore, so `load` reads it back to an equal config."""
+    data = to_dict(config)
+    _drop_unread(config, data)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

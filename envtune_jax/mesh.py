@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from envtune_jax.config import ConfigError
 
@@ -25,6 +25,8 @@ class MeshConfig:
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+
+    FIELD_USE: ClassVar[tuple] = ()  # every axis is read whatever the others say
 
     def __post_init__(self):
         sizes = [self.data, self.fsdp, self.tensor]

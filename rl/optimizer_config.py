@@ -5,6 +5,7 @@ Kept apart from `make_optimizer` (rl/optimizer.py, optax) so that a recipe loads
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from envtune_jax.config import require_at_least
 
@@ -19,6 +20,8 @@ class OptimizerConfig:
     grad_clip: float = 1.0  # ≤ 0: no clipping
     warmup_steps: int = 0
     moments_dtype: str = "float32"  # AdamW mu/nu; fp32 keeps bf16 params trainable
+
+    FIELD_USE: ClassVar[tuple] = ()  # every field is read (grad_clip 0 and warmup_steps 0 switch those off)
 
     def __post_init__(self):
         require_at_least(self, 0, "learning_rate", "weight_decay", "eps", "warmup_steps")

@@ -5,6 +5,7 @@ Kept apart from the rollout driver (rl/rollout.py) so that a recipe loads and is
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from envtune_jax.config import require_at_least
 
@@ -18,6 +19,8 @@ class RolloutConfig:
     # decode returns after this many tokens, so that episodes whose step has ended step their environment
     # and rejoin while the others go on generating (0: each round decodes until every live step has ended)
     decode_chunk: int = 128
+
+    FIELD_USE: ClassVar[tuple] = ()  # every field is read whatever the settings (decode_chunk: see RunConfig)
 
     def __post_init__(self):
         require_at_least(self, 1, "max_prompt_tokens", "max_response_tokens", "max_context_tokens",

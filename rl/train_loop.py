@@ -1,7 +1,8 @@
 """The curriculum training loop behind `envtune train`: stages of GRPO on BFCL, resumable.
 
 For each stage: reset the KL reference to the current weights, then iterate (rollouts of G samples
-per prompt → one optimizer step) until the stage's advance rule says so; validate greedily every
+per prompt → one optimizer step) until the stage's budget (epochs over its data, capped by max_steps)
+is spent or its advance rule says so; rollouts use the stage's limits; validate greedily every
 `validation_every` steps; checkpoint every `checkpoint.every_steps` steps and at the end of the
 stage; export HF safetensors at the end of every stage. Re-running the same command resumes from
 the latest complete checkpoint (stage, step, data position, PRNG, metrics history included).
@@ -24,11 +25,11 @@ from envtune_jax.sharding import named_sharding
 from models.config import preset
 from models.generation.sampling import SamplingParams
 from models.qwen3 import init_model
-from rl.curriculum import StageConfig, decide_advance
+from rl.curriculum import StageConfig, decide_advance, stage_budget
 from rl.grpo import PolicyLearner, summarize
 from rl.metrics_log import MetricsWriter
 from rl.run_checkpoint import RunCheckpointer
-from rl.run_config import RunConfig
+from rl.run_config import RunConfig, stage_rollout
 from rl.stage_data import draw, load_subset
 from rl.train_step import Trainer
 
@@ -87,11 +88,18 @@ def build_learner(cfg: RunConfig, model, tokenizer_dir, mesh) -> PolicyLearner:
     return PolicyLearner(model, engine, trainer, tokenizer, cfg.loss)
 
 
+def stage_sampling(cfg: RunConfig, stage: StageConfig) -> SamplingParams:
+    """The sampler's settings with the stage's per-step token budget."""
+    return dataclasses.replace(cfg.sampler.sampling_params(),
+                               max_new_tokens=stage_rollout(cfg, stage).max_new_tokens_per_step)
+
+
 def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key) -> dict:
-    """Greedy rollouts on the validation entries with the stage's prompt and step cap, no augmentation."""
+    """Greedy rollouts on the validation entries with the stage's prompt, limits and step cap, no augmentation."""
     env_cfg = dataclasses.replace(stage.environment, hints=False, format_feedback=False, empty_turn_warning=False)
-    greedy = SamplingParams(greedy=True, max_new_tokens=cfg.sampler.max_new_tokens, stop_token_ids=tuple(cfg.sampler.stop_token_ids))
-    trajectories = learner.rollout([[BfclEpisode(e, env_cfg)] for e in entries], stage.chat, greedy, cfg.rollout, key)
+    greedy = dataclasses.replace(stage_sampling(cfg, stage), greedy=True)
+    trajectories = learner.rollout([[BfclEpisode(e, env_cfg)] for e in entries], stage.chat, greedy,
+                                   stage_rollout(cfg, stage), key)
     metrics = summarize(trajectories)
     return {f"val/{k}": v for k, v in metrics.items()}
 
@@ -118,7 +126,6 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
         learner.set_state(state, ref if learner.ref_params is not None else None)
         _log(f"resumed from step {record['step']} (stage {stages[record['stage_index']].name}, "
              f"step {record['step_in_stage']} of it)")
-    sampling = cfg.sampler.sampling_params()
     key = jax.random.key(cfg.seed)
     try:
         for stage_index in range(record["stage_index"], len(stages)):
@@ -130,11 +137,17 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
             entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
             val_entries = load_subset("validation", cfg.data.source, cfg.data.data_dir,
                                       cfg.data.validation_limit_per_category, length) if stage.validation_every else []
-            env_cfg = stage.environment
-            bar = tqdm(total=stage.max_steps, initial=record["step_in_stage"], desc=stage.name, unit="step",
+            if stage.validation_entries:
+                val_entries = val_entries[:stage.validation_entries]
+            budget = stage_budget(stage, len(entries))
+            _log(f"{stage.name}: {budget.steps} steps ({budget.binding} binds: {stage.epochs:g} epochs of "
+                 f"{len(entries)} entries = {budget.epoch_steps} steps, max_steps {stage.max_steps})")
+            env_cfg, rollout_cfg, sampling = stage.environment, stage_rollout(cfg, stage), stage_sampling(cfg, stage)
+            bar = tqdm(total=budget.steps, initial=record["step_in_stage"], desc=stage.name, unit="step",
                        disable=not cfg.logging.progress_bar or jax.process_index() != 0)
             while True:
-                decision = decide_advance(stage, record["step_in_stage"], record["val_accuracy"], record["grad_norms"])
+                decision = decide_advance(stage, budget.steps, record["step_in_stage"], record["val_accuracy"],
+                                          record["grad_norms"])
                 if decision.advance:
                     _log(f"{stage.name}: advancing — {decision.reason}")
                     record["decisions"].append({"stage": stage.name, "step": record["step"], "reason": decision.reason})
@@ -142,7 +155,7 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
                 picked = draw(entries, record["data_position"], stage.prompts_per_step, cfg.seed + stage_index)
                 groups = [[BfclEpisode(e, env_cfg) for _ in range(stage.samples_per_prompt)] for e in picked]
                 step_key = jax.random.fold_in(key, record["step"])
-                metrics, _ = learner.iterate(groups, stage.chat, sampling, cfg.rollout, step_key)
+                metrics, _ = learner.iterate(groups, stage.chat, sampling, rollout_cfg, step_key)
                 record["step"] += 1
                 record["step_in_stage"] += 1
                 record["data_position"] += stage.prompts_per_step

@@ -147,6 +147,12 @@ BAD_INPUT = [
     ("bench memory --preset tiny --program decode --fraction 2", "--fraction must lie in (0, 1]"),
     ("bench rollout --recipe {recipe} --prompts 0", "--prompts must be ≥ 1"),
     ("bench rollout --recipe {recipe} --stage nope", "--stage 'nope'"),
+    # recipe
+    ("recipe show {root}/none.yaml", "none.yaml: not found"),
+    ("recipe show {bad.yaml}", "bad.yaml:3:1: not valid YAML"),
+    ("recipe show {recipe} sampler.max_new_tokens=5", "sampler.max_new_tokens=5 has no effect"),
+    ("recipe show {recipe} stage_overrides=[epochs=0]", "epochs must be > 0"),
+    ("recipe show", "the following arguments are required: recipe"),
     # demo and the top level
     ("demo --eval-limit 0", "--eval-limit must be ≥ 1"),
     ("demo --out {unrelated}", "did not write"),
@@ -160,6 +166,7 @@ SUBPROCESS_ROWS = [
     "train --config {recipe} stage_overrides=[max_steps=-1]", "train --config {bad.yaml}",
     "eval --policy oracle --categories base,foo", "eval --replay {replay_bad_line.jsonl}",
     "bench generate --preset tiny", "bench rollout --recipe {recipe} --prompts 0", "demo --eval-limit 0",
+    "recipe show {recipe} sampler.max_new_tokens=5",
 ]
 
 

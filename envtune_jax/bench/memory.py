@@ -124,7 +124,7 @@ def train_memory(cfg, batch: int, context: int, micro_batch: int, kl_coef: float
     graphdef, params = nnx.split(model, nnx.Param)
     params = _abstract(params)
     trainer = Trainer(graphdef, LossConfig(kl_coef=kl_coef), OptimizerConfig(),
-                      TrainStepConfig(micro_batch_size=micro_batch))
+                      TrainStepConfig(micro_batch_size=micro_batch, old_logprobs="sampler"))
     state = jax.eval_shape(trainer.init, params)
     ref = params if kl_coef > 0 else None
     k = context - 1  # every token after the first is in the loss (the worst case; rollouts have fewer)

@@ -16,8 +16,8 @@ compilation); then `--iterations` timed ones:
 - decode calls per iteration and the slot occupancy: the share of the decode calls' slots that held a
   live episode (the driver refills a slot as soon as its episode ends).
 With a preset model (`model.preset=qwen3-4b`) the weights are random and created on device: such a
-model writes no tool calls, so every step runs to `sampler.max_new_tokens` and the environment's share
-is the least it can be. Prints one JSON line.
+model writes no tool calls, so every step runs to its budget (`rollout.max_new_tokens_per_step`) and the
+environment's share is the least it can be. Prints one JSON line.
 """
 from __future__ import annotations
 
@@ -87,9 +87,9 @@ def run(args) -> dict:
     from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.mesh import make_mesh, resolve_mesh_shape
     from environments.bfcl_env import BfclEpisode
-    from rl.run_config import load_run_config
+    from rl.run_config import load_run_config, stage_rollout
     from rl.stage_data import draw, load_subset
-    from rl.train_loop import prompt_length, build_learner
+    from rl.train_loop import build_learner, prompt_length, stage_sampling
 
     if args.iterations < 1:
         raise ConfigError(f"--iterations must be ≥ 1, got {args.iterations}")
@@ -105,14 +105,14 @@ def run(args) -> dict:
     learner = build_learner(cfg, model, tokenizer_dir, mesh)
     length = prompt_length(learner.tokenizer, stage) if cfg.data.shortest_prompts_first else None
     entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
-    sampling = cfg.sampler.sampling_params()
+    sampling, rollout_cfg = stage_sampling(cfg, stage), stage_rollout(cfg, stage)
     key = jax.random.key(cfg.seed)
 
     def iteration(index: int) -> tuple[dict, float]:
         picked = draw(entries, index * prompts, prompts, cfg.seed)
         groups = [[BfclEpisode(e, stage.environment) for _ in range(samples)] for e in picked]
         start = time.perf_counter()
-        metrics, trajectories = learner.iterate(groups, stage.chat, sampling, cfg.rollout, jax.random.fold_in(key, index))
+        metrics, trajectories = learner.iterate(groups, stage.chat, sampling, rollout_cfg, jax.random.fold_in(key, index))
         wall = time.perf_counter() - start
         metrics["episode_tokens_mean"] = statistics.mean(len(t.token_ids) for t in trajectories)
         metrics["turns_mean"] = statistics.mean(t.outcome.counters.get("turns_completed", 0) for t in trajectories)
@@ -136,7 +136,7 @@ def run(args) -> dict:
         "model": cfg.model.preset or cfg.model.hf or cfg.model.ckpt, "random_weights": bool(cfg.model.preset),
         "params": model.config.num_params, "prompts": prompts, "samples_per_prompt": samples,
         "episodes_per_iteration": episodes, "iterations": args.iterations,
-        "sampler_batch_size": cfg.sampler.batch_size, "max_new_tokens_per_step": cfg.sampler.max_new_tokens,
+        "sampler_batch_size": cfg.sampler.batch_size, "max_new_tokens_per_step": rollout_cfg.max_new_tokens_per_step,
         "episodes_per_min": 60.0 * episodes / wall, "iteration_s": wall,
         "shares": iteration_shares(mean, wall),
         "generation_s": mean["generation_s"], "environment_s": mean["environment_s"], "train_s": mean["train_s"],

@@ -142,7 +142,7 @@ def run(args) -> dict:
     loss_cfg = LossConfig(kl_coef=args.kl_coef)
     trainer = Trainer(graphdef, loss_cfg, OptimizerConfig(),
                       TrainStepConfig(micro_batch_size=args.micro_batch, logprob_chunk_t=args.logprob_chunk_t,
-                                      logprob_chunk_v=args.logprob_chunk_v))
+                                      logprob_chunk_v=args.logprob_chunk_v, old_logprobs="sampler"))
     on_mesh = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
     with on_mesh:
         ref_params = jax.tree.map(lambda x: x.copy(), params) if args.kl_coef > 0 else None

@@ -2,9 +2,11 @@
 
 Each subcommand lives in `envtune_jax/cli/<name>.py` and exposes `register(subparsers)`, which adds its
 parser and sets `func` (called with the parsed namespace) and usually `validate`, which checks the
-arguments before anything heavy is imported (envtune_jax/cli/validate.py). Bad input is answered with one
-line on stderr and exit status 2 (envtune_jax/cli/errors.py); `--debug`, anywhere on the line, shows the
-traceback instead. Heavy imports (jax, transformers) happen inside `func` so `envtune --help` stays fast.
+arguments before anything heavy is imported (envtune_jax/cli/validate.py); `uses_jax=False` marks a
+subcommand that never starts JAX (`recipe`), which then skips the distributed and compile-cache set-up.
+Bad input is answered with one line on stderr and exit status 2 (envtune_jax/cli/errors.py); `--debug`,
+anywhere on the line, shows the traceback instead. Heavy imports (jax, transformers) happen inside `func`
+so `envtune --help` stays fast.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import sys
 from envtune_jax import __version__
 from envtune_jax.cli.errors import OneLineParser, is_user_error, report, split_debug
 
-SUBCOMMANDS = ("convert", "export", "generate", "train", "eval", "bench", "demo")
+SUBCOMMANDS = ("convert", "export", "generate", "train", "eval", "bench", "demo", "recipe")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         if validate is not None:
             validate(args)  # before JAX, transformers or any weights: a bad command fails in well under a second
 
-        from envtune_jax import compile_cache
-        from envtune_jax.mesh import initialize_distributed
+        if getattr(args, "uses_jax", True):  # False: a subcommand that never starts JAX (`recipe show`)
+            from envtune_jax import compile_cache
+            from envtune_jax.mesh import initialize_distributed
 
-        initialize_distributed()  # multi-host runs: every process must join before any JAX work
-        compile_cache.enable(default_on=args.command != "bench")  # bench reports compile times: off by default
+            initialize_distributed()  # multi-host runs: every process must join before any JAX work
+            compile_cache.enable(default_on=args.command != "bench")  # bench reports compile times: off by default
         result = args.func(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -120,14 +120,20 @@ def model_source(args) -> None:
         envtune_checkpoint(args.ckpt)
 
 
-def recipe(path: Path, overrides: list[str]):
-    """The run config and stages of a recipe (checked as a whole: keys, types, sizes, stage files), and
-    its model source: exactly one of hf, ckpt, preset, naming something that exists."""
+def recipe_settings(path: Path, overrides: list[str], what: str = "--config"):
+    """The run config and stages of a recipe, checked as a whole (keys, types, sizes, stage files, the
+    fields each mode reads, stage budgets) without looking at its model source."""
     from rl.run_config import load_run_config
 
     if not Path(path).is_file():
-        raise ConfigError(f"--config {path}: not found" if not Path(path).exists() else f"--config {path}: not a file")
-    cfg, stages = load_run_config(path, overrides)
+        raise ConfigError(f"{what} {path}: not found" if not Path(path).exists() else f"{what} {path}: not a file")
+    return load_run_config(path, overrides)
+
+
+def recipe(path: Path, overrides: list[str]):
+    """`recipe_settings`, and the recipe's model source: exactly one of hf, ckpt, preset, naming something
+    that exists."""
+    cfg, stages = recipe_settings(path, overrides)
     source = cfg.model
     chosen = [name for name in ("hf", "ckpt", "preset") if getattr(source, name)]
     if len(chosen) != 1:
