@@ -211,3 +211,15 @@ def two_level_packed_attention(q_btnh, k_btkh, v_btkh, info: MaskInfo, layout: P
     out_cont = merge_partials([out_a, out_b.reshape(u, g * c, n, h)], [lse_a, lse_b.reshape(u, g * c, n)])
     out = jnp.concatenate([out_prompt, out_cont], axis=1)  # [U, P + G·C, N, H]
     return out.reshape(b, t, n, h).astype(q_btnh.dtype)
+
+
+@dataclasses.dataclass
+class RowBranches:
+    """What `Qwen3.hidden_states(..., branches=...)` takes for shared-prefix rows: each token's branch id
+    [B, T] (0 = its group's prompt, c ≥ 1 = continuation c) and, for the two-level path, the rows' layout
+    (None: one masked attention on the model's attention back-end)."""
+    branches_bt: jax.Array
+    layout: PackedRowLayout | None = None
+
+
+jax.tree_util.register_dataclass(RowBranches, data_fields=["branches_bt"], meta_fields=["layout"])
