@@ -18,6 +18,7 @@ part run once for all samples of the group:
   block (P tokens) followed by G continuation blocks (C tokens each). Prompt queries attend their
   prompt causally; a continuation's queries attend its group's prompt (one [G·C, P] block per
   group instead of G copies of the prompt) and its own block causally, merged by log-sum-exp.
+  Query blocks of TWO_LEVEL_QUERY_BLOCK are rematerialised (memory bounded like "chunked").
   The same rows also run as one masked attention (MaskInfo with branch ids: any back-end that takes
   a dense mask), which is the reference the two-level path is tested against.
 Softmaxes are fp32; a query with no visible key in a part gets lse = -inf there (weight 0).
@@ -74,6 +75,31 @@ def partial_attention(q_btnh: jax.Array, k, v, mask_bts: jax.Array, kv_layout: s
     probs, lse_bkgt = masked_softmax_lse(scores * (h ** -0.5), mask_bts[:, None, None, :, :])
     out = jnp.einsum(f"BKGTS,{kv_layout}->BTKGH", probs.astype(v.dtype), v)
     return out.reshape(b, t, n, h).astype(jnp.float32), jnp.transpose(lse_bkgt, (0, 3, 1, 2)).reshape(b, t, n)
+
+
+# Query blocks of the two-level training path: each block's scores are rematerialised in the backward pass,
+# so memory stays O(block · keys) per head however long a row's prompt or continuations are.
+TWO_LEVEL_QUERY_BLOCK = 512
+
+
+def blocked_partial_attention(q_btnh, k_bskh, v_bskh, mask_bts, block: int | None = None):
+    """partial_attention over query blocks of `block` (default TWO_LEVEL_QUERY_BLOCK; each in jax.checkpoint):
+    the same result, with the scores of one block at a time. (out [B, T, N, H] fp32, lse [B, T, N])."""
+    block = block or TWO_LEVEL_QUERY_BLOCK
+    b, t, n, h = q_btnh.shape
+    if t <= block:
+        return partial_attention(q_btnh, k_bskh, v_bskh, mask_bts)
+    pad = (-t) % block
+    num = (t + pad) // block
+
+    def blocks(x):
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.swapaxes(x.reshape(b, num, block, *x.shape[2:]), 0, 1)
+
+    one = jax.checkpoint(lambda args: partial_attention(args[0], k_bskh, v_bskh, args[1]))
+    out, lse = jax.lax.map(one, (blocks(q_btnh), blocks(mask_bts)))
+    return (jnp.swapaxes(out, 0, 1).reshape(b, num * block, n, h)[:, :t],
+            jnp.swapaxes(lse, 0, 1).reshape(b, num * block, n)[:, :t])
 
 
 # ---------------------------------------------------------------- decode / extend against prefix regions
@@ -201,13 +227,14 @@ def two_level_packed_attention(q_btnh, k_btkh, v_btkh, info: MaskInfo, layout: P
     def mask(q_pos, q_seg, kv_pos, kv_seg):
         return MaskInfo(q_pos, q_seg, kv_pos, kv_seg).dense()
 
-    out_prompt, _ = partial_attention(q_p, k_p, v_p, mask(pos_p, seg_p, pos_p, seg_p))  # [U, P, N, H]
+    out_prompt, _ = blocked_partial_attention(q_p, k_p, v_p, mask(pos_p, seg_p, pos_p, seg_p))  # [U, P, N, H]
     q_c_flat = q_c.reshape(u, g * c, n, h)
     pos_c_flat, seg_c_flat = pos_c.reshape(u, g * c), seg_c.reshape(u, g * c)
-    out_a, lse_a = partial_attention(q_c_flat, k_p, v_p, mask(pos_c_flat, seg_c_flat, pos_p, seg_p))
+    out_a, lse_a = blocked_partial_attention(q_c_flat, k_p, v_p, mask(pos_c_flat, seg_c_flat, pos_p, seg_p))
     pos_own, seg_own = pos_c.reshape(u * g, c), seg_c.reshape(u * g, c)
-    out_b, lse_b = partial_attention(q_c.reshape(u * g, c, n, h), k_c.reshape(u * g, c, *k_c.shape[3:]),
-                                     v_c.reshape(u * g, c, *v_c.shape[3:]), mask(pos_own, seg_own, pos_own, seg_own))
+    out_b, lse_b = blocked_partial_attention(q_c.reshape(u * g, c, n, h), k_c.reshape(u * g, c, *k_c.shape[3:]),
+                                             v_c.reshape(u * g, c, *v_c.shape[3:]),
+                                             mask(pos_own, seg_own, pos_own, seg_own))
     out_cont = merge_partials([out_a, out_b.reshape(u, g * c, n, h)], [lse_a, lse_b.reshape(u, g * c, n)])
     out = jnp.concatenate([out_prompt, out_cont], axis=1)  # [U, P + G·C, N, H]
     return out.reshape(b, t, n, h).astype(q_btnh.dtype)

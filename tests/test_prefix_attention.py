@@ -165,7 +165,11 @@ def test_splash_refuses_branch_masks():
         attend(q, k, v, info, "splash")
 
 
-def test_two_level_rows_equal_masked_attention_with_gradients():
+@pytest.mark.parametrize("query_block", [512, 4])
+def test_two_level_rows_equal_masked_attention_with_gradients(query_block, monkeypatch):
+    from models import prefix_attention
+
+    monkeypatch.setattr(prefix_attention, "TWO_LEVEL_QUERY_BLOCK", query_block)  # 4: blocks, a ragged last one
     q, k, v, info, valid = _packed_rows(seed=2)
     weights = jnp.asarray(np.random.RandomState(5).randn(*q.shape), jnp.float32) * jnp.asarray(valid)[..., None, None]
 
