@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from envtune_jax.config import ConfigError
 from envtune_jax.sharding import constrain
 from rl.advantages import token_advantages
 from rl.batch import TrainBatch
@@ -36,6 +37,13 @@ class TrainStepConfig:
     # each GRPO group's prompt computed once (rl/prefix_packing.py): "mask" (one masked attention on the
     # model's back-end) or "two_level" (per block, log-sum-exp merge); "off": one row per trajectory
     shared_prefix: Literal["off", "mask", "two_level"] = "off"
+    prefix_groups_per_row: int = 1  # groups packed in one shared-prefix row
+
+    def __post_init__(self):
+        if self.shared_prefix == "off" and self.prefix_groups_per_row != 1:
+            raise ConfigError("train_step.prefix_groups_per_row is set but train_step.shared_prefix is off")
+        if self.prefix_groups_per_row < 1:
+            raise ConfigError(f"train_step.prefix_groups_per_row must be ≥ 1, got {self.prefix_groups_per_row}")
 
 
 @dataclasses.dataclass

@@ -125,3 +125,16 @@ def test_regions_are_reused_and_late_samples_join_their_group(engines):
         shared.replace_tail(state, {3: (5, [1])})
     with pytest.raises(GenerationInputError, match="region"):
         shared.copy_slots(state, {0: 3})
+
+
+def test_sampler_config_turns_shared_prefixes_on_and_rejects_ignored_fields(model):
+    from envtune_jax.config import ConfigError, load
+    from models.generation import SamplerConfig
+
+    cfg = load(SamplerConfig, None, ["shared_prefix=true", "prefix_lanes=4", "batch_size=8", "max_cache_len=64"])
+    engine = cfg.build_engine(model)
+    assert engine.prefix_slots.config == SharedPrefixConfig(lanes=4) and engine.prefix_slots.num_regions == 4
+    with pytest.raises(ConfigError, match="prefix_lanes is set but sampler.shared_prefix is off"):
+        load(SamplerConfig, None, ["prefix_lanes=4"])
+    with pytest.raises(ConfigError, match="prefix attention"):
+        load(SamplerConfig, None, ["shared_prefix=true", "prefix_attention=fast"])

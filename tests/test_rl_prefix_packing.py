@@ -128,3 +128,11 @@ def test_trainer_refuses_a_batch_of_the_other_packing(setup):
     trainer = Trainer(graphdef, LossConfig(kl_coef=0.0), OptimizerConfig(), TrainStepConfig(shared_prefix="mask"))
     with pytest.raises(ValueError, match="not packed with shared prefixes"):
         trainer.step(None, None, pack_batch(tokens, masks, logprobs, advantages))
+
+
+def test_groups_per_row_needs_shared_prefix():
+    from envtune_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="prefix_groups_per_row is set"):
+        TrainStepConfig(prefix_groups_per_row=2)
+    assert TrainStepConfig(shared_prefix="two_level", prefix_groups_per_row=2).prefix_groups_per_row == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from envtune_jax.config import ConfigError
 from models.generation.buckets import BucketConfig
 from models.generation.sampling import QWEN3_STOP_TOKEN_IDS, SamplingParams
 
@@ -29,6 +30,19 @@ class SamplerConfig:
     prefill_chunk: int = 512
     cache_half_steps: bool = True
     compact_rows: bool = True  # extends of a few slots run on those rows only (extend_plan.py)
+    # each distinct prompt held once in a prefix region that its slots attend to (prefix_engine.py)
+    shared_prefix: bool = False
+    prefix_lanes: int = 16  # slots per region: the samples per prompt (G)
+    prefix_regions: int = 0  # 0: 2 x ceil(batch_size / prefix_lanes)
+    prefix_attention: str = "two_level"  # or "reference" (the plain concatenated einsum)
+
+    def __post_init__(self):
+        defaults = {"prefix_lanes": 16, "prefix_regions": 0, "prefix_attention": "two_level"}
+        changed = [name for name, value in defaults.items() if getattr(self, name) != value]
+        if changed and not self.shared_prefix:
+            raise ConfigError(f"sampler.{changed[0]} is set but sampler.shared_prefix is off")
+        if self.shared_prefix:
+            self.prefix_config()  # validates
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, greedy=self.greedy,
@@ -38,7 +52,18 @@ class SamplerConfig:
         return BucketConfig(self.min_cache_len, self.min_chunk_len, self.prefill_chunk, self.cache_half_steps,
                             self.compact_rows)
 
+    def prefix_config(self):
+        """The engine's SharedPrefixConfig, or None when shared prefixes are off."""
+        from models.generation.prefix_engine import SharedPrefixConfig
+        if not self.shared_prefix:
+            return None
+        try:
+            return SharedPrefixConfig(self.prefix_lanes, self.prefix_regions, self.prefix_attention)
+        except ValueError as exc:
+            raise ConfigError(f"sampler: {exc}") from exc
+
     def build_engine(self, model, mesh=None, weight_rules=None):
         from models.generation.engine import GenerationEngine
         return GenerationEngine(model, batch_size=self.batch_size, max_cache_len=self.max_cache_len, mesh=mesh,
-                                cache_dtype=self.cache_dtype, buckets=self.buckets(), weight_rules=weight_rules)
+                                cache_dtype=self.cache_dtype, buckets=self.buckets(), weight_rules=weight_rules,
+                                shared_prefix=self.prefix_config())

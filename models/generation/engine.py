@@ -357,9 +357,16 @@ class GenerationEngine:
         return concat_results(parts)
 
     def release(self, state: GenerationState, slots: Sequence[int]) -> GenerationState:
-        """Slots whose episodes ended leave their shared prompt's region, so that the region can take another
-        prompt once none of its slots is left (shared prefixes; without them there is nothing to release)."""
-        return state if self.prefix_slots is None else self.prefix_slots.release(state, slots)
+        """Empties slots whose episodes ended; with shared prefixes they also leave their prompt's region, which
+        can take another prompt once none of its slots is left."""
+        if self.prefix_slots is not None:
+            return self.prefix_slots.release(state, slots)
+        keep_b = np.full(self.batch_size, -1, np.int32)
+        keep_b[[check_slot(s, self.batch_size) for s in slots]] = 0
+        if (keep_b < 0).all():
+            return state
+        with self._mesh_context():
+            return self._rewind(state, jnp.asarray(keep_b))
 
     def admissible(self, state: GenerationState, prompts: Mapping[int, Sequence[int]]) -> set[int]:
         """The slots of `prompts` (slot -> prompt) that `refill` can start now: all of them without shared
