@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("generate", "prefill", "extend", "train", "rollout", "memory")
+BENCHMARKS = ("generate", "prefill", "extend", "train", "rollout", "memory", "prefix")
 
 
 def register(subparsers) -> None:
