@@ -77,3 +77,38 @@ def test_cli_reports_both_and_times_the_train_step_side_by_side():
     assert timed["unshared"]["model_tokens"] == timed["shared"]["model_tokens"] == 3 * 8
     assert timed["speedup"] > 0
     assert main(["bench", "memory", "--preset", "tiny", "--program", "train", "--shared-prefix", "--prompt", "8"]) == 2
+
+
+def test_prompt_tree_counts_each_distinct_prefix_once():
+    from types import SimpleNamespace
+
+    from envtune_jax.bench.prompts import batch_figures, trie_tokens
+
+    assert trie_tokens([[1, 2, 3], [1, 2, 4, 5], [1, 2, 3], [7]]) == 3 + 2 + 1  # 1-2-3, 4-5, 7
+    ids = {"a": [1, 2, 3, 4], "b": [1, 2, 3, 9, 9], "c": [5, 6]}
+    picked = [SimpleNamespace(id="a", involved_classes=["X"]), SimpleNamespace(id="b", involved_classes=["X"]),
+              SimpleNamespace(id="c", involved_classes=["Y"])]
+    got = batch_figures(picked, ids, samples=4, own=10)
+    assert (got["unshared"], got["group"], got["tree"], got["classes_tree"]) == (44, 11, 8, 8)
+    assert got["common_prefix_same_classes"] == [3]
+    assert got["tree_saves_of_held_tokens"] == 3 / (11 + 4 * 3 * 10)
+
+
+def test_real_bfcl_prompts_with_the_same_classes_share_their_tool_block():
+    """Rendered and tokenised as rollouts start them: two tasks with the same involved classes agree on
+    thousands of leading tokens (the system block with the tool documentation), and differ after it."""
+    from envtune_jax.bench.prompts import common_prefix, prompt_ids
+    from envtune_jax.chat.tokenizer import default_tokenizer
+    from rl.curriculum import StageConfig
+    from rl.stage_data import load_subset
+
+    entries = load_subset("stage1_easy", source="package")
+    by_classes = {}
+    for entry in entries:
+        by_classes.setdefault(tuple(sorted(entry.involved_classes)), []).append(entry)
+    same = next(group for group in by_classes.values() if len(group) >= 2)[:2]
+    other = next(group[0] for key, group in by_classes.items() if key != tuple(sorted(same[0].involved_classes)))
+    ids = prompt_ids(same + [other], StageConfig(), default_tokenizer())
+    a, b, c = (ids[e.id] for e in (*same, other))
+    assert common_prefix(a, b) > 1000 and a != b
+    assert common_prefix(a, c) < common_prefix(a, b)

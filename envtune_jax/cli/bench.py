@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("generate", "prefill", "extend", "train", "rollout", "memory", "prefix")
+BENCHMARKS = ("generate", "prefill", "extend", "train", "rollout", "memory", "prefix", "prompts")
 
 
 def register(subparsers) -> None:
