@@ -77,6 +77,28 @@ def test_greedy_shared_prefix_equals_per_slot(engines):
     assert shared.extend_tokens["appended"] == 5 + 40 + 1  # only the appended environment tokens per slot
 
 
+def test_pallas_decode_kernel_path_gives_the_same_generations(engines, model, monkeypatch):
+    """decode_attention="pallas": both parts of each one-token step by JAX's Pallas decode kernel (interpret
+    mode on CPU), the regions' lanes stacked as query heads; the same sequences as the einsum path."""
+    import dataclasses
+
+    from models import prefix_kernels
+
+    traced = []
+    kernel = prefix_kernels.pallas_prefix_decode
+    monkeypatch.setattr(prefix_kernels, "pallas_prefix_decode", lambda *a: traced.append(1) or kernel(*a))
+    graphdef = nnx.split(init_model(dataclasses.replace(CFG, decode_attention="pallas"), seed=0))[0]
+    pallas_model = nnx.merge(graphdef, nnx.split(model)[1])
+    pallas = GenerationEngine(pallas_model, batch_size=BATCH, max_cache_len=128, cache_dtype="float32",
+                              buckets=BUCKETS, shared_prefix=SharedPrefixConfig(lanes=3, regions=2))
+    want_turns, _, want = episode(engines[1])
+    got_turns, _, got = episode(pallas)
+    assert traced, "the Pallas shared-prefix decode path was never traced"
+    assert got_turns == want_turns
+    for b in range(BATCH):
+        assert got.sequence(b) == want.sequence(b)
+
+
 def test_sampled_logprobs_equal_the_trainers_recomputation(engines, model):
     plain, shared = engines
     prompts = [tokens(17, 7)] * 3 + [tokens(30, 8)] * 3
