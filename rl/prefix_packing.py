@@ -115,7 +115,8 @@ def pack_shared_prefix(tokens: list[np.ndarray], loss_masks: list[np.ndarray], l
             start = base + layout.prompt_width + c * layout.branch_width
             own = len(ids) - length
             cont = slice(start, start + own)
-            tokens_rt[row, cont], positions_rt[row, cont], segments_rt[row, cont] = ids[length:], length + np.arange(own), slot + 1
+            tokens_rt[row, cont], positions_rt[row, cont] = ids[length:], length + np.arange(own)
+            segments_rt[row, cont] = slot + 1
             branches_rt[row, start:start + layout.branch_width] = c + 1
             predecessors_rt[row, cont] = np.arange(start, start + own) - 1
             if own and length:

@@ -63,7 +63,8 @@ def _both(fn, gain: bool = False) -> dict:
     from envtune_jax.bench.prefix_accounting import ratio
 
     unshared, shared = fn(False), fn(True)
-    return {"unshared": unshared, "shared": shared, "ratio": ratio(shared, unshared) if gain else ratio(unshared, shared)}
+    gained = ratio(shared, unshared) if gain else ratio(unshared, shared)
+    return {"unshared": unshared, "shared": shared, "ratio": gained}
 
 
 def counted(args) -> dict:

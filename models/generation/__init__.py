@@ -12,6 +12,7 @@ See the README (section "Generation engine") for the design.
 from models.generation.buckets import BucketConfig, BucketError
 from models.generation.config import SamplerConfig
 from models.generation.engine import GenerationEngine
+from models.generation.prefix_engine import SharedPrefixConfig
 from models.generation.requests import CacheFullError, GenerationInputError
 from models.generation.reference import reference_greedy, reference_logprobs
 from models.generation.results import DecodeResult, History
@@ -20,6 +21,6 @@ from models.generation.state import GenerationState
 
 __all__ = [
     "BucketConfig", "BucketError", "CacheFullError", "DecodeResult", "GenerationEngine", "GenerationInputError",
-    "GenerationState", "History", "QWEN3_STOP_TOKEN_IDS", "SamplerConfig", "SamplingParams",
+    "GenerationState", "History", "QWEN3_STOP_TOKEN_IDS", "SamplerConfig", "SamplingParams", "SharedPrefixConfig",
     "filtered_probs_reference", "reference_greedy", "reference_logprobs", "sample_tokens",
 ]

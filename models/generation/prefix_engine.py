@@ -76,8 +76,8 @@ class SharedPrefixSlots:
             raise ValueError("decode_attention='pallas' with shared prefixes runs on one device only; use "
                              "'reference' on a mesh")
         traced, graphdef = engine._traced, engine.weights.graphdef
-        self._prefill = jax.jit(traced("prefill_regions", functools.partial(prefix_steps.prefill_region_rows, graphdef)),
-                                donate_argnums=(1,))
+        prefill = functools.partial(prefix_steps.prefill_region_rows, graphdef)
+        self._prefill = jax.jit(traced("prefill_regions", prefill), donate_argnums=(1,))
         self._reset = jax.jit(traced("reset_regions", prefix_steps.reset_regions), donate_argnums=(0,))
         self._attach = jax.jit(traced("attach", prefix_steps.attach_slots), donate_argnums=(0,))
         self._release = jax.jit(traced("release", prefix_steps.release_slots), donate_argnums=(0,))
