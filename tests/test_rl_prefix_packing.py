@@ -136,3 +136,23 @@ def test_groups_per_row_needs_shared_prefix():
     with pytest.raises(ConfigError, match="prefix_groups_per_row is set"):
         TrainStepConfig(prefix_groups_per_row=2)
     assert TrainStepConfig(shared_prefix="two_level", prefix_groups_per_row=2).prefix_groups_per_row == 2
+
+
+def test_the_learner_packs_groups_once_when_the_train_step_shares_prefixes():
+    from types import SimpleNamespace
+
+    from rl.grpo import PolicyLearner
+    from rl.prefix_packing import PrefixRows
+    from rl.rollout import Trajectory
+    from rl.train_step import TrainState
+
+    tokens, masks, logprobs, advantages, groups = _trajectories()
+    trajectories = [Trajectory(f"e{i}", "synthetic", g, t, m, lp.astype(np.float32), None, False)
+                    for i, (t, m, lp, g) in enumerate(zip(tokens, masks, logprobs, groups))]
+    trainer = SimpleNamespace(step_cfg=TrainStepConfig(shared_prefix="two_level", micro_batch_size=2),
+                              init=lambda params: TrainState(params, None, jnp.zeros((), jnp.int32)))
+    learner = PolicyLearner(init_model(CFG), None, trainer, None, LossConfig(kl_coef=0.0))
+    batch, rows = learner._train_batch(trajectories, advantages)
+    assert isinstance(batch.tokens_bt, PrefixRows) and rows == len(trajectories)
+    assert batch.tokens_bt.shape[0] == 4 and batch.tokens_bt.two_level  # 3 groups, rows rounded up to 2 x 2
+    assert float(batch.mask_bk.sum()) == sum(float(np.sum(m[1:])) for m in masks)
