@@ -75,7 +75,7 @@ def test_cli_reports_both_and_times_the_train_step_side_by_side():
                      "--steps", "1"])["train_step_tiny_cpu"]
     assert timed["unshared"]["rows"] == 3 and timed["shared"]["rows"] == 1
     assert timed["unshared"]["model_tokens"] == timed["shared"]["model_tokens"] == 3 * 8
-    assert timed["speedup"] > 0
+    assert timed["speedup"] > 0 and timed["speedup_cpu_time"] > 0
     assert main(["bench", "memory", "--preset", "tiny", "--program", "train", "--shared-prefix", "--prompt", "8"]) == 2
 
 

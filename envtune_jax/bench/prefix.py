@@ -18,7 +18,8 @@ With `--time-train`: one Trainer.step on a tiny model (2 layers, hidden 64, 2 he
 4,096; so that attention and the transformer, not the output layer, carry the cost) over the group's
 tokens unshared (G rows of prompt + own; "chunked" attention) and shared (one row: prompt once, then G
 continuation blocks; two-level attention), after one warm-up step each, `--steps` timed steps each,
-alternating; the ratio of the mean step times is printed.
+alternating; the ratio of the mean step times is printed, of wall time and of the process's CPU time
+(all threads; steadier than wall time on a machine shared with other work).
 """
 from __future__ import annotations
 
@@ -160,17 +161,20 @@ def time_train(args) -> dict:
                       "first_step_s": time.perf_counter() - start, "model_tokens": float(metrics["model_tokens"])}
     for _ in range(args.steps):
         for run in runs.values():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run["state"], metrics = run["trainer"].step(run["state"], None, run["batch"])
             jax.block_until_ready(metrics)
             run["times"].append(time.perf_counter() - start)
+            run.setdefault("cpu_times", []).append(time.process_time() - start_cpu)
     out = {"model": {k: v for k, v in TIMING_MODEL.items() if "dtype" not in k}, "steps": args.steps}
     for name, run in runs.items():
         rows = run["batch"].tokens_bt.shape
         out[name] = {"step_s": statistics.mean(run["times"]), "step_times_s": run["times"],
+                     "step_cpu_s": statistics.mean(run["cpu_times"]), "step_cpu_times_s": run["cpu_times"],
                      "first_step_s": run["first_step_s"], "rows": rows[0], "row_tokens": rows[1],
                      "computed_tokens": rows[0] * rows[1], "model_tokens": run["model_tokens"]}
     out["speedup"] = out["unshared"]["step_s"] / out["shared"]["step_s"]
+    out["speedup_cpu_time"] = out["unshared"]["step_cpu_s"] / out["shared"]["step_cpu_s"]
     return out
 
 
