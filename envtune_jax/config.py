@@ -151,6 +151,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(f"{where}: {value!r} does not fit {annotation}")
     if origin is typing.Literal:
+        if isinstance(value, bool) and {"off", "on"} & set(args):  # YAML 1.1 reads a bare off / on as a bool
+            value = "on" if value else "off"
         if value in args:
             return value
         raise ConfigError(f"{where}: {value!r} is not one of {list(args)}.{_suggest(str(value), [str(a) for a in args])}")

@@ -34,16 +34,24 @@ class MaskInfo:
     kv_segments: jax.Array  # [B, S] int32 (0 = empty / padding)
     self_attention: bool = True  # kv are the same tokens as q (no cache)
     plain_causal: bool = False  # positions are 0..T-1 and every token is in one segment: the mask is causal
+    # Shared-prefix packing (models/prefix_attention.py): 0 = a segment's shared prompt, c ≥ 1 = its
+    # continuation c; a query also needs the key's branch to be 0 or its own. None: no branches.
+    q_branches: jax.Array | None = None  # [B, T] int32
+    kv_branches: jax.Array | None = None  # [B, S] int32
 
     def dense(self) -> jax.Array:
         """Boolean mask [B, T, S]."""
         same = self.q_segments[:, :, None] == self.kv_segments[:, None, :]
         causal = self.kv_positions[:, None, :] <= self.q_positions[:, :, None]
-        return same & causal & (self.kv_segments[:, None, :] != 0)
+        mask = same & causal & (self.kv_segments[:, None, :] != 0)
+        if self.q_branches is not None:
+            kv_branches = self.kv_branches[:, None, :]
+            mask = mask & ((kv_branches == 0) | (kv_branches == self.q_branches[:, :, None]))
+        return mask
 
 
 jax.tree_util.register_dataclass(
-    MaskInfo, data_fields=["q_positions", "q_segments", "kv_positions", "kv_segments"],
+    MaskInfo, data_fields=["q_positions", "q_segments", "kv_positions", "kv_segments", "q_branches", "kv_branches"],
     meta_fields=["self_attention", "plain_causal"])
 
 
@@ -88,11 +96,13 @@ def chunked_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo, chunk: int = 
 
     @jax.checkpoint
     def one(args):
-        q_chunk, positions, segments = args
-        info = MaskInfo(positions, segments, mask_info.kv_positions, mask_info.kv_segments, mask_info.self_attention)
+        q_chunk, positions, segments, branches = args
+        info = MaskInfo(positions, segments, mask_info.kv_positions, mask_info.kv_segments, mask_info.self_attention,
+                        q_branches=branches, kv_branches=mask_info.kv_branches)
         return reference_attention(q_chunk, k_bskh, v_bskh, info)
 
-    out = jax.lax.map(one, (blocks(q_btnh), blocks(mask_info.q_positions), blocks(mask_info.q_segments)))
+    branches = None if mask_info.q_branches is None else blocks(mask_info.q_branches)
+    out = jax.lax.map(one, (blocks(q_btnh), blocks(mask_info.q_positions), blocks(mask_info.q_segments), branches))
     return jnp.swapaxes(out, 0, 1).reshape(b, num * chunk, n, h)[:, :t]
 
 
@@ -124,6 +134,9 @@ def splash_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo) -> jax.Array:
 
     if not mask_info.self_attention:
         raise ValueError("splash attention supports self-attention only (no KV cache); use 'reference' or 'xla'")
+    if mask_info.q_branches is not None:
+        raise ValueError("splash attention has no mask for shared-prefix rows (a prompt shared by several "
+                         "continuations); use 'reference', 'chunked', 'xla' or 'cudnn', or two-level attention")
     b, t, n, h = q_btnh.shape
     group = n // k_bskh.shape[2]
     kernel = _splash_kernel(n, t, jax.default_backend() != "tpu")

@@ -15,6 +15,8 @@ from models import kv_cache as kv
 from models.attention import MaskInfo, attend, attend_cache
 from models.config import Qwen3Config
 from models.layers import MLP, RMSNorm, apply_rope, rope_cos_sin
+from models.prefix_attention import RowBranches, two_level_packed_attention
+from models.prefix_cache import PrefixKV, PrefixLayer
 from models.weights import WeightSpec, declare_weight
 
 _REMAT_POLICIES = {
@@ -41,8 +43,10 @@ class Attention(nnx.Module):
         self.impl = cfg.attention_impl
         self.decode = cfg.decode_attention
 
-    def __call__(self, x_btd, positions_bt, segments_bt, cache_kv=None, cache_lengths_b=None):
-        """Returns (out [B, T, D], (new_keys, new_values) or None)."""
+    def __call__(self, x_btd, positions_bt, segments_bt, cache_kv=None, cache_lengths_b=None,
+                 prefix: PrefixLayer | None = None, branches: RowBranches | None = None):
+        """Returns (out [B, T, D], (new_keys, new_values) or None). `prefix`: the shared prompts the cached
+        rows continue; `branches`: shared-prefix training rows (models/prefix_attention.py)."""
         dt = self.dtype
         q = jnp.einsum("BTD,DNH->BTNH", x_btd, self.q[...].astype(dt))
         k = jnp.einsum("BTD,DKH->BTKH", x_btd, self.k[...].astype(dt))
@@ -55,9 +59,13 @@ class Attention(nnx.Module):
             plain_causal = segments_bt is None  # (hidden_states passes None for default positions, one segment)
             if plain_causal:
                 segments_bt = jnp.ones(positions_bt.shape, jnp.int32)
+            row_branches = None if branches is None else branches.branches_bt
             info = MaskInfo(positions_bt, segments_bt, positions_bt, segments_bt, self_attention=True,
-                            plain_causal=plain_causal)
-            out = attend(q, k, v, info, self.impl)
+                            plain_causal=plain_causal, q_branches=row_branches, kv_branches=row_branches)
+            if branches is not None and branches.layout is not None:
+                out = two_level_packed_attention(q, k, v, info, branches.layout)
+            else:
+                out = attend(q, k, v, info, self.impl)
             new_cache = None
         else:
             keys_bksh, values_bksh = cache_kv
@@ -67,9 +75,15 @@ class Attention(nnx.Module):
             kv_lengths_b = cache_lengths_b + x_btd.shape[1]  # filled slots, the new tokens' included
             slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (x_btd.shape[0], s))
             filled = (slots < kv_lengths_b[:, None]).astype(jnp.int32)
-            info = MaskInfo(positions_bt, jnp.ones_like(segments_bt), slots, filled, self_attention=False)
-            out = attend_cache(q, keys_bksh.astype(dt), values_bksh.astype(dt), info, self.impl, self.decode,
-                               kv_lengths_b=kv_lengths_b)
+            if prefix is None:
+                info = MaskInfo(positions_bt, jnp.ones_like(segments_bt), slots, filled, self_attention=False)
+                out = attend_cache(q, keys_bksh.astype(dt), values_bksh.astype(dt), info, self.impl, self.decode,
+                                   kv_lengths_b=kv_lengths_b)
+            else:  # slot s holds position P + s (P: the row's prefix length; positions_bt already include it)
+                suffix_positions = slots + (positions_bt[:, :1] - cache_lengths_b[:, None])
+                info = MaskInfo(positions_bt, jnp.ones_like(segments_bt), suffix_positions, filled,
+                                self_attention=False)
+                out = prefix.attend(q, keys_bksh.astype(dt), values_bksh.astype(dt), info, self.decode, kv_lengths_b)
             new_cache = (keys_bksh, values_bksh)
         out = constrain(out, ("act_batch", "act_seq", "act_q_heads", None))
         return jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt)), new_cache
@@ -84,8 +98,10 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, f"{prefix}.post_attention_layernorm.weight", "D", "norm", pd, rngs)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, f"{prefix}.mlp", pd, jnp.dtype(cfg.dtype), rngs)
 
-    def __call__(self, x_btd, positions_bt, segments_bt, cache_kv=None, cache_lengths_b=None):
-        attn_out, new_cache = self.attn(self.input_norm(x_btd), positions_bt, segments_bt, cache_kv, cache_lengths_b)
+    def __call__(self, x_btd, positions_bt, segments_bt, cache_kv=None, cache_lengths_b=None, prefix=None,
+                 branches=None):
+        attn_out, new_cache = self.attn(self.input_norm(x_btd), positions_bt, segments_bt, cache_kv, cache_lengths_b,
+                                        prefix, branches)
         x_btd = x_btd + attn_out
         x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
         return constrain(x_btd, ("act_batch", "act_seq", "act_embed")), new_cache
@@ -110,17 +126,21 @@ class Qwen3(nnx.Module):
         return (self.embed if self.config.tie_word_embeddings else self.lm_head)[...]
 
     def hidden_states(self, tokens_bt, positions_bt=None, segment_ids_bt=None, cache: kv.KVCache | None = None,
-                      num_new_b=None):
+                      num_new_b=None, prefix: PrefixKV | None = None, branches: RowBranches | None = None):
         """Final-normed hidden states [B, T, D] and the updated cache (or None).
 
-        Without a cache: positions default to 0..T-1, segment ids to all ones (0 marks padding).
+        Without a cache: positions default to 0..T-1, segment ids to all ones (0 marks padding);
+        `branches` marks shared-prefix training rows (a prompt, then continuations that each see it).
         With a cache: tokens are appended after each sequence's cached tokens; `num_new_b` [B]
-        says how many of the T tokens are real per sequence (default all).
+        says how many of the T tokens are real per sequence (default all). With `prefix`, each
+        sequence continues its prefix region's prompt: the cache holds only its own tokens.
         """
         b, t = tokens_bt.shape
         dt = jnp.dtype(self.config.dtype)
         if cache is not None:
             positions_bt = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+            if prefix is not None:
+                positions_bt = positions_bt + prefix.offsets_b()[:, None]
             segment_ids_bt = jnp.ones((b, t), jnp.int32)
         plain_causal = positions_bt is None and segment_ids_bt is None  # attention may use a causal kernel
         if positions_bt is None:
@@ -134,11 +154,12 @@ class Qwen3(nnx.Module):
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
             lengths = cache.lengths if cache is not None else None
+            layer_prefix = prefix.layer(i) if prefix is not None else None
             if policies[i] != "none" and cache is None:
                 call = nnx.remat(lambda lyr, *a: lyr(*a), policy=_REMAT_POLICIES[policies[i]])
-                x, layer_new = call(layer, x, positions_bt, segment_ids_bt)
+                x, layer_new = call(layer, x, positions_bt, segment_ids_bt, None, None, None, branches)
             else:
-                x, layer_new = layer(x, positions_bt, segment_ids_bt, layer_cache, lengths)
+                x, layer_new = layer(x, positions_bt, segment_ids_bt, layer_cache, lengths, layer_prefix, branches)
             if layer_new is not None:
                 new_keys.append(layer_new[0])
                 new_values.append(layer_new[1])

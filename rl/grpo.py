@@ -23,6 +23,7 @@ from envtune_jax.chat.chat_config import ChatConfig
 from models.generation.sampling import SamplingParams
 from rl.advantages import group_advantages
 from rl.batch import pack_batch, process_batch
+from rl.prefix_packing import pack_shared_prefix
 from rl.rl_config import LossConfig
 from rl.rollout import RolloutConfig, RolloutStats, Trajectory, run_rollouts
 from rl.train_step import Trainer, TrainState
@@ -73,6 +74,14 @@ class PolicyLearner:
         rows its devices hold (rl/batch.process_batch)."""
         columns = ([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories],
                    [t.sampler_logprobs for t in trajectories], advantages_b)
+        step_cfg = self.trainer.step_cfg
+        if step_cfg.shared_prefix != "off":  # each group's prompt once per row (rl/prefix_packing.py)
+            if jax.process_count() > 1:
+                raise ValueError("train_step.shared_prefix runs on one process only (multi-host: 'off')")
+            return pack_shared_prefix(*columns, [t.group for t in trajectories],
+                                      groups_per_row=step_cfg.prefix_groups_per_row,
+                                      rows_multiple=max(step_cfg.micro_batch_size, 1),
+                                      two_level=step_cfg.shared_prefix == "two_level"), len(trajectories)
         mesh = getattr(self.engine, "mesh", None)
         if mesh is None or jax.process_count() == 1:
             return pack_batch(*columns), len(trajectories)

@@ -119,6 +119,7 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
         used = len(conversations[i]) - prompt_lengths[i]
         return min(step_max, config.max_response_tokens - used, context_cap - len(conversations[i]))
     pending = collections.deque(range(len(episodes)))
+    ready: collections.deque[int] = collections.deque()  # started episodes waiting for a shared-prefix region
     episode_in: list[int | None] = [None] * engine.batch_size  # the episode each slot plays
     partial: dict[int, list[int]] = {}  # slot -> tokens sampled so far in its unfinished step
     compacts = engine.compacts_rows
@@ -128,12 +129,14 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     def finish(i: int, history_row=None) -> None:
         trajectories[i] = _trajectory(episodes[i], conversations[i], groups[i], truncated[i], history_row, keep_text)
 
-    while pending or any(i is not None for i in episode_in):
+    while pending or ready or any(i is not None for i in episode_in):
         t0 = time.perf_counter()
         free = [slot for slot, i in enumerate(episode_in) if i is None]
         if not compacts and len(free) < engine.batch_size:
             free = []  # waves: wait until every slot is free
         starts: dict[int, int] = {}  # slot -> episode
+        while ready and len(starts) < len(free):
+            starts[free[len(starts)]] = ready.popleft()
         while pending and len(starts) < len(free):
             i = pending.popleft()
             conversation = conversations[i] = TokenConversation(tokenizer, chat, vocab_size=vocab)
@@ -158,6 +161,9 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
             t0 = time.perf_counter()
             if state is None:
                 state = engine.new_state(max(prompt_lengths[i] for i in starts.values()))
+            admitted = engine.admissible(state, {slot: prompts[i] for slot, i in starts.items()})
+            for slot in sorted(set(starts) - admitted, reverse=True):  # no shared-prefix region free yet
+                ready.appendleft(starts.pop(slot))
             refill_key = jax.random.fold_in(key, refills)
             holders = {slot: _prompt_holder(i, episode_in, starts, groups, prompts)
                        for slot, i in starts.items()} if compacts else {}
@@ -168,7 +174,7 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
             if forks:  # another sample of the same prompt is live: copy its cached prompt
                 state = engine.fork(state, forks, refill_key)
                 stats.shared_prompts += len(forks)
-            refills += 1
+            refills += bool(starts)
             for slot, i in starts.items():
                 episode_in[slot] = i
             stats.generation_s += time.perf_counter() - t0
@@ -217,6 +223,7 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
             for slot in ended:
                 finish(episode_in[slot], (history.tokens[slot], history.logprobs[slot], int(history.lengths[slot])))
                 episode_in[slot] = None
+            state = engine.release(state, ended)  # (shared prefixes: a region lives while a slot reads it)
         if appends:
             t0 = time.perf_counter()
             state = engine.extend(state, appends)

@@ -33,6 +33,7 @@ from rl.batch import TrainBatch
 from rl.logprobs import token_logprobs_and_entropy
 from rl.losses import aggregation_weight, policy_loss, sampler_mismatch_sums
 from rl.optimizer import OptimizerConfig, make_optimizer
+from rl.prefix_packing import PrefixRows, packed_sampled_logprobs
 from rl.rl_config import LossConfig
 from rl.train_step_config import TrainStepConfig
 
@@ -50,7 +51,10 @@ jax.tree_util.register_dataclass(TrainState, data_fields=["params", "opt_state",
 def sampled_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_bt: jax.Array, target_index_bk: jax.Array,
                      temperature: float, chunk_t: int, chunk_v: int) -> tuple[jax.Array, jax.Array]:
     """(logp_bk, entropy_bk): log-prob of token tokens[b, target_index[b, k]] given its prefix, and the
-    policy entropy at the position predicting it. Differentiable in `params`."""
+    policy entropy at the position predicting it. Differentiable in `params`. tokens_bt may be shared-prefix
+    rows (PrefixRows: sample b in row b mod R)."""
+    if isinstance(tokens_bt, PrefixRows):
+        return packed_sampled_logprobs(graphdef, params, tokens_bt, target_index_bk, temperature, chunk_t, chunk_v)
     model = nnx.merge(graphdef, params)
     hidden_btd, _ = model.hidden_states(tokens_bt)
     source_bk = jnp.maximum(target_index_bk - 1, 0)
@@ -71,9 +75,12 @@ def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_bt: jax.
 
 
 def _split_micro(x: jax.Array, num_micro: int) -> jax.Array:
-    """[B, ...] → [M, B/M, ...], micro-batch m taking rows m, m+M, ... (keeps data-parallel shards local)."""
-    b = x.shape[0]
-    return jnp.swapaxes(x.reshape(b // num_micro, num_micro, *x.shape[1:]), 0, 1)
+    """[B, ...] → [M, B/M, ...], micro-batch m taking rows m, m+M, ... (keeps data-parallel shards local); x may
+    be a pytree of such arrays (shared-prefix rows)."""
+    def split(a):
+        return jnp.swapaxes(a.reshape(a.shape[0] // num_micro, num_micro, *a.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, x)
 
 
 class Trainer:
@@ -108,6 +115,9 @@ class Trainer:
         """One optimizer step on the whole batch (gradient-accumulated over micro-batches)."""
         if ref_params is None and self.loss_cfg.kl_coef > 0:
             raise ValueError("kl_coef > 0 needs the reference parameters (ref_params)")
+        if (self.step_cfg.shared_prefix != "off") != isinstance(batch.tokens_bt, PrefixRows):
+            raise ValueError(f"train_step.shared_prefix is '{self.step_cfg.shared_prefix}' but the batch is "
+                             f"{'not ' if self.step_cfg.shared_prefix != 'off' else ''}packed with shared prefixes")
         return self._step(state, ref_params, batch)
 
     def supervised_step(self, state: TrainState, batch: TrainBatch) -> tuple[TrainState, dict]:

@@ -24,7 +24,7 @@ from models.qwen3 import Qwen3, init_model
 from rl.grpo import PolicyLearner, matmul_peak_flops
 from rl.rl_config import LossConfig
 from rl.rollout import Trajectory
-from rl.train_step import TrainState
+from rl.train_step import TrainState, TrainStepConfig
 
 BATCH, SEQ_LEN, MICRO, STEPS = 2, 16, 1, 2
 
@@ -135,6 +135,8 @@ def test_matmul_peak_is_the_device_table_times_the_devices():
 
 class _TimedTrainer:
     """Stands in for Trainer: init keeps the params; step takes a known wall time and returns a loss."""
+
+    step_cfg = TrainStepConfig()
 
     def init(self, params):
         return TrainState(params, None, jnp.zeros((), jnp.int32))

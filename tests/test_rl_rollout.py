@@ -178,3 +178,23 @@ def test_the_configured_token_limits_are_the_real_caps(setup, limit):
             clipped_steps += int(sampled_at.max() == end - 1 and step_lengths(t)[-1] < NEW_TOKENS)
     assert sum(t.truncated for t in trajectories) >= 4
     assert clipped_steps >= 1  # some step was cut short to end exactly at the cap
+
+
+def test_a_shared_prefix_engine_plays_the_same_rollout(setup):
+    """Each group's prompt held once in a prefix region (regions of 3 lanes): the later samples of the long
+    task join its live region, the first group's region is released as its episodes end; tokens, masks
+    and sampler log-probs are those of the per-slot engine."""
+    from models.generation.prefix_config import SharedPrefixConfig
+
+    model, _, engine = setup
+    shared = GenerationEngine(model, batch_size=SLOTS, max_cache_len=256, cache_dtype="float32",
+                              buckets=engine.buckets, shared_prefix=SharedPrefixConfig(lanes=3, regions=2))
+    want, _ = play(setup, rng=0)
+    got, stats = play(setup, rng=0, engine=shared)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.token_ids, b.token_ids)
+        np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+        np.testing.assert_allclose(a.sampler_logprobs, b.sampler_logprobs, atol=1e-5)
+    prompt_tokens = [len(t.token_ids) - len(t.loss_mask[np.argmax(t.loss_mask > 0):]) for t in (got[0], got[3])]
+    assert shared.extend_tokens["prefix_appended"] == sum(prompt_tokens)  # one prefill per task
+    assert stats.shared_prompts == 2

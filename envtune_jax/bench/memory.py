@@ -13,6 +13,9 @@ With `--fit`, the largest B (doubling, then bisection: O(log B) compilations; it
 with B) whose peak is ≤ `--memory-gb` × `--fraction` (default: the device's own capacity; give
 --memory-gb to plan for another device). For train, B is then the rows of one micro-batch (larger
 steps accumulate several), so the answer is the largest micro-batch x context a step can hold.
+With `--shared-prefix --prompt P --group G` (decode), the loop is also compiled with shared prompts: B
+slots holding their own `--context` − P tokens each and ceil(B / G) prefix regions of P tokens (each
+group's prompt once), and both figures (and the fit of each, with their ratio) are printed.
 The figures are the compiler's for the backend it ran on: a CPU compile plans CPU buffers (no cuDNN
 attention, other fusions), so plan GPU batches from a GPU run. Prints one JSON line.
 """
@@ -43,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-gb", type=float, default=None, help="device memory to fit in (default: the device's)")
     parser.add_argument("--fraction", type=float, default=0.90, help="usable share of it (XLA and the runtime keep some)")
     parser.add_argument("--max-batch", type=int, default=4096, help="upper end of the --fit search")
+    parser.add_argument("--shared-prefix", action="store_true",
+                        help="decode: also with each group's prompt held once (prefix regions), side by side")
+    parser.add_argument("--prompt", type=int, default=None, help="prompt tokens of a group (--shared-prefix)")
+    parser.add_argument("--group", type=int, default=16, help="samples per prompt (--shared-prefix)")
 
 
 def check_arguments(args) -> None:
@@ -80,26 +87,44 @@ def _analysis(compiled) -> dict:
     return fields
 
 
-def decode_memory(cfg, batch: int, context: int, cache_dtype: str) -> dict:
-    """Bytes of the engine's decode loop for `batch` slots of `context` tokens."""
-    return _analysis(lower_decode(cfg, batch, context, cache_dtype).compile())
+def decode_memory(cfg, batch: int, context: int, cache_dtype: str, prompt: int | None = None,
+                  group: int | None = None) -> dict:
+    """Bytes of the engine's decode loop for `batch` slots of `context` tokens (with `prompt` and `group`: each
+    group's prompt held once, the slots holding context - prompt own tokens)."""
+    return _analysis(lower_decode(cfg, batch, context, cache_dtype, prompt, group).compile())
 
 
-def lower_decode(cfg, batch: int, context: int, cache_dtype: str):
+def lower_decode(cfg, batch: int, context: int, cache_dtype: str, prompt: int | None = None,
+                 group: int | None = None):
     """The engine's decode loop (sampling, not greedy) for `batch` slots of `context` tokens, lowered from
-    shapes alone (jax `Lowered`: `.compile()` it for XLA's buffer assignment or optimised HLO)."""
+    shapes alone (jax `Lowered`: `.compile()` it for XLA's buffer assignment or optimised HLO). With
+    `prompt` and `group`: ceil(batch / group) prefix regions of `prompt` tokens, slots of context - prompt."""
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
     from models.generation import GenerationEngine
+    from models.generation.prefix_config import SharedPrefixConfig
     from models.generation.sampling import MAX_STOP_TOKENS
+    from models.generation.state import empty_state
     from models.qwen3 import Qwen3
 
     model = nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
-    engine = GenerationEngine(model, batch_size=batch, max_cache_len=context, cache_dtype=cache_dtype)
+    shared = None if prompt is None else SharedPrefixConfig(lanes=group, regions=-(-batch // group))
+    engine = GenerationEngine(model, batch_size=batch, max_cache_len=context, cache_dtype=cache_dtype,
+                              shared_prefix=shared)
     params = _abstract(nnx.state(model))
-    state = jax.eval_shape(lambda: engine._empty_state(context))
+
+    def empty():
+        if shared is None:
+            return engine._empty_state(context)
+        own = empty_state(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, batch, context - prompt,
+                          engine.cache_dtype, jnp.dtype(cfg.dtype))
+        return dataclasses.replace(own, prefix=engine.prefix_slots.empty_prefix(prompt, jnp.dtype(cfg.dtype)))
+
+    state = jax.eval_shape(empty)
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
     lowered = engine._decode.lower(params, state, jax.ShapeDtypeStruct((batch,), bool),
                                    jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((MAX_STOP_TOKENS,), jnp.int32),
@@ -176,9 +201,17 @@ def run(args) -> dict:
     if args.batch < 1 or args.context < 2:
         raise ConfigError(f"--batch must be ≥ 1 and --context ≥ 2, got {args.batch} and {args.context}")
     cfg = model_config(args)
+    if args.shared_prefix and (args.program != "decode" or args.prompt is None
+                               or not 1 <= args.prompt < args.context or args.group < 1):
+        raise ConfigError("--shared-prefix needs --program decode, 1 ≤ --prompt < --context and --group ≥ 1")
+    if not args.shared_prefix and args.prompt is not None:
+        raise ConfigError("--prompt is set but --shared-prefix is not")
     if args.program == "decode":
         def measure(b):
             return decode_memory(cfg, b, args.context, args.cache_dtype)
+
+        def measure_shared(b):
+            return decode_memory(cfg, b, args.context, args.cache_dtype, args.prompt, args.group)
     else:
         if args.micro_batch and args.batch % args.micro_batch and not args.fit:
             raise ConfigError(f"--micro-batch {args.micro_batch} must divide --batch {args.batch}")
@@ -201,10 +234,20 @@ def run(args) -> dict:
         batch, analysis = largest_fitting_batch(measure, limit, args.max_batch)
         record.update(fit=True, memory_bytes=capacity, limit_bytes=limit, largest_batch=batch,
                       tokens=batch * args.context, **{f"{k}_bytes": v for k, v in analysis.items()})
+        if args.shared_prefix:
+            shared_batch, analysis = largest_fitting_batch(measure_shared, limit, args.max_batch)
+            record["shared_prefix"] = {"prompt": args.prompt, "group": args.group, "largest_batch": shared_batch,
+                                       "batch_ratio": shared_batch / max(batch, 1),
+                                       **{f"{k}_bytes": v for k, v in analysis.items()}}
     else:
         analysis = measure(args.batch)
         record.update(fit=False, batch=args.batch, tokens=args.batch * args.context,
                       **{f"{k}_bytes": v for k, v in analysis.items()})
+        if args.shared_prefix:
+            shared = measure_shared(args.batch)
+            record["shared_prefix"] = {"prompt": args.prompt, "group": args.group,
+                                       "peak_ratio": analysis["peak"] / shared["peak"],
+                                       **{f"{k}_bytes": v for k, v in shared.items()}}
     record["compile_s"] = time.perf_counter() - start
     print_json(record)
     return record

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("probe", "generate", "prefill", "extend", "train", "rollout", "memory")
+BENCHMARKS = ("probe", "generate", "prefill", "extend", "train", "rollout", "memory", "prefix", "prompts")
 
 
 def register(subparsers) -> None:

@@ -18,6 +18,7 @@ _MODULE_OF = {
     "reference_logprobs": "reference", "DecodeResult": "results", "History": "results",
     "QWEN3_STOP_TOKEN_IDS": "sampling_params", "SamplingParams": "sampling_params",
     "filtered_probs_reference": "sampling", "sample_tokens": "sampling", "GenerationState": "state",
+    "SharedPrefixConfig": "prefix_config",
 }
 __all__ = sorted(_MODULE_OF)
 

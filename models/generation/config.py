@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from envtune_jax.config import ReadOnlyWhen, check_field_use, require_at_least
+from envtune_jax.config import ConfigError, ReadOnlyWhen, check_field_use, require_at_least
 from models.generation.buckets import BucketConfig
+from models.generation.prefix_config import SharedPrefixConfig
 from models.generation.sampling_params import QWEN3_STOP_TOKEN_IDS, SamplingParams
 
 
@@ -31,10 +32,17 @@ class SamplerConfig:
     prefill_chunk: int = 512
     cache_half_steps: bool = True
     compact_rows: bool = True  # extends of a few slots run on those rows only (extend_plan.py)
+    # each distinct prompt held once in a prefix region that its slots attend to (prefix_engine.py)
+    shared_prefix: bool = False
+    prefix_lanes: int = 16  # slots per region: the samples per prompt (G)
+    prefix_regions: int = 0  # 0: 2 x ceil(batch_size / prefix_lanes)
+    prefix_attention: str = "two_level"  # or "reference" (the plain concatenated einsum)
 
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
         ReadOnlyWhen("top_k", "greedy decoding takes the argmax", lambda c: not c.greedy),
         ReadOnlyWhen("top_p", "greedy decoding takes the argmax", lambda c: not c.greedy),
+        *(ReadOnlyWhen(name, "prompts are held per slot (shared_prefix is off)", lambda c: c.shared_prefix)
+          for name in ("prefix_lanes", "prefix_regions", "prefix_attention")),
     )
 
     def __post_init__(self) -> None:
@@ -43,6 +51,7 @@ class SamplerConfig:
             raise ValueError(f"cache_dtype must be bfloat16 or float32, got {self.cache_dtype!r}")
         self.sampling_params()  # each raises ValueError naming the bad setting
         self.buckets()
+        self.prefix_config()
         check_field_use(self)
 
     def sampling_params(self) -> SamplingParams:
@@ -53,7 +62,17 @@ class SamplerConfig:
         return BucketConfig(self.min_cache_len, self.min_chunk_len, self.prefill_chunk, self.cache_half_steps,
                             self.compact_rows)
 
+    def prefix_config(self):
+        """The engine's SharedPrefixConfig, or None when shared prefixes are off."""
+        if not self.shared_prefix:
+            return None
+        try:
+            return SharedPrefixConfig(self.prefix_lanes, self.prefix_regions, self.prefix_attention)
+        except ValueError as exc:
+            raise ConfigError(f"sampler: {exc}") from exc
+
     def build_engine(self, model, mesh=None, weight_rules=None):
         from models.generation.engine import GenerationEngine
         return GenerationEngine(model, batch_size=self.batch_size, max_cache_len=self.max_cache_len, mesh=mesh,
-                                cache_dtype=self.cache_dtype, buckets=self.buckets(), weight_rules=weight_rules)
+                                cache_dtype=self.cache_dtype, buckets=self.buckets(), weight_rules=weight_rules,
+                                shared_prefix=self.prefix_config())

@@ -12,6 +12,10 @@ interleave decoding with refilling finished slots. Finished or waiting slots sam
 cost only their row of each decode step. `replace_tail` keeps a prefix of a slot's sequence and
 prefills a new tail (a re-rendered conversation prefills only where it differs from the cache).
 
+Shared prefixes (opt-in, prefix_engine.py): each distinct prompt is held once, in a prefix region that
+its slots attend to; slots hold only their own tokens. The API stays the same, plus `release`
+(slots whose episodes ended leave their region) and `admissible` (which refills a region can take now).
+
 Extends run as planned by extend_plan.py: an append to a few slots runs on those rows only, and a long
 append in one slot does not pad the short ones to its width. Slots refilled with the same prompt (the
 G samples of a GRPO group) prefill it once and copy the slot (`copy_slots`). Both need the batch
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 from typing import Mapping, Sequence
 
@@ -33,6 +38,8 @@ from flax import nnx
 from models.generation import steps
 from models.generation.buckets import BucketConfig, round_up
 from models.generation.extend_plan import ExtendCall, ExtendCosts, plan_extend, row_buckets
+from models.generation.prefix_config import SharedPrefixConfig
+from models.generation.prefix_engine import SharedPrefixSlots
 from models.generation.requests import CacheFullError, GenerationInputError, active_mask, check_slot, check_tokens
 from models.generation.results import DecodeResult, History, collect_decode, concat_results, history, to_host
 from models.generation.sampling import SamplingParams
@@ -56,7 +63,8 @@ class GenerationEngine:
 
     def __init__(self, model: nnx.Module, *, batch_size: int, max_cache_len: int, mesh: jax.sharding.Mesh | None = None,
                  cache_dtype: str = "bfloat16", buckets: BucketConfig = BucketConfig(),
-                 weight_rules: Mapping[str, tuple[str, ...]] | None = None):
+                 weight_rules: Mapping[str, tuple[str, ...]] | None = None,
+                 shared_prefix: SharedPrefixConfig | None = None):
         if batch_size < 1 or max_cache_len < 2:
             raise ValueError(f"need batch_size ≥ 1 and max_cache_len ≥ 2, got {batch_size}, {max_cache_len}")
         self.config = model.config
@@ -86,6 +94,7 @@ class GenerationEngine:
         self._rewind = jax.jit(self._traced("rewind", rewind_slots), donate_argnums=(0,))
         self._empty = jax.jit(self._traced("empty", self._empty_state), static_argnums=(0,))
         self._logits = jax.jit(self._traced("logits", self._next_token_logits))
+        self.prefix_slots = SharedPrefixSlots(self, shared_prefix) if shared_prefix is not None else None
 
     # ---- compiled pieces -------------------------------------------------------------------
     def _traced(self, name: str, fn):
@@ -99,9 +108,14 @@ class GenerationEngine:
         return counted
 
     def _empty_state(self, capacity: int) -> GenerationState:
+        """All slots empty, caches of `capacity` slots (shared prefixes: the regions; own caches start small)."""
         cfg = self.config
-        return empty_state(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, self.batch_size,
-                           capacity, self.cache_dtype, jnp.dtype(cfg.dtype))
+        own = capacity if self.prefix_slots is None else self._cache_buckets[0]
+        state = empty_state(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, self.batch_size,
+                            own, self.cache_dtype, jnp.dtype(cfg.dtype))
+        if self.prefix_slots is None:
+            return state
+        return dataclasses.replace(state, prefix=self.prefix_slots.empty_prefix(capacity, jnp.dtype(cfg.dtype)))
 
     def _next_token_logits(self, params, state: GenerationState) -> jax.Array:
         model = nnx.merge(self.weights.graphdef, params)
@@ -165,6 +179,8 @@ class GenerationEngine:
         for slot, tokens in slots.items():
             if tokens.size == 0:
                 raise GenerationInputError(f"prompt for slot {slot} is empty (need ≥ 1 token to predict from)")
+        if self.prefix_slots is not None:
+            return self.prefix_slots.refill(state, slots, rng)
         state = self._reset_slots(state, slots, rng)
         if not self.compacts_rows:  # every call runs all B rows: a repeated prompt costs nothing extra
             return self.extend(state, slots)
@@ -196,6 +212,8 @@ class GenerationEngine:
                    for t, (s, p) in forks.items()}
         if not targets:
             return state
+        if self.prefix_slots is not None:
+            return self.prefix_slots.fork(state, targets, rng)
         lengths_b = to_host(state.cache.lengths)
         held = {}  # source -> its token row, read once however many targets fork from it
         for target, (source, prompt) in targets.items():
@@ -213,6 +231,8 @@ class GenerationEngine:
     def copy_slots(self, state: GenerationState, copies: Mapping[int, int]) -> GenerationState:
         """Makes slot t a copy of slot s for each t: s in `copies` (its cache, sequence and turn), keeping t's
         own PRNG key: a prompt prefilled once serves several samples (prefix sharing)."""
+        if self.prefix_slots is not None:
+            raise GenerationInputError("copy_slots: with shared prefixes a slot joins its prompt's region (refill)")
         pairs = sorted((check_slot(t, self.batch_size), check_slot(s, self.batch_size)) for t, s in copies.items())
         if any(t == s for t, s in pairs) or {t for t, _ in pairs} & {s for _, s in pairs}:
             raise GenerationInputError(f"copy_slots: a slot is both copied and overwritten in {dict(copies)}")
@@ -238,6 +258,8 @@ class GenerationEngine:
         if not counts_b.any():
             return state
         lengths_b = to_host(state.cache.lengths)
+        if self.prefix_slots is not None and (self._offsets(state) + lengths_b + counts_b).max() > self.max_cache_len:
+            raise CacheFullError(f"a sequence needs more than max_cache_len={self.max_cache_len} positions")
         state = self._ensure_capacity(state, int((lengths_b + counts_b).max()))
         params = self.weights.params()
         for call in plan_extend(counts_b, chunk=self.buckets.prefill_chunk, chunk_buckets=self._chunk_buckets,
@@ -270,15 +292,18 @@ class GenerationEngine:
         usually repeats the cached tokens and differs only at its end: only the differing tail is prefilled.
         """
         keep_b = np.full(self.batch_size, -1, np.int32)
-        lengths_b = to_host(state.cache.lengths)
+        offsets_b = self._offsets(state)  # a shared prompt is kept whole: only a slot's own tokens are cut
+        lengths_b = to_host(state.cache.lengths) + offsets_b
         appends = {}
         for slot, (keep, tokens) in tails.items():
             slot = check_slot(slot, self.batch_size)
-            if not 0 <= keep <= lengths_b[slot]:
-                raise GenerationInputError(f"slot {slot} holds {lengths_b[slot]} tokens; cannot keep {keep}")
+            if not offsets_b[slot] <= keep <= lengths_b[slot]:
+                raise GenerationInputError(f"slot {slot} holds {lengths_b[slot]} tokens"
+                                           f"{f' ({offsets_b[slot]} of them a shared prompt)' if offsets_b[slot] else ''}"
+                                           f"; cannot keep {keep}")
             if len(tokens) == 0:
                 raise GenerationInputError(f"slot {slot}: the new tail is empty (need ≥ 1 token to predict from)")
-            keep_b[slot] = keep
+            keep_b[slot] = keep - offsets_b[slot]
             appends[slot] = tokens
         with self._mesh_context():
             state = self._rewind(state, jnp.asarray(keep_b))
@@ -293,10 +318,14 @@ class GenerationEngine:
         streaming); call again to continue. `active`: bool mask [B] or a list of slot indices.
         """
         lengths_b = to_host(state.cache.lengths)
-        active_b = active_mask(active, lengths_b)
+        offsets_b = self._offsets(state)
+        active_b = active_mask(active, lengths_b + offsets_b)
         budgets_b = sampling.budgets(self.batch_size)
-        generated_b = lengths_b - to_host(state.turn_start_b)
-        live_b = active_b & ~to_host(state.done_b) & (lengths_b > 0)
+        turn_start_b = to_host(state.turn_start_b)
+        generated_b = lengths_b - turn_start_b
+        if self.prefix_slots is not None:  # a turn ends where the whole sequence fills max_cache_len, as without
+            budgets_b = np.minimum(budgets_b, np.maximum(self.max_cache_len - offsets_b - turn_start_b, 0))
+        live_b = active_b & ~to_host(state.done_b) & (lengths_b + offsets_b > 0)
         step_limit = NO_STEP_LIMIT if max_steps is None else int(max_steps)
         if step_limit < 0:
             raise GenerationInputError(f"max_steps must be ≥ 0, got {max_steps}")
@@ -309,7 +338,7 @@ class GenerationEngine:
                                  jnp.asarray(sampling.stop_ids_array()), jnp.float32(sampling.temperature),
                                  jnp.float32(sampling.top_p), jnp.int32(min(step_limit, NO_STEP_LIMIT)),
                                  greedy=greedy, top_k=top_k, use_top_p=use_top_p)
-        return state, collect_decode(state, lengths_b)
+        return state, collect_decode(state, lengths_b + offsets_b)
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
                  rng: int | jax.Array = 0) -> DecodeResult:
@@ -327,6 +356,31 @@ class GenerationEngine:
             _, result = self.decode(state, params)
             parts.append((result, len(chunk)))
         return concat_results(parts)
+
+    def release(self, state: GenerationState, slots: Sequence[int]) -> GenerationState:
+        """Empties slots whose episodes ended; with shared prefixes they also leave their prompt's region, which
+        can take another prompt once none of its slots is left."""
+        if self.prefix_slots is not None:
+            return self.prefix_slots.release(state, slots)
+        keep_b = np.full(self.batch_size, -1, np.int32)
+        keep_b[[check_slot(s, self.batch_size) for s in slots]] = 0
+        if (keep_b < 0).all():
+            return state
+        with self._mesh_context():
+            return self._rewind(state, jnp.asarray(keep_b))
+
+    def admissible(self, state: GenerationState, prompts: Mapping[int, Sequence[int]]) -> set[int]:
+        """The slots of `prompts` (slot -> prompt) that `refill` can start now: all of them without shared
+        prefixes; with them, those that find a region (a live one holding their prompt, or a free one)."""
+        if self.prefix_slots is None:
+            return {check_slot(s, self.batch_size) for s in prompts}
+        return self.prefix_slots.admissible(state, prompts)
+
+    def _offsets(self, state: GenerationState) -> np.ndarray:
+        """[B] the shared-prompt tokens before each slot's own cached tokens (zeros without shared prefixes)."""
+        if self.prefix_slots is None:
+            return np.zeros(self.batch_size, np.int32)
+        return self.prefix_slots.offsets(state)
 
     def next_token_logits(self, state: GenerationState) -> jax.Array:
         """Logits [B, V] (fp32) of the token following each sequence (what decode samples from)."""

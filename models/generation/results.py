@@ -51,7 +51,29 @@ def to_host(array: jax.Array) -> np.ndarray:
 
 def history(state: GenerationState) -> History:
     lengths = to_host(state.cache.lengths)
-    return History(to_host(state.tokens_bs), to_host(state.logprobs_bs), to_host(state.sampled_bs), lengths)
+    own = History(to_host(state.tokens_bs), to_host(state.logprobs_bs), to_host(state.sampled_bs), lengths)
+    return own if state.prefix is None else _with_prompts(own, state)
+
+
+def _with_prompts(own: History, state: GenerationState) -> History:
+    """Whole sequences of shared-prefix slots: the region's prompt [P], then the slot's own tokens [S]."""
+    prefix = state.prefix
+    prompts_rp, prompt_lengths_r = to_host(prefix.tokens_rp), to_host(prefix.regions.lengths)
+    region_b = to_host(prefix.lane_b) // prefix.lanes
+    batch, own_width = own.tokens.shape
+    tokens = np.zeros((batch, prefix.capacity + own_width), np.int32)
+    logprobs = np.zeros(tokens.shape, np.float32)
+    sampled = np.zeros(tokens.shape, bool)
+    lengths = own.lengths.copy()
+    for b in range(batch):
+        start = prompt_lengths_r[region_b[b]] if region_b[b] < prefix.num_regions else 0
+        if start:
+            tokens[b, :start] = prompts_rp[region_b[b], :start]
+        tokens[b, start:start + own_width] = own.tokens[b]
+        logprobs[b, start:start + own_width] = own.logprobs[b]
+        sampled[b, start:start + own_width] = own.sampled[b]
+        lengths[b] += start
+    return History(tokens, logprobs, sampled, lengths)
 
 
 def collect_decode(state: GenerationState, lengths_before: np.ndarray) -> DecodeResult:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from envtune_jax.sharding import constrain
+from models.generation.prefix_state import PrefixState, constrain_prefix
 from models.kv_cache import CACHE_AXES, KVCache, cache_shape
 
 _PER_SLOT = ("cache_batch", None)
@@ -33,6 +34,8 @@ class GenerationState:
     turn_start_b: jax.Array  # [B] int32 length of the sequence when its current turn began
     done_b: jax.Array  # [B] bool: the current turn is over
     stop_hit_b: jax.Array  # [B] bool: ... because a stop token was sampled
+    # shared prompts (prefix_state.py); with them, `cache` and the [B, S] arrays hold each slot's own tokens
+    prefix: PrefixState | None = None
 
     @property
     def batch_size(self) -> int:
@@ -68,6 +71,7 @@ def constrain_state(state: GenerationState) -> GenerationState:
         turn_start_b=constrain(state.turn_start_b, ("cache_batch",)),
         done_b=constrain(state.done_b, ("cache_batch",)),
         stop_hit_b=constrain(state.stop_hit_b, ("cache_batch",)),
+        prefix=None if state.prefix is None else constrain_prefix(state.prefix),
     )
 
 

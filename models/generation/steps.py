@@ -32,7 +32,8 @@ def extend_chunk(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationSta
     model = nnx.merge(graphdef, params)
     batch, width = tokens_bt.shape
     starts_b = state.cache.lengths
-    hidden_btd, cache = model.hidden_states(tokens_bt, cache=state.cache, num_new_b=num_new_b)
+    prefix = None if state.prefix is None else state.prefix.view()
+    hidden_btd, cache = model.hidden_states(tokens_bt, cache=state.cache, num_new_b=num_new_b, prefix=prefix)
     last_b = jnp.clip(num_new_b - 1, 0, width - 1)
     last_hidden_bd = hidden_btd[jnp.arange(batch), last_b]
     extended_b = num_new_b > 0
@@ -62,7 +63,11 @@ def extend_rows(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationStat
     scatter = lambda x, new: x.at[rows_u].set(new.astype(x.dtype), mode="drop")  # noqa: E731
     starts_u = gather(state.cache.lengths)
     row_cache = kv.KVCache(tuple(map(gather, state.cache.keys)), tuple(map(gather, state.cache.values)), starts_u)
-    hidden_utd, row_cache = model.hidden_states(tokens_ut, cache=row_cache, num_new_b=num_new_u)
+    prefix = None
+    if state.prefix is not None:  # padding rows get no lane (a lane read twice would lose its real row)
+        prefix = state.prefix.view(jnp.where(rows_u < state.batch_size, gather(state.prefix.lane_b),
+                                             state.prefix.no_lane))
+    hidden_utd, row_cache = model.hidden_states(tokens_ut, cache=row_cache, num_new_b=num_new_u, prefix=prefix)
 
     def write_back(full_bksh, rows_uksh):  # only the window the tokens were written to
         return kv.write_kv(full_bksh, kv.read_window(rows_uksh, starts_u, width), starts_u, rows_u)
@@ -103,8 +108,13 @@ def live_mask(state: GenerationState, active_b: jax.Array, budgets_b: jax.Array)
     """[B] bool: the sequence samples a token this step."""
     lengths_b = state.cache.lengths
     generated_b = lengths_b - state.turn_start_b
-    return (active_b & ~state.done_b & (lengths_b > 0) & (lengths_b < state.capacity)
+    return (active_b & ~state.done_b & (_held(state) > 0) & (lengths_b < state.capacity)
             & (generated_b < budgets_b))
+
+
+def _held(state: GenerationState) -> jax.Array:
+    """[B] tokens of each sequence (a shared prompt included): 0 for an empty slot."""
+    return state.cache.lengths if state.prefix is None else state.cache.lengths + state.prefix.offsets_b()
 
 
 def decode_loop(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationState, active_b: jax.Array,
@@ -118,7 +128,7 @@ def decode_loop(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationStat
     """
     capacity = state.capacity
     lengths_b = state.cache.lengths
-    exhausted_b = (active_b & (lengths_b > 0)
+    exhausted_b = (active_b & (_held(state) > 0)
                    & ((lengths_b - state.turn_start_b >= budgets_b) | (lengths_b >= capacity)))
     state = dataclasses.replace(state, done_b=state.done_b | exhausted_b)
 
@@ -130,13 +140,15 @@ def decode_loop(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationStat
         loop_state, step = carry
         model = nnx.merge(graphdef, params)
         live_b = live_mask(loop_state, active_b, budgets_b)
-        positions_b = loop_state.cache.lengths
+        positions_b = loop_state.cache.lengths  # the slot written; the sequence position adds the prefix
+        prefix = None if loop_state.prefix is None else loop_state.prefix.view()
+        sequence_positions_b = positions_b if prefix is None else positions_b + prefix.offsets_b()
         logits_bv = model.logits(loop_state.hidden_bd[:, None, :])[:, 0]
-        keys_b = position_keys(loop_state.key_data_b2, positions_b)
+        keys_b = position_keys(loop_state.key_data_b2, sequence_positions_b)
         tokens_b, logprobs_b = sample_tokens(logits_bv, keys_b, temperature, top_p, greedy=greedy, top_k=top_k,
                                              use_top_p=use_top_p)
         hidden_b1d, cache = model.hidden_states(tokens_b[:, None], cache=loop_state.cache,
-                                                num_new_b=live_b.astype(jnp.int32))
+                                                num_new_b=live_b.astype(jnp.int32), prefix=prefix)
         is_stop_b = jnp.any(tokens_b[:, None] == stop_ids_k[None, :], axis=-1)
         new_lengths_b = cache.lengths
         turn_over_b = (is_stop_b | (new_lengths_b - loop_state.turn_start_b >= budgets_b)
