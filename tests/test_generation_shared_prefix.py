@@ -156,7 +156,7 @@ def test_sampler_config_turns_shared_prefixes_on_and_rejects_ignored_fields(mode
     cfg = load(SamplerConfig, None, ["shared_prefix=true", "prefix_lanes=4", "batch_size=8", "max_cache_len=64"])
     engine = cfg.build_engine(model)
     assert engine.prefix_slots.config == SharedPrefixConfig(lanes=4) and engine.prefix_slots.num_regions == 4
-    with pytest.raises(ConfigError, match="prefix_lanes is set but sampler.shared_prefix is off"):
+    with pytest.raises(ConfigError, match=r"prefix_lanes=4 has no effect: prompts are held per slot"):
         load(SamplerConfig, None, ["prefix_lanes=4"])
     with pytest.raises(ConfigError, match="prefix attention"):
         load(SamplerConfig, None, ["shared_prefix=true", "prefix_attention=fast"])

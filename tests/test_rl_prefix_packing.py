@@ -117,7 +117,8 @@ def test_trainer_step_with_reference_and_recompute_passes_matches(setup):
         copy = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
         _, out = trainer.step(trainer.init(copy), ref_params, batch)
         metrics[name] = {k: float(v) for k, v in jax.device_get(out).items()}
-    for key in ("loss", "kl", "entropy", "pg_loss", "grad_norm", "model_tokens", "sampler_recompute_ratio"):
+    for key in ("loss", "kl", "entropy", "pg_loss", "grad_norm", "model_tokens", "sampler_logp_abs_diff",
+                "sampler_ratio_outside_clip"):
         want, got = metrics["plain"][key], metrics["shared"][key]
         assert abs(got - want) <= 1e-5 * max(abs(want), 1e-3), (key, got, want)
 
@@ -133,7 +134,7 @@ def test_trainer_refuses_a_batch_of_the_other_packing(setup):
 def test_groups_per_row_needs_shared_prefix():
     from envtune_jax.config import ConfigError
 
-    with pytest.raises(ConfigError, match="prefix_groups_per_row is set"):
+    with pytest.raises(ConfigError, match="prefix_groups_per_row=2 has no effect"):
         TrainStepConfig(prefix_groups_per_row=2)
     assert TrainStepConfig(shared_prefix="two_level", prefix_groups_per_row=2).prefix_groups_per_row == 2
 
