@@ -17,7 +17,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from environments.bfcl_env import BfclEpisode
-from envtune_jax import checkpointing, config as config_lib, hf_io
+from envtune_jax import checkpointing, config as config_lib, hf_io, interrupt
 from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, default_tokenizer, load_tokenizer, stop_token_ids
 from envtune_jax.mesh import make_mesh
 from envtune_jax.sharding import named_sharding
@@ -113,6 +113,8 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
     tokenizer = learner.tokenizer
     checkpointer = RunCheckpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     writer = MetricsWriter(run_dir / "logs", tensorboard=cfg.logging.tensorboard)
+    # a Ctrl-C waits for an asynchronous save in flight (else the run would resume from the one before)
+    release_hold = interrupt.hold_while(checkpointer.manager.is_saving_in_progress, "the checkpoint being written")
     record = {"step": 0, "stage_index": 0, "step_in_stage": 0, "data_position": 0, "stage_started": False,
               "val_accuracy": [], "grad_norms": [], "decisions": []}
     if checkpointer.latest_step() is not None:
@@ -172,6 +174,7 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
     finally:
         checkpointer.close()
         writer.close()
+        release_hold()
     checkpointing.save_model(model, run_dir / "final", tokenizer_dir=tokenizer_dir, metadata={"run": str(run_dir)})
     return run_dir
 

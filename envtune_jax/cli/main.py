@@ -67,5 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def console() -> None:
+    """The `envtune` program: `main()` under the Ctrl-C watchdog, ended without the interpreter's slow teardown
+    (envtune_jax/interrupt.py says why)."""
+    from envtune_jax import interrupt
+
+    interrupt.install()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before main's own handling (while the subcommands are imported)
+        code = 130
+        print("\ninterrupted", file=sys.stderr)
+    interrupt.exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
