@@ -20,6 +20,7 @@ from environments.bfcl_env import BfclEpisode
 from envtune_jax import checkpointing, config as config_lib, hf_io, interrupt
 from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, default_tokenizer, load_tokenizer, stop_token_ids
 from envtune_jax.mesh import make_mesh
+from envtune_jax.progress import OnPhase, PhaseDisplay
 from envtune_jax.sharding import named_sharding
 from models.config import preset
 from models.generation.sampling import SamplingParams
@@ -91,11 +92,14 @@ def build_learner(cfg: RunConfig, model, tokenizer_dir, mesh) -> PolicyLearner:
     return PolicyLearner(model, engine, trainer, tokenizer, cfg.loss)
 
 
-def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key) -> dict:
+def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key,
+             on_phase: OnPhase | None = None) -> dict:
     """Greedy rollouts on the validation entries with the stage's prompt and step cap, no augmentation."""
     env_cfg = dataclasses.replace(stage.environment, hints=False, format_feedback=False, empty_turn_warning=False)
     greedy = SamplingParams(greedy=True, max_new_tokens=cfg.sampler.max_new_tokens, stop_token_ids=tuple(cfg.sampler.stop_token_ids))
-    trajectories = learner.rollout([[BfclEpisode(e, env_cfg)] for e in entries], stage.chat, greedy, cfg.rollout, key)
+    progress = None if on_phase is None else (lambda phase, done=None, total=None: on_phase("validation", done, total))
+    trajectories = learner.rollout([[BfclEpisode(e, env_cfg)] for e in entries], stage.chat, greedy, cfg.rollout, key,
+                                   on_phase=progress)
     metrics = summarize(trajectories)
     return {f"val/{k}": v for k, v in metrics.items()}
 
@@ -138,6 +142,7 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
             env_cfg = stage.environment
             bar = tqdm(total=stage.max_steps, initial=record["step_in_stage"], desc=stage.name, unit="step",
                        disable=not cfg.logging.progress_bar or jax.process_index() != 0)
+            display = PhaseDisplay(bar)  # what the step is doing: rollout i/n episodes, environment, update, compiling
             while True:
                 decision = decide_advance(stage, record["step_in_stage"], record["val_accuracy"], record["grad_norms"])
                 if decision.advance:
@@ -147,23 +152,26 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
                 picked = draw(entries, record["data_position"], stage.prompts_per_step, cfg.seed + stage_index)
                 groups = [[BfclEpisode(e, env_cfg) for _ in range(stage.samples_per_prompt)] for e in picked]
                 step_key = jax.random.fold_in(key, record["step"])
-                metrics, _ = learner.iterate(groups, stage.chat, sampling, cfg.rollout, step_key)
+                metrics, _ = learner.iterate(groups, stage.chat, sampling, cfg.rollout, step_key, on_phase=display)
                 record["step"] += 1
                 record["step_in_stage"] += 1
                 record["data_position"] += stage.prompts_per_step
                 record["grad_norms"].append(metrics["grad_norm"])
                 if stage.validation_every and record["step_in_stage"] % stage.validation_every == 0:
-                    val = validate(learner, stage, val_entries, cfg, jax.random.fold_in(step_key, 1))
+                    val = validate(learner, stage, val_entries, cfg, jax.random.fold_in(step_key, 1), on_phase=display)
                     record["val_accuracy"].append(val["val/accuracy"])
                     metrics.update(val)
                 metrics.update(stage=stage_index, decision=decision.reason)
                 writer.write(record["step"], metrics)
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.4f}")
+                display.prefix = f"reward {metrics['reward_mean']:.3f} loss {metrics['loss']:+.4f} | "
                 if record["step"] % cfg.checkpoint.every_steps == 0:
+                    display("checkpoint")
                     checkpointer.save(record["step"], learner.state, _ref_or_params(learner), record)
+            display.close()
             bar.close()
             if stage.export_hf:
+                _log(f"{stage.name}: exporting HF safetensors to {run_dir / 'export' / stage.name}")
                 out = hf_io.save_pretrained(model, run_dir / "export" / stage.name, tokenizer_dir=tokenizer_dir,
                                             progress=False)
                 _log(f"{stage.name}: exported {out}")
