@@ -161,7 +161,7 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
                     val = validate(learner, stage, val_entries, cfg, jax.random.fold_in(step_key, 1), on_phase=display)
                     record["val_accuracy"].append(val["val/accuracy"])
                     metrics.update(val)
-                metrics.update(stage=stage_index, decision=decision.reason)
+                metrics.update(stage=stage_index, stage_name=stage.name, decision=decision.reason)
                 writer.write(record["step"], metrics)
                 bar.update(1)
                 display.prefix = f"reward {metrics['reward_mean']:.3f} loss {metrics['loss']:+.4f} | "

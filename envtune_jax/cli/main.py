@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("convert", "export", "generate", "train", "eval", "bench", "demo")
+SUBCOMMANDS = ("convert", "export", "generate", "train", "eval", "plot", "bench", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

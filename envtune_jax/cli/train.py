@@ -1,4 +1,5 @@
-"""`envtune train`: one stage or the whole curriculum from a recipe YAML; resumable with the same command."""
+"""`envtune train`: one stage or the whole curriculum from a recipe YAML; resumable with the same command.
+Ends with a summary: reward and accuracy per stage, and where everything was written."""
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import jax
+
     from rl.run_config import load_run_config
+    from rl.run_summary import run_summary
     from rl.train_loop import train
 
     cfg, stages = load_run_config(args.config, args.overrides)
     run_dir = train(cfg, stages)
-    print(f"run written to {run_dir}: logs/metrics.jsonl, checkpoints/, export/<stage>/, final/")
+    if jax.process_index() == 0:
+        print(run_summary(run_dir, [stage.name for stage in stages]), flush=True)
     return 0
