@@ -4,7 +4,8 @@ Table rows: one per BFCL category (correct / total / accuracy), then OVERALL, wh
 unweighted mean of the category accuracies (the leaderboard's multi-turn overall) and whose correct /
 total columns are sums. Files: `eval_results.json` (table, per-entry verdicts and rewards, run metadata),
 `eval_results.md` (the table), and `model_results.jsonl` (per entry the raw step texts in the official
-result layout, {"id", "result": [[step text, ...] per turn]}, re-scorable with `--replay` or officially).
+result layout, {"id", "result": [[step text, ...] per turn]}, re-scorable with `--replay` or officially;
+an entry the official harness would have stopped with an error has "Error during inference: ..." instead).
 While a run goes on, `EvalProgress` appends each finished entry's record to `eval_records.partial` in the
 same folder, so that the same run started again with that folder skips what was done (the file is removed
 once the results are written).
@@ -68,7 +69,7 @@ def write_results(out_dir: str | Path, rows: Sequence[TableRow], records: Sequen
     paths["markdown"].write_text(markdown_table(rows))
     with paths["layout"].open("w") as handle:
         for record in records:
-            handle.write(json.dumps({"id": record.episode_id, "result": record.steps}) + "\n")
+            handle.write(json.dumps({"id": record.episode_id, "result": record.official_result()}) + "\n")
     return paths
 
 
@@ -155,7 +156,8 @@ class EvalProgress:
                 cut_short = True
                 continue
             outcome = EpisodeOutcome(**item["outcome"])
-            self.done[item["id"]] = EpisodeRecord(item["id"], item["category"], outcome, item["steps"])
+            self.done[item["id"]] = EpisodeRecord(item["id"], item["category"], outcome, item["steps"],
+                                                  item.get("inference_error", ""))
         if cut_short:  # rewritten whole, so that the next line does not continue the broken one
             kept = [json.dumps({"run": self.run}), *(json.dumps(_record_line(r)) for r in self.done.values())]
             self.path.write_text("\n".join(kept) + "\n")
@@ -171,4 +173,4 @@ class EvalProgress:
 
 def _record_line(record: EpisodeRecord) -> dict[str, Any]:
     return {"id": record.episode_id, "category": record.category, "outcome": dataclasses.asdict(record.outcome),
-            "steps": record.steps}
+            "steps": record.steps, "inference_error": record.inference_error}

@@ -1,10 +1,12 @@
 """The evaluation loop: episodes played by a policy through the text protocol, batched across episodes.
 
 Each round asks the policy for one step of every unfinished episode, decodes the calls (official BFCL
-rule, `protocol.decode_for_evaluation`), steps the environment and extends the conversation; an episode
-whose step the policy has not finished yet (`STEP_PENDING`) waits for the next round as it is. Finished
-episodes yield an `EpisodeRecord`: the outcome (official verdict, rewards, counters) and the visible
-step texts in the official result layout, so the run can be re-scored by the official evaluation.
+rule, `protocol.decode_for_evaluation`), steps the environment and extends the conversation with the
+assistant message the official harness keeps (`protocol.history_message`: what the model wrote, not a
+re-serialisation of the decoded calls) and the environment's reply; an episode whose step the policy has
+not finished yet (`STEP_PENDING`) waits for the next round as it is. Finished episodes yield an
+`EpisodeRecord`: the outcome (official verdict, rewards, counters) and the visible step texts in the
+official result layout, so the run can be re-scored by the official evaluation.
 `evaluate_bfcl` does this for a list of entries, optionally split across worker processes.
 """
 from __future__ import annotations
@@ -21,9 +23,14 @@ from environments.bfcl_env import BfclEpisode
 from environments.config import EnvironmentConfig
 from environments.policies import STEP_PENDING, Policy, PolicyState
 from environments.pool import map_in_chunks
-from environments.protocol import decode_for_evaluation, history_message
+from environments.protocol import decode_for_evaluation, history_message, history_renders_officially
 
 Decoder = Callable[[str, ToolEnvironment], "tuple[list[ToolCall], list[str]]"]
+
+
+INFERENCE_ERROR_PREFIX = "Error during inference: "  # the official result of an entry whose inference failed
+UNRENDERABLE_HISTORY = ("the official prompt formatter cannot render the tool calls kept from a step "
+                        "(a <tool_call> block holding JSON that is not a call with a string name and arguments)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +51,29 @@ class EpisodeRecord:
     category: str
     outcome: EpisodeOutcome
     steps: list[list[str]]  # official result layout: per turn, per step, the visible text
+    # Why the official harness would have stopped this entry with an error ("" if it would not); such an
+    # entry scores 0, and its official result is INFERENCE_ERROR_PREFIX + this reason instead of the steps.
+    inference_error: str = ""
 
     def to_json(self) -> dict[str, Any]:
         outcome = self.outcome
-        return {
+        fields = {
             "id": self.episode_id, "category": self.category, "correct": outcome.correct,
             "progress_reward": outcome.progress_reward, "turn_rewards": outcome.turn_rewards,
             "counters": outcome.counters,
         }
+        return fields | {"inference_error": self.inference_error} if self.inference_error else fields
+
+    def official_result(self) -> list[list[str]] | str:
+        """The entry's `result` in the official result file."""
+        return INFERENCE_ERROR_PREFIX + self.inference_error if self.inference_error else self.steps
+
+
+def _failed_by_inference_error(outcome: EpisodeOutcome) -> EpisodeOutcome:
+    """An entry the official harness stops with an error: nothing scores."""
+    return dataclasses.replace(
+        outcome, turn_rewards=[0.0] * len(outcome.turn_rewards), progress_reward=0.0, syntax_reward=0.0,
+        binary_reward=0.0, reward=0.0, correct=False, counters={**outcome.counters, "inference_error": 1})
 
 
 def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: Decoder = decode_for_evaluation,
@@ -62,6 +84,9 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
 
     The `messages` a policy receives are the live conversation lists (read them, do not modify them);
     with keep_history=False they stay empty (for policies that ignore them: oracle, replay, do-nothing).
+    With keep_history, a step whose kept message the official formatter cannot render (see
+    `bfcl_prompt.history_renders_officially`) ends its episode unless the episode ended with it: the
+    official harness would fail at its next query, and the entry is recorded as an inference error.
     At most `max_live` episodes are in play at once (default: the policy's `max_live_episodes`, if it
     has one; else all): a finished episode's place goes to the next one, so a model policy can keep each
     live conversation in its cache from step to step. Episodes are independent, so this changes no result.
@@ -80,10 +105,15 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
     active: list[int] = []
     records: list[EpisodeRecord | None] = [None] * len(episodes)
     steps_taken = 0
+    inference_errors: dict[int, str] = {}
 
     def finish(i: int) -> None:
         env = episodes[i]
-        records[i] = EpisodeRecord(env.episode_id, env.category, env.outcome(), env.steps_log())
+        if i in inference_errors:
+            records[i] = EpisodeRecord(env.episode_id, env.category, _failed_by_inference_error(env.outcome()),
+                                       env.steps_log(), inference_errors[i])
+        else:
+            records[i] = EpisodeRecord(env.episode_id, env.category, env.outcome(), env.steps_log())
         if on_record is not None:
             on_record(records[i])
 
@@ -121,8 +151,12 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
             result = env.step(step.text, calls, errors)
             steps_taken += 1
             if keep_history:
-                conversations[i].append(history_message(step.reasoning, step.text, calls))
+                message = history_message(step.output, env.call_syntax)
+                conversations[i].append(message)
                 conversations[i].extend(result.messages)
+                if not env.done and not history_renders_officially(message, env.call_syntax):
+                    inference_errors[i] = UNRENDERABLE_HISTORY
+                    env.truncate(f"inference error: {UNRENDERABLE_HISTORY}")
             if result.turn_ended:
                 turn_of[i], step_of[i] = turn_of[i] + 1, 0
             else:

@@ -3,7 +3,9 @@
 Each rule looks at one executed call (tool name, the agent's own arguments, the official result string)
 and may return a hint naming the tool dependency or constraint behind the failure. Hints never contain
 ground-truth values: they only quote the agent's own arguments, tool names currently offered, and text
-from the offered tool docs (all already in the conversation). Families (from the paper):
+from the offered tool docs (all already in the conversation), and they never say how much or how far
+(fully, all the way, maximum...) unless the official result they are attached to says it. Families
+(from the paper):
 - file system: paths where a plain name is expected, nested `cd`, not found, is-a-directory, forbidden
   characters, non-empty rmdir;
 - travel: unknown airport codes (point to the airport tools), unsupported currency pairs;
@@ -36,8 +38,10 @@ class HintContext:
         return name in self.owner_of_offered
 
     def login_tools(self, class_name: str) -> list[str]:
+        """The offered tools of the class that log in (`*login`, `authenticate*`; not `*_get_login_status`)."""
         return sorted(
-            n for n, c in self.owner_of_offered.items() if c == class_name and ("login" in n or "authenticate" in n)
+            n for n, c in self.owner_of_offered.items()
+            if c == class_name and (n.endswith("login") or n.startswith("authenticate"))
         )
 
 
@@ -99,8 +103,12 @@ def _vehicle_rule(call: ExecutedCall, ctx: HintContext) -> str | None:
     if call.name == "startEngine":
         if "doors must be locked" in result:
             return "lock every door (lockDoors) before starting the engine."
-        if "Brake pedal" in result or "press the brake fully" in result:
-            return "press the brake pedal all the way down (pressBrakePedal) right before startEngine."
+        # How far to press is the answer (the ground truth presses fully): say only what the official
+        # message says, which names "fully" once the pedal is pressed but not fully.
+        if "Brake pedal needs to be pressed" in result:
+            return "the brake pedal must be pressed (pressBrakePedal) before starting the engine."
+        if "press the brake fully" in result:
+            return "the brake pedal is pressed, but not fully: press it fully (pressBrakePedal), then startEngine."
     return None
 
 

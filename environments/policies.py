@@ -1,8 +1,9 @@
 """Policies for evaluation: given conversation states, return the next assistant step of each.
 
 `Policy.act` is batched (a model-backed policy generates for many episodes at once). A policy returns,
-per state, a `PolicyStep` (the visible text, i.e. after any </think>, which the official result layout
-records, plus the reasoning), None to stop that episode (it is truncated and scored as a force-quit), or
+per state, a `PolicyStep` (the whole generated text; its visible part, after any </think>, is what the
+official result layout records and what is decoded; the history keeps what the official harness keeps
+of the whole text), None to stop that episode (it is truncated and scored as a force-quit), or
 `STEP_PENDING`: the step is still being generated and the driver asks again with the same state in its
 next round (a policy that streams steps lets the episodes whose step ended move on meanwhile).
 Built in: the oracle (plays the ground truth through the text protocol), do-nothing, and replay of
@@ -20,6 +21,7 @@ from environments.bfcl_data import BfclEntry
 from environments.gt_calls import ground_truth_tool_calls
 from environments.protocol import decode_official_step, render_calls
 from environments.synthetic import SyntheticTask
+from envtune_jax.chat.official_decode import split_reasoning
 
 ORACLE_REPLY = "Done."
 MODEL_POLICY_ENTRY_POINT = "rl.model_policy:build_model_policy"
@@ -37,8 +39,16 @@ class PolicyState:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyStep:
-    text: str  # visible text of the step (what is decoded and recorded)
-    reasoning: str = ""
+    output: str  # the step's whole generated text, reasoning included (stop tokens excluded)
+
+    @property
+    def text(self) -> str:
+        """The visible text (after the last </think>): what is decoded and recorded."""
+        return split_reasoning(self.output)[1]
+
+    @property
+    def reasoning(self) -> str:
+        return split_reasoning(self.output)[0]
 
 
 class StepPending:

@@ -2,9 +2,10 @@
 
 Like the official harness, every step re-renders the whole conversation with the Qwen FC template
 (tools in the system prompt, earlier steps as rendered tool calls) and generates greedily (the
-harness's temperature 0.001) up to `max_new_tokens` (4096); reasoning before </think> is split off
-as the official handler does. The live episodes' steps are generated as one batch, streamed: each
-engine call decodes at most `decode_chunk` tokens of every live step; an episode whose step ended leaves
+harness's temperature 0.001) up to `max_new_tokens` (4096); the step's whole text goes to the
+evaluation driver, which splits off the reasoning and keeps the history as the official handler does.
+The live episodes' steps are generated as one batch, streamed: each engine call decodes at most
+`decode_chunk` tokens of every live step; an episode whose step ended leaves
 with it (its environment steps, its next prompt is prefilled, or a new episode takes its slot) while the
 others answer `STEP_PENDING` and go on at the next call, so a round does not wait for its longest step.
 Greedy decoding draws each token from its position alone: chunking changes no step.
@@ -27,7 +28,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from environments.policies import STEP_PENDING, PolicyState, PolicyStep, StepPending
-from environments.protocol import split_reasoning
 from envtune_jax.chat.render import render_messages
 from envtune_jax.chat.tokenizer import encode_text, stop_token_ids
 from models.generation.sampling import SamplingParams
@@ -126,9 +126,10 @@ class ModelPolicy:
                   file=sys.stderr)
 
     def _policy_step(self, ids: list[int]) -> PolicyStep:
+        # The official harness reads the server's completion text, which leaves out special tokens (vLLM's
+        # default skip_special_tokens); <tool_call> and <think> are not special and stay.
         ids = [t for t in ids if t not in self.sampling.stop_token_ids]
-        reasoning, visible = split_reasoning(self.tokenizer.decode(ids, skip_special_tokens=False))
-        return PolicyStep(visible, reasoning)
+        return PolicyStep(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def _generate(self, group: list[tuple[PolicyState, list[int] | None]], max_steps: int | None) -> list[list[int] | None]:
         """Decodes ≤ max_steps tokens (None: to the end) of the step of each of ≤ batch_size episodes: a new step

@@ -80,14 +80,19 @@ class RolloutStats:
 
 
 def _parse_step(episode: ToolEnvironment, conversation: TokenConversation):
-    """(calls, format-error messages, text) of the conversation's latest assistant step."""
+    """(calls, format-error messages, text) of the conversation's latest assistant step.
+
+    The calls are every call the official rule decodes, offered or not: the environment runs a call to
+    a tool it does not offer into the official error string (an invalid call for R_tool, with a hint when
+    hints are on). So only format errors are handed over as such: an unknown tool is a tool error, never
+    also a format error (R_format counts format errors only)."""
     segment = conversation.boundaries[-1]
     text = conversation.sampled_text(segment)
     if episode.call_syntax == "compact":
         calls, errors = parse_compact_calls(text, sorted(episode.offered_tool_names()))
         return calls, errors, text
     parsed = conversation.parse_last_step(episode.offered_tool_names())
-    errors = [error.message for error in parsed.errors]
+    errors = [error.message for error in parsed.format_errors]
     return list(parsed.well_formed_calls), errors, text
 
 

@@ -40,23 +40,39 @@ def test_qwen_fc_reasoning_split_like_the_official_handler():
     assert inside.calls == () and inside.answer_text == "Hello"
 
 
-@pytest.mark.parametrize("body, error_type", [
-    ('{"name": "ls", "arguments": {', pe.InvalidJsonError),
-    ('["ls", {}]', pe.NotAnObjectError),
-    ('{"arguments": {}}', pe.MissingNameError),
-    ('{"name": "", "arguments": {}}', pe.MissingNameError),
-    ('{"name": 3, "arguments": {}}', pe.MissingNameError),
-    ('{"name": "ls"}', pe.MissingArgumentsError),
-    ('{"name": "ls", "arguments": "{\\"a\\": 1}"}', pe.ArgumentsNotObjectError),
-    ('{"name": "rm_rf", "arguments": {}}', pe.UnknownToolError),
-    ('{"name": "sort", "arguments": {}}', pe.ToolNotOfferedError),
+UNDECODABLE = pe.UndecodableStepError
+
+
+@pytest.mark.parametrize("body, error_types, calls", [
+    ('{"name": "ls", "arguments": {', [pe.InvalidJsonError], ()),  # skipped, as the harness skips it
+    ('["ls", {}]', [pe.NotAnObjectError, UNDECODABLE], ()),
+    ('{"arguments": {}}', [pe.MissingNameError, UNDECODABLE], ()),
+    ('{"name": ["ls"], "arguments": {}}', [pe.MissingNameError, UNDECODABLE], ()),  # unhashable name
+    ('{"name": "ls"}', [pe.MissingArgumentsError, UNDECODABLE], ()),
+    ('{"name": "ls", "arguments": [1]}', [pe.ArgumentsNotObjectError, UNDECODABLE], ()),
+    ('{"name": "ls", "arguments": "[1]"}', [pe.ArgumentsNotObjectError, UNDECODABLE], ()),
+    ('{"name": "ls", "arguments": "{\\"a\\": 1}"}', [], (ToolCall("ls", {"a": 1}),)),  # a JSON string holding an object
+    ('{"name": "", "arguments": {}}', [pe.UnknownToolError], ()),  # decoded (the harness runs it), not offered
+    ('{"name": 3, "arguments": {}}', [pe.UnknownToolError], ()),
+    ('{"name": "rm_rf", "arguments": {}}', [pe.UnknownToolError], ()),
+    ('{"name": "sort", "arguments": {}}', [pe.ToolNotOfferedError], ()),
 ])
-def test_each_call_error_is_typed_and_readable(body, error_type):
+def test_each_call_error_is_typed_and_readable(body, error_types, calls):
     result = parse_tool_calls(_block(body), OFFERED, known_tool_names=KNOWN)
-    error = _only_error(result, error_type)
-    assert result.calls == () and result.num_call_blocks == 1 and error.block_index == 0
-    assert error.kind == ("tool" if error_type in (pe.UnknownToolError, pe.ToolNotOfferedError) else "format")
-    assert error.message.startswith("Tool call #1")
+    assert [type(error) for error in result.errors] == error_types, result.errors
+    assert result.calls == calls and result.num_call_blocks == 1
+    for error in result.errors:
+        assert error.message and isinstance(error.message, str)
+        assert error.kind == ("tool" if type(error) in (pe.UnknownToolError, pe.ToolNotOfferedError) else "format")
+        if error.block_index is not None:
+            assert error.block_index == 0 and error.message.startswith("Tool call #1")
+
+
+def test_one_undecodable_block_drops_every_call_of_the_step():
+    text = _block('{"name": "ls", "arguments": {}}') + "\n" + _block("[1]")
+    result = parse_tool_calls(text, OFFERED)
+    assert result.calls == result.well_formed_calls == ()
+    assert [type(e) for e in result.errors] == [pe.NotAnObjectError, UNDECODABLE] and result.errors[0].block_index == 1
 
 
 def test_offered_names_are_a_whitelist_and_nothing_is_evaluated():
@@ -74,12 +90,18 @@ def test_pathological_json_does_not_crash():
         assert isinstance(result, ParseResult)
 
 
-def test_unmatched_tags_and_strict_newlines():
+def test_call_blocks_need_both_newlines_as_in_the_official_harness():
     _only_error(parse_tool_calls('<tool_call>\n{"name": "ls", "arguments": {}}', OFFERED), pe.UnmatchedTagError)
-    compact = '<tool_call>{"name": "ls", "arguments": {}}</tool_call>'
-    assert len(parse_tool_calls(compact, OFFERED).calls) == 1
-    strict = parse_tool_calls(compact, OFFERED, require_call_newlines=True)
-    assert strict.calls == () and isinstance(strict.errors[0], pe.MalformedBlockError)
+    for compact in ('<tool_call>{"name": "ls", "arguments": {}}</tool_call>',
+                    '<tool_call>\n{"name": "ls", "arguments": {}}</tool_call>',
+                    '<tool_call>{"name": "ls", "arguments": {}}\n</tool_call>'):
+        result = parse_tool_calls(compact, OFFERED)
+        assert result.calls == result.well_formed_calls == () and result.num_call_blocks == 1
+        assert isinstance(_only_error(result, pe.MalformedBlockError), pe.MalformedBlockError)
+    # An unclosed block runs on to the next closing tag, so the next block is lost too (not JSON together).
+    text = '<tool_call>\n{"name": "ls", "arguments": {}}</tool_call>\n' + _block('{"name": "cd", "arguments": {}}')
+    result = parse_tool_calls(text, OFFERED)
+    assert result.calls == () and [type(e) for e in result.errors] == [pe.MalformedBlockError]
 
 
 def test_paper_style_steps():
@@ -134,7 +156,7 @@ def test_arbitrary_text_never_crashes(text, style):
 @given(calls=st.lists(_CALLS, min_size=1, max_size=4), text=st.text(max_size=30).filter(lambda t: "<" not in t))
 def test_well_formed_calls_round_trip(calls, text):
     message = {"role": "assistant", "content": text, "tool_calls": [call.as_message_call() for call in calls]}
-    qwen = parse_tool_calls(render_assistant_body(message, "qwen_fc"), None, require_call_newlines=True)
+    qwen = parse_tool_calls(render_assistant_body(message, "qwen_fc"), None)
     assert qwen.calls == tuple(calls) and qwen.errors == () and qwen.answer_text == text.strip()
     paper_message = {**message, "content": "", "reasoning_content": text.strip() or "plan"}
     paper = parse_tool_calls(render_assistant_body(paper_message, "paper"), None, "paper")

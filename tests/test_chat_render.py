@@ -146,10 +146,11 @@ def test_bad_input_raises_typed_errors():
 
 
 def test_history_assistant_message_follows_the_official_harness():
-    with_calls = bfcl_history_assistant_message("why", "ignored text", [{"name": "f", "arguments": {"a": 1}}])
-    assert with_calls == {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {"a": 1}}],
-                          "reasoning_content": "why"}
-    without_calls = bfcl_history_assistant_message("", "Bye", [])
+    call = '<tool_call>\n{"arguments": "{\\"a\\":1}", "name": "f", "id": 7}\n</tool_call>'
+    with_calls = bfcl_history_assistant_message("<think>\nwhy\n</think>\n\nignored text\n" + call)
+    assert with_calls == {"role": "assistant", "content": "",
+                          "tool_calls": [{"arguments": '{"a":1}', "name": "f", "id": 7}], "reasoning_content": "why"}
+    without_calls = bfcl_history_assistant_message("Bye")
     assert without_calls == {"role": "assistant", "content": "Bye", "reasoning_content": ""}
 
 
@@ -157,8 +158,10 @@ def test_chat_config_loads_from_overrides():
     from envtune_jax.chat.chat_config import ChatConfig
     from envtune_jax.config import ConfigError, load
 
-    config = load(ChatConfig, None, ["style=paper", "paper_variant=stage34", "require_call_newlines=true"])
-    assert config == ChatConfig(style="paper", paper_variant="stage34", require_call_newlines=True)
+    config = load(ChatConfig, None, ["style=paper", "paper_variant=stage34"])
+    assert config == ChatConfig(style="paper", paper_variant="stage34")
+    with pytest.raises(ConfigError, match="require_call_newlines"):  # calls are always read the official way
+        load(ChatConfig, None, ["require_call_newlines=false"])
     with pytest.raises(ConfigError, match="qwen_fc"):
         load(ChatConfig, None, ["style=chatml"])
     with pytest.raises(ValueError, match="paper_variant"):

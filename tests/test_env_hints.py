@@ -159,3 +159,110 @@ def test_forbidden_character_and_non_empty_rmdir_hints_quote_no_ground_truth():
         assert official == json.dumps({"error": official_error}) and hint.startswith(hint_text)
         conversation += official
         assert not _leaks(hint, _truth_values(entry), conversation)
+
+
+# Words that say how far or how much: a hint using one names a value (pressBrakePedal's doc maps "fully"
+# to 1.0, the value of every ground-truth press), so it may use one only where the official result does.
+DEGREE_WORDS = ("fully", "full", "all the way", "completely", "entirely", "maximum", "minimum", "halfway", "half",
+                "100%")
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 0.5 if value else 1.0
+    if isinstance(value, str):
+        return "zz_" + value
+    if isinstance(value, list):
+        return value[1:] if value else ["zz"]
+    return {}
+
+
+def _retyped(value):
+    if isinstance(value, bool):
+        return "yes"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return 7
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "zz"
+
+
+def _mutated_steps(truth: list[ToolCall], rng) -> list[list[ToolCall]]:
+    """The turn's ground-truth calls with one call dropped, or one of its arguments changed, removed or
+    given another type: one variant per call and mutation."""
+    steps = []
+    for index, call in enumerate(truth):
+        variants: list[ToolCall | None] = [None]
+        if call.arguments:
+            key = rng.choice(sorted(call.arguments))
+            args, value = call.arguments, call.arguments[key]
+            variants += [ToolCall(call.name, {**args, key: _changed(value)}),
+                         ToolCall(call.name, {k: v for k, v in args.items() if k != key}),
+                         ToolCall(call.name, {**args, key: _retyped(value)})]
+        for variant in variants:
+            steps.append(truth[:index] + ([variant] if variant else []) + truth[index + 1:])
+    return steps
+
+
+def test_hints_on_mutated_ground_truth_calls_leak_no_ground_truth_value():
+    """Every hint produced while an agent plays each turn's ground-truth calls mutated (a call dropped, an
+    argument with a wrong value, missing, or of a wrong type), then the ground truth, is scanned for
+    ground-truth argument values the conversation has not shown, and for words saying how far or how much
+    that the official result it is attached to does not say; login hints name only tools that log in."""
+    import random
+
+    config = EnvironmentConfig.training(augmented=True)
+    config.max_steps_per_turn = None
+    rng = random.Random(18)
+    leaks, hints = [], collections.Counter()
+    for entry in load_entries():
+        env = BfclEpisode(entry, config)
+        conversation = json.dumps(env.tools()) + "".join(m["content"] for m in env.reset())
+        truth_values = _truth_values(entry)
+        for turn in range(entry.num_turns):
+            truth = ground_truth_tool_calls(entry.ground_truth[turn], entry.involved_classes)
+            for calls in (_mutated_steps(truth, rng) + [truth] if truth else []) + [[]]:
+                if env.done:
+                    break
+                text = render_calls(calls)
+                conversation += text
+                for message in env.step(text, calls, []).messages:
+                    official, _, hint = message["content"].partition("\n" + HINT_PREFIX)
+                    conversation += official
+                    if hint:
+                        hints["all"] += 1
+                        hints["brake"] += "pressBrakePedal" in hint
+                        hints["login"] += "logged-in session" in hint
+                        leaks += [(entry.id, hint, v) for v in _leaks(hint, truth_values, conversation)]
+                        leaks += [(entry.id, hint, word) for word in DEGREE_WORDS
+                                  if re.search(rf"\b{re.escape(word)}\b", hint, re.I)
+                                  and not re.search(rf"\b{re.escape(word)}\b", official, re.I)]
+                        if "logged-in session" in hint and "get_login_status" in hint:
+                            leaks.append((entry.id, hint, "a status tool named as a login tool"))
+                    conversation += message["content"]
+    assert not leaks, leaks[:5]
+    assert hints["brake"] and hints["login"] and hints["all"] > 1000, hints
+
+
+def test_brake_hint_says_fully_only_after_the_official_message_does_and_login_hints_name_login_tools():
+    from environments.executor import ExecutedCall
+    from environments.hints import HintContext, hint_for
+
+    vehicle = HintContext({"startEngine": "VehicleControlAPI", "pressBrakePedal": "VehicleControlAPI"}, {})
+    not_pressed = json.dumps({"error": "Brake pedal needs to be pressed when starting the engine."})
+    not_fully = json.dumps({"error": "Must press the brake fully before starting the engine."})
+    first = hint_for(ExecutedCall("startEngine", {"ignitionMode": "START"}, not_pressed, True, False, True), vehicle)
+    second = hint_for(ExecutedCall("startEngine", {"ignitionMode": "START"}, not_fully, True, False, True), vehicle)
+    assert "pressBrakePedal" in first and not any(word in first.lower() for word in DEGREE_WORDS)
+    assert "pressBrakePedal" in second and "fully" in second
+    twitter = HintContext({name: "TwitterAPI" for name in ("post_tweet", "authenticate_twitter",
+                                                           "posting_get_login_status")}, {})
+    result = json.dumps({"error": "User not authenticated. Please authenticate before posting."})
+    login = hint_for(ExecutedCall("post_tweet", {"content": "hi"}, result, True, False, True), twitter)
+    assert "authenticate_twitter" in login and "posting_get_login_status" not in login

@@ -201,7 +201,7 @@ def test_chat_parser_and_official_decoding_agree_on_well_formed_calls():
         for turn in entry.ground_truth:
             calls = ground_truth_tool_calls(turn, entry.involved_classes)
             text = render_calls(calls)
-            parsed = parse_tool_calls(text, None, "qwen_fc", require_call_newlines=True)
+            parsed = parse_tool_calls(text, None, "qwen_fc")
             assert not parsed.errors
             assert [(c.name, c.arguments) for c in parsed.calls] == [(c.name, c.arguments) for c in decode_official_step(text)]
             assert decode_official_step(text) == calls

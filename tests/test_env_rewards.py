@@ -47,3 +47,27 @@ def test_syntax_reward_of_an_episode_counts_every_step():
     assert (counters["valid_calls"], counters["invalid_calls"]) == (2, 1)
     assert outcome.syntax_reward == pytest.approx(2 / 4 + 2 / 3)
     assert outcome.reward == outcome.syntax_reward
+
+
+def test_an_unknown_tool_is_a_tool_error_not_also_a_format_error():
+    """Through the rollout's parsing glue: "unknown tool, then a reply" has R_format = 2/2 and R_tool = 0/1,
+    so R1 = 1.0 (counting the unknown name as a format error too would give 0.5)."""
+    from envtune_jax.chat.conversation import TokenConversation
+    from envtune_jax.chat.special_tokens import IM_END
+    from envtune_jax.chat.tokenizer import default_tokenizer, encode_text
+    from rl.rollout import _parse_step
+
+    tokenizer = default_tokenizer()
+    config = EnvironmentConfig.training(augmented=True, reward="syntax")
+    env = BfclEpisode(entry_by_id("multi_turn_base_0"), config)
+    conversation = TokenConversation(tokenizer)
+    conversation.start(env.reset(), env.tools())
+    for text in ('<tool_call>\n{"name": "list_everything", "arguments": {}}\n</tool_call>', "Nothing to do."):
+        conversation.append_sampled(encode_text(tokenizer, text + IM_END))
+        calls, errors, sampled = _parse_step(env, conversation)
+        result = env.step(sampled, calls, errors)
+        if not env.done:
+            conversation.append_environment(result.messages)
+    counters = env.outcome().counters
+    assert (counters["steps"], counters["format_error_steps"], counters["invalid_calls"]) == (2, 0, 1)
+    assert env.outcome().syntax_reward == pytest.approx(1.0)

@@ -7,14 +7,21 @@ Facts reproduced here (bfcl_eval 2026.3.23, `utils.load_dataset_entry` and `Base
 - A hold-out turn (an empty question turn) becomes one user message: the Python `str()` of the list of
   held-out docs, a newline, then "I have updated some more functions you can choose from. What about now?".
   The system prompt's tools do not change.
-- After a step, the assistant message kept in the history is rebuilt from the parsed output:
-  {"content": "", "tool_calls": [...]} when calls were decoded, else {"content": <text after </think>>},
-  always with "reasoning_content"; each execution result follows as {"role": "tool", "content": result}.
+- After a step, the history keeps the assistant message `QwenFCHandler._parse_query_response_prompting`
+  builds from the raw output: {"content": "", "tool_calls": [...]} when any <tool_call> block of the
+  whole output (reasoning included) parses as JSON, the parsed values as they are (a string "arguments"
+  stays a string, extra keys stay, non-calls stay), else {"content": <text after </think>>}; always with
+  "reasoning_content". Each execution result follows as {"role": "tool", "content": result}.
+  `history_renders_officially` says whether the official formatter can render such a message: when it
+  cannot, the harness fails at its next query, and the entry is an inference error.
 """
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any, Mapping, Sequence
+
+from envtune_jax.chat.official_decode import extract_json_blocks, split_reasoning
 
 PYTHON_SYNTAX_NOTE = " Note that the provided function is in Python 3 syntax."
 HOLDOUT_TURN_SENTENCE = "I have updated some more functions you can choose from. What about now?"
@@ -45,12 +52,35 @@ def bfcl_turn_messages(question_turn: Sequence[Mapping[str, Any]],
     return [bfcl_holdout_turn_message(held_out_docs)]
 
 
-def bfcl_history_assistant_message(reasoning: str, text_after_reasoning: str,
-                                   decoded_calls: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The assistant message the official harness appends to the history after one model step."""
-    if decoded_calls:
-        message: dict[str, Any] = {"role": "assistant", "content": "", "tool_calls": [dict(c) for c in decoded_calls]}
+def bfcl_history_assistant_message(output: str) -> dict[str, Any]:
+    """The assistant message the official harness appends to the history after a step whose whole
+    generated text (reasoning included) is `output`."""
+    reasoning, visible = split_reasoning(output)
+    blocks = extract_json_blocks(output)
+    if blocks:
+        message: dict[str, Any] = {"role": "assistant", "content": "", "tool_calls": blocks}
     else:
-        message = {"role": "assistant", "content": text_after_reasoning}
+        message = {"role": "assistant", "content": visible}
     message["reasoning_content"] = reasoning
     return message
+
+
+def history_renders_officially(message: Mapping[str, Any]) -> bool:
+    """Whether `QwenFCHandler._format_prompt` renders this history message without raising: every tool call
+    is an object (or one wrapped under "function") with a string "name" and an "arguments" key whose
+    value JSON can write (a string is written as it is)."""
+    for call in message.get("tool_calls") or ():
+        if not isinstance(call, dict):
+            return False
+        if "function" in call:
+            call = call["function"]
+            if not isinstance(call, dict):
+                return False
+        if not isinstance(call.get("name"), str) or "arguments" not in call:
+            return False
+        if not isinstance(call["arguments"], str):
+            try:
+                json.dumps(call["arguments"])
+            except (TypeError, ValueError, RecursionError):
+                return False
+    return True

@@ -20,9 +20,6 @@ class ChatConfig:
 
     style: PromptStyle = "qwen_fc"
     paper_variant: PaperPromptVariant = "stage12"  # used only when style == "paper"
-    # True: a <tool_call> block counts only as "<tool_call>\n{json}\n</tool_call>", as the official
-    # BFCL harness extracts them; False: whitespace around the JSON is free.
-    require_call_newlines: bool = False
 
     def __post_init__(self) -> None:
         if self.style not in PROMPT_STYLES:

@@ -143,8 +143,8 @@ class TokenConversation:
 
     def parse_last_step(self, offered_tool_names: Collection[str] | None,
                         known_tool_names: Collection[str] | None = None) -> ParseResult:
-        """Parses the latest assistant segment with this conversation's style and strictness."""
+        """Parses the latest assistant segment with this conversation's style (calls by the official rule)."""
         if not self._segments or self._segments[-1].kind != "assistant":
             raise ConversationError("parse_last_step() needs an assistant segment at the end")
         return parse_tool_calls(self.sampled_text(self._segments[-1]), offered_tool_names, self.config.style,
-                                known_tool_names, self.config.require_call_newlines)
+                                known_tool_names)

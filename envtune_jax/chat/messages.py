@@ -1,8 +1,10 @@
 """Chat messages as plain dicts (OpenAI style) and their validation.
 
 A message is `{"role": "system" | "user" | "assistant" | "tool", "content": str}`; an assistant message
-may add `"tool_calls": [{"name": str, "arguments": dict | str}, ...]` (a call may also be wrapped as
-`{"function": {...}}`) and `"reasoning_content": str`; a tool message may add `"name"` (ignored).
+may add `"tool_calls": [{"name": str, "arguments": <JSON value>}, ...]` (a call may also be wrapped as
+`{"function": {...}}`; string arguments are written as they are, any other value as JSON, as the official
+harness keeps whatever the model wrote) and `"reasoning_content": str`; a tool message may add `"name"`
+(ignored).
 `validate_messages` rejects anything else with a `MessageError` that names the message and the field.
 """
 from __future__ import annotations
@@ -26,8 +28,8 @@ def _check_tool_call(call: Any, where: str) -> None:
         raise MessageError(f"{where}: 'function' must be a dict, got {type(inner).__name__}")
     if not isinstance(inner.get("name"), str):
         raise MessageError(f"{where}: a tool call needs a string 'name', got {inner.get('name')!r}")
-    if not isinstance(inner.get("arguments"), (Mapping, str)):
-        raise MessageError(f"{where}: 'arguments' must be a dict or a JSON string, got {inner.get('arguments')!r}")
+    if "arguments" not in inner:
+        raise MessageError(f"{where}: a tool call needs 'arguments' (a JSON value; a string is written as it is)")
 
 
 def validate_message(message: Any, index: int = 0) -> None:

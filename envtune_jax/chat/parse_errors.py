@@ -109,6 +109,16 @@ class MalformedBlockError(ParseError):
 
 
 @dataclasses.dataclass(frozen=True)
+class UndecodableStepError(ParseError):
+    """One block parsed as JSON but is not a call: the official harness then runs none of the step's calls."""
+
+    @property
+    def message(self) -> str:
+        return ("None of the tool calls in your response were run: every <tool_call> block must hold "
+                '{"name": ..., "arguments": {...}}.')
+
+
+@dataclasses.dataclass(frozen=True)
 class UnmatchedTagError(ParseError):
     tag: str = ""
 

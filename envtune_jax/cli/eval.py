@@ -125,6 +125,12 @@ def run(args) -> int:
     rows = category_table(records, categories)
     metadata = {"source": source, "split": args.split, "categories": list(categories),
                 "protocol": "official (no hints, 20 tool steps per turn)", "seconds": round(seconds, 3), **extra}
+    inference_errors = sum(bool(record.inference_error) for record in records)
+    if inference_errors:
+        metadata["inference_errors"] = inference_errors
+        print(f"envtune eval: {inference_errors} entries kept a tool call the official prompt formatter cannot "
+              f"render, so the official harness would have stopped them with an error: they score 0",
+              file=sys.stderr)
     paths = write_results(out, rows, records, metadata)
     if progress is not None:
         progress.close()
