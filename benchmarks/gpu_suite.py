@@ -1,7 +1,7 @@
 """Our benchmarks and the peers', side by side in one device call, written up as a Markdown table.
 
-Run on the lent GPU (README "Benchmarks on a GPU"; `make gpu-bundle` first puts the peer scripts in
-.peers/ and the wheels the device image lacks in .whl/), one group or several per call:
+Run on a GPU machine (docs/benchmarks.md; `make gpu-bundle` first puts the peer scripts in .peers/ and the
+wheels a GPU image may lack in .whl/), one group or several per call:
 
     python benchmarks/gpu_suite.py --groups generate --out $OUT --commit <sha>
 
@@ -149,7 +149,7 @@ def plan(groups, tiny: bool, peers: Path, rollout_overrides: list[str], generate
     return steps
 
 
-# The 4B recipe fitted to one 80 GB GPU (see README "Memory arithmetic"): bf16 weights and no KL
+# The 4B recipe fitted to one 80 GB GPU (see docs/launching.md, "Memory arithmetic"): bf16 weights and no KL
 # reference copy (the fp32 training state alone is 72 GB; this one is ~40 GB with fp32 Adam moments),
 # 16 decode slots of ≤ 8,192 tokens (≤ 19 GB of KV cache), short random-weight steps.
 ROLLOUT_4B_ONE_GPU = [

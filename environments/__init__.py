@@ -3,5 +3,5 @@
 base (episode interface) · config (EnvironmentConfig) · episode_core (turn protocol, reward bookkeeping) ·
 bfcl_data / splits / tfds_builder (data) · executor / gt_calls / timelimit (safe execution) · bfcl_env ·
 hints · rewards · synthetic · protocol (official decoding) · policies · evaluation / eval_report · pool.
-See the README (section "Environments").
+See docs/environments.md.
 """

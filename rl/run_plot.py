@@ -37,11 +37,12 @@ def plot_run(run_dir: str | Path, out: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     records = load_step_metrics(run_dir)
     if not records:
         raise ValueError(f"{run_dir}: no steps logged yet")
-    figure, axes = plt.subplots(len(PANELS), 1, figsize=(9, 2.3 * len(PANELS)), sharex=True)
+    figure, axes = plt.subplots(len(PANELS), 1, figsize=(9, 2.3 * len(PANELS)), sharex=True, layout="constrained")
     starts = stage_starts(records)
     for axis, (title, series) in zip(axes, PANELS):
         for key, label in series:
@@ -59,7 +60,7 @@ def plot_run(run_dir: str | Path, out: str | Path) -> Path:
         axes[0].annotate(f" {name}", (step - 0.5, 0.97), xycoords=("data", "axes fraction"), fontsize=8, va="top",
                          color="dimgrey")
     axes[-1].set_xlabel("optimizer step")
-    figure.tight_layout()
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)

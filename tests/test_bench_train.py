@@ -82,7 +82,7 @@ def test_bench_train_counts_the_parameters_the_model_has(record):
 
 
 def test_model_flops_reproduce_the_peer_baseline_figures():
-    """shared/reference/performance-baselines.md: Qwen3-4B has 4.02e9 parameters; the peer's 11,074 tok/s
+    """docs/benchmarks.md (the peers' figures): Qwen3-4B has 4.02e9 parameters; the peer's 11,074 tok/s
     (batch 8 x 2048) is 267 model-TFLOP/s, i.e. 34% of the H100's measured 789 TFLOP/s."""
     params = preset("qwen3-4b-instruct-2507").num_params
     assert params == pytest.approx(4.02e9, rel=1e-3)

@@ -5,7 +5,7 @@ the peers use). One warm-up run compiles; then `--repeats` timed runs, reporting
 - decode-only: tok/s = B·N / decode time; ms per decode step = decode time / N;
 - end-to-end: B·N / (prefill + decode time), compilation excluded;
 - compile seconds (tracing + lowering + XLA compile, from jax.monitoring) per phase, separately.
-Limits (shared/reference/performance-baselines.md): decode step floor = max(bytes / bandwidth,
+Limits (docs/benchmarks.md): decode step floor = max(bytes / bandwidth,
 flops / matmul rate) with bytes = weight bytes + KV bytes of the live tokens (B·(P + N/2) on
 average) and flops = 2·params·B; prefill floor = 2·params·B·P / matmul rate. The fractions are
 floor / measured. Prints one JSON line.

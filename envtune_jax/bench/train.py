@@ -2,7 +2,7 @@
 
 Batch B x L of random token ids where every token after the first counts as model-sampled, so the
 vocabulary projection covers every position, as in the peer's full fwd+bwd of a causal-LM loss
-(shared/bench/peer_hf_train.py: `model(x, labels=x).loss.backward()`). Our step also applies AdamW
+(peer_hf_train.py, docs/benchmarks.md: `model(x, labels=x).loss.backward()`). Our step also applies AdamW
 (the peer's does not), and with `--kl-coef` > 0 runs a frozen reference forward that the model-FLOP
 count below leaves out. One warm-up step compiles; then `--steps` timed steps (each waited for):
 - tokens/s = B·L / mean step seconds (mean, as the peer averages its timed steps);

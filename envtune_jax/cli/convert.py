@@ -12,7 +12,9 @@ def register(subparsers) -> None:
         "convert", help="HF checkpoint → envtune model checkpoint",
         description="Reads a Hugging Face Qwen3 checkpoint tensor by tensor (placing each shard on its "
                     "devices) and writes an Orbax model checkpoint with the config and tokenizer files.",
-        epilog="example: envtune convert --hf ~/models/Qwen3-4B-Instruct-2507 --out ckpt/qwen3-4b --dtype bfloat16",
+        epilog="examples:\n  envtune convert --hf ~/models/Qwen3-4B-Instruct-2507 --out ckpt/qwen3-4b-instruct-2507\n"
+               "  envtune convert --hf ~/models/Qwen3-4B-Instruct-2507 --out ckpt/qwen3-4b-bf16 --dtype bfloat16  "
+               "# only to evaluate or serve",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hf", type=Path, required=True, help="HF checkpoint directory")
     parser.add_argument("--out", type=Path, required=True, help="output checkpoint directory (replaced)")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 # GRPO iterations of the demo's synthetic run: the default run's 30 (rl/synthetic_run.py), the curve
-# that the learning test checks and the README plots (~3 min with its warm-up on 2 CPU cores).
+# that the learning test checks and docs/training.md plots (~3 min with its warm-up on 2 CPU cores).
 DEMO_SYNTHETIC_STEPS = 30
 
 def register(subparsers) -> None:
@@ -78,7 +78,7 @@ def run(args) -> int:
 
     synthetic_summary = None
     if not args.skip_synthetic:
-        t = _banner(3, total, "synthetic multi-turn tool task: warm-up, then GRPO (README: Synthetic learning run)")
+        t = _banner(3, total, "synthetic multi-turn tool task: warm-up, then GRPO (docs/training.md: Synthetic learning run)")
         cfg = dataclasses.replace(SyntheticRunConfig(), rl_steps=args.synthetic_steps)
 
         def show(step, record):

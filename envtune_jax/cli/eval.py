@@ -22,7 +22,7 @@ def register(subparsers) -> None:
         "eval", help="BFCL V3 multi-turn evaluation table (official protocol)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  envtune eval --policy oracle --split all\n"
-               "  envtune eval --replay result/Qwen3-4B/multi_turn --split test\n"
+               "  envtune eval --replay runs/eval-before/model_results.jsonl --split test\n"
                "  envtune eval --hf ~/models/Qwen3-4B-Instruct-2507 --split test --categories base,miss_func")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", type=Path, help="envtune model checkpoint")
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                         help="recorded outputs in the official result layout (files or folders)")
     source.add_argument("--policy", choices=POLICY_CHOICES, help="built-in policy")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default="test",
-                        help="entries to evaluate (scenario split, see the README); default: test")
+                        help="entries to evaluate (scenario split, docs/environments.md); default: test")
     parser.add_argument("--categories", default="all",
                         help="comma-separated categories (base, long_context, miss_func, miss_param, or full "
                              "names); default: all four")

@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         "export", help="envtune model checkpoint → HF safetensors",
         description="Writes config.json, generation_config.json, ≤5 GB safetensors shards with an index, "
                     "and the tokenizer files saved at conversion time.",
-        epilog="example: envtune export --ckpt runs/recipe/export/stage4 --out hf/qwen3-4b-envtuned --dtype bfloat16",
+        epilog="example (final/ is the trained envtune checkpoint of `envtune train`; export/<stage>/ already holds HF "
+               "safetensors):\n  envtune export --ckpt runs/qwen3-4b-envtuning/final --out hf/qwen3-4b-envtuned --dtype bfloat16",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, required=True, help="envtune model checkpoint directory")
     parser.add_argument("--out", type=Path, required=True, help="output HF directory (replaced)")

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         description="Reads RUN_DIR/logs/metrics.jsonl (what `envtune train` writes, also while it runs) and draws "
                     "reward, train and validation accuracy, KL, entropy and gradient norm per optimizer step, "
                     "with the stage boundaries marked.",
-        epilog="examples:\n  envtune plot runs/tiny-cpu\n  envtune plot runs/tiny-cpu --out curves.png",
+        epilog="examples:\n  envtune plot runs/qwen3-4b-envtuning\n  envtune plot runs/qwen3-4b-envtuning --out curves.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder of `envtune train` (or its metrics.jsonl)")
     parser.add_argument("--out", type=Path, default=None, help="PNG to write (default: RUN_DIR/curves.png)")

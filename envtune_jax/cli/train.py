@@ -14,7 +14,7 @@ def register(subparsers) -> None:
                     "same command again resumes from the latest complete checkpoint in run_dir.",
         epilog="examples:\n"
                "  envtune train --config configs/recipes/tiny_cpu.yaml\n"
-               "  envtune train --config configs/recipes/qwen3_4b_instruct_2507.yaml model.ckpt=ckpt/qwen3-4b "
+               "  envtune train --config configs/recipes/qwen3_4b_instruct_2507.yaml model.ckpt=ckpt/qwen3-4b-instruct-2507 "
                "optimizer.learning_rate=2e-6\n"
                "  envtune train --config configs/recipes/tiny_cpu.yaml 'stages=[../stages/stage2_hints.yaml]'",
         formatter_class=argparse.RawDescriptionHelpFormatter)

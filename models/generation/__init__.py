@@ -7,7 +7,7 @@
     state, result = engine.decode(state, params, active=[0])
     record = engine.history(state)     # tokens, sampler log-probs, sampled mask, lengths
 
-See the README (section "Generation engine") for the design.
+See docs/generation.md for the design.
 """
 from models.generation.buckets import BucketConfig, BucketError
 from models.generation.config import SamplerConfig
