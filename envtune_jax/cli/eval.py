@@ -190,6 +190,8 @@ def _play(args, entries, progress, extra: dict, out: Path) -> list:
     bar = tqdm(total=done + len(entries), initial=done, desc="eval", unit="entry", file=sys.stderr)
     # a model's entries take many steps each: the bar shows the entries in play (turn, step) and compilations
     display = PhaseDisplay(bar) if args.policy is None else None
+    if display is not None:
+        display.show("0 steps | prefilling the first prompts")
 
     def on_record(record) -> None:
         progress.add(record)
