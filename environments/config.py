@@ -7,7 +7,7 @@ Presets: `evaluation()` is the official protocol (20 tool steps per turn, no aug
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 RewardKind = Literal["progress", "syntax", "binary"]
 OFFICIAL_MAX_STEPS_PER_TURN = 20  # bfcl_eval.constants.default_prompts.MAXIMUM_STEP_LIMIT
@@ -35,6 +35,10 @@ class EnvironmentConfig:
     execute_withheld_tools: bool = False
     # Wall-clock limit per tool call in seconds (SIGALRM; main thread of a process only). None: no limit.
     call_time_limit_s: Optional[float] = 5.0
+
+    # Fields read only in some mode (envtune_jax.config.ReadOnlyWhen rows): none, every switch acts in every
+    # reward mode and step cap.
+    FIELD_USE: ClassVar[tuple] = ()
 
     def __post_init__(self) -> None:
         if self.max_steps_per_turn is not None and self.max_steps_per_turn < 1:

@@ -9,7 +9,7 @@ an entry the official harness would have stopped with an error has "Error during
 While a run goes on, `EvalProgress` appends each finished entry's record to `eval_records.partial` in the
 same folder, so that the same run started again with that folder skips what was done (the file is removed
 once the results are written).
-Replay input: official result files (JSON lines, or a JSON list) or a folder of them.
+Replay input (official result files, or the folder this module writes) is read by environments/replay_files.py.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 from environments.base import EpisodeOutcome
 from environments.bfcl_data import CATEGORIES
 from environments.evaluation import EpisodeRecord
+from environments.replay_files import ReplayFileError, load_recorded_outputs  # noqa: F401 - replay input, re-exported
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,44 +72,6 @@ def write_results(out_dir: str | Path, rows: Sequence[TableRow], records: Sequen
         for record in records:
             handle.write(json.dumps({"id": record.episode_id, "result": record.official_result()}) + "\n")
     return paths
-
-
-class ReplayFileError(ValueError):
-    """A replay file is not in the official result layout."""
-
-
-def _records_in_file(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        items = json.loads(text)
-    else:
-        items = [json.loads(line) for line in text.splitlines() if line.strip()]
-    for item in items:
-        if not isinstance(item, dict) or "id" not in item or "result" not in item:
-            raise ReplayFileError(f"{path}: every record needs 'id' and 'result' (per turn, per step, the raw text)")
-    return items
-
-
-def load_recorded_outputs(paths: Iterable[str | Path]) -> dict[str, list[list[str]]]:
-    """{entry id: per turn, per step, raw text} from official result files or folders of them.
-
-    A 'result' that is not a list of lists (the official harness writes an error string when inference
-    failed) is kept as an empty recording, which scores as force-terminated, as the official evaluation does.
-    """
-    recorded: dict[str, list[list[str]]] = {}
-    for path in map(Path, paths):
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".jsonl")) if path.is_dir() else [path]
-        if not files:
-            raise ReplayFileError(f"no result files (*.json, *.jsonl) under {path}")
-        for file in files:
-            for item in _records_in_file(file):
-                result = item["result"]
-                valid = isinstance(result, list) and all(
-                    isinstance(turn, list) and all(isinstance(step, str) for step in turn) for turn in result
-                )
-                recorded[item["id"]] = result if valid else []
-    return recorded
 
 
 PROGRESS_FILE = "eval_records.partial"  # not *.json / *.jsonl: a replay of the folder does not read it

@@ -23,12 +23,12 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from envtune_jax.checkpoint_layout import MODEL_CONFIG_FILE
 from envtune_jax.sharding import named_sharding
 from models.config import Qwen3Config
 from models.hf_io import TOKENIZER_FILES, staged_dir
 from models.qwen3 import Qwen3
 
-MODEL_CONFIG_FILE = "model_config.json"
 
 
 class CheckpointNotFound(FileNotFoundError):

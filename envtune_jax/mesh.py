@@ -9,11 +9,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from typing import TYPE_CHECKING, ClassVar
 
-import jax
-from jax.sharding import AxisType, Mesh
+from envtune_jax.config import ConfigError
 
-from envtune_jax.sharding import MESH_AXES
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
+
+# JAX is imported inside the functions that use it: a recipe's `mesh:` section loads and is checked without it.
+MESH_AXES = ("data", "fsdp", "tensor")
 
 
 @dataclasses.dataclass
@@ -22,25 +26,35 @@ class MeshConfig:
     fsdp: int = -1
     tensor: int = 1
 
+    FIELD_USE: ClassVar[tuple] = ()  # every axis is read whatever the others say
+
+    def __post_init__(self):
+        sizes = [self.data, self.fsdp, self.tensor]
+        if any(not isinstance(s, int) or s == 0 or s < -1 for s in sizes):
+            raise ValueError(f"mesh axis sizes must be positive or -1 (the rest of the devices), got {self}")
+        if sizes.count(-1) > 1:
+            raise ValueError(f"at most one mesh axis may be -1, got {self}")
+
 
 def resolve_mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes of `config` on `num_devices` devices; ConfigError if they do not fit."""
     sizes = [config.data, config.fsdp, config.tensor]
-    if sizes.count(-1) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got {config}")
-    if any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh axis sizes must be positive or -1, got {config}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(f"{num_devices} devices cannot fill mesh {config} ({known} fixed)")
+            raise ConfigError(f"mesh data={config.data}, fsdp={config.fsdp}, tensor={config.tensor} needs a multiple "
+                              f"of {known} devices, have {num_devices}")
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {num_devices}")
+        raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {num_devices}")
     return tuple(sizes)  # type: ignore[return-value]
 
 
 def make_mesh(config: MeshConfig | None = None, devices=None) -> Mesh:
     """A mesh over all (or the given) devices with axes (data, fsdp, tensor)."""
+    import jax
+    from jax.sharding import AxisType
+
     config = config or MeshConfig()
     devices = list(devices) if devices is not None else jax.devices()
     shape = resolve_mesh_shape(config, len(devices))
@@ -60,6 +74,8 @@ def initialize_distributed() -> bool:
     Must run before any JAX computation; a second call is a no-op. Returns whether this is (now) a
     distributed run.
     """
+    import jax
+
     if jax.distributed.is_initialized():
         return True
     if "JAX_COORDINATOR_ADDRESS" in os.environ:

@@ -13,8 +13,6 @@ from typing import Mapping, Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
-
 LOGICAL_AXIS_RULES: Mapping[str, tuple[str, ...]] = {
     # weights
     "vocab": ("tensor",),

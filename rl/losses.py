@@ -7,14 +7,13 @@ environment/tool/user tokens and padding (they do not). Registries (`KL_ESTIMATO
 """
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Mapping, NamedTuple, TypeVar
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from envtune_jax.config import ConfigError
+from envtune_jax.config import UnknownNameError, check_name  # noqa: F401 - UnknownNameError: lookup's error
 from rl.rl_config import LossConfig
 
 # |log ratio| is clipped here before exp() so that exp never overflows (as verl does); the clip
@@ -24,17 +23,10 @@ LOG_RATIO_LIMIT = 20.0
 V = TypeVar("V")
 
 
-class UnknownNameError(ConfigError):
-    """A name is not in a registry; the message lists the closest valid name."""
-
-
 def lookup(registry: Mapping[str, V], name: str, what: str) -> V:
     """Returns registry[name], or raises UnknownNameError naming the closest valid key."""
-    if name in registry:
-        return registry[name]
-    close = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.4)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise UnknownNameError(f"unknown {what} '{name}'.{hint} Valid: {', '.join(sorted(registry))}.")
+    check_name(registry, name, what)
+    return registry[name]
 
 
 # ---------------------------------------------------------------- aggregation over [B, T] -> scalar
@@ -59,11 +51,14 @@ def seq_mean_token_mean(loss_bt: jax.Array, mask_bt: jax.Array, norm_length: int
 
 
 def seq_mean_token_sum_norm(loss_bt: jax.Array, mask_bt: jax.Array, norm_length: int | None = None) -> jax.Array:
-    """Dr. GRPO: token sum per sequence / constant `norm_length` (None: T), mean over non-empty sequences."""
-    sums_b, counts_b = _masked_sums_b(loss_bt, mask_bt)
-    valid_b = (counts_b > 0).astype(sums_b.dtype)
-    divisor = float(norm_length if norm_length is not None else loss_bt.shape[-1])
-    return jnp.sum(sums_b * valid_b) / divisor / jnp.maximum(jnp.sum(valid_b), 1.0)
+    """Dr. GRPO: (1/B) * sum over the B sequences of (token sum / norm_length), where norm_length is a
+    constant (the maximum response length) and B counts every sequence of the batch, empty ones too, so
+    neither the padded length nor the number of non-empty sequences changes the scale between steps."""
+    if norm_length is None:
+        raise ConfigError("seq-mean-token-sum-norm needs norm_length (LossConfig.seq_sum_norm_length): the "
+                          "maximum response length")
+    sums_b, _ = _masked_sums_b(loss_bt, mask_bt)
+    return jnp.sum(sums_b) / float(norm_length) / max(loss_bt.shape[0], 1)
 
 
 def _counted_tokens(mask_bt: jax.Array) -> jax.Array:
@@ -72,6 +67,10 @@ def _counted_tokens(mask_bt: jax.Array) -> jax.Array:
 
 def _counted_sequences(mask_bt: jax.Array) -> jax.Array:
     return jnp.sum((jnp.sum(mask_bt, axis=-1) > 0).astype(jnp.float32))
+
+
+def _all_sequences(mask_bt: jax.Array) -> jax.Array:
+    return jnp.asarray(mask_bt.shape[0], jnp.float32)
 
 
 class Aggregation(NamedTuple):
@@ -84,7 +83,7 @@ class Aggregation(NamedTuple):
 AGGREGATIONS: dict[str, Aggregation] = {
     "token-mean": Aggregation(token_mean, _counted_tokens),
     "seq-mean-token-mean": Aggregation(seq_mean_token_mean, _counted_sequences),
-    "seq-mean-token-sum-norm": Aggregation(seq_mean_token_sum_norm, _counted_sequences),
+    "seq-mean-token-sum-norm": Aggregation(seq_mean_token_sum_norm, _all_sequences),
 }
 
 
@@ -95,7 +94,8 @@ def aggregate(loss_bt: jax.Array, mask_bt: jax.Array, mode: str, norm_length: in
 
 def aggregation_weight(mask_bt: jax.Array, mode: str) -> jax.Array:
     """The micro-batch's weight for exact gradient accumulation: sum_m loss_m * w_m / sum_m w_m
-    equals the loss of the whole batch (counted tokens for token-mean, non-empty sequences otherwise)."""
+    equals the loss of the whole batch (counted tokens for token-mean, non-empty sequences for
+    seq-mean-token-mean, all sequences for seq-mean-token-sum-norm)."""
     return lookup(AGGREGATIONS, mode, "loss_agg_mode").weight(mask_bt.astype(jnp.float32))
 
 
@@ -146,6 +146,17 @@ RATIOS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = {
     "token": token_ratio,
     "sequence": sequence_ratio,
 }
+
+
+def sampler_mismatch_sums(logp_bt: jax.Array, sampler_logp_bt: jax.Array, mask_bt: jax.Array, eps_low: float,
+                          eps_high: float) -> tuple[jax.Array, jax.Array]:
+    """How far the sampler's log-probs are from the trainer's on the counted tokens: (sum of |logp - sampler
+    logp|, number of tokens whose ratio exp(logp - sampler logp) lies outside [1 - eps_low, 1 + eps_high])."""
+    counted_bt = mask_bt > 0
+    diff_bt = jnp.where(counted_bt, logp_bt - sampler_logp_bt, 0.0)
+    ratio_bt = jnp.exp(jnp.clip(diff_bt, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
+    outside_bt = counted_bt & ((ratio_bt < 1.0 - eps_low) | (ratio_bt > 1.0 + eps_high))
+    return jnp.sum(jnp.abs(diff_bt)), jnp.sum(outside_bt.astype(jnp.float32))
 
 
 # ---------------------------------------------------------------- PPO clip with dual clip

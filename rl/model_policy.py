@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -190,7 +189,7 @@ def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, ba
     contexts from materialising [B, N, T, S] scores); decode_attention the one-token steps; decode_chunk the
     tokens per engine call of a streamed step (0: whole steps)."""
     from envtune_jax import checkpointing, hf_io
-    from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, default_tokenizer, load_tokenizer
+    from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, checkpoint_tokenizer
     from envtune_jax.cli.common import parse_mesh
     from models.generation.engine import GenerationEngine
 
@@ -205,10 +204,7 @@ def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, ba
         tokenizer_dir = checkpointing.tokenizer_dir(ckpt)
     else:
         raise ValueError("build_model_policy needs ckpt or hf_dir")
-    has_tokenizer = tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").is_file()
-    if not has_tokenizer:
-        print(f"note: no tokenizer.json with the model; using the embedded Qwen3 tokenizer", file=sys.stderr)
-    tokenizer = load_tokenizer(tokenizer_dir) if has_tokenizer else default_tokenizer()
+    tokenizer = checkpoint_tokenizer(tokenizer_dir, hf_dir or ckpt)
     check_tokenizer_fits_model(tokenizer, model.config.vocab_size)
     max_cache_len = min(max_cache_len, model.config.max_position_embeddings)
     engine = GenerationEngine(model, batch_size=batch_size, max_cache_len=max_cache_len, mesh=mesh)

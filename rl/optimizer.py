@@ -2,22 +2,10 @@
 betas 0.9/0.999, weight decay 0.01, clip 1.0), with the moments' dtype selectable."""
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 import optax
 
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    learning_rate: float = 1e-6
-    weight_decay: float = 0.01
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    warmup_steps: int = 0
-    moments_dtype: str = "float32"  # AdamW mu/nu; fp32 keeps bf16 params trainable
+from rl.optimizer_config import OptimizerConfig
 
 
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:

@@ -9,8 +9,18 @@ entropy bonus 0.001, token-mean aggregation, std-normalised group advantages. Th
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
-from envtune_jax.config import ConfigError
+from envtune_jax.config import ConfigError, ReadOnlyWhen, check_field_use, check_name
+
+SUM_NORM_MODE = "seq-mean-token-sum-norm"
+
+# The names the registries of rl.losses hold (tests/test_config.py checks that they agree), so that a
+# config is checked without importing JAX.
+KL_ESTIMATOR_NAMES = ("k1", "k3", "low_var_kl")
+AGGREGATION_NAMES = ("token-mean", "seq-mean-token-mean", SUM_NORM_MODE)
+RATIO_NAMES = ("token", "sequence")
+
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
@@ -29,8 +39,9 @@ class LossConfig:
         `entropy_bt` may then be None).
       loss_agg_mode: name in `rl.losses.AGGREGATIONS` ("token-mean", "seq-mean-token-mean",
         "seq-mean-token-sum-norm").
-      seq_sum_norm_length: the constant divisor of "seq-mean-token-sum-norm" (Dr. GRPO), normally
-        the maximum response length; None uses the token dimension T of the batch.
+      seq_sum_norm_length: the constant divisor of "seq-mean-token-sum-norm" (Dr. GRPO): the maximum
+        response length. Required by that mode (a divisor that followed the batch's padded length
+        would rescale every step differently); read by no other mode.
       ratio_level: name in `rl.losses.RATIOS`: "token" (PPO/GRPO) or "sequence" (GSPO-token: the
         length-normalised sequence ratio in the per-token stop-gradient form).
       scale_advantages_by_std: divide group-centred rewards by the group std (GRPO) or not (Dr. GRPO).
@@ -53,6 +64,17 @@ class LossConfig:
     advantage_eps: float = 1e-6
     advantage_std_ddof: int = 1
 
+    FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
+        ReadOnlyWhen("kl_estimator", "the KL term is off (kl_coef is 0)", lambda c: c.kl_coef > 0),
+        ReadOnlyWhen("kl_clamp", "the KL term is off (kl_coef is 0)", lambda c: c.kl_coef > 0),
+        ReadOnlyWhen("seq_sum_norm_length", f"only loss_agg_mode '{SUM_NORM_MODE}' divides by it",
+                     lambda c: c.loss_agg_mode == SUM_NORM_MODE),
+        ReadOnlyWhen("advantage_eps", "advantages are not divided by the group std (scale_advantages_by_std is false)",
+                     lambda c: c.scale_advantages_by_std),
+        ReadOnlyWhen("advantage_std_ddof", "advantages are not divided by the group std (scale_advantages_by_std "
+                     "is false)", lambda c: c.scale_advantages_by_std),
+    )
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.eps_low < 1.0:
             raise ConfigError(f"eps_low must lie in [0, 1), got {self.eps_low}")
@@ -68,9 +90,10 @@ class LossConfig:
             raise ConfigError(f"seq_sum_norm_length must be > 0 (or None), got {self.seq_sum_norm_length}")
         if self.advantage_eps < 0.0 or self.advantage_std_ddof < 0:
             raise ConfigError("advantage_eps and advantage_std_ddof must be >= 0")
-        # Imported here: rl.losses imports this module for its type hints.
-        from rl.losses import AGGREGATIONS, KL_ESTIMATORS, RATIOS, lookup
-
-        lookup(KL_ESTIMATORS, self.kl_estimator, "kl_estimator")
-        lookup(AGGREGATIONS, self.loss_agg_mode, "loss_agg_mode")
-        lookup(RATIOS, self.ratio_level, "ratio_level")
+        check_name(KL_ESTIMATOR_NAMES, self.kl_estimator, "kl_estimator")
+        check_name(AGGREGATION_NAMES, self.loss_agg_mode, "loss_agg_mode")
+        check_name(RATIO_NAMES, self.ratio_level, "ratio_level")
+        if self.loss_agg_mode == SUM_NORM_MODE and self.seq_sum_norm_length is None:
+            raise ConfigError(f"loss_agg_mode '{SUM_NORM_MODE}' divides by a constant: set seq_sum_norm_length "
+                              "to the maximum response length (Dr. GRPO), e.g. 24576")
+        check_field_use(self)

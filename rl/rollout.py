@@ -7,8 +7,11 @@ token or per-step budget) → parse the step's tool calls → step the environme
 reply (tool results, hints, next user turn) as tokens → append them to the live KV cache with
 `extend` (no re-prefill) → decode again. Sampled ids are kept exactly as sampled; the token
 sequence, loss mask and sampler log-probs of each trajectory are what the trainer consumes.
-Episodes over their token budget are truncated and scored over all their turns. An ended
-episode's slot goes to the next pending episode in the next round.
+Token limits are real caps: each step's budget is `max_new_tokens_per_step` clipped to what remains of
+the episode's response budget (`max_response_tokens`, model and environment tokens after the prompt)
+and of its context (`max_context_tokens`, at most the engine's cache), so a step may be cut short to end
+exactly at the cap; an episode is truncated (and scored over all its turns) only once nothing remains.
+An ended episode's slot goes to the next pending episode in the next round.
 """
 from __future__ import annotations
 
@@ -28,21 +31,7 @@ from envtune_jax.chat.conversation import TokenConversation
 from envtune_jax.progress import OnPhase
 from models.generation.engine import GenerationEngine
 from models.generation.sampling import SamplingParams
-
-
-@dataclasses.dataclass
-class RolloutConfig:
-    max_prompt_tokens: int = 8192  # the rendered first prompt; longer tasks are skipped with a warning
-    max_response_tokens: int = 24576  # model + environment tokens after the prompt, whole episode
-    max_context_tokens: int = 32768
-    max_new_tokens_per_step: int = 1024
-    # decode returns after this many tokens, so that episodes whose step has ended step their environment
-    # and rejoin while the others go on generating (0: each round decodes until every live step has ended)
-    decode_chunk: int = 128
-
-    def __post_init__(self):
-        if self.decode_chunk < 0:
-            raise ValueError(f"rollout.decode_chunk must be ≥ 0 (0: decode whole steps), got {self.decode_chunk}")
+from rl.rollout_config import RolloutConfig
 
 
 @dataclasses.dataclass
@@ -119,13 +108,20 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     """
     stats = stats if stats is not None else RolloutStats()
     key = jax.random.key(rng) if isinstance(rng, int) else rng
-    step_sampling = dataclasses.replace(sampling, max_new_tokens=min(_max_budget(sampling), config.max_new_tokens_per_step))
+    step_max = min(_max_budget(sampling), config.max_new_tokens_per_step)
+    context_cap = min(config.max_context_tokens, engine.max_cache_len)
     vocab = engine.config.vocab_size
     trajectories: list[Trajectory | None] = [None] * len(episodes)
     conversations: dict[int, TokenConversation] = {}
     prompts: dict[int, list[int]] = {}  # each started episode's prompt ids
     prompt_lengths: dict[int, int] = {}
     truncated = [False] * len(episodes)
+    step_budget: dict[int, int] = {}  # episode -> token budget of its current step
+
+    def next_step_budget(i: int) -> int:
+        """The per-step budget clipped to what remains of episode i's response and context budgets."""
+        used = len(conversations[i]) - prompt_lengths[i]
+        return min(step_max, config.max_response_tokens - used, context_cap - len(conversations[i]))
     pending = collections.deque(range(len(episodes)))
     episode_in: list[int | None] = [None] * engine.batch_size  # the episode each slot plays
     partial: dict[int, list[int]] = {}  # slot -> tokens sampled so far in its unfinished step
@@ -156,6 +152,12 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
             if prompt_lengths[i] > config.max_prompt_tokens:
                 episodes[i].truncate(f"prompt of {prompt_lengths[i]} tokens exceeds max_prompt_tokens={config.max_prompt_tokens}")
                 truncated[i] = True
+            elif (budget := next_step_budget(i)) < 1:
+                episodes[i].truncate(
+                    f"prompt of {prompt_lengths[i]} tokens leaves no room in a context of {context_cap}")
+                truncated[i] = True
+            else:
+                step_budget[i] = budget
             if episodes[i].done:  # nothing to generate: no slot
                 finish(i)
                 continue
@@ -184,6 +186,8 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
             continue
         on_phase("rollout", finished, len(episodes))
         t0 = time.perf_counter()
+        budgets = tuple(step_budget[i] if i is not None else 0 for i in episode_in)
+        step_sampling = dataclasses.replace(sampling, max_new_tokens=budgets)
         state, result = engine.decode(state, step_sampling, active=active, max_steps=max_steps)
         stats.generation_s += time.perf_counter() - t0
         stats.decode_calls += 1
@@ -208,10 +212,11 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
                 ended.append(slot)
                 continue
             segment = conversation.append_environment(step.messages)
-            used = len(conversation) - prompt_lengths[i]
-            if used + config.max_new_tokens_per_step > config.max_response_tokens or \
-                    len(conversation) + config.max_new_tokens_per_step > min(config.max_context_tokens, engine.max_cache_len):
-                episode.truncate(f"token budget: {used} response tokens after step")
+            step_budget[i] = next_step_budget(i)
+            if step_budget[i] < 1:
+                used = len(conversation) - prompt_lengths[i]
+                episode.truncate(f"token budget: {used} of {config.max_response_tokens} response tokens used, "
+                                 f"{len(conversation)} of {context_cap} context tokens")
                 truncated[i] = True
                 ended.append(slot)
                 continue

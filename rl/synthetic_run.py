@@ -15,7 +15,7 @@ import dataclasses
 import random
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ from environments.config import EnvironmentConfig
 from environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks
 from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, compact_qwen_tokenizer, stop_token_ids
 from envtune_jax.chat.chat_config import ChatConfig
+from envtune_jax.config import ReadOnlyWhen, check_field_use
 from models.config import Qwen3Config
 from models.generation.engine import GenerationEngine
 from models.generation.sampling import SamplingParams
@@ -85,6 +86,14 @@ class SyntheticRunConfig:
     max_new_tokens: int = 4
     temperature: float = 1.0
     max_cache_len: int = 256
+
+    FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = tuple(
+        ReadOnlyWhen(name, "there is no warm-up (warmup_steps is 0)", lambda c: c.warmup_steps > 0)
+        for name in ("warmup_batch", "warmup_learning_rate", "device_accuracy", "value_accuracy", "syntax_accuracy",
+                     "demo_attempts"))
+
+    def __post_init__(self) -> None:
+        check_field_use(self)
 
     def task_config(self) -> SyntheticConfig:
         return SyntheticConfig(devices=FOUR_VALUE_DEVICES, num_turns=self.num_turns, doc_style=self.doc_style)
@@ -165,8 +174,10 @@ def grpo(cfg: SyntheticRunConfig, warmed: WarmedUp, out_dir: str | Path | None =
     graphdef, _ = nnx.split(model, nnx.Param)
     engine = GenerationEngine(model, batch_size=cfg.prompts_per_step * cfg.samples_per_prompt,
                               max_cache_len=cfg.max_cache_len, cache_dtype="float32")
+    # old log-probs from the sampler (float32 cache here, so they equal the trainer's to ~1e-6): the setting
+    # the documented curves were measured with
     trainer = Trainer(graphdef, loss_cfg, OptimizerConfig(learning_rate=cfg.learning_rate, weight_decay=0.0, eps=cfg.adam_eps),
-                      TrainStepConfig(temperature=cfg.temperature))
+                      TrainStepConfig(temperature=cfg.temperature, old_logprobs="sampler"))
     learner = PolicyLearner(model, engine, trainer, tokenizer, loss_cfg)
     sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                               stop_token_ids=stop_token_ids(tokenizer))

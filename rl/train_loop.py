@@ -1,7 +1,8 @@
 """The curriculum training loop behind `envtune train`: stages of GRPO on BFCL, resumable.
 
 For each stage: reset the KL reference to the current weights, then iterate (rollouts of G samples
-per prompt → one optimizer step) until the stage's advance rule says so; validate greedily every
+per prompt → one optimizer step) until the stage's budget (epochs over its data, capped by max_steps)
+is spent or its advance rule says so; rollouts use the stage's limits; validate greedily every
 `validation_every` steps; checkpoint every `checkpoint.every_steps` steps and at the end of the
 stage; export HF safetensors at the end of every stage. Re-running the same command resumes from
 the latest complete checkpoint (stage, step, data position, PRNG, metrics history included).
@@ -18,18 +19,18 @@ from tqdm.auto import tqdm
 
 from environments.bfcl_env import BfclEpisode
 from envtune_jax import checkpointing, config as config_lib, hf_io, interrupt
-from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, default_tokenizer, load_tokenizer, stop_token_ids
-from envtune_jax.mesh import make_mesh
+from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, checkpoint_tokenizer, stop_token_ids
+from envtune_jax.mesh import make_mesh, resolve_mesh_shape
 from envtune_jax.progress import OnPhase, PhaseDisplay
 from envtune_jax.sharding import named_sharding
 from models.config import preset
 from models.generation.sampling import SamplingParams
 from models.qwen3 import init_model
-from rl.curriculum import StageConfig, decide_advance
+from rl.curriculum import StageConfig, decide_advance, stage_budget
 from rl.grpo import PolicyLearner, summarize
 from rl.metrics_log import MetricsWriter
 from rl.run_checkpoint import RunCheckpointer
-from rl.run_config import RunConfig
+from rl.run_config import RunConfig, stage_rollout
 from rl.stage_data import draw, load_subset
 from rl.train_step import Trainer
 
@@ -64,10 +65,6 @@ def load_policy_model(cfg: RunConfig, mesh):
     return model, None
 
 
-def _tokenizer(tokenizer_dir):
-    if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").is_file():
-        return load_tokenizer(tokenizer_dir)
-    return default_tokenizer()
 
 
 def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
@@ -84,7 +81,7 @@ def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
 def build_learner(cfg: RunConfig, model, tokenizer_dir, mesh) -> PolicyLearner:
     """The run's PolicyLearner around `model`: its tokenizer (checked against the model and the sampler's
     stop ids), trainer, and generation engine on `mesh` (shared by `envtune train` and `envtune bench rollout`)."""
-    tokenizer = _tokenizer(tokenizer_dir)
+    tokenizer = checkpoint_tokenizer(tokenizer_dir, cfg.model.hf or cfg.model.ckpt)
     check_tokenizer(tokenizer, model.config.vocab_size, cfg.sampler.stop_token_ids)
     graphdef, _ = nnx.split(model, nnx.Param)
     trainer = Trainer(graphdef, cfg.loss, cfg.optimizer, dataclasses.replace(cfg.train_step, temperature=cfg.sampler.temperature))
@@ -92,20 +89,27 @@ def build_learner(cfg: RunConfig, model, tokenizer_dir, mesh) -> PolicyLearner:
     return PolicyLearner(model, engine, trainer, tokenizer, cfg.loss)
 
 
+def stage_sampling(cfg: RunConfig, stage: StageConfig) -> SamplingParams:
+    """The sampler's settings with the stage's per-step token budget."""
+    return dataclasses.replace(cfg.sampler.sampling_params(),
+                               max_new_tokens=stage_rollout(cfg, stage).max_new_tokens_per_step)
+
+
 def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key,
              on_phase: OnPhase | None = None) -> dict:
-    """Greedy rollouts on the validation entries with the stage's prompt and step cap, no augmentation."""
+    """Greedy rollouts on the validation entries with the stage's prompt, limits and step cap, no augmentation."""
     env_cfg = dataclasses.replace(stage.environment, hints=False, format_feedback=False, empty_turn_warning=False)
-    greedy = SamplingParams(greedy=True, max_new_tokens=cfg.sampler.max_new_tokens, stop_token_ids=tuple(cfg.sampler.stop_token_ids))
+    greedy = dataclasses.replace(stage_sampling(cfg, stage), greedy=True)
     progress = None if on_phase is None else (lambda phase, done=None, total=None: on_phase("validation", done, total))
-    trajectories = learner.rollout([[BfclEpisode(e, env_cfg)] for e in entries], stage.chat, greedy, cfg.rollout, key,
-                                   on_phase=progress)
+    trajectories = learner.rollout([[BfclEpisode(e, env_cfg)] for e in entries], stage.chat, greedy,
+                                   stage_rollout(cfg, stage), key, on_phase=progress)
     metrics = summarize(trajectories)
     return {f"val/{k}": v for k, v in metrics.items()}
 
 
 def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
     run_dir = Path(cfg.run_dir)
+    resolve_mesh_shape(cfg.mesh, len(jax.devices()))  # a mesh that does not fit the devices: ConfigError
     mesh = make_mesh(cfg.mesh) if len(jax.devices()) > 1 else None
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +131,6 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
         learner.set_state(state, ref if learner.ref_params is not None else None)
         _log(f"resumed from step {record['step']} (stage {stages[record['stage_index']].name}, "
              f"step {record['step_in_stage']} of it)")
-    sampling = cfg.sampler.sampling_params()
     key = jax.random.key(cfg.seed)
     try:
         for stage_index in range(record["stage_index"], len(stages)):
@@ -139,12 +142,18 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
             entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
             val_entries = load_subset("validation", cfg.data.source, cfg.data.data_dir,
                                       cfg.data.validation_limit_per_category, length) if stage.validation_every else []
-            env_cfg = stage.environment
-            bar = tqdm(total=stage.max_steps, initial=record["step_in_stage"], desc=stage.name, unit="step",
+            if stage.validation_entries:
+                val_entries = val_entries[:stage.validation_entries]
+            budget = stage_budget(stage, len(entries))
+            _log(f"{stage.name}: {budget.steps} steps ({budget.binding} binds: {stage.epochs:g} epochs of "
+                 f"{len(entries)} entries = {budget.epoch_steps} steps, max_steps {stage.max_steps})")
+            env_cfg, rollout_cfg, sampling = stage.environment, stage_rollout(cfg, stage), stage_sampling(cfg, stage)
+            bar = tqdm(total=budget.steps, initial=record["step_in_stage"], desc=stage.name, unit="step",
                        disable=not cfg.logging.progress_bar or jax.process_index() != 0)
             display = PhaseDisplay(bar)  # what the step is doing: rollout i/n episodes, environment, update, compiling
             while True:
-                decision = decide_advance(stage, record["step_in_stage"], record["val_accuracy"], record["grad_norms"])
+                decision = decide_advance(stage, budget.steps, record["step_in_stage"], record["val_accuracy"],
+                                          record["grad_norms"])
                 if decision.advance:
                     _log(f"{stage.name}: advancing — {decision.reason}")
                     record["decisions"].append({"stage": stage.name, "step": record["step"], "reason": decision.reason})
@@ -152,7 +161,7 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
                 picked = draw(entries, record["data_position"], stage.prompts_per_step, cfg.seed + stage_index)
                 groups = [[BfclEpisode(e, env_cfg) for _ in range(stage.samples_per_prompt)] for e in picked]
                 step_key = jax.random.fold_in(key, record["step"])
-                metrics, _ = learner.iterate(groups, stage.chat, sampling, cfg.rollout, step_key, on_phase=display)
+                metrics, _ = learner.iterate(groups, stage.chat, sampling, rollout_cfg, step_key, on_phase=display)
                 record["step"] += 1
                 record["step_in_stage"] += 1
                 record["data_position"] += stage.prompts_per_step

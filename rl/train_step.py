@@ -5,11 +5,22 @@ The batch is packed (rl/batch.py): whole sequences [B, T] go through the transfo
 hidden states that predict model-sampled tokens ([B, K] of them) are projected onto the vocabulary,
 in (token × vocabulary) chunks, so neither [B, T, V] logits nor prompt/environment positions cost
 anything at the output layer. Advantages [B] are broadcast over each sequence's sampled tokens.
+
+Old log-probs: "recompute" (verl 0.4.1, the authors' stack: the actor recomputes them before the update,
+so with one update per batch every ratio is exactly 1) or "sampler" (the rollout's own log-probs, which
+differ by the numerics of the sampler: bf16 cache and unembedding, other kernels). Either way every step
+logs the sampler-trainer mismatch over the response tokens: `sampler_logp_abs_diff` (mean |Δ log p|) and
+`sampler_ratio_outside_clip` (share of tokens whose trainer/sampler ratio lies outside the clip range).
+
+Loss weighting across micro-batches: "batch" aggregates over the whole batch whatever the micro-batching
+(token-mean is the exact token mean of the batch); "per_micro_batch" is verl 0.4.1's: the batch is cut
+into groups of `weighting_micro_batch_rows` rows (verl's per-GPU micro-batch), each is aggregated alone
+and the loss is the mean of the groups' losses (verl divides each micro-batch loss by the number of them).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,18 +31,10 @@ from envtune_jax.sharding import constrain
 from rl.advantages import token_advantages
 from rl.batch import TrainBatch
 from rl.logprobs import token_logprobs_and_entropy
-from rl.losses import aggregation_weight, policy_loss
+from rl.losses import aggregation_weight, policy_loss, sampler_mismatch_sums
 from rl.optimizer import OptimizerConfig, make_optimizer
 from rl.rl_config import LossConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainStepConfig:
-    micro_batch_size: int = 0  # 0: the whole batch at once
-    temperature: float = 1.0  # must equal the sampler's, so log-probs agree
-    logprob_chunk_t: int = 512
-    logprob_chunk_v: int = 16384
-    old_logprobs: Literal["sampler", "recompute"] = "sampler"
+from rl.train_step_config import TrainStepConfig
 
 
 @dataclasses.dataclass
@@ -128,49 +131,67 @@ class Trainer:
         if b % micro:
             raise ValueError(f"batch {b} is not a multiple of micro_batch_size {micro}")
         num_micro = b // micro
+        group_rows = cfg.weighting_micro_batch_rows if cfg.loss_weighting == "per_micro_batch" else 0
+        if group_rows and micro % group_rows:
+            raise ValueError(f"micro-batch of {micro} rows is not a multiple of weighting_micro_batch_rows {group_rows}")
         mask_bk = batch.mask_bk.astype(jnp.float32)
         ref_bk = None
         if ref_params is not None and loss_cfg.kl_coef > 0:
             ref_bk, _ = jax.lax.stop_gradient(self._sampled(ref_params, batch.tokens_bt, batch.target_index_bk))
-        old_bk = batch.old_logprobs_bk
-        sampler_vs_recomputed = jnp.zeros((), jnp.float32)
+        sampler_bk = batch.old_logprobs_bk
+        old_bk = sampler_bk
         if cfg.old_logprobs == "recompute":
-            recomputed, _ = jax.lax.stop_gradient(self._sampled(state.params, batch.tokens_bt, batch.target_index_bk))
-            diff = jnp.where(mask_bk > 0, recomputed - old_bk, 0.0)
-            sampler_vs_recomputed = jnp.sum(jnp.exp(diff) * mask_bk) / jnp.maximum(mask_bk.sum(), 1.0)
-            old_bk = recomputed
+            old_bk, _ = jax.lax.stop_gradient(self._sampled(state.params, batch.tokens_bt, batch.target_index_bk))
         adv_bk = token_advantages(batch.advantages_b, mask_bk)
-        total_weight = aggregation_weight(mask_bk, loss_cfg.loss_agg_mode)
+        # The denominator that makes the micro-batch sum the batch's loss: the aggregation's weight of the whole
+        # batch, or (per_micro_batch) the number of weighting groups, each of which then counts once.
+        total_weight = jnp.float32(b // group_rows) if group_rows else aggregation_weight(mask_bk, loss_cfg.loss_agg_mode)
 
-        def micro_loss(params, tokens, index, mask, old, ref, adv):
+        def micro_loss(params, tokens, index, mask, old, sampler, ref, adv):
             logp, entropy = self._sampled(params, tokens, index)
-            loss, metrics = policy_loss(logp, old, ref, adv, entropy, mask, loss_cfg)
-            weight = aggregation_weight(mask, loss_cfg.loss_agg_mode)
-            return loss * weight / jnp.maximum(total_weight, 1.0), (metrics, weight)
+            if group_rows:  # [micro, K] -> [groups, group_rows, K]: one aggregate per group
+                def grouped(x):
+                    return None if x is None else x.reshape(-1, group_rows, x.shape[-1])
+
+                losses_n, metrics_n = jax.vmap(lambda *args: policy_loss(*args, loss_cfg))(
+                    grouped(logp), grouped(old), grouped(ref), grouped(adv), grouped(entropy), grouped(mask))
+                loss_sum = jnp.sum(losses_n)
+                metric_sums = {k: jnp.sum(v) for k, v in metrics_n.items()}
+            else:
+                loss, metrics = policy_loss(logp, old, ref, adv, entropy, mask, loss_cfg)
+                weight = aggregation_weight(mask, loss_cfg.loss_agg_mode)
+                loss_sum = loss * weight
+                metric_sums = {k: v * weight for k, v in metrics.items()}
+            mismatch = sampler_mismatch_sums(jax.lax.stop_gradient(logp), sampler, mask, loss_cfg.eps_low,
+                                             loss_cfg.eps_high)
+            return loss_sum / jnp.maximum(total_weight, 1.0), (metric_sums, mismatch)
 
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
         ref_or_zero = ref_bk if ref_bk is not None else jnp.zeros_like(old_bk)
         parts = [_split_micro(x, num_micro)
-                 for x in (batch.tokens_bt, batch.target_index_bk, mask_bk, old_bk, ref_or_zero, adv_bk)]
+                 for x in (batch.tokens_bt, batch.target_index_bk, mask_bk, old_bk, sampler_bk, ref_or_zero, adv_bk)]
 
         def accumulate(carry, xs):
-            grads, loss_sum, metric_sums = carry
-            tokens, index, mask, old, ref, adv = xs
+            grads, loss_sum, metric_sums, mismatch_sums = carry
+            tokens, index, mask, old, sampler, ref, adv = xs
             tokens = constrain(tokens, ("act_batch", "act_seq"))
-            (loss, (metrics, weight)), g = grad_fn(state.params, tokens, index, mask, old,
-                                                   ref if ref_bk is not None else None, adv)
+            (loss, (metrics, mismatch)), g = grad_fn(state.params, tokens, index, mask, old, sampler,
+                                                     ref if ref_bk is not None else None, adv)
             grads = jax.tree.map(jnp.add, grads, g)
-            metric_sums = {k: metric_sums[k] + v * weight for k, v in metrics.items()}
-            return (grads, loss_sum + loss, metric_sums), None
+            metric_sums = {k: metric_sums[k] + v for k, v in metrics.items()}
+            mismatch_sums = tuple(a + m for a, m in zip(mismatch_sums, mismatch))
+            return (grads, loss_sum + loss, metric_sums, mismatch_sums), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         metric_zeros = {k: jnp.zeros((), jnp.float32) for k in
                         ("pg_loss", "kl", "entropy", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_mean", "approx_kl")}
-        (grads, loss, metric_sums), _ = jax.lax.scan(accumulate, (zeros, jnp.zeros(()), metric_zeros), parts)
+        carry = (zeros, jnp.zeros(()), metric_zeros, (jnp.zeros(()), jnp.zeros(())))
+        (grads, loss, metric_sums, (abs_diff_sum, outside_sum)), _ = jax.lax.scan(accumulate, carry, parts)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {k: v / jnp.maximum(total_weight, 1.0) for k, v in metric_sums.items()}
+        tokens = jnp.maximum(mask_bk.sum(), 1.0)
         metrics.update(loss=loss, grad_norm=grad_norm, model_tokens=mask_bk.sum(),
-                       sampler_recompute_ratio=sampler_vs_recomputed)
+                       sampler_logp_abs_diff=abs_diff_sum / tokens, sampler_ratio_outside_clip=outside_sum / tokens)
         return TrainState(params, opt_state, state.step + 1), metrics

@@ -56,3 +56,19 @@ def hf_logits(path: Path, tokens: np.ndarray, attention_mask: np.ndarray | None 
         if attention_mask is not None:
             kwargs["attention_mask"] = torch.tensor(attention_mask)
         return model(**kwargs).logits.float().numpy()
+
+
+def write_weightless_hf_dir(out_dir: Path) -> Path:
+    """A folder that passes the command line's checks of an HF checkpoint without loading anything: the
+    tiny preset's config.json and a model.safetensors holding no tensors (for tests of what comes after)."""
+    import json
+    import struct
+
+    from models.config import PRESETS, to_hf_dict
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(to_hf_dict(PRESETS["tiny"])))
+    header = b'{"__metadata__": {"format": "pt"}}'
+    (out_dir / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    return out_dir

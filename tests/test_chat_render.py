@@ -10,7 +10,7 @@ from envtune_jax.chat.bfcl_prompt import (
     bfcl_tool_docs_for_prompt,
 )
 from envtune_jax.chat.messages import MessageError
-from envtune_jax.chat.prompts import PAPER_STAGE34_RULES
+from envtune_jax.chat.prompts import PAPER_STAGE34_RULES, QWEN_FC_STAGE34_INSTRUCTIONS
 from envtune_jax.chat.render import (
     render_assistant_body,
     render_environment_segment,
@@ -132,6 +132,24 @@ def test_paper_style_layout_and_variants():
     assert render_assistant_body(reply, "paper") == "<think>\nok\n</think>\n<answer>\nDone.\n</answer>"
     with pytest.raises(MessageError, match="not both"):
         render_assistant_body({**step, "content": "text"}, "paper")
+
+
+def test_qwen_fc_stage34_instructions_open_the_system_message(reference_format_prompt):
+    """Under qwen_fc the stage 3/4 instructions are the leading system message, which the official format
+    places before its tools block; stage12 leaves the official prompt byte for byte as it is."""
+    tools = [{"name": "ls", "description": "list", "parameters": {"type": "dict", "properties": {}}}]
+    messages = [{"role": "user", "content": "list files"}]
+    stage12 = render_messages(messages, tools, "qwen_fc", paper_variant="stage12")
+    stage34 = render_messages(messages, tools, "qwen_fc", paper_variant="stage34")
+    with_system = [{"role": "system", "content": QWEN_FC_STAGE34_INSTRUCTIONS}, *messages]
+    assert stage12 == reference_format_prompt(messages, tools)
+    assert stage34 == reference_format_prompt(with_system, tools)  # the official leading system message
+    assert stage34.startswith("<|im_start|>system\n" + QWEN_FC_STAGE34_INSTRUCTIONS + "\n\n# Tools\n")
+    assert QWEN_FC_STAGE34_INSTRUCTIONS not in stage12 and "<answer>" not in QWEN_FC_STAGE34_INSTRUCTIONS
+    # an entry's own system message follows the instructions
+    own = render_messages([{"role": "system", "content": "Be brief."}, *messages], tools, "qwen_fc",
+                          paper_variant="stage34")
+    assert own.startswith("<|im_start|>system\n" + QWEN_FC_STAGE34_INSTRUCTIONS + "\n\nBe brief.\n\n# Tools\n")
 
 
 def test_bad_input_raises_typed_errors():

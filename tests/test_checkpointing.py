@@ -44,8 +44,32 @@ def test_restore_in_another_dtype(source, tmp_path):
 
 def test_cli_reports_bad_paths_without_traceback(tmp_path, capsys):
     assert envtune(["export", "--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
-    assert "model_config.json: not found" in capsys.readouterr().err
+    assert "missing: not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_convert_and_export_replace_only_their_own_output(source, tmp_path, capsys):
+    """An earlier output of the same command is replaced; a folder the command did not write is refused and
+    left as it was, unless --overwrite; the input is never the output. A source without tokenizer files is
+    said so once."""
+    out = tmp_path / "ckpt"
+    assert envtune(["convert", "--hf", str(source), "--out", str(out)]) == 0
+    assert capsys.readouterr().err.count("has no tokenizer files") == 1
+    assert envtune(["convert", "--hf", str(source), "--out", str(out)]) == 0  # its own earlier output
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert envtune(["convert", "--hf", str(source), "--out", str(mine)]) == 2
+    assert envtune(["export", "--ckpt", str(out), "--out", str(mine)]) == 2
+    assert envtune(["export", "--ckpt", str(out), "--out", str(out)]) == 2
+    assert envtune(["convert", "--hf", str(source), "--out", str(source)]) == 2
+    assert (mine / "notes.txt").read_text() == "keep" and (out / "model_config.json").is_file()
+    assert (source / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert envtune(["export", "--ckpt", str(out), "--out", str(mine), "--overwrite"]) == 0
+    assert capsys.readouterr().err.count("holds no tokenizer files") == 1
+    assert not (mine / "notes.txt").exists() and (mine / "config.json").is_file()
+    assert envtune(["export", "--ckpt", str(out), "--out", str(mine)]) == 0  # now its own output
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:

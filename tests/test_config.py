@@ -78,3 +78,69 @@ def test_remat_policy_per_layer():
     assert cfg.remat_policies() == ("full", "dots")
     with pytest.raises(ValueError, match="unknown remat policy"):
         Qwen3Config(num_layers=2, remat="everything")
+
+
+def test_stage_paths_of_a_base_recipe_stay_relative_to_it(tmp_path):
+    """A user's recipe in another folder with `base: <path to configs/recipes/tiny_cpu.yaml>` finds the
+    stage files the base lists (they are relative to the base file, not to the user's file)."""
+    import os
+    from pathlib import Path
+
+    from rl.run_config import load_run_config
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "tiny_cpu.yaml"
+    mine = tmp_path / "mine" / "my.yaml"
+    mine.parent.mkdir()
+    mine.write_text(f"base: {os.path.relpath(shipped, mine.parent)}\nrun_dir: {tmp_path / 'run'}\n")
+    cfg, stages = load_run_config(mine)
+    assert [stage.name for stage in stages] == ["stage1_syntax", "stage2_hints", "stage3_hard", "stage4_independent"]
+    assert all((mine.parent / path).resolve().is_file() for path in cfg.stages)  # saved relative to my.yaml
+
+
+def test_yaml_syntax_errors_name_file_line_and_column(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: run\ninner: {steps: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3:1: not valid YAML \(expected ',' or '\}'") as info:
+        load(Outer, tmp_path / "bad.yaml")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"override 'stages=\[1, 2': not valid YAML"):
+        load(Outer, None, ["stages=[1, 2"])
+
+
+def test_zero_and_negative_sizes_are_rejected_naming_the_field():
+    from envtune_jax.mesh import MeshConfig
+    from models.generation.config import SamplerConfig
+    from rl.curriculum import StageConfig
+    from rl.rollout_config import RolloutConfig
+
+    for cls, override, message in [(StageConfig, "max_steps=-1", "max_steps must be ≥ 1, got -1"),
+                                   (StageConfig, "samples_per_prompt=1", "samples_per_prompt must be ≥ 2"),
+                                   (SamplerConfig, "max_cache_len=0", "max_cache_len must be ≥ 1"),
+                                   (SamplerConfig, "temperature=0", "temperature must be > 0"),
+                                   (RolloutConfig, "max_response_tokens=-1", "max_response_tokens must be ≥ 1"),
+                                   (MeshConfig, "tensor=0", "positive or -1")]:
+        with pytest.raises(ConfigError, match=message):
+            load(cls, None, [override])
+
+
+def test_loss_config_names_are_the_registries_names():
+    from rl import losses
+    from rl.rl_config import AGGREGATION_NAMES, KL_ESTIMATOR_NAMES, RATIO_NAMES
+
+    assert set(KL_ESTIMATOR_NAMES) == set(losses.KL_ESTIMATORS)
+    assert set(AGGREGATION_NAMES) == set(losses.AGGREGATIONS)
+    assert set(RATIO_NAMES) == set(losses.RATIOS)
+
+
+def test_a_recipe_loads_without_jax():
+    """Recipes are checked before anything heavy is imported (the config dataclasses live in light modules)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    probe = ("import sys; from rl.run_config import load_run_config; "
+             "load_run_config('configs/recipes/qwen3_4b_instruct_2507.yaml'); "
+             "print([m for m in ('jax', 'flax', 'optax', 'transformers', 'torch', 'tensorflow') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -5,6 +5,7 @@ import json
 
 from envtune_jax.cli.main import main
 from environments.eval_report import TableRow, category_table, markdown_table
+from tests.hf_fixtures import write_weightless_hf_dir
 
 
 def test_oracle_eval_writes_the_table_and_its_replay_scores_the_same(tmp_path, capsys):
@@ -34,8 +35,10 @@ def test_model_eval_without_a_generation_engine_fails_clearly(tmp_path, capsys, 
     import environments.policies as policies
 
     monkeypatch.setattr(policies, "MODEL_POLICY_ENTRY_POINT", "envtune_jax_missing_engine.policy:build_model_policy")
-    assert main(["eval", "--hf", str(tmp_path), "--data-source", "package", "--out", str(tmp_path / "o")]) == 2
+    hf_dir = write_weightless_hf_dir(tmp_path / "hf")
+    assert main(["eval", "--hf", str(hf_dir), "--data-source", "package", "--out", str(tmp_path / "o")]) == 2
     assert "generation engine" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "eval_records.partial").exists()  # nothing evaluated: no progress left behind
 
 
 def test_overall_is_the_unweighted_mean_of_category_accuracies():
@@ -115,3 +118,18 @@ def test_an_interrupted_eval_goes_on_where_it_stopped(tmp_path, capsys, monkeypa
     assert resumed["entries"] == whole["entries"] and resumed["resumed_entries"] == 4
     assert (out / "model_results.jsonl").read_text() == (tmp_path / "whole" / "model_results.jsonl").read_text()
     assert not partial.exists()
+
+
+def test_a_finished_evaluation_is_replaced_only_with_overwrite(tmp_path, capsys):
+    out = tmp_path / "eval"
+    command = ["eval", "--split", "test", "--categories", "base", "--limit", "2", "--data-source", "package",
+               "--out", str(out)]
+    assert main(command + ["--policy", "oracle"]) == 0
+    finished = (out / "eval_results.json").read_text()
+    capsys.readouterr()
+    assert main(command + ["--policy", "do-nothing"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished evaluation" in err and len(err.splitlines()) == 1
+    assert (out / "eval_results.json").read_text() == finished and not (out / "eval_records.partial").exists()
+    assert main(command + ["--policy", "do-nothing", "--overwrite"]) == 0
+    assert json.loads((out / "eval_results.json").read_text())["overall_accuracy"] == 0.0

@@ -62,11 +62,11 @@ def test_generate_streams_the_greedy_reply(real_vocab_checkpoint, tmp_path, caps
     assert f"{len(expected)} new tokens" in out.err
 
 
-def test_generate_rejects_a_bad_tools_file(real_vocab_checkpoint, tmp_path):
+def test_generate_rejects_a_bad_tools_file(real_vocab_checkpoint, tmp_path, capsys):
     bad = tmp_path / "tools.json"
     bad.write_text('{"name": "not a list"}')
-    with pytest.raises(SystemExit, match="JSON list of tools"):
-        main(["generate", "--hf", str(real_vocab_checkpoint), "--prompt", "hi", "--tools", str(bad)])
+    assert main(["generate", "--hf", str(real_vocab_checkpoint), "--prompt", "hi", "--tools", str(bad)]) == 2
+    assert "JSON list of tools" in capsys.readouterr().err
 
 
 def test_bench_generate_tiny_preset_prints_one_json_line(capsys):

@@ -25,16 +25,15 @@ def np_group_advantages(rewards_pg, scale_by_std=True, eps=1e-6, ddof=1):
 
 
 def np_aggregate(loss_bt, mask_bt, mode, norm_length=None):
-    rows = [(loss_bt[b][mask_bt[b] > 0]) for b in range(loss_bt.shape[0])]
-    rows = [row for row in rows if row.size]
+    all_rows = [(loss_bt[b][mask_bt[b] > 0]) for b in range(loss_bt.shape[0])]
+    if mode == "seq-mean-token-sum-norm":  # Dr. GRPO: (1/B) sum_b sum_t / constant, empty sequences count
+        return np.mean([row.sum() / norm_length for row in all_rows])
+    rows = [row for row in all_rows if row.size]
     if not rows:
         return 0.0
     if mode == "token-mean":
         return np.concatenate(rows).mean()
-    if mode == "seq-mean-token-mean":
-        return np.mean([row.mean() for row in rows])
-    divisor = norm_length or loss_bt.shape[1]
-    return np.mean([row.sum() / divisor for row in rows])
+    return np.mean([row.mean() for row in rows])
 
 
 def np_kl(logp, ref, estimator, clamp):
@@ -157,7 +156,7 @@ def test_aggregations_match_numpy_and_accumulate_exactly(mode):
     loss_bt, *_, mask_bt = random_batch(2, batch=6)
     got = losses.aggregate(jnp.asarray(loss_bt), jnp.asarray(mask_bt), mode, norm_length=20)
     np.testing.assert_allclose(got, np_aggregate(loss_bt, mask_bt, mode, 20), rtol=1e-6)
-    assert float(losses.aggregate(jnp.asarray(loss_bt), jnp.zeros_like(mask_bt), mode)) == 0.0
+    assert float(losses.aggregate(jnp.asarray(loss_bt), jnp.zeros_like(mask_bt), mode, 20)) == 0.0
     # Micro-batches weighted by aggregation_weight reproduce the whole-batch value.
     parts = [(jnp.asarray(loss_bt[s]), jnp.asarray(mask_bt[s])) for s in (slice(0, 2), slice(2, 6))]
     weights = [losses.aggregation_weight(m, mode) for _, m in parts]
@@ -202,8 +201,9 @@ def test_ppo_clip_values_and_zero_gradients_where_clipped():
     ("token-mean", "sequence", "k3", (3e-4, 4e-4)),
 ])
 def test_policy_loss_matches_numpy(mode, ratio_level, estimator, eps):
-    config = LossConfig(loss_agg_mode=mode, ratio_level=ratio_level, kl_estimator=estimator, seq_sum_norm_length=16,
-                        eps_low=eps[0], eps_high=eps[1])
+    norm_length = 16 if mode == "seq-mean-token-sum-norm" else None
+    config = LossConfig(loss_agg_mode=mode, ratio_level=ratio_level, kl_estimator=estimator,
+                        seq_sum_norm_length=norm_length, eps_low=eps[0], eps_high=eps[1])
     logp, old, ref, adv, ent, mask = random_batch(4, spread=0.5)
     adv[0], mask[0, :2], logp[0, :2] = -1.5, 1.0, old[0, :2] + 3.0  # ratio e^3 > c with A < 0: dual clip
     loss, metrics = jit_policy_loss(*map(jnp.asarray, (logp, old, ref, adv, ent, mask)), config=config)
@@ -263,3 +263,40 @@ def test_config_defaults_and_yaml_overrides(tmp_path):
     assert (config.eps_high, config.seq_sum_norm_length, config.dual_clip_c) == (0.3, 24576, None)
     default = LossConfig()
     assert (default.eps_low, default.kl_coef, default.entropy_coef, default.kl_clamp) == (0.2, 0.1, 0.001, 10.0)
+
+
+def test_seq_mean_token_sum_norm_divides_by_constants_only():
+    """Dr. GRPO's divisor is the maximum response length, a constant: padding a batch to a longer bucket, or
+    one sequence having no counted token, must not change the scale of the other sequences' terms."""
+    loss_bt, *_, mask_bt = random_batch(7, batch=4, tokens=9)
+    mask_bt[1] = 1.0
+    loss, mask = jnp.asarray(loss_bt), jnp.asarray(mask_bt)
+    value = float(losses.aggregate(loss, mask, "seq-mean-token-sum-norm", 100))
+    assert value == pytest.approx(float(np.sum(loss_bt * mask_bt)) / 100 / 4, rel=1e-6)
+    padded = float(losses.aggregate(jnp.pad(loss, ((0, 0), (0, 23))), jnp.pad(mask, ((0, 0), (0, 23))),
+                                    "seq-mean-token-sum-norm", 100))
+    assert padded == pytest.approx(value, rel=1e-6)  # the old divisor followed the padded length (9 -> 32)
+    emptied = float(losses.aggregate(loss, mask.at[1].set(0.0), "seq-mean-token-sum-norm", 100))
+    others = float(np.sum((loss_bt * mask_bt)[[0, 2, 3]])) / 100 / 4
+    assert emptied == pytest.approx(others, rel=1e-6)  # still divided by all 4 sequences
+    with pytest.raises(ConfigError, match="seq_sum_norm_length"):
+        LossConfig(loss_agg_mode="seq-mean-token-sum-norm")
+
+
+def test_a_loss_field_its_mode_ignores_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="kl_estimator"):
+        LossConfig(kl_coef=0.0, kl_estimator="k1")
+    with pytest.raises(ConfigError, match="seq_sum_norm_length"):
+        LossConfig(seq_sum_norm_length=4096)  # token-mean never divides by it
+    with pytest.raises(ConfigError, match="advantage_eps"):
+        load(LossConfig, None, ["scale_advantages_by_std=false", "advantage_eps=1e-6"])  # even at its default
+    assert LossConfig(kl_coef=0.0).kl_estimator == "low_var_kl"  # defaults are never an error
+
+
+def test_sampler_mismatch_counts_tokens_outside_the_clip_range():
+    logp = jnp.asarray([[-1.0, -2.0, -3.0, -4.0]])
+    sampler = jnp.asarray([[-1.0, -2.5, -2.9, -9.0]])  # ratios 1, e^0.5, e^-0.1, (masked)
+    mask = jnp.asarray([[1.0, 1.0, 1.0, 0.0]])
+    abs_sum, outside = losses.sampler_mismatch_sums(logp, sampler, mask, 0.2, 0.28)
+    assert float(abs_sum) == pytest.approx(0.6, rel=1e-6)
+    assert float(outside) == 1.0  # e^0.5 = 1.65 > 1.28; e^-0.1 = 0.905 inside [0.8, 1.28]

@@ -13,6 +13,7 @@ import pytest
 
 from environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks
 from envtune_jax.chat.chat_config import ChatConfig
+from envtune_jax.chat.conversation import TokenConversation
 from envtune_jax.chat.tokenizer import compact_qwen_tokenizer, stop_token_ids
 from models.generation import BucketConfig, GenerationEngine, SamplingParams, reference_logprobs
 from models.qwen3 import init_model
@@ -150,3 +151,37 @@ def test_an_engine_that_cannot_compact_rows_plays_fixed_waves_of_whole_steps(set
     continuous, _ = play(setup, rng=0)
     for a, b in zip(trajectories[:SLOTS], continuous[:SLOTS]):  # the first refill samples as the first wave
         np.testing.assert_array_equal(a.token_ids, b.token_ids)
+
+
+@pytest.mark.parametrize("limit", ["max_response_tokens", "max_context_tokens"])
+def test_the_configured_token_limits_are_the_real_caps(setup, limit):
+    """A step's budget is clipped to what remains: an episode is truncated only once its response (or
+    context) budget is used up, never with tokens to spare, and no sampled token lies beyond the cap.
+    (Truncating once less than a whole step budget was left made the real caps 20,480 / 28,672 for the
+    paper's 24,576 / 32,768 with 4,096-token steps.)"""
+    model, tokenizer, engine = setup
+    tasks = SyntheticConfig(num_turns=5, doc_style="system")  # a random model replies (one step) every turn
+    episodes = [SyntheticEpisode(task, tasks) for task in make_synthetic_tasks(SLOTS, tasks, seed=4) for _ in range(2)]
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=NEW_TOKENS, stop_token_ids=stop_token_ids(tokenizer))
+    prompt_lengths = {}
+    for episode in episodes:  # the prompt of each task, rendered as the driver renders it
+        conversation = TokenConversation(tokenizer, ChatConfig())
+        conversation.start(episode.reset(), episode.tools())
+        prompt_lengths[episode.episode_id] = len(conversation)
+    # two 6-token steps and their ~18-token replies leave 2-4 tokens of 52: the third step must be cut short
+    cap = 52 if limit == "max_response_tokens" else max(prompt_lengths.values()) + 52
+    config = dataclasses.replace(RolloutConfig(max_prompt_tokens=256, max_response_tokens=256, max_context_tokens=256,
+                                               max_new_tokens_per_step=NEW_TOKENS), **{limit: cap})
+    trajectories = run_rollouts(engine, tokenizer, ChatConfig(), episodes, list(range(len(episodes))), sampling,
+                                config, rng=1)
+    clipped_steps = 0
+    for t in trajectories:
+        prompt = prompt_lengths[t.episode_id]
+        end = prompt + cap if limit == "max_response_tokens" else cap  # the first position beyond the cap
+        sampled_at = np.flatnonzero(t.loss_mask)
+        assert sampled_at.max() < end, (t.episode_id, sampled_at.max(), end)
+        if t.truncated:  # only with nothing left: the trajectory reaches the cap
+            assert len(t.token_ids) >= end, (t.episode_id, len(t.token_ids), end)
+            clipped_steps += int(sampled_at.max() == end - 1 and step_lengths(t)[-1] < NEW_TOKENS)
+    assert sum(t.truncated for t in trajectories) >= 4
+    assert clipped_steps >= 1  # some step was cut short to end exactly at the cap

@@ -30,3 +30,18 @@ def test_train_refuses_a_tokenizer_with_more_ids_than_the_model():
 def test_evaluation_policy_stops_on_its_tokenizers_end_of_message():
     assert ModelPolicy(None, default_tokenizer()).sampling.stop_token_ids == QWEN3_STOP_TOKEN_IDS
     assert ModelPolicy(None, compact_qwen_tokenizer(1000)).sampling.stop_token_ids == (1002, 1000)
+
+
+def test_a_checkpoint_without_tokenizer_files_is_said_once(tmp_path, capsys, monkeypatch):
+    """Loading a model whose checkpoint has no tokenizer.json falls back to the built-in Qwen3 tokenizer and
+    says so once per checkpoint (train, eval and generate all load through checkpoint_tokenizer)."""
+    from envtune_jax.chat import tokenizer as tokenizer_module
+
+    built_in = object()
+    monkeypatch.setattr(tokenizer_module, "default_tokenizer", lambda: built_in)
+    monkeypatch.setattr(tokenizer_module, "_NOTED_CHECKPOINTS", set())
+    for _ in range(3):
+        assert tokenizer_module.checkpoint_tokenizer(None, tmp_path / "ckpt") is built_in
+    assert capsys.readouterr().err.count("has no tokenizer files") == 1
+    assert tokenizer_module.checkpoint_tokenizer(None, None) is built_in  # random weights: nothing to say
+    assert capsys.readouterr().err == ""

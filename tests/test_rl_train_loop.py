@@ -24,7 +24,7 @@ def _config(run_dir: Path):
     return load_run_config(RECIPE, [
         f"run_dir={run_dir}", "stages=[../stages/stage1_syntax.yaml,../stages/stage2_hints.yaml]",
         "checkpoint.async_save=false", "checkpoint.keep=3", "logging.tensorboard=false",
-        "logging.progress_bar=false", "sampler.batch_size=2", "sampler.max_new_tokens=6", "rollout.max_new_tokens_per_step=6"])
+        "logging.progress_bar=false", "sampler.batch_size=2", "rollout.max_new_tokens_per_step=6"])
 
 
 def _metrics(run_dir: Path) -> dict[int, dict]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from envtune_jax.config import ConfigError
 from models.config import Qwen3Config
 from models.qwen3 import init_model
 from rl.losses import policy_loss
@@ -45,7 +46,8 @@ def whole_batch_trainer(setup):
 
 def _trainer(graphdef, micro, **loss_kw):
     loss = LossConfig(**loss_kw)
-    return Trainer(graphdef, loss, OptimizerConfig(learning_rate=1e-3), TrainStepConfig(micro_batch_size=micro, logprob_chunk_t=8, logprob_chunk_v=40))
+    step = TrainStepConfig(micro_batch_size=micro, logprob_chunk_t=8, logprob_chunk_v=40, old_logprobs="sampler")
+    return Trainer(graphdef, loss, OptimizerConfig(learning_rate=1e-3), step)
 
 
 def _copy(tree):
@@ -110,12 +112,58 @@ def test_steps_raise_logprobs_of_positively_rewarded_tokens(setup, whole_batch_t
     assert int(state.step) == 5
 
 
-def test_recompute_mode_reports_the_sampler_ratio(setup):
+@pytest.mark.parametrize("mode", ["recompute", "sampler"])
+def test_both_modes_log_the_sampler_trainer_mismatch(setup, whole_batch_trainer, mode):
+    """Old log-probs that differ from the trainer's (as bf16 sampler numerics do): both modes report the
+    mean |Δ log p| and the share of tokens whose ratio leaves the clip range; recompute trains at ratio 1."""
     graphdef, params = setup
     tokens, mask, _, adv = _batch(3)
-    trainer = Trainer(graphdef, LossConfig(), OptimizerConfig(), TrainStepConfig(old_logprobs="recompute"))
+    trainer = whole_batch_trainer if mode == "sampler" else Trainer(
+        graphdef, LossConfig(), OptimizerConfig(),
+        TrainStepConfig(logprob_chunk_t=8, logprob_chunk_v=40, old_logprobs="recompute"))
     exact, _ = trainer.logprobs(params, jnp.asarray(tokens))
-    batch = dense_to_packed(tokens, mask, np.asarray(exact), adv)
+    offsets = np.where(np.arange(T) % 3 == 0, 0.5, 0.01).astype(np.float32)  # every third token way off
+    sampler = np.asarray(exact) + offsets[None, :]
+    batch = dense_to_packed(tokens, mask, sampler, adv)
     _, metrics = trainer.step(trainer.init(_copy(params)), _copy(params), batch)
-    np.testing.assert_allclose(float(metrics["sampler_recompute_ratio"]), 1.0, atol=1e-5)
-    np.testing.assert_allclose(float(metrics["ratio_mean"]), 1.0, atol=1e-5)
+    counted = mask > 0
+    want_abs = np.mean(np.broadcast_to(offsets, mask.shape)[counted])
+    want_outside = np.mean(np.broadcast_to(offsets == 0.5, mask.shape)[counted])  # e^-0.5 < 0.8; e^-0.01 inside
+    np.testing.assert_allclose(float(metrics["sampler_logp_abs_diff"]), want_abs, rtol=1e-3)
+    np.testing.assert_allclose(float(metrics["sampler_ratio_outside_clip"]), want_outside, atol=1e-6)
+    if mode == "recompute":
+        np.testing.assert_allclose(float(metrics["ratio_mean"]), 1.0, atol=1e-5)
+        assert float(metrics["clip_frac_low"]) == float(metrics["clip_frac_high"]) == 0.0
+    else:
+        assert float(metrics["clip_frac_low"]) + float(metrics["clip_frac_high"]) > 0  # clipping on numerics alone
+
+
+def test_per_micro_batch_weighting_is_the_mean_of_micro_batch_token_means(setup):
+    """verl 0.4.1's weighting: each micro-batch's token-mean loss divided by the number of micro-batches.
+    With ragged masks it differs from the batch's exact token mean, which the default "batch" keeps."""
+    graphdef, params = setup
+    tokens, mask, old, adv = _batch(4)
+    mask[0, 6:16] = 0.0  # row 0 keeps 2 tokens, the others 12: micro-batch token counts differ
+    batch = dense_to_packed(tokens, mask, old, adv)
+    verl = Trainer(graphdef, LossConfig(kl_coef=0.0, entropy_coef=0.0), OptimizerConfig(learning_rate=1e-3),
+                   TrainStepConfig(micro_batch_size=2, loss_weighting="per_micro_batch", weighting_micro_batch_rows=2,
+                                   logprob_chunk_t=8, logprob_chunk_v=40, old_logprobs="sampler"))
+    _, verl_metrics = verl.step(verl.init(_copy(params)), None, batch)
+    logp = np.asarray(verl.logprobs(params, jnp.asarray(tokens))[0])
+    loss_cfg = LossConfig(kl_coef=0.0, entropy_coef=0.0)
+
+    def plain_loss(rows):  # the plain loss of some rows on dense [rows, T] arrays
+        adv_bt = jnp.asarray(adv[rows])[:, None] * mask[rows]
+        arrays = [jnp.asarray(x[rows]) for x in (logp, old, mask)]
+        return float(policy_loss(arrays[0], arrays[1], None, adv_bt, None, arrays[2], loss_cfg)[0])
+
+    micro_batches = [[0, 2], [1, 3]]  # rows m, m + M, ... (the trainer's split keeps data-parallel shards local)
+    want_verl = np.mean([plain_loss(rows) for rows in micro_batches])
+    want_exact = plain_loss([0, 1, 2, 3])
+    np.testing.assert_allclose(float(verl_metrics["loss"]), want_verl, rtol=1e-4)
+    # the default weighting's exact batch value (test_micro_batching_gives_the_same_update) differs here
+    assert abs(want_verl - want_exact) > 1e-3
+    with pytest.raises(ConfigError, match="weighting_micro_batch_rows"):
+        TrainStepConfig(weighting_micro_batch_rows=2)  # ignored by the default "batch" weighting
+    with pytest.raises(ConfigError, match="must divide"):
+        TrainStepConfig(micro_batch_size=4, loss_weighting="per_micro_batch", weighting_micro_batch_rows=3)

@@ -1,9 +1,10 @@
 """Physical limits of the device a benchmark runs on: copy bandwidth and bf16 matmul rate.
 
 Benchmarks report their speed as a fraction of these. Known device kinds take figures measured on
-such a device (see the table's sources; docs/benchmarks.md); any other device, or `probe=True`, gets a
-quick measurement: a device-to-device copy (bytes read + written) and a square matmul in bf16
-(float32 on CPU, where bf16 matmuls are emulated). `DeviceLimits.source` says which was used.
+single-GPU machines (docs/benchmarks-gpu.md lists them with their dates); any other device, or
+`probe=True`, gets a quick measurement: a device-to-device copy (bytes read + written) and a square
+matmul in bf16 (float32 on CPU, where bf16 matmuls are emulated). `DeviceLimits.source` says which
+was used.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import jax.numpy as jnp
 
 # substring of jax's device_kind → (copy bandwidth B/s, bf16 matmul FLOP/s, where the figures come from)
 MEASURED: dict[str, tuple[float, float, str]] = {
-    "H100": (2.9e12, 789e12, "measured on an H100 80GB, 2026-11-23 (docs/benchmarks.md)"),
-    "H200": (4.3e12, 788e12, "measured on H200s, 2026-10/11"),
+    "H100": (2.9e12, 789e12, "measured on an H100 80GB, 2026-11-23 (docs/benchmarks-gpu.md)"),
+    "H200": (4.3e12, 788e12, "measured on H200s, 2026-10-28 and 2026-11-04 (docs/benchmarks-gpu.md)"),
 }
 
 

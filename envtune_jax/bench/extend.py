@@ -41,11 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args) -> None:
+    from envtune_jax.bench.generate import check_model_source
+    from envtune_jax.cli import validate as check
     from envtune_jax.config import ConfigError
 
     if args.batch < 2 or min(args.context, args.tail, args.prompt_len, args.repeats) < 1:
         raise ConfigError("--batch must be ≥ 2 and --context, --tail, --prompt-len, --repeats ≥ 1")
     check_chunk(args.chunk)
+    check_model_source(args)
+    check.mesh_spec(args.mesh)
 
 
 def time_round(engine, contexts, tails, prompt) -> tuple[float, int]:

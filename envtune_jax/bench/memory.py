@@ -45,6 +45,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=4096, help="upper end of the --fit search")
 
 
+def check_arguments(args) -> None:
+    from envtune_jax.cli import validate as check
+    from envtune_jax.config import ConfigError
+
+    check.preset_name(args.preset)
+    check.at_least(args, 1, "batch", "max_batch")
+    check.at_least(args, 2, "context")
+    check.at_least(args, 0, "micro_batch", "kl_coef")
+    if args.memory_gb is not None and not args.memory_gb > 0:
+        raise ConfigError(f"--memory-gb must be > 0, got {args.memory_gb}")
+    if not 0 < args.fraction <= 1:
+        raise ConfigError(f"--fraction must lie in (0, 1], got {args.fraction}")
+
+
 def model_config(args):
     from models.config import preset
 
@@ -110,7 +124,7 @@ def train_memory(cfg, batch: int, context: int, micro_batch: int, kl_coef: float
     graphdef, params = nnx.split(model, nnx.Param)
     params = _abstract(params)
     trainer = Trainer(graphdef, LossConfig(kl_coef=kl_coef), OptimizerConfig(),
-                      TrainStepConfig(micro_batch_size=micro_batch))
+                      TrainStepConfig(micro_batch_size=micro_batch, old_logprobs="sampler"))
     state = jax.eval_shape(trainer.init, params)
     ref = params if kl_coef > 0 else None
     k = context - 1  # every token after the first is in the loss (the worst case; rollouts have fewer)

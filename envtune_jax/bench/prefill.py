@@ -2,12 +2,12 @@
 
 Times `GenerationEngine.refill` on B random P-token prompts: the forward pass over every prompt
 token, writing the KV cache, and the final hidden state of each prompt's last token; no logits are
-computed for prompt positions (the HF transformers peer, peer_hf_qwen3.py, keeps one position's logits
+computed for prompt positions (the peer, benchmarks/peer_hf.py, keeps one position's logits
 with `logits_to_keep=1`). Prompts longer than `--chunk` go through in chunks. One warm-up run
 compiles; then `--repeats` timed runs, reporting the median:
 - tokens/s = B·P / prefill seconds;
 - model TFLOP/s = 2·params·B·P / seconds and `fraction_of_limit` = that over the devices' matmul rate
-  (the formulas of docs/benchmarks.md and the peer; device_limits: the
+  (the formulas of docs/benchmarks-gpu.md and the peer; device_limits: the
   measured table, e.g. H100 789e12 bf16; other devices are probed);
 - `executed_tflops_per_s` and `fraction_of_matmul_rate`: the FLOPs prefill really does, i.e. the
   matmuls of every layer (2·(params − embedding rows)·B·P: the embedding is a lookup and no logits
@@ -42,12 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args) -> None:
+    from envtune_jax.bench.generate import check_model_source
+    from envtune_jax.cli import validate as check
     from envtune_jax.config import ConfigError
 
     if args.batch < 1 or args.prompt_len < 1 or args.repeats < 1:
         raise ConfigError(f"--batch, --prompt-len and --repeats must be ≥ 1, got {args.batch}, {args.prompt_len}, "
                           f"{args.repeats}")
     check_chunk(args.chunk)
+    check_model_source(args)
+    check.mesh_spec(args.mesh)
 
 
 def check_chunk(chunk: int) -> None:

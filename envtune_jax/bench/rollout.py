@@ -16,9 +16,10 @@ compilation); then `--iterations` timed ones:
 - decode calls per iteration and the slot occupancy: the share of the decode calls' slots that held a
   live episode (the driver refills a slot as soon as its episode ends).
 With a preset model (`model.preset=qwen3-4b`) the weights are random and created on device: such a
-model writes no tool calls, so every step runs to `sampler.max_new_tokens` and the environment's share
-is the least it can be. Prints one JSON line; a progress bar on stderr counts the iterations and shows
-what the current one is doing (rollout episodes done / total, environment, update, compiling).
+model writes no tool calls, so every step runs to its budget (`rollout.max_new_tokens_per_step`) and the
+environment's share is the least it can be. Prints one JSON line; a progress bar on stderr counts the
+iterations and shows what the current one is doing (rollout episodes done / total, environment, update,
+compiling).
 """
 from __future__ import annotations
 
@@ -37,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations after the first")
     parser.add_argument("--no-warmup", action="store_true", help="no untimed first iteration (smoke tests)")
     parser.add_argument("--profile", default=None, metavar="DIR", help="write a jax.profiler trace of one extra iteration")
+
+
+def check_arguments(args) -> None:
+    from envtune_jax.cli import validate as check
+
+    args.run_config = check.recipe(args.recipe, args.overrides)
+    check.at_least(args, 1, "prompts", "samples", "iterations")
+    choose_stage(args.run_config[1], args.stage)
 
 
 def choose_stage(stages, name: str | None):
@@ -80,27 +89,28 @@ def run(args) -> dict:
     from envtune_jax.cli.common import print_json
     from envtune_jax.config import ConfigError
     from envtune_jax.bench.profiling import maybe_trace
-    from envtune_jax.mesh import make_mesh
+    from envtune_jax.mesh import make_mesh, resolve_mesh_shape
     from envtune_jax.progress import PhaseDisplay
     from environments.bfcl_env import BfclEpisode
-    from rl.run_config import load_run_config
+    from rl.run_config import load_run_config, stage_rollout
     from rl.stage_data import draw, load_subset
-    from rl.train_loop import prompt_length, build_learner
+    from rl.train_loop import build_learner, prompt_length, stage_sampling
 
     if args.iterations < 1:
         raise ConfigError(f"--iterations must be ≥ 1, got {args.iterations}")
-    cfg, stages = load_run_config(args.recipe, args.overrides)
+    cfg, stages = getattr(args, "run_config", None) or load_run_config(args.recipe, args.overrides)
     stage = choose_stage(stages, args.stage)
     prompts = args.prompts or stage.prompts_per_step
     samples = args.samples or stage.samples_per_prompt
     if prompts < 1 or samples < 1:
         raise ConfigError(f"--prompts and --samples must be ≥ 1, got {prompts} and {samples}")
+    resolve_mesh_shape(cfg.mesh, len(jax.devices()))  # a mesh that does not fit the devices: ConfigError
     mesh = make_mesh(cfg.mesh) if len(jax.devices()) > 1 else None
     model, tokenizer_dir = load_model(cfg, mesh)
     learner = build_learner(cfg, model, tokenizer_dir, mesh)
     length = prompt_length(learner.tokenizer, stage) if cfg.data.shortest_prompts_first else None
     entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
-    sampling = cfg.sampler.sampling_params()
+    sampling, rollout_cfg = stage_sampling(cfg, stage), stage_rollout(cfg, stage)
     key = jax.random.key(cfg.seed)
     bar = tqdm(total=(0 if args.no_warmup else 1) + args.iterations + (1 if args.profile else 0),
                desc="bench rollout", unit="iteration", file=sys.stderr)
@@ -112,7 +122,7 @@ def run(args) -> dict:
         picked = draw(entries, index * prompts, prompts, cfg.seed)
         groups = [[BfclEpisode(e, stage.environment) for _ in range(samples)] for e in picked]
         start = time.perf_counter()
-        metrics, trajectories = learner.iterate(groups, stage.chat, sampling, cfg.rollout, jax.random.fold_in(key, index),
+        metrics, trajectories = learner.iterate(groups, stage.chat, sampling, rollout_cfg, jax.random.fold_in(key, index),
                                                 on_phase=display)
         wall = time.perf_counter() - start
         bar.update(1)
@@ -141,7 +151,7 @@ def run(args) -> dict:
         "model": cfg.model.preset or cfg.model.hf or cfg.model.ckpt, "random_weights": bool(cfg.model.preset),
         "params": model.config.num_params, "prompts": prompts, "samples_per_prompt": samples,
         "episodes_per_iteration": episodes, "iterations": args.iterations,
-        "sampler_batch_size": cfg.sampler.batch_size, "max_new_tokens_per_step": cfg.sampler.max_new_tokens,
+        "sampler_batch_size": cfg.sampler.batch_size, "max_new_tokens_per_step": rollout_cfg.max_new_tokens_per_step,
         "episodes_per_min": 60.0 * episodes / wall, "iteration_s": wall,
         "shares": iteration_shares(mean, wall),
         "generation_s": mean["generation_s"], "environment_s": mean["environment_s"], "train_s": mean["train_s"],

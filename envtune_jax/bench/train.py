@@ -2,7 +2,7 @@
 
 Batch B x L of random token ids where every token after the first counts as model-sampled, so the
 vocabulary projection covers every position, as in the peer's full fwd+bwd of a causal-LM loss
-(peer_hf_train.py, docs/benchmarks.md: `model(x, labels=x).loss.backward()`). Our step also applies AdamW
+(benchmarks/peer_hf.py: `model(x, labels=x).loss.backward()`). Our step also applies AdamW
 (the peer's does not), and with `--kl-coef` > 0 runs a frozen reference forward that the model-FLOP
 count below leaves out. One warm-up step compiles; then `--steps` timed steps (each waited for):
 - tokens/s = B·L / mean step seconds (mean, as the peer averages its timed steps);
@@ -27,6 +27,8 @@ REMAT_CHOICES = RematPolicy.__args__  # type: ignore[attr-defined]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help="model shapes (qwen3-4b, qwen3-0.6b, tiny, ...)")
     parser.add_argument("--random-weights", action="store_true", help="random weights created on device (required)")
+    parser.add_argument("--model-config", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a field of the preset's Qwen3Config (repeatable), e.g. vocab_size=1000")
     parser.add_argument("--batch", type=int, default=8, help="sequences per step (B)")
     parser.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (L)")
     parser.add_argument("--micro-batch", type=int, default=0, help="rows per gradient-accumulation micro-batch (0: all)")
@@ -46,10 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args) -> None:
     """ConfigError (printed by the CLI as one line) for arguments the benchmark cannot run with."""
+    from envtune_jax.cli import validate as check
     from envtune_jax.config import ConfigError
 
+    check.preset_name(args.preset)
     if not args.random_weights:
         raise ConfigError("--preset needs --random-weights (the benchmark's weights are random)")
+    check.mesh_spec(args.mesh)
+    check.at_least(args, 1, "logprob_chunk_t", "logprob_chunk_v")
     if args.batch < 1 or args.steps < 1:
         raise ConfigError(f"--batch and --steps must be ≥ 1, got {args.batch} and {args.steps}")
     if args.seq_len < 2:
@@ -116,7 +122,7 @@ def run(args) -> dict:
     from flax import nnx
 
     from envtune_jax.bench.device_limits import device_limits
-    from envtune_jax.bench.generate import CompileTimer
+    from envtune_jax.bench.generate import CompileTimer, model_config_changes
     from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.bench.random_weights import random_model
     from envtune_jax.cli.common import parse_mesh, print_json
@@ -129,14 +135,14 @@ def run(args) -> dict:
     mesh = parse_mesh(args.mesh)
     check_rows_split_over_mesh(args.batch, args.micro_batch, mesh)
     cfg = preset(args.preset, param_dtype=args.dtype, dtype=args.dtype, attention_impl=args.attention,
-                 remat=args.remat)
+                 remat=args.remat, **model_config_changes(args.model_config))
     model = random_model(cfg, mesh, seed=args.seed)
     graphdef, params = nnx.split(model, nnx.Param)
     del model
     loss_cfg = LossConfig(kl_coef=args.kl_coef)
     trainer = Trainer(graphdef, loss_cfg, OptimizerConfig(),
                       TrainStepConfig(micro_batch_size=args.micro_batch, logprob_chunk_t=args.logprob_chunk_t,
-                                      logprob_chunk_v=args.logprob_chunk_v))
+                                      logprob_chunk_v=args.logprob_chunk_v, old_logprobs="sampler"))
     on_mesh = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
     with on_mesh:
         ref_params = jax.tree.map(lambda x: x.copy(), params) if args.kl_coef > 0 else None

@@ -1,9 +1,12 @@
-"""System prompt texts: Qwen3's native tools block and the paper-style prompts (stage 1/2, stage 3/4).
+"""System prompt texts: Qwen3's native tools block, the paper-style prompts (stage 1/2, stage 3/4), and the
+stage 3/4 instructions as they read in each style.
 
 The Qwen block is reproduced to the byte because models were trained on it and the official BFCL
 handler renders it. The paper-style prompts are written here from the method's description: reasoning
 in <think>, tool calls in <tool_call>, the reply in <answer>; stages 3/4 add two instructions (be
-resourceful; ask the user rather than invent arguments or call unavailable tools).
+resourceful; ask the user rather than invent arguments or call unavailable tools). In the qwen_fc style
+the same two instructions, worded without the paper style's tags, are the leading system message (the
+official format puts a leading system message before its tools block).
 """
 from __future__ import annotations
 
@@ -55,13 +58,24 @@ PAPER_FORMAT = (
     "<answer>\nyour message to the user\n</answer>"
 )
 
-PAPER_STAGE34_RULES = (
-    "# Guidelines\n\n"
+_BE_RESOURCEFUL = (
     "- Be resourceful: when a value you need is not given, first try to find it with the available functions "
     "(listing, searching or looking it up) before concluding that it is missing.\n"
-    "- When the information cannot be obtained that way, or the function you would need is not available, "
-    "ask the user in your <answer> instead of guessing argument values or calling functions that do not exist."
 )
+_ASK_RATHER_THAN_INVENT = (
+    "- When the information cannot be obtained that way, or the function you would need is not available, "
+    "ask the user {where} instead of guessing argument values or calling functions that do not exist."
+)
+PAPER_STAGE34_RULES = "# Guidelines\n\n" + _BE_RESOURCEFUL + _ASK_RATHER_THAN_INVENT.format(where="in your <answer>")
+QWEN_FC_STAGE34_INSTRUCTIONS = ("# Guidelines\n\n" + _BE_RESOURCEFUL
+                                + _ASK_RATHER_THAN_INVENT.format(where="in your reply"))
+
+
+def qwen_fc_leading_instructions(variant: PaperPromptVariant) -> str | None:
+    """The curriculum's instructions that open the qwen_fc system message: the stage 3/4 ones, or None."""
+    if variant not in PAPER_PROMPT_VARIANTS:
+        raise ValueError(f"paper prompt variant must be one of {list(PAPER_PROMPT_VARIANTS)}, got {variant!r}")
+    return QWEN_FC_STAGE34_INSTRUCTIONS if variant == "stage34" else None
 
 
 def paper_system_prompt(variant: PaperPromptVariant, tools: Sequence[Mapping[str, Any]]) -> str:

@@ -2,7 +2,7 @@
 
 "qwen_fc" reproduces, byte for byte, the official BFCL `QwenFCHandler._format_prompt` (Qwen3's chat
 template written out in Python), including its details: the system message is merged into the tools
-block; consecutive tool results share one user message; an assistant message after the last real user
+block (with paper_variant "stage34" the curriculum's stage 3/4 instructions open that system message); consecutive tool results share one user message; an assistant message after the last real user
 query shows its reasoning in <think> (always, if it is the last message); a tool call that equals the
 first call of its message gets a leading newline only when the message has text.
 "paper" uses the same ChatML frame and tool-result grouping, the paper system prompt, and renders an
@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from envtune_jax.chat.chat_config import PaperPromptVariant, PromptStyle, PROMPT_STYLES
 from envtune_jax.chat.messages import Message, MessageError, validate_messages, validate_tools
-from envtune_jax.chat.prompts import paper_system_prompt, qwen_tools_block
+from envtune_jax.chat.prompts import paper_system_prompt, qwen_fc_leading_instructions, qwen_tools_block
 from envtune_jax.chat.special_tokens import IM_END, IM_START
 
 GENERATION_PROMPT = f"{IM_START}assistant\n"
@@ -85,6 +85,10 @@ def _paper_assistant_body(message: Message) -> str:
 def _system_header(messages: Sequence[Message], tools: Sequence[Message], style: PromptStyle,
                    paper_variant: PaperPromptVariant) -> str:
     leading_system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    if style == "qwen_fc":
+        instructions = qwen_fc_leading_instructions(paper_variant)
+        if instructions is not None:
+            leading_system = instructions if leading_system is None else f"{instructions}\n\n{leading_system}"
     if style == "paper":
         prefix = leading_system + "\n\n" if leading_system is not None else ""
         return f"{IM_START}system\n{prefix}{paper_system_prompt(paper_variant, tools)}{IM_END}\n"

@@ -19,6 +19,7 @@ import base64
 import functools
 import importlib.resources
 import json
+import sys
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -178,6 +179,29 @@ def load_tokenizer(checkpoint_dir: str | Path | None = None) -> Tokenizer:
         present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else "directory does not exist"
         raise TokenizerLoadError(f"no tokenizer.json in {directory} (found: {present})")
     return Tokenizer.from_file(str(tokenizer_file))
+
+
+def has_tokenizer(tokenizer_dir: str | Path | None) -> bool:
+    return tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").is_file()
+
+
+def no_tokenizer_note(checkpoint: str | Path) -> str:
+    return (f"{checkpoint} has no tokenizer files (tokenizer.json): the built-in Qwen3 tokenizer is used with it "
+            "(right for Qwen3 weights; otherwise copy the model's tokenizer files next to its weights)")
+
+
+_NOTED_CHECKPOINTS: set[str] = set()
+
+
+def checkpoint_tokenizer(tokenizer_dir: str | Path | None, checkpoint: str | Path | None) -> Tokenizer:
+    """The tokenizer of a model checkpoint: the tokenizer.json in `tokenizer_dir`, else the built-in Qwen3
+    tokenizer, which is said on stderr once per checkpoint (not for a model without one, e.g. random weights)."""
+    if has_tokenizer(tokenizer_dir):
+        return load_tokenizer(tokenizer_dir)
+    if checkpoint is not None and str(Path(checkpoint).absolute()) not in _NOTED_CHECKPOINTS:
+        _NOTED_CHECKPOINTS.add(str(Path(checkpoint).absolute()))
+        print(f"note: {no_tokenizer_note(checkpoint)}", file=sys.stderr)
+    return default_tokenizer()
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | Path, chat_template: str | None = None) -> Path:

@@ -1,14 +1,14 @@
 """`envtune bench <kind>`: speed benchmarks, one JSON line each, with ratios to the device's limits.
 
-Each kind lives in `envtune_jax/bench/<kind>.py` exposing `add_arguments(parser)` and `run(args)`;
-kinds listed in BENCHMARKS whose module is not there yet are skipped.
+Each kind lives in `envtune_jax/bench/<kind>.py` exposing `add_arguments(parser)`, `run(args)` and
+`check_arguments(args)` (run before anything heavy is imported: bad arguments fail at once); kinds listed in BENCHMARKS whose module is not there yet are skipped.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 
-BENCHMARKS = ("generate", "prefill", "extend", "train", "rollout", "memory")
+BENCHMARKS = ("probe", "generate", "prefill", "extend", "train", "rollout", "memory")
 
 
 def register(subparsers) -> None:
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         kind = kinds.add_parser(name, help=first_line, description=module.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(kind)
-        kind.set_defaults(func=_runner(module))
+        kind.set_defaults(func=_runner(module), validate=getattr(module, "check_arguments", None))
 
 
 def _runner(module):

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from envtune_jax.config import ConfigError
+
 
 def add_mesh_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
@@ -13,23 +15,20 @@ def add_mesh_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_mesh(spec: str | None):
-    """Builds the mesh from a --mesh string (None → all devices on fsdp when >1 device, else no mesh)."""
+    """Builds the mesh from a --mesh string (None → all devices on fsdp when >1 device, else no mesh); a
+    mesh that does not fit the devices is a ConfigError."""
     import jax
 
-    from envtune_jax.config import ConfigError
+    from envtune_jax.cli.validate import mesh_spec
     from envtune_jax.mesh import MeshConfig, make_mesh
 
     if spec is None:
         return make_mesh(MeshConfig()) if len(jax.devices()) > 1 else None
-    values = {}
-    for part in spec.split(","):
-        if "=" not in part:
-            raise ConfigError(f"--mesh '{spec}': expected data=D,fsdp=F,tensor=T")
-        key, value = part.split("=", 1)
-        if key not in ("data", "fsdp", "tensor"):
-            raise ConfigError(f"--mesh: unknown axis '{key}' (data, fsdp, tensor)")
-        values[key] = int(value)
-    return make_mesh(MeshConfig(**values))
+    config = mesh_spec(spec)
+    try:
+        return make_mesh(config)
+    except ConfigError as exc:
+        raise ConfigError(f"--mesh {spec}: {exc}") from None
 
 
 def add_model_source(parser: argparse.ArgumentParser, required: bool = True) -> None:

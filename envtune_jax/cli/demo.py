@@ -30,7 +30,21 @@ def register(subparsers) -> None:
     parser.add_argument("--synthetic-steps", type=int, default=DEMO_SYNTHETIC_STEPS,
                         help="GRPO steps of the synthetic run (default %(default)s, as the learning test)")
     parser.add_argument("--skip-synthetic", action="store_true", help="skip the synthetic learning run")
-    parser.set_defaults(func=run)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an existing --out that an earlier demo did not write")
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args) -> None:
+    from envtune_jax.cli import outputs, validate as check
+    from envtune_jax.config import ConfigError
+
+    check.at_least(args, 1, "eval_limit", "synthetic_steps")
+    if args.hf is not None:
+        check.hf_checkpoint(args.hf)
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} exists and is not a folder")
+    outputs.check_replaceable(args.out, {}, "demo", args.overwrite)  # it writes subfolders: --hf may lie inside
 
 
 def _banner(step: int, total: int, text: str) -> float:
@@ -62,8 +76,11 @@ def run(args) -> int:
     from rl.synthetic_run import SyntheticRunConfig, run_synthetic
     from rl.train_loop import train
 
+    from envtune_jax.cli import outputs
+
     out = args.out.absolute()
     out.mkdir(parents=True, exist_ok=True)
+    outputs.mark(out, "demo", args.hf)  # a later demo may write here again
     started = time.perf_counter()
     total = 6
     t = _banner(1, total, "tiny random Qwen3 checkpoint (HF layout, embedded Qwen3 tokenizer)" if args.hf is None

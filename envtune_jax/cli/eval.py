@@ -3,7 +3,9 @@
 Plays the selected entries with one policy (a model from --ckpt/--hf, recorded outputs from --replay, or
 the built-in oracle / do-nothing policies) under the official protocol (no hints, 20 tool steps per
 turn, official decoding and checker semantics), prints the Markdown table and writes eval_results.json,
-eval_results.md and model_results.jsonl (official result layout) into --out.
+eval_results.md and model_results.jsonl (official result layout) into --out. An --out that holds a
+finished evaluation is refused unless --overwrite; an interrupted model or built-in policy run goes on
+when started again with the same --out.
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import datetime
 import sys
 import time
 from pathlib import Path
+
+from envtune_jax.cli import validate as check
+from envtune_jax.config import ConfigError
 
 SPLIT_CHOICES = ("test", "train", "all", "validation", "stage1_easy")
 POLICY_CHOICES = ("oracle", "do-nothing")
@@ -36,6 +41,8 @@ def register(subparsers) -> None:
                         help="comma-separated categories (base, long_context, miss_func, miss_param, or full "
                              "names); default: all four")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-<timestamp>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished evaluation in --out (without it, such a folder is refused)")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes for --policy/--replay runs (a model runs in this process)")
     parser.add_argument("--data-source", choices=("tfds", "package"), default="tfds",
@@ -56,7 +63,7 @@ def register(subparsers) -> None:
                        help="attention for prompt / tool-response chunks (cudnn on GPU for long contexts)")
     model.add_argument("--decode-attention", default="reference", choices=("reference", "pallas"),
                        help="attention of one-token steps (pallas: JAX's Pallas GPU decode kernel)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, validate=validate)
 
 
 def parse_categories(text: str) -> tuple[str, ...]:
@@ -68,57 +75,64 @@ def parse_categories(text: str) -> tuple[str, ...]:
     for item in (part.strip() for part in text.split(",") if part.strip()):
         name = item if item.startswith("multi_turn_") else f"multi_turn_{item}"
         if name not in CATEGORIES:
-            raise SystemExit(f"envtune eval: unknown category {item!r}; choose from {', '.join(CATEGORIES)}")
+            short = [category.removeprefix("multi_turn_") for category in CATEGORIES]
+            raise ConfigError(f"--categories: unknown category {item!r}; choose from {', '.join(short)} (or all)")
         chosen.append(name)
+    if not chosen:
+        raise ConfigError(f"--categories {text!r}: names no category")
     return tuple(dict.fromkeys(chosen))
 
 
+def validate(args) -> None:
+    """Checks every argument (and reads --replay files) before anything is loaded or written."""
+    from environments.eval_report import PROGRESS_FILE
+    from environments.replay_files import EVAL_SUMMARY_FILE, load_recordings
+
+    args.category_names = parse_categories(args.categories)
+    check.at_least(args, 1, "limit", "workers", "max_new_tokens", "batch_size", "max_cache_len")
+    check.at_least(args, 0, "decode_chunk")
+    if args.hf is not None or args.ckpt is not None:
+        check.model_source(args)
+        check.mesh_spec(args.mesh)
+    args.recordings = load_recordings(args.replay) if args.replay else None
+    args.out = args.out or Path("runs") / f"eval-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} exists and is not a folder")
+    finished = (args.out / EVAL_SUMMARY_FILE).exists() and not (args.out / PROGRESS_FILE).exists()
+    if finished and not args.overwrite:
+        raise ConfigError(f"--out {args.out} holds a finished evaluation ({EVAL_SUMMARY_FILE}); choose another --out, "
+                          "or pass --overwrite to replace it")
+
+
 def run(args) -> int:
-    from environments.bfcl_data import BfclDataMissingError
-    from environments.eval_report import (
-        EvalProgress, EvalProgressMismatchError, category_table, load_recorded_outputs, markdown_table, write_results,
-    )
+    """Runs after `validate(args)` (main calls both)."""
+    from environments.eval_report import EvalProgress, category_table, markdown_table, write_results
     from environments.evaluation import replay_bfcl
-    from environments.policies import ModelPolicyUnavailableError
     from environments.splits import first_per_category, split_entries_from
 
-    if args.decode_chunk < 0:
-        raise SystemExit(f"envtune eval: --decode-chunk must be ≥ 0 (0: whole steps), got {args.decode_chunk}")
-    categories = parse_categories(args.categories)
-    try:
-        entries = split_entries_from(args.data_source, args.split, categories, data_dir=args.data_dir)
-        if args.limit is not None:
-            entries = first_per_category(entries, args.limit)
-    except BfclDataMissingError as exc:
-        print(f"envtune eval: {exc}", file=sys.stderr)
-        return 2
+    categories = args.category_names
+    entries = split_entries_from(args.data_source, args.split, categories, data_dir=args.data_dir)
+    if args.limit is not None:
+        entries = first_per_category(entries, args.limit)
     started = time.perf_counter()
     extra: dict = {}
-    out = args.out or Path("runs") / f"eval-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    out = args.out
     progress = None
     if args.replay:
         source = "replay:" + ",".join(map(str, args.replay))
-        recorded = load_recorded_outputs(args.replay)
-        missing = [entry.id for entry in entries if entry.id not in recorded]
-        if missing:
-            extra["missing_recordings"] = missing
-            print(f"envtune eval: warning: {len(missing)} of {len(entries)} entries have no recording and count as "
-                  f"wrong (first: {missing[0]})", file=sys.stderr)
-        records = replay_bfcl(entries, recorded, workers=args.workers)
+        extra |= report_recordings(args.recordings, entries, args)
+        records = replay_bfcl(entries, args.recordings.steps, workers=args.workers)
     else:
         source = args.policy or (f"ckpt:{args.ckpt}" if args.ckpt else f"hf:{args.hf}")
-        try:
-            progress = EvalProgress(out, _run_identity(args, source, categories))
-        except EvalProgressMismatchError as exc:
-            print(f"envtune eval: {exc}", file=sys.stderr)
-            return 2
+        progress = EvalProgress(out, _run_identity(args, source, categories))
         if progress.done:
             extra["resumed_entries"] = len(progress.done)
         try:
             records = _play(args, [entry for entry in entries if entry.id not in progress.done], progress, extra, out)
-        except ModelPolicyUnavailableError as exc:
-            print(f"envtune eval: {exc}", file=sys.stderr)
-            return 2
+        except BaseException:
+            if not progress.done:  # nothing saved (e.g. the model did not load): leave no progress file behind
+                progress.close()
+            raise
         by_id = {**progress.done, **{record.episode_id: record for record in records}}
         records = [by_id[entry.id] for entry in entries]
     seconds = time.perf_counter() - started
@@ -137,6 +151,29 @@ def run(args) -> int:
     sys.stdout.write(markdown_table(rows))
     print(f"\n{len(records)} entries in {seconds:.1f} s; wrote {paths['json']}, {paths['markdown']}, {paths['layout']}")
     return 0
+
+
+def report_recordings(recordings, entries, args) -> dict:
+    """Warns (stderr) about recordings that are not scored as recorded, and returns the same for the
+    results' metadata: entries without a recording, recorded ids outside the evaluated entries (by
+    reason), failed inferences, recordings with another number of turns than their entry, repeated ids."""
+    from environments.replay_files import unscored_recordings
+
+    found = unscored_recordings(recordings, entries, args.split, args.limit)
+    messages = {
+        "missing": f"of {len(entries)} evaluated entries have no recording and count as wrong",
+        "failed_inference": "recordings hold an error text instead of steps (a failed inference) and count as "
+                            "wrong, as in the official evaluation",
+        "turn_count": "recordings have another number of turns than their entry and count as wrong, as in the "
+                      "official evaluation",
+        "repeated": "ids are recorded more than once with the same result (scored once)",
+    }
+    for reason, ids in found.items():
+        what = messages.get(reason, f"recorded entries are not scored: {reason}")
+        where = recordings.where.get(ids[0])
+        first = f"{ids[0]}" + (f" at {where}" if where else "")
+        print(f"envtune eval: warning: {len(ids)} {what} (first: {first})", file=sys.stderr)
+    return {"unscored_recordings": found} if found else {}
 
 
 def _run_identity(args, source: str, categories) -> dict:

@@ -7,11 +7,11 @@ printed as soon as it arrives. Timing goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
+from envtune_jax.cli import validate as check
 from envtune_jax.cli.common import add_mesh_flag, add_model_source, parse_mesh
 
 
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--top-k", type=int, default=20, help="0 = off")
     parser.add_argument("--top-p", type=float, default=0.8, help="1.0 = off")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stream-chunk", type=int, default=16, help="tokens decoded per compiled call")
+    parser.add_argument("--stream-chunk", type=int, default=16, help="tokens decoded per compiled call (≥ 1)")
     parser.add_argument("--cache-dtype", default=None, choices=["bfloat16", "float32"],
                         help="KV cache dtype (default: the model's compute dtype)")
     parser.add_argument("--attention", default="reference", choices=["reference", "xla", "cudnn"],
@@ -41,36 +41,15 @@ def register(subparsers) -> None:
     parser.add_argument("--decode-attention", default="reference", choices=["reference", "pallas"],
                         help="attention of one-token steps (pallas: JAX's Pallas GPU decode kernel)")
     add_mesh_flag(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, validate=validate)
 
 
-def read_tools(path: Path | None) -> list:
-    if path is None:
-        return []
-    try:
-        tools = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"envtune generate: cannot read tools from {path}: {exc}") from exc
-    if isinstance(tools, dict) and "tools" in tools:
-        tools = tools["tools"]
-    if not isinstance(tools, list):
-        raise SystemExit(f"envtune generate: {path} must hold a JSON list of tools (or {{'tools': [...]}})")
-    return tools
-
-
-def load_model(args, mesh):
-    """The model and its tokenizer directory; --ckpt needs envtune_jax.checkpointing.load_model."""
-    from envtune_jax.cli import common
-
-    if args.ckpt is not None:
-        try:
-            from envtune_jax import checkpointing
-            checkpointing.load_model  # noqa: B018 - availability check
-        except (ImportError, AttributeError) as exc:
-            raise SystemExit("envtune generate: --ckpt needs envtune_jax.checkpointing.load_model, which this "
-                             f"installation lacks ({exc}); use --hf") from exc
-    return common.load_model_from_args(args, mesh=mesh, attention_impl=args.attention,
-                                       decode_attention=args.decode_attention)
+def validate(args) -> None:
+    check.model_source(args)
+    check.sampling_flags(args)
+    check.at_least(args, 1, "stream_chunk")
+    check.mesh_spec(args.mesh)
+    args.tool_list = check.tools_file(args.tools)
 
 
 class TextStream:
@@ -99,19 +78,16 @@ class TextStream:
 
 
 def run(args) -> int:
-    from envtune_jax.chat import encode_text, load_tokenizer, render_messages
-    from envtune_jax.chat.tokenizer import TokenizerLoadError, default_tokenizer
+    from envtune_jax.chat import encode_text, render_messages
+    from envtune_jax.chat.tokenizer import checkpoint_tokenizer
+    from envtune_jax.cli.common import load_model_from_args
     from models.generation import GenerationEngine, SamplingParams
 
-    tools = read_tools(args.tools)
+    tools = getattr(args, "tool_list", None) or check.tools_file(args.tools)
     mesh = parse_mesh(args.mesh)
-    model, tokenizer_dir = load_model(args, mesh)
-    try:
-        tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else default_tokenizer()
-    except TokenizerLoadError:
-        print("envtune generate: no tokenizer.json with the model; using the built-in Qwen3 tokenizer",
-              file=sys.stderr)
-        tokenizer = default_tokenizer()
+    model, tokenizer_dir = load_model_from_args(args, mesh=mesh, attention_impl=args.attention,
+                                                decode_attention=args.decode_attention)
+    tokenizer = checkpoint_tokenizer(tokenizer_dir, args.hf or args.ckpt)
     messages = ([{"role": "system", "content": args.system}] if args.system else [])
     messages.append({"role": "user", "content": args.prompt})
     prompt_ids = encode_text(tokenizer, render_messages(messages, tools, args.style))

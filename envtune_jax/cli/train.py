@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from envtune_jax.cli import validate as check
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -20,17 +22,20 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="recipe YAML")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, validate=validate)
+
+
+def validate(args) -> None:
+    args.run_config = check.recipe(args.config, args.overrides)
 
 
 def run(args) -> int:
     import jax
 
-    from rl.run_config import load_run_config
     from rl.run_summary import run_summary
     from rl.train_loop import train
 
-    cfg, stages = load_run_config(args.config, args.overrides)
+    cfg, stages = getattr(args, "run_config", None) or check.recipe(args.config, args.overrides)
     run_dir = train(cfg, stages)
     if jax.process_index() == 0:
         print(run_summary(run_dir, [stage.name for stage in stages]), flush=True)

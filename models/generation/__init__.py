@@ -7,19 +7,26 @@
     state, result = engine.decode(state, params, active=[0])
     record = engine.history(state)     # tokens, sampler log-probs, sampled mask, lengths
 
-See docs/generation.md for the design.
+See docs/generation.md for the design. The names below load their module on first
+use, so that the settings (`SamplerConfig`, `SamplingParams`, `BucketConfig`) are read without importing JAX.
 """
-from models.generation.buckets import BucketConfig, BucketError
-from models.generation.config import SamplerConfig
-from models.generation.engine import GenerationEngine
-from models.generation.requests import CacheFullError, GenerationInputError
-from models.generation.reference import reference_greedy, reference_logprobs
-from models.generation.results import DecodeResult, History
-from models.generation.sampling import QWEN3_STOP_TOKEN_IDS, SamplingParams, filtered_probs_reference, sample_tokens
-from models.generation.state import GenerationState
+import importlib
 
-__all__ = [
-    "BucketConfig", "BucketError", "CacheFullError", "DecodeResult", "GenerationEngine", "GenerationInputError",
-    "GenerationState", "History", "QWEN3_STOP_TOKEN_IDS", "SamplerConfig", "SamplingParams",
-    "filtered_probs_reference", "reference_greedy", "reference_logprobs", "sample_tokens",
-]
+_MODULE_OF = {
+    "BucketConfig": "buckets", "BucketError": "buckets", "SamplerConfig": "config", "GenerationEngine": "engine",
+    "CacheFullError": "requests", "GenerationInputError": "requests", "reference_greedy": "reference",
+    "reference_logprobs": "reference", "DecodeResult": "results", "History": "results",
+    "QWEN3_STOP_TOKEN_IDS": "sampling_params", "SamplingParams": "sampling_params",
+    "filtered_probs_reference": "sampling", "sample_tokens": "sampling", "GenerationState": "state",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))

@@ -6,9 +6,11 @@ Load with `envtune_jax.config.load(SamplerConfig, path, overrides)`; `sampling_p
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
+from envtune_jax.config import ReadOnlyWhen, check_field_use, require_at_least
 from models.generation.buckets import BucketConfig
-from models.generation.sampling import QWEN3_STOP_TOKEN_IDS, SamplingParams
+from models.generation.sampling_params import QWEN3_STOP_TOKEN_IDS, SamplingParams
 
 
 @dataclasses.dataclass
@@ -29,6 +31,19 @@ class SamplerConfig:
     prefill_chunk: int = 512
     cache_half_steps: bool = True
     compact_rows: bool = True  # extends of a few slots run on those rows only (extend_plan.py)
+
+    FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
+        ReadOnlyWhen("top_k", "greedy decoding takes the argmax", lambda c: not c.greedy),
+        ReadOnlyWhen("top_p", "greedy decoding takes the argmax", lambda c: not c.greedy),
+    )
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "batch_size", "max_cache_len")
+        if self.cache_dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"cache_dtype must be bfloat16 or float32, got {self.cache_dtype!r}")
+        self.sampling_params()  # each raises ValueError naming the bad setting
+        self.buckets()
+        check_field_use(self)
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, greedy=self.greedy,

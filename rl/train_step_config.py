@@ -1,0 +1,40 @@
+"""`TrainStepConfig`: how the policy-gradient step is computed (the `train_step:` section of a recipe).
+
+Kept apart from the jit-compiled step (rl/train_step.py) so that a recipe loads and is checked without JAX.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Literal
+
+from envtune_jax.config import ConfigError, ReadOnlyWhen, check_field_use, require_at_least
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStepConfig:
+    micro_batch_size: int = 0  # 0: the whole batch at once
+    temperature: float = 1.0  # must equal the sampler's, so log-probs agree
+    logprob_chunk_t: int = 512
+    logprob_chunk_v: int = 16384
+    old_logprobs: Literal["sampler", "recompute"] = "recompute"
+    loss_weighting: Literal["batch", "per_micro_batch"] = "batch"
+    weighting_micro_batch_rows: int = 0  # per_micro_batch only: rows per verl micro-batch
+
+    FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
+        ReadOnlyWhen("weighting_micro_batch_rows", "only loss_weighting 'per_micro_batch' cuts the batch into "
+                     "weighting groups", lambda c: c.loss_weighting == "per_micro_batch"),
+    )
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 0, "micro_batch_size", "weighting_micro_batch_rows")  # micro 0: the whole batch
+        require_at_least(self, 1, "logprob_chunk_t", "logprob_chunk_v")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.loss_weighting == "per_micro_batch":
+            rows, micro = self.weighting_micro_batch_rows, self.micro_batch_size
+            if rows <= 0:
+                raise ConfigError("loss_weighting 'per_micro_batch' needs weighting_micro_batch_rows > 0 (the rows of "
+                                  "one verl micro-batch, ppo_micro_batch_size_per_gpu)")
+            if micro and micro % rows:
+                raise ConfigError(f"weighting_micro_batch_rows {rows} must divide micro_batch_size {micro}")
+        check_field_use(self)
