@@ -57,10 +57,12 @@ def plot_run(run_dir: str | Path, out: str | Path) -> Path:
         if len(series) > 1:
             axis.legend(fontsize=8)
     for step, name in starts:  # stage names along the top panel
-        axes[0].annotate(f" {name}", (step - 0.5, 0.97), xycoords=("data", "axes fraction"), fontsize=8, va="top",
-                         color="dimgrey")
+        label = axes[0].annotate(f" {name}", (step - 0.5, 0.97), xycoords=("data", "axes fraction"), fontsize=8,
+                                 va="top", color="dimgrey", annotation_clip=False)
+        label.set_in_layout(False)  # a label left of a one-step run's axis must not squeeze the panels
     axes[-1].set_xlabel("optimizer step")
-    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    axes[-1].set_xlim(records[0]["step"] - 0.5, records[-1]["step"] + 0.5)  # (shared x) a stage's label fits
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 
 import pytest
 
@@ -66,6 +67,11 @@ def test_plot_draws_the_curves_with_the_stage_boundaries(run_dir, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     out = run_dir / "elsewhere" / "c.png"
     assert main(["plot", str(run_dir / "logs" / "metrics.jsonl"), "--out", str(out)]) == 0 and out.is_file()
+    one_step = run_dir / "one-step.jsonl"  # a run's first step: no layout warning, the stage label inside
+    one_step.write_text(json.dumps(_record(1, 0, 0.0, 0.0)) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["plot", str(one_step)]) == 0
 
 
 def test_plot_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
