@@ -20,7 +20,7 @@ DEMO_SYNTHETIC_STEPS = 30
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="the whole pipeline on a tiny embedded default (CPU, ~7 minutes on 2 cores)",
+        "demo", help="the whole pipeline on a tiny embedded default (CPU: 3-7 minutes on 2 cores, docs/measurements.md)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  envtune demo\n  envtune demo --out runs/my-demo --eval-limit 2\n"
                "  envtune demo --hf ~/models/Qwen3-0.6B")
