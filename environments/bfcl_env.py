@@ -1,38 +1,34 @@
 """BfclEpisode: one BFCL V3 multi-turn entry as a ToolEnvironment.
 
-Per episode: fresh API instances for the agent and a ground-truth twin (both loaded from the entry's
-initial_config, long_context for that category), a safe executor whitelisting the offered tools, and the
-official per-turn checks: state (every public attribute of every instance equals the twin's) and
-responses (every result string of the turn's ground-truth calls occurs among all the agent's results so
-far). The twin is advanced every turn whatever the agent did. Hints (config) are added on top of the
-official result strings; the strings used for checking are never altered.
+Per episode: a backend holding fresh API instances for the agent and a ground-truth twin (both loaded
+from the entry's initial_config, long_context for that category) behind a safe executor whitelisting the
+offered tools, and the official per-turn checks: state (every public attribute of every instance equals
+the twin's) and responses (every result string of the turn's ground-truth calls occurs among all the
+agent's results so far). The twin is advanced every turn whatever the agent did. Hints (config) are added
+on top of the official result strings; the strings used for checking are never altered.
+With a per-call time limit (the default) the backend lives in this process's tool process, which is
+killed at the limit (`environments.hosted_backend`); without one it lives here (the reference path).
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+import dataclasses
+from typing import Any, Callable, Sequence
 
 from environments.bfcl_data import BfclEntry, shared_offered_tool_docs
 from environments.config import EnvironmentConfig
 from environments.episode_core import TurnBasedEpisode
-from environments.executor import ExecutedCall, SafeExecutor, create_instances
+from environments.executor import ExecutedCall, public_method_names
 from environments.gt_calls import parse_ground_truth_call
 from environments.hints import HintContext, hint_for
-from environments.rewards import responses_contained
+from environments.hosted_backend import open_backend
+from environments.rewards import Verdict
+from environments.tool_backend import BackendSpec
+from envtune_jax.untrusted_text import echo
 
 # bfcl_eval.constants.default_prompts: the user message of a miss_func hold-out turn (prompting mode,
 # which the official Qwen FC handler uses: the withheld docs arrive inside it, as a Python list repr).
 ADDITIONAL_FUNCTION_PROMPT = "I have updated some more functions you can choose from. What about now?"
-
-
-def states_match(agent_instances: Mapping[str, Any], truth_instances: Mapping[str, Any]) -> bool:
-    """Official state check: every attribute not starting with "_" of each twin equals (==) the agent's."""
-    for class_name, truth in truth_instances.items():
-        agent = agent_instances[class_name]
-        for attribute, expected in vars(truth).items():
-            if not attribute.startswith("_") and getattr(agent, attribute) != expected:
-                return False
-    return True
 
 
 class BfclEpisode(TurnBasedEpisode):
@@ -43,6 +39,7 @@ class BfclEpisode(TurnBasedEpisode):
         self.entry = entry
         self._tool_docs, self._withheld_docs = shared_offered_tool_docs(entry)  # read-only
         self._truth_calls = [[parse_ground_truth_call(s) for s in turn] for turn in entry.ground_truth]
+        self._owner_of = {name: cls for cls in entry.involved_classes for name in public_method_names(cls)}
 
     @property
     def episode_id(self) -> str:
@@ -60,26 +57,33 @@ class BfclEpisode(TurnBasedEpisode):
         return copy.deepcopy(self._tool_docs)
 
     def offered_tool_names(self) -> frozenset[str]:
-        return frozenset(self._executor.offered) if self._started else frozenset(d["name"] for d in self._tool_docs)
+        return frozenset(self._offered_docs) if self._started else frozenset(d["name"] for d in self._tool_docs)
 
     def agent_results(self) -> list[str]:
         """Every result string the agent's calls produced so far (what the response check searches)."""
         return list(self._agent_results)
 
     def _start(self) -> None:
-        entry, limit = self.entry, self.config.call_time_limit_s
-        self._agent = create_instances(entry.involved_classes, entry.initial_config, entry.long_context)
-        self._truth = create_instances(entry.involved_classes, entry.initial_config, entry.long_context)
-        self._executor = SafeExecutor(self._agent, self._tool_docs, limit)
+        entry = self.entry
+        unoffered = ()
         if self.config.execute_withheld_tools:
-            self._executor.allow_unoffered(d["name"] for docs in self._withheld_docs.values() for d in docs)
-        self._truth_executor = SafeExecutor(self._truth, (), limit)
+            unoffered = tuple(d["name"] for docs in self._withheld_docs.values() for d in docs)
+        spec = BackendSpec(tuple(entry.involved_classes), entry.initial_config, entry.long_context,
+                           tuple(d["name"] for d in self._tool_docs), unoffered)
+        if getattr(self, "_backend", None) is not None:
+            self._backend.close()  # reset() of a used episode: its old state is not needed any more
+        self._backend = open_backend(spec, self.config.call_time_limit_s)
+        self._offered_docs = {doc["name"]: doc for doc in self._tool_docs}
         self._agent_results: list[str] = []
+
+    def _release(self) -> None:
+        self._backend.close()
 
     def _opening_messages(self, turn: int) -> list[dict[str, Any]]:
         if turn in self._withheld_docs:
             withheld = self._withheld_docs[turn]
-            self._executor.offer(withheld)
+            self._backend.offer([doc["name"] for doc in withheld])
+            self._offered_docs.update((doc["name"], doc) for doc in withheld)
             if not self.entry.question[turn]:
                 return [{"role": "user", "content": f"{withheld}\n{ADDITIONAL_FUNCTION_PROMPT}"}]
         return copy.deepcopy(self.entry.question[turn])
@@ -87,20 +91,17 @@ class BfclEpisode(TurnBasedEpisode):
     def _expects_calls(self, turn: int) -> bool:
         return bool(self._truth_calls[turn])
 
-    def _execute(self, call) -> ExecutedCall:
-        executed = self._executor.execute(call.name, call.arguments)
-        self._agent_results.append(executed.result)
+    def _execute(self, calls: Sequence) -> list[ExecutedCall]:
+        executed = self._backend.execute([(call.name, call.arguments) for call in calls])
+        self._agent_results.extend(call.result for call in executed)
         return executed
 
     def _hint(self, executed: ExecutedCall) -> str | None:
-        owners = self._executor.owner_of
-        context = HintContext({n: owners[n] for n in self._executor.offered}, self._executor.offered_docs)
-        return hint_for(executed, context)
+        context = HintContext({n: self._owner_of[n] for n in self._offered_docs}, self._offered_docs)
+        # Rules quote the name: quote it bounded (no offered name is long enough to change).
+        return hint_for(dataclasses.replace(executed, name=echo(executed.name)), context)
 
-    def _close_turn(self, turn: int) -> tuple[bool, bool]:
-        truth_results = [
-            self._truth_executor.execute_positional(c.name, c.args, dict(c.kwargs)) for c in self._truth_calls[turn]
-        ]
-        if not truth_results:
+    def _close_turn(self, turn: int) -> Verdict | Callable[[], Verdict]:
+        if not self._truth_calls[turn]:
             return True, True
-        return states_match(self._agent, self._truth), responses_contained(truth_results, self._agent_results)
+        return self._backend.close_turn(self._truth_calls[turn])

@@ -33,7 +33,9 @@ class EnvironmentConfig:
     # executor, which resolves every public method of the involved classes. The data needs it:
     # multi_turn_miss_func_49 expects `tail` in turn 1 although it is withheld until turn 3.
     execute_withheld_tools: bool = False
-    # Wall-clock limit per tool call in seconds (SIGALRM; main thread of a process only). None: no limit.
+    # Wall-clock limit per tool call in seconds. Calls then run in a warm tool process that is killed and
+    # replaced at the limit (the call becomes an error string without effect); None: no limit, calls run
+    # in this process (environments.hosted_backend).
     call_time_limit_s: Optional[float] = 5.0
 
     # Fields read only in some mode (envtune_jax.config.ReadOnlyWhen rows): none, every switch acts in every

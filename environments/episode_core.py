@@ -6,16 +6,19 @@ message is revealed. A step with calls beyond `max_steps_per_turn` force-quits t
 still run). Augmentation switches (config) add hints to failing results, return format errors as
 feedback without ending the turn, and block calls on turns that expect none (with a warning prepended
 to the next user message). Subclasses supply the task: opening messages, execution, ground truth, checks.
+What the environment writes around the model's output (format feedback, hints, the echoed tool name) is
+bounded (`envtune_jax.untrusted_text`); tool results themselves are the official strings, unchanged.
 """
 from __future__ import annotations
 
 import abc
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from environments.base import EpisodeFinishedError, EpisodeOutcome, StepResult, ToolCallLike, ToolEnvironment
 from environments.config import EnvironmentConfig
 from environments.executor import ExecutedCall
-from environments.rewards import progress_reward, syntax_reward, turn_reward
+from environments.rewards import Verdict, progress_reward, syntax_reward, turn_reward
+from envtune_jax.untrusted_text import bounded_message, echo
 
 EMPTY_TURN_WARNING = (
     "[System warning] Your previous reply called a tool although the request could not be completed: "
@@ -48,15 +51,20 @@ class TurnBasedEpisode(ToolEnvironment):
     def _expects_calls(self, turn: int) -> bool: ...
 
     @abc.abstractmethod
-    def _execute(self, call: ToolCallLike) -> ExecutedCall: ...
+    def _execute(self, calls: Sequence[ToolCallLike]) -> list[ExecutedCall]:
+        """Runs one step's calls in order (one batch, so a tool process answers them in one round trip)."""
 
     @abc.abstractmethod
     def _hint(self, executed: ExecutedCall) -> str | None:
         """Actionable hint for a failing result, or None."""
 
     @abc.abstractmethod
-    def _close_turn(self, turn: int) -> tuple[bool, bool]:
-        """Advances the ground truth through `turn`; returns (state matches, responses contained)."""
+    def _close_turn(self, turn: int) -> "Verdict | Callable[[], Verdict]":
+        """Advances the ground truth through `turn`; returns (state matches, responses contained), or a
+        function giving them when the outcome is asked for (a tool process answers later)."""
+
+    def _release(self) -> None:
+        """Called once when the episode is done: free task state held elsewhere (a tool process)."""
 
     # ---- protocol ----------------------------------------------------------------------------------
     def reset(self) -> list[dict[str, Any]]:
@@ -65,8 +73,8 @@ class TurnBasedEpisode(ToolEnvironment):
         self._turn = 0
         self._steps_in_turn = 0
         self._made_call_in_turn = False
-        self._turn_rewards: list[float] = []
-        self._all_turns_pass = True
+        self._closed_turns: list[tuple[bool, bool, Verdict | Callable[[], Verdict]]] = []  # (expects, called, verdict)
+        self._unreached_turns = False  # the episode ended before its last turn
         self._done = False
         self._warn_next_turn = False
         self._log: list[list[str]] = [[]]
@@ -93,7 +101,8 @@ class TurnBasedEpisode(ToolEnvironment):
         if format_errors:
             self._counters["format_errors"] += len(format_errors)
             self._counters["format_error_steps"] += 1
-        feedback = [{"role": "tool", "content": str(error)} for error in format_errors] if self.config.format_feedback else []
+        feedback = ([{"role": "tool", "content": bounded_message(str(error))} for error in format_errors]
+                    if self.config.format_feedback else [])
 
         if calls and self.config.empty_turn_warning and not self._expects_calls(self._turn):
             self._counters["blocked_calls"] += len(calls)
@@ -103,9 +112,7 @@ class TurnBasedEpisode(ToolEnvironment):
         if not calls and not feedback:
             return self._end_turn()
 
-        messages = []
-        for call in calls:
-            messages.append(self._run_call(call))
+        messages = [self._tool_message(executed) for executed in self._execute(calls)] if calls else []
         messages += feedback
         if calls:
             self._made_call_in_turn = True
@@ -117,8 +124,7 @@ class TurnBasedEpisode(ToolEnvironment):
             return StepResult(messages, turn_ended=True, done=True)
         return StepResult(messages, turn_ended=False, done=False)
 
-    def _run_call(self, call: ToolCallLike) -> dict[str, Any]:
-        executed = self._execute(call)
+    def _tool_message(self, executed: ExecutedCall) -> dict[str, Any]:
         self._counters["tool_calls"] += 1
         self._counters["valid_calls" if executed.valid else "invalid_calls"] += 1
         if executed.raised or executed.reported_error:
@@ -128,24 +134,32 @@ class TurnBasedEpisode(ToolEnvironment):
             hint = self._hint(executed)
             if hint:
                 self._counters["hints"] += 1
-                content = f"{content}\n{hint}"
-        return {"role": "tool", "name": executed.name, "content": content}
+                content = f"{content}\n{bounded_message(hint)}"
+        return {"role": "tool", "name": echo(executed.name), "content": content}
 
     def _score_current_turn(self) -> None:
         turn = self._turn
-        state_ok, responses_ok = self._close_turn(turn)
-        expects = self._expects_calls(turn)
-        reward = turn_reward(expects, self._made_call_in_turn, state_ok, responses_ok)
-        self._turn_rewards.append(reward)
-        if expects and not (self._made_call_in_turn and state_ok and responses_ok):
-            self._all_turns_pass = False
+        self._closed_turns.append((self._expects_calls(turn), self._made_call_in_turn, self._close_turn(turn)))
         self._counters["turns_completed"] += 1
+
+    def _turn_scores(self) -> tuple[list[float], bool]:
+        """(r_t of each closed turn, whether every closed turn that expects calls passed)."""
+        rewards, passed = [], True
+        for index, (expects, called, verdict) in enumerate(self._closed_turns):
+            if callable(verdict):
+                verdict = verdict()
+                self._closed_turns[index] = (expects, called, verdict)
+            state_ok, responses_ok = verdict
+            rewards.append(turn_reward(expects, called, state_ok, responses_ok))
+            if expects and not (called and state_ok and responses_ok):
+                passed = False
+        return rewards, passed
 
     def _end_turn(self) -> StepResult:
         self._score_current_turn()
         self._turn += 1
         if self._turn >= self.num_turns:
-            self._done = True
+            self._set_done()
             return StepResult([], turn_ended=True, done=True)
         self._steps_in_turn = 0
         self._made_call_in_turn = False
@@ -165,8 +179,12 @@ class TurnBasedEpisode(ToolEnvironment):
         """
         self._score_current_turn()
         if self._turn < self.num_turns - 1:
-            self._all_turns_pass = False
+            self._unreached_turns = True
+        self._set_done()
+
+    def _set_done(self) -> None:
         self._done = True
+        self._release()
 
     def truncate(self, reason: str) -> None:
         if not self._started:
@@ -175,16 +193,17 @@ class TurnBasedEpisode(ToolEnvironment):
             return
         self._counters["truncated"] = 1
         if not self._log[self._turn]:  # the current turn never started: it is unreached, like the rest
-            self._all_turns_pass = False
-            self._done = True
+            self._unreached_turns = True
+            self._set_done()
             return
         self._finish_episode_early()
 
     def outcome(self) -> EpisodeOutcome:
         if not self._started:
             raise EpisodeFinishedError("call reset() before outcome()")
-        turn_rewards = self._turn_rewards + [0.0] * (self.num_turns - len(self._turn_rewards))
-        correct = self._done and self._all_turns_pass
+        closed_rewards, closed_pass = self._turn_scores()
+        turn_rewards = closed_rewards + [0.0] * (self.num_turns - len(closed_rewards))
+        correct = self._done and closed_pass and not self._unreached_turns
         progress = progress_reward(turn_rewards, self.num_turns)
         syntax = syntax_reward(
             self._counters["steps"], self._counters["format_error_steps"],

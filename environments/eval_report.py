@@ -22,6 +22,7 @@ from environments.base import EpisodeOutcome
 from environments.bfcl_data import CATEGORIES
 from environments.evaluation import EpisodeRecord
 from environments.replay_files import ReplayFileError, load_recorded_outputs  # noqa: F401 - replay input, re-exported
+from envtune_jax.atomic_files import write_text_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,8 @@ def markdown_table(rows: Sequence[TableRow]) -> str:
 
 def write_results(out_dir: str | Path, rows: Sequence[TableRow], records: Sequence[EpisodeRecord],
                   metadata: dict[str, Any]) -> dict[str, Path]:
-    """Writes eval_results.json, eval_results.md and model_results.jsonl into out_dir; returns the paths."""
+    """Writes model_results.jsonl, eval_results.md and eval_results.json (last) into out_dir, each replaced
+    whole (atomically); returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "eval_results.json", "markdown": out / "eval_results.md", "layout": out / "model_results.jsonl"}
@@ -66,11 +68,11 @@ def write_results(out_dir: str | Path, rows: Sequence[TableRow], records: Sequen
         "overall_accuracy": rows[-1].accuracy,
         "entries": [record.to_json() for record in records],
     }
-    paths["json"].write_text(json.dumps(payload, indent=1) + "\n")
-    paths["markdown"].write_text(markdown_table(rows))
-    with paths["layout"].open("w") as handle:
-        for record in records:
-            handle.write(json.dumps({"id": record.episode_id, "result": record.official_result()}) + "\n")
+    layout_lines = (json.dumps({"id": record.episode_id, "result": record.official_result()}) + "\n"
+                    for record in records)
+    write_text_atomic(paths["layout"], "".join(layout_lines))
+    write_text_atomic(paths["markdown"], markdown_table(rows))
+    write_text_atomic(paths["json"], json.dumps(payload, indent=1) + "\n")
     return paths
 
 
@@ -86,52 +88,64 @@ class EvalProgress:
     after a first line naming the run (`run`: source, split, categories, ...).
 
     Opening a folder whose file names the same run loads its records (`done`: entry id -> record), so the
-    caller evaluates only the others; a different run raises EvalProgressMismatchError. A line cut short by
-    a kill mid-write is dropped (that entry is evaluated again). `add` appends and flushes one record;
-    `close` removes the file (call it once the results are written).
+    caller evaluates only the others; a different run raises EvalProgressMismatchError. The file is only
+    ever appended to after its first line (written whole, atomically), so a kill at any point loses at
+    most the line being written: such a line is skipped when read (that entry is evaluated again) and
+    ended with a newline so the next record starts on its own line. `add` appends one record (in the
+    file when it returns: a killed process loses none); `close` removes the file (call it once the results
+    are written).
     """
 
     def __init__(self, out_dir: str | Path, run: dict[str, Any]):
         self.path = Path(out_dir) / PROGRESS_FILE
         self.run = json.loads(json.dumps(run))  # as it reads back
         self.done: dict[str, EpisodeRecord] = {}
-        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        text = self.path.read_text(encoding="utf-8", errors="replace") if self.path.exists() else ""
+        lines = text.splitlines()
+        if lines and _header(lines[0]) is None and len(lines) == 1:
+            lines = []  # a first line cut short by a kill: nothing was recorded yet
         if lines:
             self._load(lines)
-        else:  # a new run (or a kill before its first line was written)
+            if not text.endswith("\n"):  # the last line was cut short by a kill
+                with self.path.open("a", encoding="utf-8") as handle:
+                    handle.write("\n")
+        else:  # a new run (or a kill before its first line was complete)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"run": self.run}) + "\n")
+            write_text_atomic(self.path, json.dumps({"run": self.run}) + "\n")
 
     def _load(self, lines: list[str]) -> None:
-        try:
-            header = json.loads(lines[0])
-        except json.JSONDecodeError:
-            header = {}
+        header = _header(lines[0])
+        if header is None:
+            raise EvalProgressMismatchError(f"{self.path} is not an evaluation's progress (its first line names no "
+                                            "evaluation): choose another --out, or delete the file to start over")
         if header.get("run") != self.run:
             raise EvalProgressMismatchError(
                 f"{self.path} holds the progress of another evaluation ({header.get('run')}), not of this one "
                 f"({self.run}): choose another --out, or delete the file to start over")
-        cut_short = False
         for line in lines[1:]:
             try:
                 item = json.loads(line)
-            except json.JSONDecodeError:  # the last line, cut short by a kill
-                cut_short = True
+                record = EpisodeRecord(item["id"], item["category"], EpisodeOutcome(**item["outcome"]), item["steps"],
+                                       item.get("inference_error", ""))
+            except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a kill
                 continue
-            outcome = EpisodeOutcome(**item["outcome"])
-            self.done[item["id"]] = EpisodeRecord(item["id"], item["category"], outcome, item["steps"],
-                                                  item.get("inference_error", ""))
-        if cut_short:  # rewritten whole, so that the next line does not continue the broken one
-            kept = [json.dumps({"run": self.run}), *(json.dumps(_record_line(r)) for r in self.done.values())]
-            self.path.write_text("\n".join(kept) + "\n")
+            self.done[record.episode_id] = record
 
     def add(self, record: EpisodeRecord) -> None:
         self.done[record.episode_id] = record
-        with self.path.open("a") as handle:
+        with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(_record_line(record)) + "\n")
 
     def close(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _header(line: str) -> dict[str, Any] | None:
+    try:
+        header = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return header if isinstance(header, dict) and "run" in header else None
 
 
 def _record_line(record: EpisodeRecord) -> dict[str, Any]:

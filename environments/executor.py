@@ -4,9 +4,16 @@ No `eval`, no module globals: a tool name is looked up in the set of names offer
 mapped to a bound public method of this episode's instance, and called with the JSON arguments. The
 result string is formatted exactly as the official executor formats it (`str` as is, `dict` through
 `json.dumps` with a `str` fallback, anything else `str()`, exceptions as "Error during execution: ...").
+As in the official executor, formatting is part of the call: a result that cannot be formatted (an
+integer over Python's 4,300-digit limit) becomes an error string like any exception. Arguments nested
+200 levels or more get the error the official executor's `eval` gives them (Python's parser refuses them)
+without running. Error strings that quote the model's output are bounded (`envtune_jax.untrusted_text`).
+Every call runs inside the executor's `guard`, which may refuse it (`CallRefused`): the tool process
+uses it to time calls and to refuse, on replay, a call that ran past its limit (`environments.tool_host`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -14,9 +21,10 @@ import importlib
 import inspect
 import json
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, ContextManager, Iterable, Mapping
 
-from environments.timelimit import CallTimeLimitExceeded, call_time_limit
+from envtune_jax.untrusted_json import value_depth
+from envtune_jax.untrusted_text import bounded_message, echo
 
 BACKEND_PACKAGE = "bfcl_eval.eval_checker.multi_turn_eval.func_source_code"
 API_CLASS_MODULES = {
@@ -31,6 +39,9 @@ API_CLASS_MODULES = {
 }
 STATELESS_CLASSES = frozenset({"MathAPI"})
 EXECUTION_ERROR_PREFIX = "Error during execution: "
+# The official executor writes the call as Python source and evals it; CPython's parser refuses brackets
+# nested this deep (the call's own parenthesis takes one level).
+PYTHON_NESTING_LIMIT = 200
 _DOC_TYPE_CHECKS = {
     "string": lambda v: isinstance(v, str),
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -39,6 +50,11 @@ _DOC_TYPE_CHECKS = {
     "array": lambda v: isinstance(v, list),
     "dict": lambda v: isinstance(v, dict),
 }
+
+
+def api_module_names() -> list[str]:
+    """The modules of the eight API classes (what a tool process imports before its first call)."""
+    return [f"{BACKEND_PACKAGE}.{module}" for module in API_CLASS_MODULES.values()]
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,7 +92,8 @@ def method_signature(class_name: str, method_name: str) -> inspect.Signature:
 
 
 def format_result(value: Any) -> str:
-    """The official executor's result string (exact `type()` checks, as it does)."""
+    """The official executor's result string (exact `type()` checks, as it does). May raise (a `str()` of
+    an integer over 4,300 digits): the official executor formats inside its error handling, so does ours."""
     if type(value) == str:  # noqa: E721
         return value
     if type(value) == dict:  # noqa: E721
@@ -85,6 +102,35 @@ def format_result(value: Any) -> str:
         except Exception:
             return str(value)
     return str(value)
+
+
+def error_result(message: str) -> str:
+    """An "Error during execution: ..." string, bounded."""
+    return bounded_message(EXECUTION_ERROR_PREFIX + message)
+
+
+def exception_text(exc: BaseException) -> str:
+    """`str(exc)`, or the exception's type name when even that raises (an argument over the digit limit)."""
+    try:
+        return str(exc)
+    except Exception:
+        return type(exc).__name__
+
+
+@functools.cache
+def python_nesting_error() -> str:
+    """The message of the SyntaxError that the official executor's eval raises for too deep arguments."""
+    source = "f(" + "[" * PYTHON_NESTING_LIMIT + "]" * PYTHON_NESTING_LIMIT + ")"
+    try:
+        compile(source, "<string>", "eval")
+    except SyntaxError as exc:
+        return str(exc)
+    return "too many nested parentheses (<string>, line 1)"  # CPython 3.11-3.13's words, if this one parses it
+
+
+def too_deep_for_python(arguments: Mapping[str, Any]) -> bool:
+    """Whether the official executor's Python source for these arguments nests past the parser's limit."""
+    return any(value_depth(value) >= PYTHON_NESTING_LIMIT for value in arguments.values())
 
 
 def _first_non_finite(value: Any) -> float | None:
@@ -111,12 +157,27 @@ class ExecutedCall:
     reported_error: bool  # executed and returned a dict with an "error" key
 
 
-class SafeExecutor:
-    """Executes calls by name on a fixed set of instances, restricted to the currently offered names."""
+class CallRefused(Exception):
+    """Raised by a guard instead of running a call; its message becomes the call's error string."""
 
-    def __init__(self, instances: Mapping[str, Any], tool_docs: Iterable[Mapping[str, Any]], time_limit_s: float | None):
+
+CallGuard = Callable[[str], ContextManager[None]]
+
+
+def no_guard(name: str) -> ContextManager[None]:
+    """Runs every call, untimed."""
+    return contextlib.nullcontext()
+
+
+class SafeExecutor:
+    """Executes calls by name on a fixed set of instances, restricted to the currently offered names.
+
+    `guard(name)` wraps each call (method and result formatting) and may refuse it with CallRefused."""
+
+    def __init__(self, instances: Mapping[str, Any], tool_docs: Iterable[Mapping[str, Any]],
+                 guard: CallGuard = no_guard):
         self.instances = dict(instances)
-        self.time_limit_s = time_limit_s
+        self.guard = guard
         self.owner_of = {name: cls for cls in self.instances for name in public_method_names(cls)}
         self._param_types: dict[str, dict[str, str]] = {}
         self.offered: set[str] = set()
@@ -159,37 +220,32 @@ class SafeExecutor:
         return True
 
     def execute(self, name: str, arguments: Mapping[str, Any]) -> ExecutedCall:
+        kept = dict(arguments) if isinstance(arguments, Mapping) else {}
+        if too_deep_for_python(kept):  # the official executor's eval fails to parse before anything else
+            return ExecutedCall(str(name), kept, error_result(python_nesting_error()), False, True, False)
         if not isinstance(name, str) or not (name in self.offered or name in self.callable_unoffered):
-            kept = dict(arguments) if isinstance(arguments, Mapping) else {}
-            return ExecutedCall(str(name), kept, f"{EXECUTION_ERROR_PREFIX}name '{name}' is not defined", False, True, False)
+            return ExecutedCall(str(name), kept, error_result(f"name '{echo(str(name))}' is not defined"), False, True, False)
         if not isinstance(arguments, Mapping):
-            message = f"{EXECUTION_ERROR_PREFIX}arguments of {name} must be a JSON object"
-            return ExecutedCall(name, {}, message, False, True, False)
-        arguments = dict(arguments)
-        valid = self.arguments_valid(name, arguments)
-        non_finite = _first_non_finite(arguments)
+            return ExecutedCall(name, {}, error_result(f"arguments of {name} must be a JSON object"), False, True, False)
+        valid = self.arguments_valid(name, kept)
+        non_finite = _first_non_finite(kept)
         if non_finite is not None:
-            message = f"{EXECUTION_ERROR_PREFIX}name '{abs(non_finite)!r}' is not defined"
-            return ExecutedCall(name, arguments, message, False, True, False)
+            return ExecutedCall(name, kept, error_result(f"name '{abs(non_finite)!r}' is not defined"), False, True, False)
         method = getattr(self.instances[self.owner_of[name]], name)
         try:
-            with call_time_limit(self.time_limit_s):
-                value = method(**copy.deepcopy(arguments))
-        except CallTimeLimitExceeded:
-            message = f"{EXECUTION_ERROR_PREFIX}{name} did not finish within {self.time_limit_s:g} s"
-            return ExecutedCall(name, arguments, message, valid, True, False)
+            with self.guard(name):
+                value = method(**copy.deepcopy(kept))
+                reported_error = type(value) == dict and "error" in value  # noqa: E721
+                result = format_result(value)
         except Exception as exc:  # the official executor turns every exception into a result string
-            return ExecutedCall(name, arguments, f"{EXECUTION_ERROR_PREFIX}{exc}", valid, True, False)
-        reported_error = type(value) == dict and "error" in value  # noqa: E721
-        return ExecutedCall(name, arguments, format_result(value), valid, False, reported_error)
+            return ExecutedCall(name, kept, error_result(exception_text(exc)), valid, True, False)
+        return ExecutedCall(name, kept, result, valid, False, reported_error)
 
     def execute_positional(self, name: str, args: tuple, kwargs: Mapping[str, Any]) -> str:
         """Runs a trusted ground-truth call (positional arguments allowed), offered or not."""
         method = getattr(self.instances[self.owner_of[name]], name)
         try:
-            with call_time_limit(self.time_limit_s):
+            with self.guard(name):
                 return format_result(method(*copy.deepcopy(args), **copy.deepcopy(dict(kwargs))))
-        except CallTimeLimitExceeded:
-            return f"{EXECUTION_ERROR_PREFIX}{name} did not finish within {self.time_limit_s:g} s"
         except Exception as exc:
-            return f"{EXECUTION_ERROR_PREFIX}{exc}"
+            return error_result(exception_text(exc))

@@ -1,8 +1,8 @@
 """Running episodes in worker processes (concurrent.futures.ProcessPoolExecutor).
 
 Episodes are independent and picklable: `step_batch` ships each chunk of (episode, action) pairs to a
-worker, steps them there (tool calls run in the worker's main thread, so the per-call time limit holds)
-and returns the advanced episodes with their step results. The caller keeps the returned episodes,
+worker, steps them there and returns the advanced episodes with their step results (an episode whose
+calls run in a tool process travels as its history and is rebuilt in the worker's own tool process). The caller keeps the returned episodes,
 which replace the ones it sent. `map_in_chunks` runs any picklable function over chunks of items.
 """
 from __future__ import annotations

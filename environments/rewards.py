@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+Verdict = tuple[bool, bool]  # a closed turn's official checks: (state matches, responses contained)
+
 
 def turn_reward(expects_calls: bool, made_call: bool, state_ok: bool, responses_ok: bool) -> float:
     if not expects_calls:

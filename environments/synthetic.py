@@ -30,6 +30,7 @@ from environments.config import EnvironmentConfig
 from environments.episode_core import TurnBasedEpisode
 from environments.executor import EXECUTION_ERROR_PREFIX, ExecutedCall
 from environments.rewards import responses_contained
+from envtune_jax.untrusted_text import echo
 
 DEFAULT_DEVICES = (("light", ("red", "green", "blue")), ("fan", ("low", "high")), ("door", ("open", "close")))
 CHAT_TURN_TEXT = "Thanks, that is all for now."
@@ -174,7 +175,7 @@ class SyntheticEpisode(TurnBasedEpisode):
     def _apply(self, state: dict[str, str], name: str, arguments: Any) -> tuple[str, bool, bool]:
         """(result string, valid call, reported error) of one call on `state`."""
         if name not in self._allowed:
-            return f"{EXECUTION_ERROR_PREFIX}name '{name}' is not defined", False, True
+            return f"{EXECUTION_ERROR_PREFIX}name '{echo(name)}' is not defined", False, True
         value = arguments.get("value") if isinstance(arguments, dict) and set(arguments) == {"value"} else None
         if not isinstance(value, str):
             return json.dumps({"error": f"{name} takes exactly one argument, 'value'"}), False, True
@@ -183,11 +184,14 @@ class SyntheticEpisode(TurnBasedEpisode):
         state[name] = value
         return json.dumps({name: value}), True, False
 
-    def _execute(self, call) -> ExecutedCall:
-        arguments = dict(call.arguments) if isinstance(call.arguments, dict) else {}
-        result, valid, error = self._apply(self._agent_state, call.name, arguments)
-        self._agent_results.append(result)
-        return ExecutedCall(call.name, arguments, result, valid, error and not valid, error and valid)
+    def _execute(self, calls) -> list[ExecutedCall]:
+        executed = []
+        for call in calls:
+            arguments = dict(call.arguments) if isinstance(call.arguments, dict) else {}
+            result, valid, error = self._apply(self._agent_state, call.name, arguments)
+            self._agent_results.append(result)
+            executed.append(ExecutedCall(call.name, arguments, result, valid, error and not valid, error and valid))
+        return executed
 
     def _hint(self, executed: ExecutedCall) -> str | None:
         requested = self.task.turns[self._turn]

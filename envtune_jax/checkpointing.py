@@ -26,7 +26,7 @@ from flax import nnx
 from envtune_jax.checkpoint_layout import MODEL_CONFIG_FILE
 from envtune_jax.sharding import named_sharding
 from models.config import Qwen3Config
-from models.hf_io import TOKENIZER_FILES, staged_dir
+from models.hf_io import TOKENIZER_FILES, CheckpointError, staged_dir
 from models.qwen3 import Qwen3
 
 
@@ -104,9 +104,12 @@ def read_model_config(ckpt_dir: str | Path, **runtime: Any) -> Qwen3Config:
     path = Path(ckpt_dir) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise CheckpointNotFound(f"{path}: not found; is {ckpt_dir} an envtune model checkpoint (from `envtune convert`)?")
-    fields = json.loads(path.read_text())["model"]
-    fields.update(runtime)
-    return Qwen3Config(**fields)
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))["model"]
+        fields.update(runtime)
+        return Qwen3Config(**fields)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not an envtune model config ({type(exc).__name__}: {exc})") from None
 
 
 def load_model(ckpt_dir: str | Path, mesh=None, dtype: str | None = None, compute_dtype: str | None = None,

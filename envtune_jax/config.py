@@ -25,6 +25,8 @@ from typing import Any, Callable, Collection, Mapping, Sequence, TypeVar
 
 import yaml
 
+from envtune_jax.atomic_files import write_text_atomic
+
 T = TypeVar("T")
 
 
@@ -358,10 +360,16 @@ def _drop_unread(config: Any, data: dict[str, Any]) -> None:
             _drop_unread(value, data[field.name])
 
 
-def save(config: Any, path: str | Path) -> None:
-    """Writes the resolved config as YAML (saved next to every run's checkpoints): every field in effect,
-    none that the chosen modes ignore, so `load` reads it back to an equal config."""
+def in_effect(config: Any) -> dict[str, Any]:
+    """`to_dict(config)` without the fields that the chosen modes ignore: what `save` writes, and what two
+    sets of settings are compared by."""
     data = to_dict(config)
     _drop_unread(config, data)
+    return data
+
+
+def save(config: Any, path: str | Path) -> None:
+    """Writes the resolved config as YAML (saved next to every run's checkpoints), replacing `path` whole:
+    every field in effect, none that the chosen modes ignore, so `load` reads it back to an equal config."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(in_effect(config), sort_keys=False))

@@ -102,28 +102,87 @@ def _rope_theta(hf: dict[str, Any]) -> float | None:
     return params.get("rope_theta")
 
 
+_POSITIVE_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                        "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def _field_error(source: str, name: str, value: Any, expected: str) -> NotAQwen3Checkpoint:
+    return NotAQwen3Checkpoint(f"{source}: field '{name}' is {value!r}; expected {expected}")
+
+
+def _check_computation(hf: dict[str, Any], source: str) -> None:
+    """Rejects config.json settings that change what the model computes and that this Qwen3 does not
+    implement (rather than ignoring them and computing something else)."""
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise NotAQwen3Checkpoint(f"{source}: hidden_act={act!r}; envtune-jax's Qwen3 MLP uses silu only")
+    if hf.get("attention_bias", False) is not False:
+        raise NotAQwen3Checkpoint(f"{source}: attention_bias={hf['attention_bias']!r}; envtune-jax's Qwen3 has no "
+                                  "biases on the attention projections")
+    if hf.get("use_sliding_window", False) is not False:
+        raise NotAQwen3Checkpoint(f"{source}: use_sliding_window={hf['use_sliding_window']!r} (sliding_window="
+                                  f"{hf.get('sliding_window')!r}); envtune-jax supports full attention only")
+    layer_types = hf.get("layer_types")
+    if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
+        other = sorted({str(kind) for kind in layer_types if kind != "full_attention"})
+        raise NotAQwen3Checkpoint(f"{source}: layer_types lists {other}; envtune-jax supports full_attention only")
+    for name in ("rope_scaling", "rope_parameters"):
+        rope = hf.get(name)
+        if rope is None or rope == {}:
+            continue
+        if not isinstance(rope, dict):
+            raise _field_error(source, name, rope, "an object or null")
+        kind = rope.get("rope_type", rope.get("type"))
+        if kind is None and not (name == "rope_parameters" and set(rope) <= {"rope_theta"}):
+            raise NotAQwen3Checkpoint(f"{source}: {name} {rope} names no rope_type; envtune-jax supports default "
+                                      "RoPE only (no scaling)")
+        if kind not in (None, "default"):
+            raise NotAQwen3Checkpoint(f"{source}: {name} of rope_type {kind!r} is not supported (default RoPE only)")
+
+
+def _check_field_types(kwargs: dict[str, Any], source: str) -> None:
+    for hf_name, ours in _HF_FIELDS.items():
+        value = kwargs[ours]
+        if value is None and hf_name == "head_dim":  # absent: hidden_size / num_attention_heads
+            continue
+        if hf_name in _POSITIVE_INT_FIELDS:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise _field_error(source, hf_name, value, "a positive integer")
+        elif hf_name == "tie_word_embeddings":
+            if not isinstance(value, bool):
+                raise _field_error(source, hf_name, value, "true or false")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise _field_error(source, hf_name, value, "a positive number")
+    if kwargs["num_heads"] % kwargs["num_kv_heads"]:
+        raise NotAQwen3Checkpoint(f"{source}: num_attention_heads {kwargs['num_heads']} is not a multiple of "
+                                  f"num_key_value_heads {kwargs['num_kv_heads']}")
+
+
 def from_hf_dict(hf: dict[str, Any], source: str = "config.json", **runtime: Any) -> Qwen3Config:
-    """Builds a Qwen3Config from the contents of an HF config.json, rejecting other models."""
+    """Builds a Qwen3Config from the contents of an HF config.json, rejecting other models, settings this
+    Qwen3 does not compute (another activation, biases, sliding windows, RoPE scaling) and malformed
+    fields, each with a message naming the file and the field."""
+    if not isinstance(hf, dict):
+        raise NotAQwen3Checkpoint(f"{source}: expected a JSON object, got {type(hf).__name__}")
     model_type = hf.get("model_type")
     archs = hf.get("architectures") or []
     if model_type != "qwen3" or (archs and "Qwen3ForCausalLM" not in archs):
         raise NotAQwen3Checkpoint(
             f"{source}: model_type={model_type!r}, architectures={archs}; envtune-jax loads dense Qwen3 "
             "(model_type 'qwen3', Qwen3ForCausalLM) only")
-    rope_scaling = hf.get("rope_scaling") or (hf.get("rope_parameters") or {})
-    if rope_scaling.get("rope_type", rope_scaling.get("type", "default")) not in ("default", None):
-        raise NotAQwen3Checkpoint(f"{source}: rope scaling {rope_scaling} is not supported")
+    _check_computation(hf, source)
     kwargs: dict[str, Any] = {}
     for hf_name, ours in _HF_FIELDS.items():
         value = _rope_theta(hf) if hf_name == "rope_theta" else hf.get(hf_name)
         if value is None:
-            if hf_name == "head_dim":
-                value = hf["hidden_size"] // hf["num_attention_heads"]
-            elif hf_name == "tie_word_embeddings":
+            if hf_name == "tie_word_embeddings":
                 value = False
-            else:
+            elif hf_name != "head_dim":  # (derived below)
                 raise NotAQwen3Checkpoint(f"{source}: missing field '{hf_name}'")
         kwargs[ours] = value
+    _check_field_types(kwargs, source)
+    if kwargs["head_dim"] is None:
+        kwargs["head_dim"] = kwargs["hidden_size"] // kwargs["num_heads"]
     kwargs["rope_theta"] = float(kwargs["rope_theta"])
     return Qwen3Config(**kwargs, **runtime)
 
@@ -132,7 +191,11 @@ def load_hf_config(hf_dir: str | Path, **runtime: Any) -> Qwen3Config:
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
         raise NotAQwen3Checkpoint(f"{path}: not found; expected a Hugging Face checkpoint directory")
-    return from_hf_dict(json.loads(path.read_text()), str(path), **runtime)
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NotAQwen3Checkpoint(f"{path}: not valid JSON ({exc})") from None
+    return from_hf_dict(hf, str(path), **runtime)
 
 
 def to_hf_dict(config: Qwen3Config) -> dict[str, Any]:

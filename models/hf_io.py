@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
+from envtune_jax.atomic_files import publish_dir, recover_dir
 from envtune_jax.sharding import named_sharding
 from models.config import NotAQwen3Checkpoint, Qwen3Config, load_hf_config, to_hf_dict
 from models.qwen3 import Qwen3
@@ -44,20 +45,46 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, malformed, or does not match the model; names file and tensor."""
 
 
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # stored dtypes the loader casts to param_dtype
+
+
+def _open_safetensors(path: Path):
+    """An open safetensors handle on `path`; a file that is not one (truncated, garbage) is a CheckpointError."""
+    try:
+        return safe_open(str(path), framework="numpy")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); truncated or corrupted? "
+                              "(download or copy it again)") from None
+
+
+def _shard_file(hf_dir: Path, index_path: Path, name: str, file) -> Path:
+    """The file a weight_map entry names, which must be a plain relative name inside the checkpoint folder
+    (symlinks in the folder, as in the HF hub cache, are fine: only the name is checked)."""
+    parts = Path(file).parts if isinstance(file, str) else ()
+    if not parts or Path(file).is_absolute() or any(part in ("..", ".") for part in parts):
+        raise CheckpointError(f"{index_path}: weight_map['{name}'] = {file!r} is not a file inside {hf_dir}")
+    return hf_dir / file
+
+
 def _tensor_index(hf_dir: Path) -> dict[str, Path]:
     """Maps each tensor name to the safetensors file holding it."""
     index_path = hf_dir / "model.safetensors.index.json"
     if index_path.is_file():
-        weight_map = json.loads(index_path.read_text()).get("weight_map")
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{index_path}: not valid JSON ({exc})") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index_path}: no 'weight_map'")
-        for file in set(weight_map.values()):
-            if not (hf_dir / file).is_file():
-                raise CheckpointError(f"{index_path}: lists {file}, which is missing")
-        return {name: hf_dir / file for name, file in weight_map.items()}
+        files = {name: _shard_file(hf_dir, index_path, name, file) for name, file in weight_map.items()}
+        for file in sorted(set(files.values())):
+            if not file.is_file():
+                raise CheckpointError(f"{index_path}: lists {file.relative_to(hf_dir)}, which is missing")
+        return files
     single = hf_dir / "model.safetensors"
     if single.is_file():
-        with safe_open(str(single), framework="numpy") as f:
+        with _open_safetensors(single) as f:
             return {name: single for name in f.keys()}
     raise CheckpointError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
 
@@ -74,7 +101,7 @@ def _open_tensors(names: Iterable[str], index: dict[str, Path]) -> Iterator[tupl
         for name in names:
             path = index[name]
             if path not in handles:
-                handles[path] = safe_open(str(path), framework="numpy").__enter__()
+                handles[path] = _open_safetensors(path).__enter__()
             yield name, handles[path]
     finally:
         for handle in handles.values():
@@ -109,18 +136,26 @@ def load_weights(hf_dir: Path, cfg: Qwen3Config, mesh=None, progress: bool = Tru
     if unexpected:
         raise CheckpointError(f"{hf_dir}: tensors this Qwen3 config has no place for: {unexpected[:5]}")
     dtype = jnp.dtype(cfg.param_dtype)
-    bar = tqdm(total=len(wanted), desc=f"loading {hf_dir.name}", unit="tensor", disable=not progress)
-    for name, handle in _open_tensors(sorted(wanted, key=lambda n: str(index[n])), index):
-        _, var = wanted[name]
-        meta = var.get_metadata()
-        shape = tuple(var.shape)
-        want_hf = expected_hf_shape(meta["hf_layout"], meta["layout"], shape)
-        stored = tuple(handle.get_slice(name).get_shape())
-        if stored != want_hf:
-            raise CheckpointError(f"{index[name]}: tensor '{name}' has shape {stored}, config.json implies {want_hf}")
-        var.set_value(_load_tensor(handle, name, meta, shape, dtype, mesh))
-        bar.update(1)
-    bar.close()
+    with tqdm(total=len(wanted), desc=f"loading {hf_dir.name}", unit="tensor", disable=not progress) as bar:
+        for name, handle in _open_tensors(sorted(wanted, key=lambda n: str(index[n])), index):
+            _, var = wanted[name]
+            meta = var.get_metadata()
+            shape = tuple(var.shape)
+            want_hf = expected_hf_shape(meta["hf_layout"], meta["layout"], shape)
+            stored = tuple(handle.get_slice(name).get_shape())
+            if stored != want_hf:
+                raise CheckpointError(f"{index[name]}: tensor '{name}' has shape {stored}, config.json implies "
+                                      f"{want_hf}")
+            stored_dtype = handle.get_slice(name).get_dtype()
+            if stored_dtype not in FLOAT_DTYPES:
+                raise CheckpointError(f"{index[name]}: tensor '{name}' is stored as {stored_dtype}; Qwen3 weights are "
+                                      f"floating point ({', '.join(FLOAT_DTYPES)}), quantized or integer checkpoints "
+                                      "are not supported")
+            try:
+                var.set_value(_load_tensor(handle, name, meta, shape, dtype, mesh))
+            except SafetensorError as exc:
+                raise CheckpointError(f"{index[name]}: tensor '{name}' cannot be read ({exc})") from None
+            bar.update(1)
     return nnx.merge(graphdef, state)
 
 
@@ -190,17 +225,19 @@ def save_pretrained(model: Qwen3, out_dir: str | os.PathLike, tokenizer_dir: str
 
 @contextlib.contextmanager
 def staged_dir(out_dir: Path, all_processes: bool = True) -> Iterator[Path]:
-    """Yields `.<name>.partial`, a sibling of `out_dir` to write into; on success it replaces `out_dir`,
-    on failure it is removed and an existing `out_dir` is left as it was.
+    """Yields `.<name>.partial`, a sibling of `out_dir` to write into; on success it replaces `out_dir`
+    (`publish_dir`: at every instant `out_dir` is the previous complete folder or the new one), on
+    failure it is removed and an existing `out_dir` is left as it was.
 
     With `all_processes` every process calls this (Orbax writes from all of them into the same folder):
     process 0 alone creates, renames and removes, between barriers. Otherwise only the caller writes.
     """
     out_dir = Path(out_dir).absolute()
-    tmp, old = (out_dir.parent / f".{out_dir.name}.{suffix}" for suffix in ("partial", "replaced"))
+    tmp = out_dir.parent / f".{out_dir.name}.partial"
     leader = not all_processes or jax.process_index() == 0
     if leader:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(out_dir)  # a previous publish killed between its fallback renames
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
         tmp.mkdir()
     _barrier(all_processes, f"staged_dir:create:{out_dir}")
@@ -208,16 +245,10 @@ def staged_dir(out_dir: Path, all_processes: bool = True) -> Iterator[Path]:
         yield tmp
         _barrier(all_processes, f"staged_dir:written:{out_dir}")
         if leader:
-            shutil.rmtree(old, ignore_errors=True)
-            if out_dir.exists():
-                out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            publish_dir(tmp, out_dir)
     except BaseException:
         if leader:
             shutil.rmtree(tmp, ignore_errors=True)
-            if old.exists() and not out_dir.exists():  # failed between the two renames
-                old.rename(out_dir)
         raise
     _barrier(all_processes, f"staged_dir:renamed:{out_dir}")
 

@@ -5,7 +5,9 @@ per prompt → one optimizer step) until the stage's budget (epochs over its dat
 is spent or its advance rule says so; rollouts use the stage's limits; validate greedily every
 `validation_every` steps; checkpoint every `checkpoint.every_steps` steps and at the end of the
 stage; export HF safetensors at the end of every stage. Re-running the same command resumes from
-the latest complete checkpoint (stage, step, data position, PRNG, metrics history included).
+the newest checkpoint that restores (stage, step, data position, PRNG, metrics history included).
+The run directory is locked while it trains, and its bookkeeping (settings per resume, finished
+marker) is rl/run_dir.py's; docs/runs-and-checkpoints.md describes the rules.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 from environments.bfcl_env import BfclEpisode
 from envtune_jax import checkpointing, config as config_lib, hf_io, interrupt
 from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, checkpoint_tokenizer, stop_token_ids
+from envtune_jax.folder_lock import hold_folder
 from envtune_jax.mesh import make_mesh, resolve_mesh_shape
 from envtune_jax.progress import OnPhase, PhaseDisplay
 from envtune_jax.sharding import named_sharding
@@ -31,6 +34,7 @@ from rl.grpo import PolicyLearner, summarize
 from rl.metrics_log import MetricsWriter
 from rl.run_checkpoint import RunCheckpointer
 from rl.run_config import RunConfig, stage_rollout
+from rl.run_dir import clear_finished, inspect_run_dir, mark_finished, record_settings
 from rl.stage_data import draw, load_subset
 from rl.train_step import Trainer
 
@@ -107,30 +111,76 @@ def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig
     return {f"val/{k}": v for k, v in metrics.items()}
 
 
-def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What `train` did: `run_dir`, and whether it wrote final/ (False: the run had finished already and
+    was left alone)."""
+    run_dir: Path
+    final_written: bool
+
+
+def train(cfg: RunConfig, stages: list[StageConfig], allow_config_change: bool = False,
+          rewrite_final: bool = False) -> TrainResult:
+    """Runs (or resumes) the curriculum in cfg.run_dir, which it locks for its duration. Before any model
+    loads: a run trained with other settings is refused unless `allow_config_change`; a finished run is
+    said so and left alone, unless `rewrite_final` (write final/ again from its last checkpoint)."""
     run_dir = Path(cfg.run_dir)
     resolve_mesh_shape(cfg.mesh, len(jax.devices()))  # a mesh that does not fit the devices: ConfigError
+    with hold_folder(run_dir, "run directory", log=_log):
+        checkpointer = RunCheckpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep,
+                                       async_save=cfg.checkpoint.async_save)
+        try:
+            start = inspect_run_dir(run_dir, cfg, stages, checkpointer.all_steps(), allow_config_change)
+            if rewrite_final and start.finished is None:
+                raise config_lib.ConfigError(f"--rewrite-final: {run_dir} holds no finished run with these settings")
+            if start.finished is not None and not rewrite_final:
+                _log(f"{run_dir}: this run finished at step {start.finished.get('step')} "
+                     f"({', '.join(start.finished.get('stages', []))}); its model is in {run_dir / 'final'}. "
+                     "Nothing to do (--rewrite-final writes final/ again; another run_dir starts a new run)")
+                return TrainResult(run_dir, final_written=False)
+            if start.changes:
+                _log(f"{run_dir}: continuing with changed settings: {'; '.join(start.changes)}")
+            model, tokenizer_dir, record = _run_stages(cfg, stages, run_dir, checkpointer, clear=start.finished is None)
+        finally:
+            checkpointer.close()
+        checkpointing.save_model(model, run_dir / "final", tokenizer_dir=tokenizer_dir, metadata={"run": str(run_dir)})
+        if jax.process_index() == 0:
+            mark_finished(run_dir, record["step"], stages)
+    return TrainResult(run_dir, final_written=True)
+
+
+def _resumed_message(record: dict, stages: list[StageConfig]) -> str:
+    if record["stage_index"] >= len(stages):
+        return f"resumed from step {record['step']}: every stage is done"
+    name = stages[record["stage_index"]].name
+    if not record["stage_started"]:
+        return f"resumed from step {record['step']}, at the start of stage {name}"
+    return f"resumed from step {record['step']} (stage {name}, step {record['step_in_stage']} of it)"
+
+
+def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkpointer: RunCheckpointer,
+                clear: bool):
+    """Loads the model, restores the newest readable checkpoint and trains the remaining stages; returns
+    (model, tokenizer directory, record)."""
     mesh = make_mesh(cfg.mesh) if len(jax.devices()) > 1 else None
-    if jax.process_index() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_lib.save(cfg, run_dir / "config.yaml")
-        for stage in stages:
-            config_lib.save(stage, run_dir / "stages" / f"{stage.name}.yaml")
     model, tokenizer_dir = load_policy_model(cfg, mesh)
     learner = build_learner(cfg, model, tokenizer_dir, mesh)
     tokenizer = learner.tokenizer
-    checkpointer = RunCheckpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-    writer = MetricsWriter(run_dir / "logs", tensorboard=cfg.logging.tensorboard)
-    # a Ctrl-C waits for an asynchronous save in flight (else the run would resume from the one before)
-    release_hold = interrupt.hold_while(checkpointer.manager.is_saving_in_progress, "the checkpoint being written")
     record = {"step": 0, "stage_index": 0, "step_in_stage": 0, "data_position": 0, "stage_started": False,
               "val_accuracy": [], "grad_norms": [], "decisions": []}
-    if checkpointer.latest_step() is not None:
-        ref_like = learner.ref_params if learner.ref_params is not None else learner.state.params
-        state, ref, record = checkpointer.restore(learner.state, ref_like)
+    ref_like = learner.ref_params if learner.ref_params is not None else learner.state.params
+    restored = checkpointer.restore_newest_readable(learner.state, ref_like, _log)
+    if restored is not None:
+        state, ref, record = restored
         learner.set_state(state, ref if learner.ref_params is not None else None)
-        _log(f"resumed from step {record['step']} (stage {stages[record['stage_index']].name}, "
-             f"step {record['step_in_stage']} of it)")
+        _log(_resumed_message(record, stages))
+    if jax.process_index() == 0:
+        record_settings(run_dir, cfg, stages, record["step"])
+        if clear:
+            clear_finished(run_dir)
+    writer = MetricsWriter(run_dir / "logs", tensorboard=cfg.logging.tensorboard, resume_step=record["step"])
+    # a Ctrl-C waits for an asynchronous save in flight (else the run would resume from the one before)
+    release_hold = interrupt.hold_while(checkpointer.manager.is_saving_in_progress, "the checkpoint being written")
     key = jax.random.key(cfg.seed)
     try:
         for stage_index in range(record["stage_index"], len(stages)):
@@ -158,6 +208,12 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
                     _log(f"{stage.name}: advancing — {decision.reason}")
                     record["decisions"].append({"stage": stage.name, "step": record["step"], "reason": decision.reason})
                     break
+                # the stage goes on: the periodic checkpoint of the step just done (the step that ends a stage
+                # is saved below, with the record of the stage boundary)
+                if (record["step_in_stage"] and record["step"] % cfg.checkpoint.every_steps == 0
+                        and checkpointer.latest_step() != record["step"]):
+                    display("checkpoint")
+                    checkpointer.save(record["step"], learner.state, _ref_or_params(learner), record)
                 picked = draw(entries, record["data_position"], stage.prompts_per_step, cfg.seed + stage_index)
                 groups = [[BfclEpisode(e, env_cfg) for _ in range(stage.samples_per_prompt)] for e in picked]
                 step_key = jax.random.fold_in(key, record["step"])
@@ -174,9 +230,6 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
                 writer.write(record["step"], metrics)
                 bar.update(1)
                 display.prefix = f"reward {metrics['reward_mean']:.3f} loss {metrics['loss']:+.4f} | "
-                if record["step"] % cfg.checkpoint.every_steps == 0:
-                    display("checkpoint")
-                    checkpointer.save(record["step"], learner.state, _ref_or_params(learner), record)
             display.close()
             bar.close()
             if stage.export_hf:
@@ -185,15 +238,12 @@ def train(cfg: RunConfig, stages: list[StageConfig]) -> Path:
                                             progress=False)
                 _log(f"{stage.name}: exported {out}")
             record.update(stage_index=stage_index + 1, stage_started=False)
-            if checkpointer.latest_step() != record["step"]:  # (a periodic save may hold this step already)
-                checkpointer.save(record["step"], learner.state, _ref_or_params(learner), record)
+            checkpointer.save(record["step"], learner.state, _ref_or_params(learner), record)
         checkpointer.wait()
     finally:
-        checkpointer.close()
         writer.close()
         release_hold()
-    checkpointing.save_model(model, run_dir / "final", tokenizer_dir=tokenizer_dir, metadata={"run": str(run_dir)})
-    return run_dir
+    return model, tokenizer_dir, record
 
 
 def prompt_length(tokenizer, stage: StageConfig):

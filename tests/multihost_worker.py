@@ -9,7 +9,8 @@ of a shared `ctx` dict (a new one slots into `PHASES`):
             its devices hold), one Trainer step, then the engine rolls out the next batch with the new weights;
   resume    save a RunCheckpointer checkpoint, roll out one more batch, continue one step, restore into
             zeroed state, step again on the same batch;
-  export    hf_io.save_pretrained (process 0 writes) and MetricsWriter (process 0 writes).
+  export    hf_io.save_pretrained (process 0 writes), the run directory lock (process 0 holds it) and
+            MetricsWriter (process 0 writes).
 Every rollout's trajectories (token ids, sampler log-probs, rewards) are part of the result.
 The random model earns reward 0 on every episode, so group-normalised advantages would all be 0 and a
 step would only apply weight decay; rows therefore train with fixed advantages (`ROW_ADVANTAGES`).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,11 +35,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
 
 from environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks  # noqa: E402
 from envtune_jax import hf_io  # noqa: E402
 from envtune_jax.chat.tokenizer import load_tokenizer  # noqa: E402
 from envtune_jax.chat.chat_config import ChatConfig  # noqa: E402
+from envtune_jax.folder_lock import LOCK_FILE, hold_folder  # noqa: E402
 from envtune_jax.mesh import MeshConfig, initialize_distributed, make_mesh  # noqa: E402
 from models.generation.buckets import BucketConfig  # noqa: E402
 from models.generation.engine import GenerationEngine  # noqa: E402
@@ -201,6 +205,12 @@ def phase_export(ctx: dict) -> None:
     out = Path(ctx["args"].out)
     model = nnx.merge(ctx["graphdef"], ctx["state"].params)
     hf_io.save_pretrained(model, out / "export", tokenizer_dir=ctx["args"].hf, progress=False)
+    with hold_folder(out / "run", "run directory") as lock:  # what `envtune train` holds: process 0 alone
+        holder = json.loads((out / "run" / LOCK_FILE).read_text())
+        ctx["result"]["lock"] = {"held_here": lock is not None and lock.held, "pid": os.getpid(),
+                                 "holder_pid": holder["pid"]}
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("lock read")  # before process 0 releases it
     writer = MetricsWriter(out / "metrics", tensorboard=False)
     for step, record in enumerate(ctx["metric_records"], start=1):
         writer.write(step, record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 
 import pytest
 
@@ -19,6 +20,11 @@ from environments.policies import DoNothingPolicy, OraclePolicy
 
 def _truth(entry, turn):
     return ground_truth_tool_calls(entry.ground_truth[turn], entry.involved_classes)
+
+
+def _in_process(config: EnvironmentConfig) -> EnvironmentConfig:
+    """The config without a time limit: the API instances live in this process, where a test can look."""
+    return dataclasses.replace(config, call_time_limit_s=None)
 
 
 def test_oracle_through_the_text_protocol_scores_100_percent_on_all_800_entries():
@@ -122,7 +128,7 @@ def test_truncate_scores_reached_turns_only():
 
 def test_format_feedback_continues_the_turn_and_empty_turn_warning_blocks_calls():
     entry = entry_by_id("multi_turn_miss_param_0")
-    env = BfclEpisode(entry, EnvironmentConfig.training(augmented=True))
+    env = BfclEpisode(entry, _in_process(EnvironmentConfig.training(augmented=True)))
     env.reset()
     result = env.step("bad", [], ["Tool call #1 is not valid JSON"])
     assert not result.turn_ended and result.messages == [{"role": "tool", "content": "Tool call #1 is not valid JSON"}]
@@ -130,12 +136,12 @@ def test_format_feedback_continues_the_turn_and_empty_turn_warning_blocks_calls(
         env.step("", _truth(entry, turn), [])
         env.step("", [], [])
     # Turn 3 expects no call: a call is not executed, the turn ends with 0, the next turn starts with a warning.
-    cwd_before = env._agent["GorillaFileSystem"]._current_dir.name
+    cwd_before = env._backend.agent["GorillaFileSystem"]._current_dir.name
     result = env.step("", [ToolCall("cd", {"folder": ".."})], [])
     assert result.turn_ended and not result.done
     assert result.messages[0]["content"].startswith(EMPTY_TURN_WARNING)
     assert entry.question[4][0]["content"] in result.messages[0]["content"]
-    assert env._agent["GorillaFileSystem"]._current_dir.name == cwd_before
+    assert env._backend.agent["GorillaFileSystem"]._current_dir.name == cwd_before
     assert env.outcome().turn_rewards[3] == 0.0 and env.outcome().counters["blocked_calls"] == 1
     counters = env.outcome().counters
     assert counters["format_errors"] == 1 and counters["format_error_steps"] == 1
@@ -216,9 +222,9 @@ def test_conversation_given_to_a_model_renders_as_the_official_handler_does():
 def test_long_context_flag_reaches_the_api_instances_of_long_context_entries_only():
     checked = collections.Counter()
     for entry in load_entries():
-        env = BfclEpisode(entry)
+        env = BfclEpisode(entry, _in_process(EnvironmentConfig.evaluation()))
         env.reset()
-        for instances in (env._agent, env._truth):
+        for instances in (env._backend.agent, env._backend.truth):
             for class_name, instance in instances.items():
                 if hasattr(instance, "long_context"):  # classes whose data depends on it set the attribute
                     assert instance.long_context is (entry.category == "multi_turn_long_context"), (entry.id, class_name)
@@ -230,22 +236,24 @@ def test_each_episode_gets_fresh_api_instances():
     entry = entry_by_id("multi_turn_base_0")  # GorillaFileSystem and TwitterAPI
     initial_config = copy.deepcopy(entry.initial_config)
     login = {k: entry.initial_config["TwitterAPI"][k] for k in ("username", "password")}
-    first = BfclEpisode(entry)
+    config = _in_process(EnvironmentConfig.evaluation())
+    first = BfclEpisode(entry, config)
     first.reset()
-    fs, twitter = first._agent["GorillaFileSystem"], first._agent["TwitterAPI"]
+    fs, twitter = first._backend.agent["GorillaFileSystem"], first._backend.agent["TwitterAPI"]
     tweets = len(twitter.tweets)
     calls = [ToolCall("mkdir", {"dir_name": "zz_new"}), ToolCall("authenticate_twitter", login),
              ToolCall("post_tweet", {"content": "zz"})]
     first.step("", calls, [])
     assert "zz_new" in fs._current_dir.contents and len(twitter.tweets) == tweets + 1 and twitter.authenticated
-    assert fs is not first._truth["GorillaFileSystem"] and "zz_new" not in first._truth["GorillaFileSystem"]._current_dir.contents
+    assert fs is not first._backend.truth["GorillaFileSystem"] and "zz_new" not in first._backend.truth["GorillaFileSystem"]._current_dir.contents
 
     def untouched(env):
-        assert env._agent["GorillaFileSystem"] is not fs and env._agent["TwitterAPI"] is not twitter
-        assert "zz_new" not in env._agent["GorillaFileSystem"]._current_dir.contents
-        assert len(env._agent["TwitterAPI"].tweets) == tweets and not env._agent["TwitterAPI"].authenticated
+        agent = env._backend.agent
+        assert agent["GorillaFileSystem"] is not fs and agent["TwitterAPI"] is not twitter
+        assert "zz_new" not in agent["GorillaFileSystem"]._current_dir.contents
+        assert len(agent["TwitterAPI"].tweets) == tweets and not agent["TwitterAPI"].authenticated
 
-    second = BfclEpisode(entry)
+    second = BfclEpisode(entry, config)
     second.reset()
     untouched(second)
     first.reset()  # a reset of the same episode object starts over too

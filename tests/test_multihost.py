@@ -200,6 +200,11 @@ def _check_agreement(workers: list[dict], reference: dict, processes: int, out: 
     assert first["resumed_loss"] == first["continued_loss"]
     assert first["resumed_checksum"] == first["continued_checksum"]
 
+    # process 0 alone held the run directory's lock, every process saw it as the holder, and it is gone
+    holders = [w for w in workers if w["lock"]["held_here"]]
+    assert [w["process_index"] for w in holders] == [0], [w["lock"] for w in workers]
+    assert all(w["lock"]["holder_pid"] == holders[0]["lock"]["pid"] for w in workers)
+    assert not (out / "run").exists()
     # one metrics log, one line per step (two writers would have appended twice)
     logs = list(out.rglob("metrics.jsonl"))
     assert logs == [out / "metrics" / "metrics.jsonl"], logs
@@ -251,9 +256,11 @@ def test_initialize_distributed_detects_the_environment(monkeypatch, env, expect
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    import jax  # (the module under test imports it where it is used)
+
     calls = []
-    monkeypatch.setattr(mesh_module.jax.distributed, "is_initialized", lambda: False)
-    monkeypatch.setattr(mesh_module.jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     assert mesh_module.initialize_distributed() is (expected is not None)
     assert calls == ([] if expected is None else [expected])
 
@@ -262,7 +269,9 @@ def test_initialize_distributed_names_missing_variables(monkeypatch):
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "h:1234")
     monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
     monkeypatch.setenv("JAX_PROCESS_ID", "0")
-    monkeypatch.setattr(mesh_module.jax.distributed, "is_initialized", lambda: False)
+    import jax
+
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
         mesh_module.initialize_distributed()
 

@@ -16,11 +16,11 @@ Reproduces bfcl_eval 2026.3.23 `QwenFCHandler` (`_parse_query_response_prompting
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from typing import Any
 
 from envtune_jax.chat import parse_errors as pe
+from envtune_jax.untrusted_json import loads_bounded
 
 TOOL_CALL_BLOCK = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.DOTALL)
 _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
@@ -72,8 +72,8 @@ def json_type_name(value: Any) -> str:
 
 
 def _load(body: str) -> tuple[Any, str]:
-    try:
-        return json.loads(body), ""
+    try:  # json.loads, refusing bodies nested past MAX_JSON_DEPTH at any stack depth (envtune_jax.untrusted_json)
+        return loads_bounded(body), ""
     except Exception as exc:  # the harness skips a body whatever json.loads raises (bad JSON, depth, huge ints)
         return UNPARSED, str(exc) or type(exc).__name__
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from envtune_jax.chat.special_tokens import ENDOFTEXT, IM_END, QWEN3_ADDED_TOKENS
+from envtune_jax.untrusted_text import replace_surrogates
 
 # Qwen's pre-tokenizer split (single digits, letters with one leading non-letter, punctuation runs, ...).
 QWEN_PRETOKENIZE_PATTERN = (
@@ -240,5 +241,6 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | Path, chat_template: s
 
 
 def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
-    """Token ids of `text` (added tokens in the text become their single ids; nothing else is added)."""
-    return tokenizer.encode(text, add_special_tokens=False).ids
+    """Token ids of `text` (added tokens in the text become their single ids; nothing else is added).
+    Lone surrogates (no UTF-8 form) are tokenized as U+FFFD: `envtune_jax.untrusted_text`."""
+    return tokenizer.encode(replace_surrogates(text), add_special_tokens=False).ids

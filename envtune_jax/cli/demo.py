@@ -110,7 +110,7 @@ def run(args) -> int:
     t = _banner(4, total, "4-stage curriculum on BFCL train entries (short prompts, 1 step per stage)")
     recipe = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "tiny_cpu.yaml"
     run_cfg, stages = load_run_config(recipe, [f"run_dir={out / 'train'}", f"model.ckpt={ckpt}", "model.preset=null"])
-    run_dir = train(run_cfg, stages)
+    run_dir = train(run_cfg, stages).run_dir
     print(f"  {run_dir} ({time.perf_counter() - t:.1f}s)")
 
     t = _banner(5, total, f"evaluate on the test split ({args.eval_limit} entries per category, official protocol)")

@@ -63,7 +63,18 @@ def register(subparsers) -> None:
                        help="attention for prompt / tool-response chunks (cudnn on GPU for long contexts)")
     model.add_argument("--decode-attention", default="reference", choices=("reference", "pallas"),
                        help="attention of one-token steps (pallas: JAX's Pallas GPU decode kernel)")
-    parser.set_defaults(func=run, validate=validate)
+    parser.set_defaults(func=run_locked, validate=validate)
+
+
+def run_locked(args) -> int:
+    """`run` with the output folder locked: one evaluation at a time per --out (a second one is refused).
+    Runs after `validate(args)`; whether --out holds a finished evaluation is asked again under the lock
+    (another evaluation may have finished there since)."""
+    from envtune_jax.folder_lock import hold_folder
+
+    with hold_folder(args.out, "evaluation output folder"):
+        refuse_finished(args.out, args.overwrite)
+        return run(args)
 
 
 def parse_categories(text: str) -> tuple[str, ...]:
@@ -85,8 +96,7 @@ def parse_categories(text: str) -> tuple[str, ...]:
 
 def validate(args) -> None:
     """Checks every argument (and reads --replay files) before anything is loaded or written."""
-    from environments.eval_report import PROGRESS_FILE
-    from environments.replay_files import EVAL_SUMMARY_FILE, load_recordings
+    from environments.replay_files import load_recordings
 
     args.category_names = parse_categories(args.categories)
     check.at_least(args, 1, "limit", "workers", "max_new_tokens", "batch_size", "max_cache_len")
@@ -98,9 +108,17 @@ def validate(args) -> None:
     args.out = args.out or Path("runs") / f"eval-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} exists and is not a folder")
-    finished = (args.out / EVAL_SUMMARY_FILE).exists() and not (args.out / PROGRESS_FILE).exists()
-    if finished and not args.overwrite:
-        raise ConfigError(f"--out {args.out} holds a finished evaluation ({EVAL_SUMMARY_FILE}); choose another --out, "
+    refuse_finished(args.out, args.overwrite)
+
+
+def refuse_finished(out: Path, overwrite: bool) -> None:
+    """ConfigError when `out` holds a finished evaluation (results, no progress file) and not `overwrite`."""
+    from environments.eval_report import PROGRESS_FILE
+    from environments.replay_files import EVAL_SUMMARY_FILE
+
+    finished = (out / EVAL_SUMMARY_FILE).exists() and not (out / PROGRESS_FILE).exists()
+    if finished and not overwrite:
+        raise ConfigError(f"--out {out} holds a finished evaluation ({EVAL_SUMMARY_FILE}); choose another --out, "
                           "or pass --overwrite to replace it")
 
 
