@@ -64,3 +64,27 @@ def test_held_work_is_waited_for_and_a_second_ctrl_c_stops_at_once():
     assert process.returncode == 130
     err = process.stderr.read()
     assert "waiting for the test's save to finish" in err and "second Ctrl-C" in err
+
+
+def test_the_tool_process_leaves_ctrl_c_to_its_parent():
+    """A terminal's Ctrl-C reaches the whole process group: the tool process ignores it (no traceback, no
+    restart), and the parent decides."""
+    import dataclasses
+
+    from environments.base import ToolCall
+    from environments.bfcl_data import entry_by_id
+    from environments.bfcl_env import BfclEpisode
+    from environments.config import EnvironmentConfig
+    from environments.hosted_backend import tool_host_client
+
+    env = BfclEpisode(entry_by_id("multi_turn_base_15"), dataclasses.replace(EnvironmentConfig.evaluation(),
+                                                                            call_time_limit_s=5.0))
+    env.reset()
+    env.step("", [ToolCall("mkdir", {"dir_name": "zz_before"})], [])
+    client = tool_host_client()
+    pid, started = client.pid, client.processes_started
+    os.kill(pid, signal.SIGINT)
+    time.sleep(0.5)
+    listing = env.step("", [ToolCall("ls", {})], []).messages[0]["content"]
+    assert "zz_before" in listing
+    assert (client.pid, client.processes_started) == (pid, started)
