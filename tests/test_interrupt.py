@@ -14,9 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from envtune_jax import interrupt
 
+    # what Python does at start-up, unless the process was started with SIGINT ignored (a background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     assert interrupt.install()
     if sys.argv[1] == "hold":
         interrupt.hold_while(lambda: True, "the test's save")
@@ -34,8 +36,7 @@ SCRIPT = textwrap.dedent("""
 
 def _start(mode: str) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-c", SCRIPT, mode], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert process.stdout.readline().strip() == "ready"
     return process
 
