@@ -1,4 +1,4 @@
-"""The learning curve of the synthetic run and the paper's ablation in miniature (README: Synthetic learning run).
+"""The learning curve of the synthetic run and the paper's ablation in miniature (docs/training.md: Synthetic learning run).
 
 Per seed: one warm-up (rl/synthetic_run.warm_up), then GRPO from the same warmed-up weights, with the
 same task draws and sampling keys, in four environments: hints/format feedback on or off × progress or
@@ -43,7 +43,7 @@ def first_window_reaching(values: list[float], level: float = 0.8, window: int =
 
 
 def curve_summary(curve: list[float]) -> dict:
-    """The figures the README's ablation table shows for one run."""
+    """The figures docs/training.md's ablation table shows for one run."""
     at = {f"at_{i}": round(curve[i], 3) for i in (0, 5, 10) if i < len(curve)}
     return {**at, "mean": round(sum(curve) / len(curve), 3), "last3": round(sum(curve[-3:]) / len(curve[-3:]), 3),
             "first_window_0.8": first_window_reaching(curve)}

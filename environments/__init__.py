@@ -4,5 +4,5 @@ base (episode interface) · config (EnvironmentConfig) · episode_core (turn pro
 bfcl_data / splits / tfds_builder (data) · executor / gt_calls (safe execution) · tool_backend (an episode's
 API state) / tool_host / hosted_backend (the tool process and its time limit) · bfcl_env · hints · rewards ·
 synthetic · protocol (official decoding) · policies · evaluation / eval_report · pool.
-See the README (section "Environments") and docs/robustness.md.
+See docs/environments.md and docs/robustness.md.
 """

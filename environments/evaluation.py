@@ -34,6 +34,18 @@ UNRENDERABLE_HISTORY = ("the official prompt formatter cannot render the tool ca
 
 
 @dataclasses.dataclass(frozen=True)
+class LiveEpisode:
+    """Where an episode in play stands (for progress displays): 0-based turn and step within the turn."""
+    episode_id: str
+    turn: int
+    step: int
+    num_turns: int | None
+
+
+OnRound = Callable[[list[LiveEpisode], int], None]  # (episodes in play, steps taken so far in all)
+
+
+@dataclasses.dataclass(frozen=True)
 class EpisodeRecord:
     episode_id: str
     category: str
@@ -66,7 +78,8 @@ def _failed_by_inference_error(outcome: EpisodeOutcome) -> EpisodeOutcome:
 
 def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: Decoder = decode_for_evaluation,
                  keep_history: bool = True, max_live: int | None = None,
-                 on_record: Callable[[EpisodeRecord], None] | None = None) -> list[EpisodeRecord]:
+                 on_record: Callable[[EpisodeRecord], None] | None = None,
+                 on_round: OnRound | None = None) -> list[EpisodeRecord]:
     """Plays every episode to the end; records are in the order of `episodes`.
 
     The `messages` a policy receives are the live conversation lists (read them, do not modify them);
@@ -79,7 +92,8 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
     live conversation in its cache from step to step. Episodes are independent, so this changes no result.
     A policy may answer STEP_PENDING for an episode whose step it is still generating: that episode keeps
     its state (and its place) and is asked again in the next round.
-    `on_record` is called with each episode's record as soon as the episode ends (to save it, count it).
+    `on_record` is called with each episode's record as soon as the episode ends (to save it, count it);
+    `on_round(live episodes, steps taken)` after every round (a progress display).
     """
     max_live = max_live if max_live is not None else getattr(policy, "max_live_episodes", None)
     max_live = len(episodes) if max_live is None else max(1, int(max_live))
@@ -90,6 +104,7 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
     pending = iter(range(len(episodes)))
     active: list[int] = []
     records: list[EpisodeRecord | None] = [None] * len(episodes)
+    steps_taken = 0
     inference_errors: dict[int, str] = {}
 
     def finish(i: int) -> None:
@@ -134,6 +149,7 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
                 continue
             calls, errors = decode(step.text, env)
             result = env.step(step.text, calls, errors)
+            steps_taken += 1
             if keep_history:
                 message = history_message(step.output, env.call_syntax)
                 conversations[i].append(message)
@@ -150,25 +166,31 @@ def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: De
                 finish(i)
         active[:] = [i for i in active if not episodes[i].done]
         fill()
+        if on_round is not None:
+            on_round([LiveEpisode(episodes[i].episode_id, turn_of[i], step_of[i], getattr(episodes[i], "num_turns", None))
+                      for i in active], steps_taken)
     return records
 
 
 def _evaluate_chunk(entries: list[BfclEntry], policy: Policy, config: EnvironmentConfig, keep_history: bool,
-                    on_record: Callable[[EpisodeRecord], None] | None = None) -> list[EpisodeRecord]:
+                    on_record: Callable[[EpisodeRecord], None] | None = None,
+                    on_round: OnRound | None = None) -> list[EpisodeRecord]:
     return run_episodes([BfclEpisode(entry, config) for entry in entries], policy, keep_history=keep_history,
-                        on_record=on_record)
+                        on_record=on_record, on_round=on_round)
 
 
 def evaluate_bfcl(entries: Sequence[BfclEntry], policy: Policy, config: EnvironmentConfig | None = None,
                   workers: int = 1, keep_history: bool = True,
-                  on_record: Callable[[EpisodeRecord], None] | None = None) -> list[EpisodeRecord]:
+                  on_record: Callable[[EpisodeRecord], None] | None = None,
+                  on_round: OnRound | None = None) -> list[EpisodeRecord]:
     """Records for `entries` (in order). workers > 1 splits the entries across processes; the policy
     must then be picklable (oracle, replay and do-nothing are; a model policy should run with workers=1).
     Workers are spawned, not forked: forking a process that runs JAX threads can deadlock.
-    `on_record` gets each record as its episode ends (with workers > 1: once every worker is done)."""
+    `on_record` gets each record as its episode ends (with workers > 1: once every worker is done); `on_round`
+    hears the episodes in play after every round (in this process only: not with workers > 1)."""
     config = config or EnvironmentConfig.evaluation()
     if workers <= 1 or len(entries) < 2:
-        return _evaluate_chunk(list(entries), policy, config, keep_history, on_record)
+        return _evaluate_chunk(list(entries), policy, config, keep_history, on_record, on_round)
     run_chunk = functools.partial(_evaluate_chunk, policy=policy, config=config, keep_history=keep_history)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         records = map_in_chunks(pool, run_chunk, list(entries), workers)

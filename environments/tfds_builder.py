@@ -12,7 +12,10 @@ Works without TensorFlow: writing and `as_data_source` reading only need numpy a
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -69,6 +72,20 @@ def bfcl_builder(data_dir: str | os.PathLike | None = None) -> BfclMultiTurn:
     return BfclMultiTurn(data_dir=str(data_dir or default_data_dir()), file_format=tfds.core.FileFormat.ARRAY_RECORD)
 
 
+def prepare_quietly(builder: BfclMultiTurn) -> None:
+    """Writes the splits if they are not there yet, saying so in one line: TFDS's own messages ("Downloading
+    and preparing dataset Unknown size ...") and progress bars (one per split and pass) go nowhere."""
+    if builder.is_prepared():
+        return
+    print(f"preparing the BFCL V3 multi-turn splits once, in {builder.data_dir}", file=sys.stderr, flush=True)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare()
+    finally:
+        tfds.display_progress_bar(True)
+
+
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -82,7 +99,7 @@ def load_split_entries(split: str, categories: Iterable[str] = CATEGORIES,
     if unknown:
         raise ValueError(f"unknown split {split!r}; choose from {list(BUILDER_SPLITS) + ['all']}")
     builder = bfcl_builder(data_dir)
-    builder.download_and_prepare()
+    prepare_quietly(builder)
     entries = []
     for name in splits:
         source = builder.as_data_source(split=name)

@@ -169,6 +169,9 @@ def main(argv: list[str]) -> None:
     """`python -m environments.tool_host CONNECTION_FD RECORD_FD`: what the parent starts."""
     connection_fd, record_fd = int(argv[0]), int(argv[1])
     _end_with_parent()
+    # A Ctrl-C reaches the whole process group: the parent decides what it means (envtune_jax/interrupt.py),
+    # and this process ends with it (the closed connection, or the kernel's signal above), without a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for module in api_module_names():  # loaded before the first request, not during it
         try:
             importlib.import_module(module)

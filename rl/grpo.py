@@ -20,6 +20,7 @@ from flax import nnx
 from environments.base import ToolEnvironment
 from envtune_jax.bench.device_limits import MEASURED
 from envtune_jax.chat.chat_config import ChatConfig
+from envtune_jax.progress import OnPhase
 from models.generation.sampling import SamplingParams
 from rl.advantages import group_advantages
 from rl.batch import pack_batch, process_batch
@@ -63,11 +64,12 @@ class PolicyLearner:
         nnx.update(self.model, state.params)
 
     def rollout(self, groups: Sequence[Sequence[ToolEnvironment]], chat: ChatConfig, sampling: SamplingParams,
-                rollout_cfg: RolloutConfig, rng, stats: RolloutStats | None = None, keep_text: bool = False) -> list[Trajectory]:
+                rollout_cfg: RolloutConfig, rng, stats: RolloutStats | None = None, keep_text: bool = False,
+                on_phase: OnPhase | None = None) -> list[Trajectory]:
         episodes = [episode for group in groups for episode in group]
         group_ids = [g for g, group in enumerate(groups) for _ in group]
         return run_rollouts(self.engine, self.tokenizer, chat, episodes, group_ids, sampling, rollout_cfg, rng,
-                            keep_text=keep_text, stats=stats)
+                            keep_text=keep_text, stats=stats, on_phase=on_phase)
 
     def _train_batch(self, trajectories: Sequence[Trajectory], advantages_b: np.ndarray):
         """(packed batch, rows this process supplied); across several processes, each supplies only the
@@ -89,19 +91,22 @@ class PolicyLearner:
         return batch, stop - start
 
     def iterate(self, groups: Sequence[Sequence[ToolEnvironment]], chat: ChatConfig, sampling: SamplingParams,
-                rollout_cfg: RolloutConfig, rng) -> tuple[dict, list[Trajectory]]:
-        """One rollout + optimizer step. All groups must have the same number of samples G."""
+                rollout_cfg: RolloutConfig, rng, on_phase: OnPhase | None = None) -> tuple[dict, list[Trajectory]]:
+        """One rollout + optimizer step. All groups must have the same number of samples G. `on_phase` hears
+        the rollout's progress (episodes done / total), then "update" (envtune_jax/progress.py)."""
         sizes = {len(group) for group in groups}
         if len(sizes) != 1:
             raise ValueError(f"every prompt needs the same number of samples, got group sizes {sorted(sizes)}")
         stats = RolloutStats()
         t0 = time.perf_counter()
-        trajectories = self.rollout(groups, chat, sampling, rollout_cfg, rng, stats)
+        trajectories = self.rollout(groups, chat, sampling, rollout_cfg, rng, stats, on_phase=on_phase)
         rollout_s = time.perf_counter() - t0
         rewards_pg = np.asarray([t.reward for t in trajectories], np.float32).reshape(len(groups), -1)
         advantages = np.asarray(group_advantages(jnp.asarray(rewards_pg), scale_by_std=self.loss_cfg.scale_advantages_by_std,
                                                  eps=self.loss_cfg.advantage_eps, ddof=self.loss_cfg.advantage_std_ddof))
         batch, local_rows = self._train_batch(trajectories, advantages.reshape(-1))
+        if on_phase is not None:
+            on_phase("update")
         t0 = time.perf_counter()
         self.state, train_metrics = self.trainer.step(self.state, self.ref_params, batch)
         nnx.update(self.model, self.state.params)

@@ -28,6 +28,7 @@ from environments.base import EpisodeOutcome, ToolEnvironment
 from environments.synthetic import parse_compact_calls
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import TokenConversation
+from envtune_jax.progress import OnPhase
 from models.generation.engine import GenerationEngine
 from models.generation.sampling import SamplingParams
 from rl.rollout_config import RolloutConfig
@@ -86,7 +87,8 @@ def _parse_step(episode: ToolEnvironment, conversation: TokenConversation):
 
 def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfig, episodes: Sequence[ToolEnvironment],
                  groups: Sequence[int], sampling: SamplingParams, config: RolloutConfig, rng: int | jax.Array = 0,
-                 keep_text: bool = False, stats: RolloutStats | None = None) -> list[Trajectory]:
+                 keep_text: bool = False, stats: RolloutStats | None = None,
+                 on_phase: OnPhase | None = None) -> list[Trajectory]:
     """Plays every episode to its end; returns one Trajectory per episode (same order).
 
     Continuous batching over the engine's B slots: episodes start in order as slots free up. Each round
@@ -101,6 +103,8 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     On an engine that cannot compact rows (`compact_rows` off, or the batch split over devices), a refill
     or extend of a few slots costs all B rows: the driver then refills only when every slot is free
     (fixed waves, the first refill's keys as before) and decodes whole steps.
+    `on_phase("rollout" | "environment", episodes done, episodes in all)` is called before every decode
+    call and every round of environment steps (envtune_jax/progress.py shows it).
     """
     stats = stats if stats is not None else RolloutStats()
     key = jax.random.key(rng) if isinstance(rng, int) else rng
@@ -125,9 +129,14 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     compacts = engine.compacts_rows
     max_steps = config.decode_chunk if config.decode_chunk > 0 and compacts else None
     state, refills = None, 0
+    finished = 0
+    on_phase = on_phase or (lambda phase, done=None, total=None: None)
+    on_phase("rollout", 0, len(episodes))
 
     def finish(i: int, history_row=None) -> None:
+        nonlocal finished
         trajectories[i] = _trajectory(episodes[i], conversations[i], groups[i], truncated[i], history_row, keep_text)
+        finished += 1
 
     while pending or ready or any(i is not None for i in episode_in):
         t0 = time.perf_counter()
@@ -181,6 +190,7 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
         active = [slot for slot, i in enumerate(episode_in) if i is not None]
         if not active:
             continue
+        on_phase("rollout", finished, len(episodes))
         t0 = time.perf_counter()
         budgets = tuple(step_budget[i] if i is not None else 0 for i in episode_in)
         step_sampling = dataclasses.replace(sampling, max_new_tokens=budgets)
@@ -189,6 +199,7 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
         stats.decode_calls += 1
         stats.slot_rounds += engine.batch_size
         stats.live_slot_rounds += len(active)
+        on_phase("environment", finished, len(episodes))
         t0 = time.perf_counter()
         appends: dict[int, list[int]] = {}
         ended: list[int] = []

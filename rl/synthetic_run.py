@@ -6,7 +6,7 @@ CPU) → warm-up on partly right demonstrations (rl/warmup.py: right call, mostl
 iterations (rollouts through the generation engine, chat protocol and environment; group advantages; the
 packed train step). With the defaults (seed 0) the mean reward goes from ~0.16 to ≥ 0.8 from about
 iteration 6 (tests/test_rl_learning.py; the measured curves and the hints / progress-reward ablation over
-3 seeds are in the README's "Synthetic learning run" section).
+3 seeds are in docs/training.md, "Synthetic learning run").
 Used by the demo and benchmarks/synthetic_learning.py.
 """
 from __future__ import annotations

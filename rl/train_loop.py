@@ -20,10 +20,11 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from environments.bfcl_env import BfclEpisode
-from envtune_jax import checkpointing, config as config_lib, hf_io
+from envtune_jax import checkpointing, config as config_lib, hf_io, interrupt
 from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, checkpoint_tokenizer, stop_token_ids
 from envtune_jax.folder_lock import hold_folder
 from envtune_jax.mesh import make_mesh, resolve_mesh_shape
+from envtune_jax.progress import OnPhase, PhaseDisplay
 from envtune_jax.sharding import named_sharding
 from models.config import preset
 from models.generation.sampling import SamplingParams
@@ -98,12 +99,14 @@ def stage_sampling(cfg: RunConfig, stage: StageConfig) -> SamplingParams:
                                max_new_tokens=stage_rollout(cfg, stage).max_new_tokens_per_step)
 
 
-def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key) -> dict:
+def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key,
+             on_phase: OnPhase | None = None) -> dict:
     """Greedy rollouts on the validation entries with the stage's prompt, limits and step cap, no augmentation."""
     env_cfg = dataclasses.replace(stage.environment, hints=False, format_feedback=False, empty_turn_warning=False)
     greedy = dataclasses.replace(stage_sampling(cfg, stage), greedy=True)
+    progress = None if on_phase is None else (lambda phase, done=None, total=None: on_phase("validation", done, total))
     trajectories = learner.rollout([[BfclEpisode(e, env_cfg)] for e in entries], stage.chat, greedy,
-                                   stage_rollout(cfg, stage), key)
+                                   stage_rollout(cfg, stage), key, on_phase=progress)
     metrics = summarize(trajectories)
     return {f"val/{k}": v for k, v in metrics.items()}
 
@@ -176,6 +179,8 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
         if clear:
             clear_finished(run_dir)
     writer = MetricsWriter(run_dir / "logs", tensorboard=cfg.logging.tensorboard, resume_step=record["step"])
+    # a Ctrl-C waits for an asynchronous save in flight (else the run would resume from the one before)
+    release_hold = interrupt.hold_while(checkpointer.manager.is_saving_in_progress, "the checkpoint being written")
     key = jax.random.key(cfg.seed)
     try:
         for stage_index in range(record["stage_index"], len(stages)):
@@ -195,6 +200,7 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
             env_cfg, rollout_cfg, sampling = stage.environment, stage_rollout(cfg, stage), stage_sampling(cfg, stage)
             bar = tqdm(total=budget.steps, initial=record["step_in_stage"], desc=stage.name, unit="step",
                        disable=not cfg.logging.progress_bar or jax.process_index() != 0)
+            display = PhaseDisplay(bar)  # what the step is doing: rollout i/n episodes, environment, update, compiling
             while True:
                 decision = decide_advance(stage, budget.steps, record["step_in_stage"], record["val_accuracy"],
                                           record["grad_norms"])
@@ -206,25 +212,28 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
                 # is saved below, with the record of the stage boundary)
                 if (record["step_in_stage"] and record["step"] % cfg.checkpoint.every_steps == 0
                         and checkpointer.latest_step() != record["step"]):
+                    display("checkpoint")
                     checkpointer.save(record["step"], learner.state, _ref_or_params(learner), record)
                 picked = draw(entries, record["data_position"], stage.prompts_per_step, cfg.seed + stage_index)
                 groups = [[BfclEpisode(e, env_cfg) for _ in range(stage.samples_per_prompt)] for e in picked]
                 step_key = jax.random.fold_in(key, record["step"])
-                metrics, _ = learner.iterate(groups, stage.chat, sampling, rollout_cfg, step_key)
+                metrics, _ = learner.iterate(groups, stage.chat, sampling, rollout_cfg, step_key, on_phase=display)
                 record["step"] += 1
                 record["step_in_stage"] += 1
                 record["data_position"] += stage.prompts_per_step
                 record["grad_norms"].append(metrics["grad_norm"])
                 if stage.validation_every and record["step_in_stage"] % stage.validation_every == 0:
-                    val = validate(learner, stage, val_entries, cfg, jax.random.fold_in(step_key, 1))
+                    val = validate(learner, stage, val_entries, cfg, jax.random.fold_in(step_key, 1), on_phase=display)
                     record["val_accuracy"].append(val["val/accuracy"])
                     metrics.update(val)
-                metrics.update(stage=stage_index, decision=decision.reason)
+                metrics.update(stage=stage_index, stage_name=stage.name, decision=decision.reason)
                 writer.write(record["step"], metrics)
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.4f}")
+                display.prefix = f"reward {metrics['reward_mean']:.3f} loss {metrics['loss']:+.4f} | "
+            display.close()
             bar.close()
             if stage.export_hf:
+                _log(f"{stage.name}: exporting HF safetensors to {run_dir / 'export' / stage.name}")
                 out = hf_io.save_pretrained(model, run_dir / "export" / stage.name, tokenizer_dir=tokenizer_dir,
                                             progress=False)
                 _log(f"{stage.name}: exported {out}")
@@ -233,6 +242,7 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
         checkpointer.wait()
     finally:
         writer.close()
+        release_hold()
     return model, tokenizer_dir, record
 
 

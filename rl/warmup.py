@@ -11,7 +11,7 @@ is answered and the model tries again (`max_attempts`), then replies empty. The 
 rl/synthetic_run.py (right device and value, 1 call in 20 well spelt) start GRPO near reward 0.1: what
 GRPO has to learn is the environment's syntax, which is stage 1-2 of the paper in miniature.
 (Demonstrations with a random *value* leave GRPO to learn reading the request from a one-bit reward,
-which this tiny model does not do within minutes; measured attempts are in the README.)
+which this tiny model does not do within minutes; measured attempts are in docs/training.md.)
 
 Every demonstration is stepped through a real episode, so it follows the protocol exactly.
 """

@@ -128,7 +128,7 @@ def test_choose_stage_names_the_choices():
         choose_stage(stages, "stage9")
 
 
-def test_bench_rollout_tiny_recipe_on_real_bfcl_environments():
+def test_bench_rollout_tiny_recipe_on_real_bfcl_environments(capsys):
     record = _run_cli(["bench", "rollout", "--recipe", str(REPO / "configs/recipes/tiny_cpu.yaml"),
                        "--stage", "stage2_hints", "--prompts", "1", "--samples", "1", "--iterations", "1", "--no-warmup",
                        "data.source=package", "sampler.batch_size=1"])
@@ -147,3 +147,5 @@ def test_bench_rollout_tiny_recipe_on_real_bfcl_environments():
     assert record["mfu"] is None  # a CPU is not in the table of measured devices
     assert record["compilations"]["decode"] == 1 and record["sampler_batch_size"] == 1
     assert record["first_iteration_s"] is None and record["first_iteration_shares"] is None
+    bar = capsys.readouterr().err  # the progress bar over iterations, on stderr
+    assert "bench rollout: 100%" in bar and "1/1 [" in bar

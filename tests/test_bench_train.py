@@ -82,7 +82,7 @@ def test_bench_train_counts_the_parameters_the_model_has(record):
 
 
 def test_model_flops_reproduce_the_peer_baseline_figures():
-    """shared/reference/performance-baselines.md: Qwen3-4B has 4.02e9 parameters; the peer's 11,074 tok/s
+    """docs/benchmarks.md (the peers' figures): Qwen3-4B has 4.02e9 parameters; the peer's 11,074 tok/s
     (batch 8 x 2048) is 267 model-TFLOP/s, i.e. 34% of the H100's measured 789 TFLOP/s."""
     params = preset("qwen3-4b-instruct-2507").num_params
     assert params == pytest.approx(4.02e9, rel=1e-3)
@@ -160,7 +160,9 @@ def test_grpo_iteration_reports_model_tflops_and_mfu_only_on_known_devices():
     learner = PolicyLearner(init_model(cfg), None, _TimedTrainer(), None, LossConfig(kl_coef=0.0))
     trajectories = [_trajectory(g, n) for g, n in ((0, 12), (0, 9), (1, 16), (1, 7))]
     learner.rollout = lambda *args, **kwargs: trajectories
-    metrics, _ = learner.iterate([[None, None], [None, None]], None, None, None, 0)
+    phases = []
+    metrics, _ = learner.iterate([[None, None], [None, None]], None, None, None, 0, on_phase=phases.append)
+    assert phases == ["update"]  # (the rollout's own phases come from run_rollouts)
     assert metrics["tokens"] == 12 + 9 + 16 + 7 and metrics["train_s"] >= 0.02
     assert metrics["train_tflops"] == pytest.approx(6 * cfg.num_params * metrics["tokens"] / metrics["train_s"] / 1e12,
                                                     rel=1e-12)

@@ -153,6 +153,8 @@ BAD_INPUT = [
     ("recipe show {recipe} sampler.max_new_tokens=5", "sampler.max_new_tokens=5 has no effect"),
     ("recipe show {recipe} stage_overrides=[epochs=0]", "epochs must be > 0"),
     ("recipe show", "the following arguments are required: recipe"),
+    # plot
+    ("plot {root}/none.jsonl", "none.jsonl does not exist"),
     # demo and the top level
     ("demo --eval-limit 0", "--eval-limit must be ≥ 1"),
     ("demo --out {unrelated}", "did not write"),
@@ -166,6 +168,7 @@ SUBPROCESS_ROWS = [
     "train --config {recipe} stage_overrides=[max_steps=-1]", "train --config {bad.yaml}",
     "eval --policy oracle --categories base,foo", "eval --replay {replay_bad_line.jsonl}",
     "bench generate --preset tiny", "bench rollout --recipe {recipe} --prompts 0", "demo --eval-limit 0",
+    "plot {root}/none.jsonl",
     "recipe show {recipe} sampler.max_new_tokens=5",
 ]
 

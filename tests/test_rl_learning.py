@@ -24,6 +24,6 @@ def test_default_synthetic_run_raises_the_reward_from_at_most_0_2_to_at_least_0_
     assert len(rewards) == cfg.rl_steps
     assert sum(rewards[:2]) / 2 <= 0.2, rewards
     assert sum(rewards[-5:]) / 5 >= 0.8, rewards
-    # the curve the README plots is the one written to metrics.jsonl
+    # the curve docs/training.md plots is the one written to metrics.jsonl
     logged = [json.loads(line)["reward_mean"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert logged == pytest.approx(rewards)

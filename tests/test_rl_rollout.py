@@ -34,7 +34,7 @@ def setup():
     return model, tokenizer, engine
 
 
-def play(setup, rng: int, decode_chunk: int = 0, sampling: SamplingParams | None = None, engine=None):
+def play(setup, rng: int, decode_chunk: int = 0, sampling: SamplingParams | None = None, engine=None, on_phase=None):
     """3 samples of a one-turn task, then 3 of a three-turn task: 6 episodes on 4 slots."""
     model, tokenizer, default_engine = setup
     engine = engine or default_engine
@@ -48,7 +48,7 @@ def play(setup, rng: int, decode_chunk: int = 0, sampling: SamplingParams | None
                            max_new_tokens_per_step=NEW_TOKENS, decode_chunk=decode_chunk)
     stats = RolloutStats()
     trajectories = run_rollouts(engine, tokenizer, ChatConfig(), episodes, groups, sampling, config, rng=rng,
-                                stats=stats)
+                                stats=stats, on_phase=on_phase)
     return trajectories, stats
 
 
@@ -83,7 +83,14 @@ def test_ended_episodes_give_their_slots_to_pending_ones(setup):
 
 
 def test_the_same_rng_gives_the_same_rollout(setup):
-    first, _ = play(setup, rng=5)
+    phases = []
+    first, stats = play(setup, rng=5, on_phase=lambda phase, done=None, total=None: phases.append((phase, done, total)))
+    # the progress it reports: rollout before every decode call, environment before every round of steps
+    assert phases[0] == ("rollout", 0, 2 * SAMPLES)
+    assert sum(phase == "rollout" for phase, _, _ in phases) == stats.decode_calls + 1
+    assert sum(phase == "environment" for phase, _, _ in phases) == stats.decode_calls
+    done = [d for _, d, _ in phases]
+    assert done == sorted(done) and 0 < done[-1] < 2 * SAMPLES and {t for _, _, t in phases} == {2 * SAMPLES}
     again, _ = play(setup, rng=5)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a.token_ids, b.token_ids)

@@ -17,12 +17,15 @@ compilation); then `--iterations` timed ones:
   live episode (the driver refills a slot as soon as its episode ends).
 With a preset model (`model.preset=qwen3-4b`) the weights are random and created on device: such a
 model writes no tool calls, so every step runs to its budget (`rollout.max_new_tokens_per_step`) and the
-environment's share is the least it can be. Prints one JSON line.
+environment's share is the least it can be. Prints one JSON line; a progress bar on stderr counts the
+iterations and shows what the current one is doing (rollout episodes done / total, environment, update,
+compiling).
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 
@@ -81,11 +84,13 @@ def iteration_shares(metrics: dict, wall_s: float) -> dict:
 
 def run(args) -> dict:
     import jax
+    from tqdm.auto import tqdm
 
     from envtune_jax.cli.common import print_json
     from envtune_jax.config import ConfigError
     from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.mesh import make_mesh, resolve_mesh_shape
+    from envtune_jax.progress import PhaseDisplay
     from environments.bfcl_env import BfclEpisode
     from rl.run_config import load_run_config, stage_rollout
     from rl.stage_data import draw, load_subset
@@ -107,13 +112,20 @@ def run(args) -> dict:
     entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
     sampling, rollout_cfg = stage_sampling(cfg, stage), stage_rollout(cfg, stage)
     key = jax.random.key(cfg.seed)
+    bar = tqdm(total=(0 if args.no_warmup else 1) + args.iterations + (1 if args.profile else 0),
+               desc="bench rollout", unit="iteration", file=sys.stderr)
+    display = PhaseDisplay(bar)
 
     def iteration(index: int) -> tuple[dict, float]:
+        display.prefix = "warm-up | " if index == 0 else "profiled | " if index > args.iterations else \
+            f"timed {index}/{args.iterations} | "
         picked = draw(entries, index * prompts, prompts, cfg.seed)
         groups = [[BfclEpisode(e, stage.environment) for _ in range(samples)] for e in picked]
         start = time.perf_counter()
-        metrics, trajectories = learner.iterate(groups, stage.chat, sampling, rollout_cfg, jax.random.fold_in(key, index))
+        metrics, trajectories = learner.iterate(groups, stage.chat, sampling, rollout_cfg, jax.random.fold_in(key, index),
+                                                on_phase=display)
         wall = time.perf_counter() - start
+        bar.update(1)
         metrics["episode_tokens_mean"] = statistics.mean(len(t.token_ids) for t in trajectories)
         metrics["turns_mean"] = statistics.mean(t.outcome.counters.get("turns_completed", 0) for t in trajectories)
         metrics["steps_mean"] = statistics.mean(t.outcome.counters.get("steps", 0) for t in trajectories)
@@ -124,6 +136,9 @@ def run(args) -> dict:
     if args.profile:
         with maybe_trace(args.profile):
             iteration(args.iterations + 1)
+    display.prefix = ""
+    display.close()
+    bar.close()
     walls = [wall for _, wall in timed]
     wall = statistics.mean(walls)
     mean = {k: statistics.mean(m[k] for m, _ in timed)

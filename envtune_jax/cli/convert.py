@@ -16,7 +16,9 @@ def register(subparsers) -> None:
                     "devices) and writes an Orbax model checkpoint with the config and tokenizer files. "
                     "An existing --out is replaced only when it is an earlier output of `envtune convert` "
                     "(or with --overwrite); an --out that is the input, or lies inside it, is refused.",
-        epilog="example: envtune convert --hf ~/models/Qwen3-4B-Instruct-2507 --out ckpt/qwen3-4b --dtype bfloat16",
+        epilog="examples:\n  envtune convert --hf ~/models/Qwen3-4B-Instruct-2507 --out ckpt/qwen3-4b-instruct-2507\n"
+               "  envtune convert --hf ~/models/Qwen3-4B-Instruct-2507 --out ckpt/qwen3-4b-bf16 --dtype bfloat16  "
+               "# only to evaluate or serve",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hf", type=Path, required=True, help="HF checkpoint directory")
     parser.add_argument("--out", type=Path, required=True, help="output checkpoint directory")

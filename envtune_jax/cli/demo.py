@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 # GRPO iterations of the demo's synthetic run: the default run's 30 (rl/synthetic_run.py), the curve
-# that the learning test checks and the README plots (~3 min with its warm-up on 2 CPU cores).
+# that the learning test checks and docs/training.md plots (~3 min with its warm-up on 2 CPU cores).
 DEMO_SYNTHETIC_STEPS = 30
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="the whole pipeline on a tiny embedded default (CPU, ~7 minutes on 2 cores)",
+        "demo", help="the whole pipeline on a tiny embedded default (CPU: 3-7 minutes on 2 cores, docs/measurements.md)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  envtune demo\n  envtune demo --out runs/my-demo --eval-limit 2\n"
                "  envtune demo --hf ~/models/Qwen3-0.6B")
@@ -95,7 +95,7 @@ def run(args) -> int:
 
     synthetic_summary = None
     if not args.skip_synthetic:
-        t = _banner(3, total, "synthetic multi-turn tool task: warm-up, then GRPO (README: Synthetic learning run)")
+        t = _banner(3, total, "synthetic multi-turn tool task: warm-up, then GRPO (docs/training.md: Synthetic learning run)")
         cfg = dataclasses.replace(SyntheticRunConfig(), rl_steps=args.synthetic_steps)
 
         def show(step, record):

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
         "eval", help="BFCL V3 multi-turn evaluation table (official protocol)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  envtune eval --policy oracle --split all\n"
-               "  envtune eval --replay result/Qwen3-4B/multi_turn --split test\n"
+               "  envtune eval --replay runs/eval-before/model_results.jsonl --split test\n"
                "  envtune eval --hf ~/models/Qwen3-4B-Instruct-2507 --split test --categories base,miss_func")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", type=Path, help="envtune model checkpoint")
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
                         help="recorded outputs in the official result layout (files or folders)")
     source.add_argument("--policy", choices=POLICY_CHOICES, help="built-in policy")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default="test",
-                        help="entries to evaluate (scenario split, see the README); default: test")
+                        help="entries to evaluate (scenario split, docs/environments.md); default: test")
     parser.add_argument("--categories", default="all",
                         help="comma-separated categories (base, long_context, miss_func, miss_param, or full "
                              "names); default: all four")
@@ -203,6 +203,17 @@ def _run_identity(args, source: str, categories) -> dict:
     return run
 
 
+def live_text(live, steps: int, shown: int = 2) -> str:
+    """The entries in play, for the progress bar: '57 steps | base_3 turn 2/4 step 3, miss_func_8 turn 1/3 step 1
+    (+2 more)'; `live` holds evaluation.LiveEpisode items."""
+    parts = []
+    for episode in live[:shown]:
+        turns = f"/{episode.num_turns}" if episode.num_turns else ""
+        parts.append(f"{episode.episode_id.removeprefix('multi_turn_')} turn {episode.turn + 1}{turns} step {episode.step + 1}")
+    more = f" (+{len(live) - shown} more)" if len(live) > shown else ""
+    return f"{steps} steps | {', '.join(parts)}{more}" if parts else f"{steps} steps"
+
+
 def _play(args, entries, progress, extra: dict, out: Path) -> list:
     """Plays `entries` with the chosen policy (none done: no model is loaded); each record is saved to
     `progress` as its entry ends, under a progress bar."""
@@ -211,6 +222,7 @@ def _play(args, entries, progress, extra: dict, out: Path) -> list:
     from environments.config import EnvironmentConfig
     from environments.evaluation import evaluate_bfcl
     from environments.policies import DoNothingPolicy, OraclePolicy, build_model_policy
+    from envtune_jax.progress import PhaseDisplay
 
     done = len(progress.done)
     if done:
@@ -231,16 +243,25 @@ def _play(args, entries, progress, extra: dict, out: Path) -> list:
         print(f"envtune eval: finished entries are saved as they end; if interrupted, run the same command with "
               f"--out {out} to go on", file=sys.stderr)
     bar = tqdm(total=done + len(entries), initial=done, desc="eval", unit="entry", file=sys.stderr)
+    # a model's entries take many steps each: the bar shows the entries in play (turn, step) and compilations
+    display = PhaseDisplay(bar) if args.policy is None else None
+    if display is not None:
+        display.show("0 steps | prefilling the first prompts")
 
     def on_record(record) -> None:
         progress.add(record)
         bar.update(1)
 
+    def on_round(live, steps: int) -> None:
+        display.show(live_text(live, steps))
+
     keep_history = args.policy is None  # only a model reads the conversation
     try:
         records = evaluate_bfcl(entries, policy, EnvironmentConfig.evaluation(), workers, keep_history=keep_history,
-                                on_record=on_record)
+                                on_record=on_record, on_round=on_round if display is not None else None)
     finally:
+        if display is not None:
+            display.close()
         bar.close()
     if hasattr(policy, "slot_occupancy"):  # a model: how its generation went
         extra["generation"] = {"decode_calls": policy.decode_calls, "slot_occupancy": round(policy.slot_occupancy, 4),

@@ -16,7 +16,8 @@ def register(subparsers) -> None:
                     "and the tokenizer files saved at conversion time. An existing --out is replaced only "
                     "when it is an earlier output of `envtune export` (or with --overwrite); an --out that "
                     "is the checkpoint, or lies inside it, is refused.",
-        epilog="example: envtune export --ckpt runs/recipe/final --out hf/qwen3-4b-envtuned --dtype bfloat16",
+        epilog="example (final/ is the trained envtune checkpoint of `envtune train`; export/<stage>/ already holds HF "
+               "safetensors):\n  envtune export --ckpt runs/qwen3-4b-envtuning/final --out hf/qwen3-4b-envtuned --dtype bfloat16",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, required=True, help="envtune model checkpoint directory")
     parser.add_argument("--out", type=Path, required=True, help="output HF directory")

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
         "generate", help="stream a chat reply from a model",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: envtune generate --hf ~/models/Qwen3-4B-Instruct-2507 --dtype bfloat16 "
-               "--prompt 'List the files in /tmp' --tools tools.json")
+               "--prompt 'List the files here' --tools configs/tools/file_system.json")
     add_model_source(parser)
     parser.add_argument("--prompt", required=True, help="the user message")
     parser.add_argument("--system", default=None, help="an optional system message")

@@ -17,7 +17,7 @@ import sys
 from envtune_jax import __version__
 from envtune_jax.cli.errors import OneLineParser, is_user_error, report, split_debug
 
-SUBCOMMANDS = ("convert", "export", "generate", "train", "eval", "bench", "demo", "recipe")
+SUBCOMMANDS = ("convert", "export", "generate", "train", "eval", "plot", "bench", "demo", "recipe")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,5 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def console() -> None:
+    """The `envtune` program: `main()` under the Ctrl-C watchdog, ended without the interpreter's slow teardown
+    (envtune_jax/interrupt.py says why)."""
+    from envtune_jax import interrupt
+
+    interrupt.install()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before main's own handling (while the subcommands are imported)
+        code = 130
+        print("\ninterrupted", file=sys.stderr)
+    interrupt.exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

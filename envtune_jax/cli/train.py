@@ -1,4 +1,5 @@
-"""`envtune train`: one stage or the whole curriculum from a recipe YAML; resumable with the same command."""
+"""`envtune train`: one stage or the whole curriculum from a recipe YAML; resumable with the same command.
+Ends with a summary: reward and accuracy per stage, and where everything was written."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ def register(subparsers) -> None:
                     "and a finished run is left alone (docs/runs-and-checkpoints.md).",
         epilog="examples:\n"
                "  envtune train --config configs/recipes/tiny_cpu.yaml\n"
-               "  envtune train --config configs/recipes/qwen3_4b_instruct_2507.yaml model.ckpt=ckpt/qwen3-4b "
+               "  envtune train --config configs/recipes/qwen3_4b_instruct_2507.yaml model.ckpt=ckpt/qwen3-4b-instruct-2507 "
                "optimizer.learning_rate=2e-6\n"
                "  envtune train --config configs/recipes/tiny_cpu.yaml 'stages=[../stages/stage2_hints.yaml]'",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,6 +37,9 @@ def validate(args) -> None:
 
 
 def run(args) -> int:
+    import jax
+
+    from rl.run_summary import run_summary
     from rl.train_loop import train
 
     cfg, stages = getattr(args, "run_config", None) or check.recipe(args.config, args.overrides)
@@ -45,5 +49,6 @@ def run(args) -> int:
     if args.rewrite_final:
         print(f"final model written again to {result.run_dir / 'final'} (from the run's last checkpoint)")
         return 0
-    print(f"run written to {result.run_dir}: logs/metrics.jsonl, checkpoints/, export/<stage>/, final/")
+    if jax.process_index() == 0:
+        print(run_summary(result.run_dir, [stage.name for stage in stages]), flush=True)
     return 0

@@ -7,7 +7,7 @@
     state, result = engine.decode(state, params, active=[0])
     record = engine.history(state)     # tokens, sampler log-probs, sampled mask, lengths
 
-See the README (section "Generation engine") for the design. The names below load their module on first
+See docs/generation.md for the design. The names below load their module on first
 use, so that the settings (`SamplerConfig`, `SamplingParams`, `BucketConfig`) are read without importing JAX.
 """
 import importlib
