@@ -1,13 +1,15 @@
 """The interface every tool environment implements (BFCL episodes, the synthetic task).
 
-One environment object is one episode. The caller (RL rollout driver, evaluation loop) owns the text:
-it renders messages, generates the assistant text, parses tool calls from it, appends the assistant
-message itself, and hands the environment the parsed calls plus any format-error strings:
+One environment object is one episode. The caller (training's rollout, the evaluation loop) owns the
+conversation: it renders messages, generates the assistant text, appends the assistant message itself, and
+hands the environment the step's calls, read by the environment's own parser (its call syntax is the
+environment's business: BFCL's <tool_call> JSON blocks, the synthetic task's two words), plus any
+format-error strings:
 
     messages = env.reset()                       # opening user message(s) of turn 0
     while not env.done:
         text = policy(...)                       # one assistant step
-        calls, errors = parse(text)              # chat protocol (or env.call_syntax == "compact")
+        calls, errors = env.parse_step(text, style)   # training (env.decode_step(text): evaluation)
         result = env.step(text, calls, errors)   # tool results / hints / next user turn
         messages += [assistant message] + result.messages
     outcome = env.outcome()                      # rewards, official verdict, counters
@@ -98,6 +100,16 @@ class ToolEnvironment(abc.ABC):
     @abc.abstractmethod
     def offered_tool_names(self) -> frozenset[str]:
         """Names callable right now (whitelist of the executor)."""
+
+    @abc.abstractmethod
+    def parse_step(self, text: str, style: str) -> tuple[list[ToolCallLike], list[str]]:
+        """Training's reading of a step's whole text, in chat prompt style `style`: (calls, format-error
+        messages). The calls are every call the official rule decodes, offered or not (a call to a tool not
+        offered is a tool error, run into the official error string, never also a format error)."""
+
+    @abc.abstractmethod
+    def decode_step(self, text: str) -> tuple[list[ToolCallLike], list[str]]:
+        """Evaluation's reading of a step's visible text: (calls, errors) by the official harness's rule."""
 
     @abc.abstractmethod
     def step(self, assistant_text: str, calls: Sequence[ToolCallLike], format_errors: Sequence[str]) -> StepResult:

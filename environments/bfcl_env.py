@@ -15,6 +15,7 @@ import copy
 import dataclasses
 from typing import Any, Callable, Sequence
 
+from environments.base import ToolCall, ToolCallLike
 from environments.bfcl_data import BfclEntry, shared_offered_tool_docs
 from environments.config import EnvironmentConfig
 from environments.episode_core import TurnBasedEpisode
@@ -22,13 +23,16 @@ from environments.executor import ExecutedCall, public_method_names
 from environments.gt_calls import parse_ground_truth_call
 from environments.hints import HintContext, hint_for
 from environments.hosted_backend import open_backend
+from environments.protocol import decode_official_step
 from environments.rewards import Verdict
 from environments.tool_backend import BackendSpec
+from envtune_jax.chat.parse import parse_tool_calls
 from envtune_jax.untrusted_text import echo
 
 # bfcl_eval.constants.default_prompts: the user message of a miss_func hold-out turn (prompting mode,
 # which the official Qwen FC handler uses: the withheld docs arrive inside it, as a Python list repr).
 ADDITIONAL_FUNCTION_PROMPT = "I have updated some more functions you can choose from. What about now?"
+UNDECODABLE_STEP = "the step's tool calls could not be decoded (official BFCL rule)"
 
 
 class BfclEpisode(TurnBasedEpisode):
@@ -58,6 +62,16 @@ class BfclEpisode(TurnBasedEpisode):
 
     def offered_tool_names(self) -> frozenset[str]:
         return frozenset(self._offered_docs) if self._started else frozenset(d["name"] for d in self._tool_docs)
+
+    def parse_step(self, text: str, style: str) -> tuple[list[ToolCallLike], list[str]]:
+        """The chat parser (`envtune_jax.chat.parse`): calls by the official rule, typed format errors."""
+        parsed = parse_tool_calls(text, self.offered_tool_names(), style)
+        return list(parsed.well_formed_calls), [error.message for error in parsed.format_errors]
+
+    def decode_step(self, text: str) -> tuple[list[ToolCall], list[str]]:
+        """The official Qwen FC rule (`decode_execute`); an undecodable step has no call and one error."""
+        calls = decode_official_step(text)
+        return ([], [UNDECODABLE_STEP]) if calls is None else (calls, [])
 
     def agent_results(self) -> list[str]:
         """Every result string the agent's calls produced so far (what the response check searches)."""

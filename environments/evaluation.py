@@ -1,12 +1,15 @@
-"""The evaluation loop: episodes played by a policy through the text protocol, batched across episodes.
+"""The evaluation loop: episodes played under the official BFCL text protocol, batched across episodes.
 
-Each round asks the policy for one step of every unfinished episode, decodes the calls (official BFCL
-rule, `protocol.decode_for_evaluation`), steps the environment and extends the conversation with the
-assistant message the official harness keeps (`protocol.history_message`: what the model wrote, not a
-re-serialisation of the decoded calls) and the environment's reply; an episode whose step the policy has
-not finished yet (`STEP_PENDING`) waits for the next round as it is. Finished episodes yield an
-`EpisodeRecord`: the outcome (official verdict, rewards, counters) and the visible step texts in the
-official result layout, so the run can be re-scored by the official evaluation.
+`EvaluationEpisodes` holds what happens at a step, once for every way of playing: the policy's state of an
+episode (the official history: the conversation as the official harness keeps it), and `take(i, step)`:
+the environment decodes the step's calls (`ToolEnvironment.decode_step`, the official rule for BFCL), steps,
+and the conversation gets the assistant message the official harness keeps (`protocol.history_message`: what
+the model wrote, not a re-serialisation of the decoded calls) and the environment's reply. An episode that
+ends yields an `EpisodeRecord`: the outcome (official verdict, rewards, counters) and the visible step texts
+in the official result layout, so the run can be re-scored by the official evaluation.
+Who steps which episode when is a player's choice: `run_episodes` plays rounds of a `Policy` (every episode
+in play answers one step per round), or hands the episodes to an `EpisodePlayer` (a model on the generation
+engine, rl/model_policy.py, whose episode runner schedules them on its slots).
 `evaluate_bfcl` does this for a list of entries, optionally split across worker processes.
 """
 from __future__ import annotations
@@ -15,17 +18,15 @@ import dataclasses
 import functools
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-from environments.base import EpisodeOutcome, ToolCall, ToolEnvironment
+from environments.base import EpisodeOutcome, ToolEnvironment
 from environments.bfcl_data import BfclEntry
 from environments.bfcl_env import BfclEpisode
 from environments.config import EnvironmentConfig
-from environments.policies import STEP_PENDING, Policy, PolicyState
+from environments.policies import Policy, PolicyState, PolicyStep, ReplayPolicy
 from environments.pool import map_in_chunks
-from environments.protocol import decode_for_evaluation, history_message, history_renders_officially
-
-Decoder = Callable[[str, ToolEnvironment], "tuple[list[ToolCall], list[str]]"]
+from environments.protocol import history_message, history_renders_officially
 
 
 INFERENCE_ERROR_PREFIX = "Error during inference: "  # the official result of an entry whose inference failed
@@ -76,115 +77,155 @@ def _failed_by_inference_error(outcome: EpisodeOutcome) -> EpisodeOutcome:
         binary_reward=0.0, reward=0.0, correct=False, counters={**outcome.counters, "inference_error": 1})
 
 
-def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy, decode: Decoder = decode_for_evaluation,
-                 keep_history: bool = True, max_live: int | None = None,
-                 on_record: Callable[[EpisodeRecord], None] | None = None,
+class EvaluationEpisodes:
+    """The episodes of one evaluation and their records (see the module docstring).
+
+    The `messages` of a state are the live conversation lists (read them, do not modify them); with
+    keep_history=False they stay empty (for policies that ignore them: oracle, replay, do-nothing). With
+    keep_history, a step whose kept message the official formatter cannot render (see
+    `bfcl_prompt.history_renders_officially`) ends its episode unless the episode ended with it: the official
+    harness would fail at its next query, and the entry is recorded as an inference error."""
+
+    def __init__(self, episodes: Sequence[ToolEnvironment], player_name: str, keep_history: bool = True,
+                 on_record: Callable[[EpisodeRecord], None] | None = None, on_round: OnRound | None = None):
+        self.episodes, self.player_name, self.keep_history = list(episodes), player_name, keep_history
+        self.on_record, self.on_round = on_record, on_round
+        self.records: list[EpisodeRecord | None] = [None] * len(self.episodes)
+        self.steps_taken = 0
+        self.live: dict[int, None] = {}  # episodes in play, in the order they started
+        self._messages: list[list[dict[str, Any]]] = [[] for _ in self.episodes]
+        self._tools: list[list[dict[str, Any]]] = [[] for _ in self.episodes]
+        self._turn = [0] * len(self.episodes)
+        self._step = [0] * len(self.episodes)
+        self._inference_error: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def start(self, i: int) -> bool:
+        """Starts episode i; False if it ended at once (then it is recorded)."""
+        env = self.episodes[i]
+        opening = env.reset()
+        if self.keep_history:
+            self._messages[i], self._tools[i] = list(opening), env.tools()
+        self.live[i] = None
+        return self._goes_on(i)
+
+    def state(self, i: int) -> PolicyState:
+        env = self.episodes[i]
+        return PolicyState(env.episode_id, self._turn[i], self._step[i], self._messages[i], self._tools[i],
+                           env.call_syntax)
+
+    def take(self, i: int, step: PolicyStep | None) -> bool:
+        """Plays the player's step of episode i (None: the player stops it); False once the episode has ended
+        (then it is recorded)."""
+        env = self.episodes[i]
+        if step is None:
+            env.truncate(f"policy {self.player_name} stopped")
+            return self._goes_on(i)
+        calls, errors = env.decode_step(step.text)
+        result = env.step(step.text, calls, errors)
+        self.steps_taken += 1
+        if self.keep_history:
+            message = history_message(step.output, env.call_syntax)
+            self._messages[i].append(message)
+            self._messages[i].extend(result.messages)
+            if not env.done and not history_renders_officially(message, env.call_syntax):
+                self._inference_error[i] = UNRENDERABLE_HISTORY
+                env.truncate(f"inference error: {UNRENDERABLE_HISTORY}")
+        if result.turn_ended:
+            self._turn[i], self._step[i] = self._turn[i] + 1, 0
+        else:
+            self._step[i] += 1
+        return self._goes_on(i)
+
+    def _goes_on(self, i: int) -> bool:
+        env = self.episodes[i]
+        if not env.done:
+            return True
+        outcome, error = env.outcome(), self._inference_error.get(i, "")
+        if error:
+            outcome = _failed_by_inference_error(outcome)
+        self.records[i] = EpisodeRecord(env.episode_id, env.category, outcome, env.steps_log(), error)
+        del self.live[i]
+        if self.on_record is not None:
+            self.on_record(self.records[i])
+        return False
+
+    def report(self) -> None:
+        """Tells `on_round` where the episodes in play stand (after a round)."""
+        if self.on_round is not None:
+            self.on_round([LiveEpisode(self.episodes[i].episode_id, self._turn[i], self._step[i],
+                                       getattr(self.episodes[i], "num_turns", None)) for i in self.live],
+                          self.steps_taken)
+
+
+class EpisodePlayer(Protocol):
+    """Plays every episode of `episodes` to its end, choosing itself which are in play (`start`, `state`,
+    `take`), and calls `episodes.report()` after its rounds: a model on the generation engine."""
+
+    name: str
+
+    def play(self, episodes: EvaluationEpisodes) -> None: ...
+
+
+def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy | EpisodePlayer, keep_history: bool = True,
+                 max_live: int | None = None, on_record: Callable[[EpisodeRecord], None] | None = None,
                  on_round: OnRound | None = None) -> list[EpisodeRecord]:
     """Plays every episode to the end; records are in the order of `episodes`.
 
-    The `messages` a policy receives are the live conversation lists (read them, do not modify them);
-    with keep_history=False they stay empty (for policies that ignore them: oracle, replay, do-nothing).
-    With keep_history, a step whose kept message the official formatter cannot render (see
-    `bfcl_prompt.history_renders_officially`) ends its episode unless the episode ended with it: the
-    official harness would fail at its next query, and the entry is recorded as an inference error.
-    At most `max_live` episodes are in play at once (default: the policy's `max_live_episodes`, if it
-    has one; else all): a finished episode's place goes to the next one, so a model policy can keep each
-    live conversation in its cache from step to step. Episodes are independent, so this changes no result.
-    A policy may answer STEP_PENDING for an episode whose step it is still generating: that episode keeps
-    its state (and its place) and is asked again in the next round.
+    A `Policy` answers one step of every episode in play per round; at most `max_live` are in play at once
+    (default: all), a finished episode's place going to the next one. Episodes are independent, so this
+    changes no result. An `EpisodePlayer` plays the episodes as it chooses (`max_live` does not apply).
     `on_record` is called with each episode's record as soon as the episode ends (to save it, count it);
     `on_round(live episodes, steps taken)` after every round (a progress display).
     """
-    max_live = max_live if max_live is not None else getattr(policy, "max_live_episodes", None)
-    max_live = len(episodes) if max_live is None else max(1, int(max_live))
-    conversations: list[list[dict[str, Any]]] = [[] for _ in episodes]
-    tools: list[list[dict[str, Any]]] = [[] for _ in episodes]
-    turn_of = [0] * len(episodes)
-    step_of = [0] * len(episodes)
-    pending = iter(range(len(episodes)))
-    active: list[int] = []
-    records: list[EpisodeRecord | None] = [None] * len(episodes)
-    steps_taken = 0
-    inference_errors: dict[int, str] = {}
+    session = EvaluationEpisodes(episodes, policy.name, keep_history, on_record, on_round)
+    if hasattr(policy, "play"):
+        if max_live is not None:
+            raise ValueError(f"max_live applies to round-by-round policies; {policy.name} schedules its episodes")
+        policy.play(session)
+    else:
+        _play_rounds(session, policy, len(session) if max_live is None else max(1, int(max_live)))
+    return session.records
 
-    def finish(i: int) -> None:
-        env = episodes[i]
-        if i in inference_errors:
-            records[i] = EpisodeRecord(env.episode_id, env.category, _failed_by_inference_error(env.outcome()),
-                                       env.steps_log(), inference_errors[i])
-        else:
-            records[i] = EpisodeRecord(env.episode_id, env.category, env.outcome(), env.steps_log())
-        if on_record is not None:
-            on_record(records[i])
+
+def _play_rounds(episodes: EvaluationEpisodes, policy: Policy, max_live: int) -> None:
+    """Each round asks the policy for one step of every episode in play."""
+    waiting = iter(range(len(episodes)))
+    live: list[int] = []
 
     def fill() -> None:  # starts episodes until max_live are in play (or none is left)
-        while len(active) < max_live:
-            i = next(pending, None)
+        while len(live) < max_live:
+            i = next(waiting, None)
             if i is None:
                 return
-            opening = episodes[i].reset()
-            if keep_history:
-                conversations[i], tools[i] = list(opening), episodes[i].tools()
-            if episodes[i].done:
-                finish(i)
-            else:
-                active.append(i)
+            if episodes.start(i):
+                live.append(i)
 
     fill()
-    while active:
-        states = [
-            PolicyState(episodes[i].episode_id, turn_of[i], step_of[i], conversations[i], tools[i],
-                        episodes[i].call_syntax)
-            for i in active
-        ]
-        steps = policy.act(states)
-        if len(steps) != len(active):
-            raise RuntimeError(f"policy {policy.name} returned {len(steps)} steps for {len(active)} states")
-        for i, step in zip(active, steps):
-            env = episodes[i]
-            if step is STEP_PENDING:
-                continue
-            if step is None:
-                env.truncate(f"policy {policy.name} stopped")
-                continue
-            calls, errors = decode(step.text, env)
-            result = env.step(step.text, calls, errors)
-            steps_taken += 1
-            if keep_history:
-                message = history_message(step.output, env.call_syntax)
-                conversations[i].append(message)
-                conversations[i].extend(result.messages)
-                if not env.done and not history_renders_officially(message, env.call_syntax):
-                    inference_errors[i] = UNRENDERABLE_HISTORY
-                    env.truncate(f"inference error: {UNRENDERABLE_HISTORY}")
-            if result.turn_ended:
-                turn_of[i], step_of[i] = turn_of[i] + 1, 0
-            else:
-                step_of[i] += 1
-        for i in active:
-            if episodes[i].done:
-                finish(i)
-        active[:] = [i for i in active if not episodes[i].done]
+    while live:
+        steps = policy.act([episodes.state(i) for i in live])
+        if len(steps) != len(live):
+            raise RuntimeError(f"policy {policy.name} returned {len(steps)} steps for {len(live)} states")
+        live[:] = [i for i, step in zip(live, steps) if episodes.take(i, step)]
         fill()
-        if on_round is not None:
-            on_round([LiveEpisode(episodes[i].episode_id, turn_of[i], step_of[i], getattr(episodes[i], "num_turns", None))
-                      for i in active], steps_taken)
-    return records
+        episodes.report()
 
 
-def _evaluate_chunk(entries: list[BfclEntry], policy: Policy, config: EnvironmentConfig, keep_history: bool,
+def _evaluate_chunk(entries: list[BfclEntry], policy: Policy | EpisodePlayer, config: EnvironmentConfig, keep_history: bool,
                     on_record: Callable[[EpisodeRecord], None] | None = None,
                     on_round: OnRound | None = None) -> list[EpisodeRecord]:
     return run_episodes([BfclEpisode(entry, config) for entry in entries], policy, keep_history=keep_history,
                         on_record=on_record, on_round=on_round)
 
 
-def evaluate_bfcl(entries: Sequence[BfclEntry], policy: Policy, config: EnvironmentConfig | None = None,
+def evaluate_bfcl(entries: Sequence[BfclEntry], policy: Policy | EpisodePlayer, config: EnvironmentConfig | None = None,
                   workers: int = 1, keep_history: bool = True,
                   on_record: Callable[[EpisodeRecord], None] | None = None,
                   on_round: OnRound | None = None) -> list[EpisodeRecord]:
     """Records for `entries` (in order). workers > 1 splits the entries across processes; the policy
-    must then be picklable (oracle, replay and do-nothing are; a model policy should run with workers=1).
+    must then be picklable (oracle, replay and do-nothing are; a model player runs with workers=1).
     Workers are spawned, not forked: forking a process that runs JAX threads can deadlock.
     `on_record` gets each record as its episode ends (with workers > 1: once every worker is done); `on_round`
     hears the episodes in play after every round (in this process only: not with workers > 1)."""
@@ -204,8 +245,6 @@ def replay_bfcl(entries: Sequence[BfclEntry], recorded: dict[str, list[list[str]
                 workers: int = 1) -> list[EpisodeRecord]:
     """Scores recorded outputs as the official evaluation does (no step cap; an entry whose recording
     has a different number of turns than its ground truth, or is missing, is force-terminated: wrong)."""
-    from environments.policies import ReplayPolicy
-
     policy = ReplayPolicy(recorded)
     records = evaluate_bfcl(entries, policy, EnvironmentConfig.replay(), workers, keep_history=False)
     by_id = {entry.id: entry for entry in entries}

@@ -1,19 +1,17 @@
 """Policies for evaluation: given conversation states, return the next assistant step of each.
 
-`Policy.act` is batched (a model-backed policy generates for many episodes at once). A policy returns,
-per state, a `PolicyStep` (the whole generated text; its visible part, after any </think>, is what the
-official result layout records and what is decoded; the history keeps what the official harness keeps
-of the whole text), None to stop that episode (it is truncated and scored as a force-quit), or
-`STEP_PENDING`: the step is still being generated and the driver asks again with the same state in its
-next round (a policy that streams steps lets the episodes whose step ended move on meanwhile).
+`Policy.act` is batched: it answers every state it is given, round by round (`evaluation.run_episodes`
+asks for one step of each episode in play). A policy returns, per state, a `PolicyStep` (the whole
+generated text; its visible part, after any </think>, is what the official result layout records and what
+is decoded; the history keeps what the official harness keeps of the whole text) or None to stop that
+episode (it is truncated and scored as a force-quit).
 Built in: the oracle (plays the ground truth through the text protocol), do-nothing, and replay of
-recorded outputs. A model-backed policy is built by the generation engine through
-`build_model_policy` (entry point `MODEL_POLICY_ENTRY_POINT`).
+recorded outputs. A model is not a `Policy` but an `evaluation.EpisodePlayer`, which schedules the episodes
+itself on the generation engine; the caller (the command line, the trainer) builds it and passes it in.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from environments.base import ToolCall
@@ -24,7 +22,6 @@ from environments.synthetic import SyntheticTask
 from envtune_jax.chat.official_decode import split_reasoning
 
 ORACLE_REPLY = "Done."
-MODEL_POLICY_ENTRY_POINT = "rl.model_policy:build_model_policy"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,20 +48,10 @@ class PolicyStep:
         return split_reasoning(self.output)[0]
 
 
-class StepPending:
-    """The type of STEP_PENDING: this episode's step is not finished yet; ask again with the same state."""
-
-    def __repr__(self) -> str:
-        return "STEP_PENDING"
-
-
-STEP_PENDING = StepPending()
-
-
 class Policy(Protocol):
     name: str
 
-    def act(self, states: Sequence[PolicyState]) -> list[PolicyStep | StepPending | None]: ...
+    def act(self, states: Sequence[PolicyState]) -> list[PolicyStep | None]: ...
 
 
 class DoNothingPolicy:
@@ -147,30 +134,3 @@ class ReplayPolicy:
             turn = turns[state.turn]
             steps.append(PolicyStep(turn[state.step] if state.step < len(turn) else ""))
         return steps
-
-
-class ModelPolicyUnavailableError(RuntimeError):
-    """No generation engine is wired in to build a model-backed policy."""
-
-
-def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, **options: Any) -> Policy:
-    """A model-backed policy from a checkpoint or an HF directory, built by the generation engine.
-
-    The engine plugs in by providing `build_model_policy(ckpt=..., hf_dir=..., **options) -> Policy`
-    at MODEL_POLICY_ENTRY_POINT (module:function).
-    """
-    module_name, function_name = MODEL_POLICY_ENTRY_POINT.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            raise ModelPolicyUnavailableError(
-                f"evaluating a model needs the generation engine, which is not wired in yet: expected "
-                f"`{function_name}(ckpt=..., hf_dir=..., **options)` returning an environments.policies.Policy "
-                f"in module `{module_name}`. Use --policy oracle or --replay FILE meanwhile."
-            ) from exc
-        raise
-    factory = getattr(module, function_name, None)
-    if factory is None:
-        raise ModelPolicyUnavailableError(f"module `{module_name}` has no `{function_name}` function")
-    return factory(ckpt=ckpt, hf_dir=hf_dir, **options)

@@ -157,6 +157,13 @@ class SyntheticEpisode(TurnBasedEpisode):
     def offered_tool_names(self) -> frozenset[str]:
         return frozenset(self._allowed)
 
+    def parse_step(self, text: str, style: str) -> tuple[list[ToolCall], list[str]]:
+        """The compact syntax, whatever the chat style."""
+        return parse_compact_calls(text, sorted(self.offered_tool_names()))
+
+    def decode_step(self, text: str) -> tuple[list[ToolCall], list[str]]:
+        return parse_compact_calls(text, sorted(self.offered_tool_names()))
+
     def _start(self) -> None:
         self._agent_state = {name: INITIAL_SETTING for name in self._allowed}
         self._truth_state = dict(self._agent_state)

@@ -1,121 +1,110 @@
-"""A model-backed evaluation policy: the official BFCL Qwen FC protocol on our generation engine.
+"""A model as an evaluation player: the official BFCL Qwen FC protocol on the episode runner.
 
-Like the official harness, every step re-renders the whole conversation with the Qwen FC template
-(tools in the system prompt, earlier steps as rendered tool calls) and generates greedily (the
-harness's temperature 0.001) up to `max_new_tokens` (4096); the step's whole text goes to the
-evaluation driver, which splits off the reasoning and keeps the history as the official handler does.
-The live episodes' steps are generated as one batch, streamed: each engine call decodes at most
-`decode_chunk` tokens of every live step; an episode whose step ended leaves
-with it (its environment steps, its next prompt is prefilled, or a new episode takes its slot) while the
-others answer `STEP_PENDING` and go on at the next call, so a round does not wait for its longest step.
-Greedy decoding draws each token from its position alone: chunking changes no step.
+Like the official harness, every step re-renders the whole conversation with the Qwen FC template (tools in
+the system prompt, earlier steps as the official harness keeps them) and generates greedily (the harness's
+temperature 0.001) up to `max_new_tokens` (4096); the step's whole text goes back to the evaluation's
+episodes (`environments.evaluation.EvaluationEpisodes`), which keep the history as the official handler does.
 
-Each live episode keeps an engine slot from step to step, and the slot's cache keeps the tokens it
-holds (the last prompt and the generated step): a re-rendered prompt is compared token by token with
-them and only what differs is prefilled (`GenerationEngine.replace_tail`), instead of the whole
-conversation at every step. The evaluation driver keeps at most `max_live_episodes` (the engine's
-slots) in play, so every live episode has a slot; with more live episodes than slots they evict each
-other and each step prefills in full, as before. Cached keys and values belong to the weights that
-computed them: after changing the model's weights, call `forget()`.
+This module is the re-render protocol of the episode runner (rl/episode_runner.py): each request is the
+official prompt, rendered and tokenized afresh from the kept conversation. The runner plays the live
+episodes' steps as one batch over the engine's slots, streamed (at most `decode_chunk` tokens of every live
+step per engine call; an episode whose step ended steps its environment while the others go on), keeps each
+episode in its slot, and compares each rendered prompt with what the slot's cache holds: only the differing
+tail is prefilled (`replace_tail`). Greedy tokens depend on their position alone, so neither chunking nor
+kept caches change a step. Each evaluation starts from an empty engine state: cached keys and values never
+outlive the weights that computed them.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable
 
-import numpy as np
-
-from environments.policies import STEP_PENDING, PolicyState, PolicyStep, StepPending
+from environments.evaluation import EvaluationEpisodes
+from environments.policies import PolicyStep
 from envtune_jax.chat.render import render_messages
 from envtune_jax.chat.tokenizer import encode_text, stop_token_ids
 from models.generation.sampling import SamplingParams
+from rl.episode_runner import EpisodeRunner, RunnerStats, SamplerRow, StepRequest
 
 
-@dataclasses.dataclass
-class _StepInProgress:
-    """An episode's step that a decode call left unfinished: it goes on in `slot` at the next `act`."""
+class RenderedEpisodes:
+    """The re-render protocol: every request is the episode's official prompt, rendered from its history."""
 
-    slot: int
-    turn: int
-    step: int
-    start: int  # where the step's tokens begin in the slot's cached ids
+    def __init__(self, policy: "ModelPolicy", episodes: EvaluationEpisodes):
+        self.policy, self.episodes = policy, episodes
+
+    def begin(self, i: int) -> StepRequest | None:
+        return self._prompt(i) if self.episodes.start(i) else None
+
+    def step_ended(self, i: int, step_ids: list[int]) -> StepRequest | None:
+        return self._prompt(i) if self.episodes.take(i, self.policy._policy_step(step_ids)) else None
+
+    def finish(self, i: int, sampler_row: Callable[[], SamplerRow] | None) -> None:
+        """(The episode's record was kept when it ended.)"""
+
+    def _prompt(self, i: int) -> StepRequest | None:
+        ids = self.policy.prompt_ids(self.episodes.state(i))
+        if len(ids) > self.policy.engine.max_cache_len - 1:  # the conversation outgrew the context: a force-quit
+            self.policy._warn_too_long()
+            self.episodes.take(i, None)
+            return None
+        return StepRequest(ids, self.policy.sampling.max_new_tokens)
 
 
 class ModelPolicy:
+    """Plays evaluation episodes with a generation engine (an `environments.evaluation.EpisodePlayer`).
+
+    `reuse_cache=False` prefills every prompt in full (the plain path that kept conversations are tested
+    against). `stats` accumulates over evaluations."""
+
     name = "model"
 
-    def __init__(self, engine, tokenizer, max_new_tokens: int = 4096, style: str = "qwen_fc", decode_chunk: int = 128):
-        if decode_chunk < 0:
-            raise ValueError(f"decode_chunk must be ≥ 0 (0: decode whole steps), got {decode_chunk}")
-        self.engine = engine
-        self.tokenizer = tokenizer
-        self.style = style
-        self.decode_chunk = decode_chunk
+    def __init__(self, engine, tokenizer, max_new_tokens: int = 4096, style: str = "qwen_fc", decode_chunk: int = 128,
+                 reuse_cache: bool = True):
+        self.engine, self.tokenizer, self.style = engine, tokenizer, style
+        self.decode_chunk, self.reuse_cache = decode_chunk, reuse_cache
         self.sampling = SamplingParams(greedy=True, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tokenizer))
+        self.stats = RunnerStats()
         self._warned = False
-        self._state = None  # the engine state, kept between steps
-        self._episode_of_slot: list[str | None] = []  # per slot (sized at the first step)
-        self._cached: list[list[int]] = []  # per slot: the token ids its cache holds
-        self._in_progress: dict[str, _StepInProgress] = {}  # episode -> its unfinished step
-        self.prefilled_tokens = 0  # tokens prefilled so far (the re-rendered prompts' differing tails)
-        self.prompt_tokens = 0  # tokens of the rendered prompts so far (what a fresh prefill per step costs)
-        self.decode_calls = 0
-        self.slot_steps = 0  # slots x decode steps run
-        self.live_slot_steps = 0  # ... of which a slot sampled a token of a live step
 
-    def forget(self) -> None:
-        """Drops every cached conversation (the next step of each episode prefills its prompt in full, and an
-        unfinished step starts again)."""
-        self._cached = [[] for _ in self._cached]
-        self._in_progress.clear()
+    def play(self, episodes: EvaluationEpisodes) -> None:
+        def on_phase(phase: str, done: int | None = None, total: int | None = None) -> None:
+            if phase == "rollout" and episodes.live:  # a round has ended: where the episodes in play stand
+                episodes.report()
+
+        runner = EpisodeRunner(self.engine, self.sampling, self.decode_chunk, reuse_cache=self.reuse_cache)
+        runner.run(RenderedEpisodes(self, episodes), len(episodes), stats=self.stats, on_phase=on_phase)
 
     @property
-    def max_live_episodes(self) -> int:
-        """Episodes the evaluation driver keeps in play at once: one per engine slot."""
-        return self.engine.batch_size
+    def decode_calls(self) -> int:
+        return self.stats.decode_calls
+
+    @property
+    def slot_steps(self) -> int:
+        """Slots x decode steps run."""
+        return self.stats.slot_steps
+
+    @property
+    def live_slot_steps(self) -> int:
+        """... of which a slot sampled a token of a live step."""
+        return self.stats.sampled_tokens
 
     @property
     def slot_occupancy(self) -> float:
-        """Share of the decode steps' slots that sampled a token of a live step."""
-        return self.live_slot_steps / self.slot_steps if self.slot_steps else 0.0
+        return self.stats.slot_occupancy
 
-    def prompt_ids(self, state: PolicyState) -> list[int]:
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of the rendered prompts (what a fresh prefill per step costs)."""
+        return self.stats.prompt_tokens
+
+    @property
+    def prefilled_tokens(self) -> int:
+        """Tokens prefilled (the rendered prompts' differing tails)."""
+        return self.stats.prefilled_tokens
+
+    def prompt_ids(self, state) -> list[int]:
         return encode_text(self.tokenizer, render_messages(state.messages, state.tools, self.style, True))
-
-    def act(self, states: Sequence[PolicyState]) -> list[PolicyStep | StepPending | None]:
-        if not states:
-            return []
-        if not self._cached:
-            self._episode_of_slot = [None] * self.engine.batch_size
-            self._cached = [[] for _ in range(self.engine.batch_size)]
-        # Streaming: each call decodes ≤ decode_chunk tokens; an unfinished step answers STEP_PENDING and goes
-        # on in its slot next time, while episodes whose step ended step their environments and rejoin. Needs
-        # every episode in a slot, and compacted rows (else each rejoining tail costs an extend of all B rows).
-        streaming = self.decode_chunk > 0 and self.engine.compacts_rows and len(states) <= self.engine.batch_size
-        if not streaming:  # whole steps, groups of B; an unfinished step starts again (greedy: the same tokens)
-            self._in_progress.clear()
-        limit = self.engine.max_cache_len - 1
-        steps: list[PolicyStep | StepPending | None] = [None] * len(states)
-        work: list[tuple[int, PolicyState, list[int] | None]] = []  # (index, state, prompt; None: goes on)
-        for k, state in enumerate(states):
-            progress = self._in_progress.get(state.episode_id)
-            if progress is not None and (progress.turn, progress.step) == (state.turn, state.step):
-                work.append((k, state, None))
-                continue
-            self._in_progress.pop(state.episode_id, None)
-            prompt = self.prompt_ids(state)
-            if len(prompt) > limit:  # the conversation outgrew the context: the episode stops (a force-quit)
-                self._warn_too_long()
-                continue
-            work.append((k, state, prompt))
-        max_steps = self.decode_chunk if streaming else None
-        for first in range(0, len(work), self.engine.batch_size):
-            group = work[first:first + self.engine.batch_size]
-            generated = self._generate([(state, prompt) for _, state, prompt in group], max_steps)
-            for (k, _, _), ids in zip(group, generated):
-                steps[k] = STEP_PENDING if ids is None else self._policy_step(ids)
-        return steps
 
     def _warn_too_long(self) -> None:
         if not self._warned:
@@ -129,54 +118,6 @@ class ModelPolicy:
         # default skip_special_tokens); <tool_call> and <think> are not special and stay.
         ids = [t for t in ids if t not in self.sampling.stop_token_ids]
         return PolicyStep(self.tokenizer.decode(ids, skip_special_tokens=True))
-
-    def _generate(self, group: list[tuple[PolicyState, list[int] | None]], max_steps: int | None) -> list[list[int] | None]:
-        """Decodes ≤ max_steps tokens (None: to the end) of the step of each of ≤ batch_size episodes: a new step
-        (state, prompt ids) or one in progress (state, None). Per episode, the step's ids, or None if unfinished."""
-        wanted = {state.episode_id for state, _ in group}
-        slot_of = {episode: s for s, episode in enumerate(self._episode_of_slot) if episode in wanted}
-        free = iter(s for s, episode in enumerate(self._episode_of_slot) if episode not in wanted)
-        tails = {}
-        for state, prompt in group:
-            if prompt is None:  # its step goes on where the last call left it
-                continue
-            slot = slot_of.get(state.episode_id)
-            if slot is None:  # a new episode (or one evicted): a slot whose episode is not in this step
-                slot = slot_of[state.episode_id] = next(free)
-                self._in_progress.pop(self._episode_of_slot[slot], None)
-                self._episode_of_slot[slot], self._cached[slot] = state.episode_id, []
-            keep = min(_common_prefix(self._cached[slot], prompt), len(prompt) - 1)
-            tails[slot] = (keep, prompt[keep:])
-            self.prefilled_tokens += len(prompt) - keep
-            self.prompt_tokens += len(prompt)
-            self._cached[slot] = list(prompt)
-            self._in_progress[state.episode_id] = _StepInProgress(slot, state.turn, state.step, len(prompt))
-        if self._state is None:
-            self._state = self.engine.new_state(max(len(p) for _, p in group if p is not None))
-        if tails:
-            self._state = self.engine.replace_tail(self._state, tails)
-        active = sorted(slot_of.values())
-        self._state, result = self.engine.decode(self._state, self.sampling, active=active, max_steps=max_steps)
-        counts = result.num_tokens[active]
-        self.decode_calls += 1
-        self.slot_steps += self.engine.batch_size * int(counts.max(initial=0))
-        self.live_slot_steps += int(counts.sum())
-        out: list[list[int] | None] = []
-        for state, _ in group:
-            slot = slot_of[state.episode_id]
-            self._cached[slot] += result.tokens[slot, :result.num_tokens[slot]].tolist()  # the stop token too
-            if not result.finished[slot]:
-                out.append(None)
-                continue
-            out.append(self._cached[slot][self._in_progress.pop(state.episode_id).start:])
-        return out
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two id sequences."""
-    n = min(len(a), len(b))
-    mismatch = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(mismatch[0]) if mismatch.size else n
 
 
 def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, batch_size: int = 16,

@@ -55,7 +55,7 @@ def test_an_unknown_tool_is_a_tool_error_not_also_a_format_error():
     from envtune_jax.chat.conversation import TokenConversation
     from envtune_jax.chat.special_tokens import IM_END
     from envtune_jax.chat.tokenizer import default_tokenizer, encode_text
-    from rl.rollout import _parse_step
+    from rl.rollout import read_last_step
 
     tokenizer = default_tokenizer()
     config = EnvironmentConfig.training(augmented=True, reward="syntax")
@@ -64,7 +64,7 @@ def test_an_unknown_tool_is_a_tool_error_not_also_a_format_error():
     conversation.start(env.reset(), env.tools())
     for text in ('<tool_call>\n{"name": "list_everything", "arguments": {}}\n</tool_call>', "Nothing to do."):
         conversation.append_sampled(encode_text(tokenizer, text + IM_END))
-        calls, errors, sampled = _parse_step(env, conversation)
+        calls, errors, sampled = read_last_step(env, conversation)
         result = env.step(sampled, calls, errors)
         if not env.done:
             conversation.append_environment(result.messages)

@@ -8,7 +8,7 @@ import pytest
 from environments.base import ToolCall
 from environments.config import EnvironmentConfig
 from environments.evaluation import run_episodes
-from environments.policies import STEP_PENDING, DoNothingPolicy, OraclePolicy, PolicyStep
+from environments.policies import DoNothingPolicy, OraclePolicy, PolicyStep
 from environments.synthetic import (
     SyntheticConfig, SyntheticEpisode, make_synthetic_tasks, parse_compact_calls, user_request,
 )
@@ -55,36 +55,32 @@ def test_oracle_wins_and_do_nothing_only_wins_chat_turns():
         assert record.outcome.turn_rewards == [1.0 if turn is None else 0.0 for turn in task.turns]
 
 
-class _SlowOracle:
-    """The oracle, answering STEP_PENDING `waits` times before each step (a policy still generating it)."""
+class _WatchedOracle:
+    """The oracle, noting the episodes of every round it is asked."""
 
-    name = "slow-oracle"
+    name = "watched-oracle"
 
-    def __init__(self, tasks, waits):
-        self.oracle, self.waits, self.asked, self.seen = OraclePolicy.for_synthetic(tasks), waits, {}, []
+    def __init__(self, tasks):
+        self.oracle, self.rounds = OraclePolicy.for_synthetic(tasks), []
 
     def act(self, states):
-        steps = []
-        for state in states:
-            key = (state.episode_id, state.turn, state.step)
-            self.asked[key] = self.asked.get(key, 0) + 1
-            self.seen.append(state.episode_id)
-            ready = self.asked[key] > self.waits(*key)
-            steps.append(self.oracle.act([state])[0] if ready else STEP_PENDING)
-        return steps
+        self.rounds.append([state.episode_id for state in states])
+        return self.oracle.act(states)
 
 
-def test_pending_steps_wait_and_the_other_episodes_move_on():
-    """An episode answered STEP_PENDING keeps its state and is asked again; meanwhile the others step on and
-    a finished episode's place goes to the next one. Records are those of the plain oracle."""
-    tasks = make_synthetic_tasks(6, CONFIG, seed=4)
-    plain = run_episodes(_episodes(tasks), OraclePolicy.for_synthetic(tasks), max_live=3)
-    slow = _SlowOracle(tasks, waits=lambda episode, turn, step: 4 if episode == tasks[0].id else turn % 2)
-    records = run_episodes(_episodes(tasks), slow, max_live=3)
+def test_at_most_max_live_episodes_play_and_a_finished_ones_place_goes_to_the_next():
+    """A three-turn episode, then one-turn ones (two oracle steps each), three in play: when two one-turn
+    episodes end, the next two take their places beside the three-turn one. Records are those of all episodes
+    in play at once: episodes are independent."""
+    tasks = make_synthetic_tasks(1, SyntheticConfig(num_turns=3), seed=5) + make_synthetic_tasks(
+        5, SyntheticConfig(num_turns=1), seed=4)
+    plain = run_episodes(_episodes(tasks), OraclePolicy.for_synthetic(tasks))
+    watched = _WatchedOracle(tasks)
+    records = run_episodes(_episodes(tasks), watched, max_live=3)
     assert [(r.to_json(), r.steps) for r in records] == [(r.to_json(), r.steps) for r in plain]
-    assert all(count == slow.waits(*key) + 1 for key, count in slow.asked.items())  # same state, asked again
-    first_done = max(i for i, episode in enumerate(slow.seen) if episode == tasks[0].id)
-    assert tasks[3].id in slow.seen[:first_done]  # episode 0 was still pending when another took a place
+    assert [len(round_) for round_ in watched.rounds[:3]] == [3, 3, 3]
+    assert max(len(round_) for round_ in watched.rounds) == 3
+    assert watched.rounds[2] == [tasks[0].id, tasks[3].id, tasks[4].id]
 
 
 def test_random_text_earns_almost_nothing_but_a_small_vocabulary_finds_reward():

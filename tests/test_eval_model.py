@@ -56,26 +56,18 @@ def test_kept_conversations_give_the_steps_of_fresh_prefills(full_vocab_checkpoi
     from environments.splits import first_per_category, split_entries_from
     from rl.model_policy import build_model_policy
 
-    class FreshPrefills:  # the same policy, forgetting every cached conversation before each step
-        def __init__(self, policy):
-            self.policy, self.name = policy, "fresh"
-
-        def act(self, states):
-            self.policy.forget()
-            return self.policy.act(states)
-
     entries = first_per_category(split_entries_from("package", "test", ("multi_turn_base", "multi_turn_miss_param")), 1)
 
-    def play(wrap):
+    def play(reuse_cache):
         policy = build_model_policy(hf_dir=str(full_vocab_checkpoint), batch_size=1, max_cache_len=8192,
                                     max_new_tokens=4, dtype="float32")
-        driver = wrap(policy)
+        policy.reuse_cache = reuse_cache  # False: every step's prompt prefilled in full
         episodes = [BfclEpisode(entry, EnvironmentConfig.evaluation()) for entry in entries]
-        records = run_episodes(episodes, driver)  # max_live: the policy's one slot
+        records = run_episodes(episodes, policy)  # the policy's one slot
         return [record.to_json() | {"steps": record.steps} for record in records], policy
 
-    kept, kept_policy = play(lambda policy: policy)
-    fresh, fresh_policy = play(FreshPrefills)
+    kept, kept_policy = play(True)
+    fresh, fresh_policy = play(False)
     assert kept == fresh
     assert fresh_policy.prefilled_tokens == fresh_policy.prompt_tokens
     assert kept_policy.prompt_tokens == fresh_policy.prompt_tokens

@@ -11,7 +11,7 @@ import pytest
 from environments.bfcl_data import entry_by_id
 from environments.bfcl_env import BfclEpisode
 from environments.config import EnvironmentConfig
-from environments.protocol import decode_for_evaluation, decode_official_step, history_message
+from environments.protocol import decode_official_step, history_message
 from envtune_jax.chat.parse import parse_tool_calls
 from envtune_jax.chat.render import render_messages
 from envtune_jax.chat.tokenizer import default_tokenizer, encode_text
@@ -122,7 +122,7 @@ def test_a_ten_megabyte_tool_name_is_echoed_bounded():
             parsed = parse_tool_calls(text, env.offered_tool_names())
             calls, errors = list(parsed.well_formed_calls), [error.message for error in parsed.errors]
         else:
-            calls, errors = decode_for_evaluation(text, env)
+            calls, errors = env.decode_step(text)
         messages = env.step(text, calls, errors).messages
         assert messages and all(len(m["content"]) <= 2 * MESSAGE_LIMIT + 1 for m in messages)
         assert all(len(m.get("name", "")) <= ECHO_LIMIT for m in messages)

@@ -23,7 +23,7 @@ from envtune_jax.chat.conversation import TokenConversation
 from envtune_jax.chat.render import render_messages
 from envtune_jax.chat.special_tokens import STOP_TOKEN_IDS
 from envtune_jax.chat.tokenizer import default_tokenizer, encode_text
-from rl.rollout import _parse_step
+from rl.rollout import read_last_step
 
 
 def sampled_ids(text: str) -> list[int]:
@@ -43,7 +43,7 @@ def play_training(env: ToolEnvironment, turns: Sequence[Sequence[str]]) -> tuple
     for texts in turns:
         for text in [*texts, ""]:
             conversation.append_sampled(sampled_ids(text))
-            calls, errors, parsed_text = _parse_step(env, conversation)
+            calls, errors, parsed_text = read_last_step(env, conversation)
             result = env.step(parsed_text, calls, errors)
             results.append(result)
             if env.done:

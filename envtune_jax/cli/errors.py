@@ -23,7 +23,6 @@ USER_ERRORS = (
     ("environments.bfcl_data", "BfclDataMissingError"),
     ("environments.eval_report", "EvalProgressMismatchError"),
     ("environments.replay_files", "ReplayFileError"),
-    ("environments.policies", "ModelPolicyUnavailableError"),
     ("envtune_jax.chat.tokenizer", "TokenizerLoadError"),
 )
 

@@ -221,7 +221,7 @@ def _play(args, entries, progress, extra: dict, out: Path) -> list:
 
     from environments.config import EnvironmentConfig
     from environments.evaluation import evaluate_bfcl
-    from environments.policies import DoNothingPolicy, OraclePolicy, build_model_policy
+    from environments.policies import DoNothingPolicy, OraclePolicy
     from envtune_jax.progress import PhaseDisplay
 
     done = len(progress.done)
@@ -234,6 +234,8 @@ def _play(args, entries, progress, extra: dict, out: Path) -> list:
     elif args.policy == "do-nothing":
         policy, workers = DoNothingPolicy(), args.workers
     else:
+        from rl.model_policy import build_model_policy
+
         policy = build_model_policy(ckpt=str(args.ckpt) if args.ckpt else None, hf_dir=str(args.hf) if args.hf else None,
                                     batch_size=args.batch_size, max_cache_len=args.max_cache_len,
                                     max_new_tokens=args.max_new_tokens, dtype=args.dtype, mesh_spec=args.mesh,
