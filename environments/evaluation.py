@@ -213,8 +213,8 @@ def _play_rounds(episodes: EvaluationEpisodes, policy: Policy, max_live: int) ->
         episodes.report()
 
 
-def _evaluate_chunk(entries: list[BfclEntry], policy: Policy | EpisodePlayer, config: EnvironmentConfig, keep_history: bool,
-                    on_record: Callable[[EpisodeRecord], None] | None = None,
+def _evaluate_chunk(entries: list[BfclEntry], policy: Policy | EpisodePlayer, config: EnvironmentConfig,
+                    keep_history: bool, on_record: Callable[[EpisodeRecord], None] | None = None,
                     on_round: OnRound | None = None) -> list[EpisodeRecord]:
     return run_episodes([BfclEpisode(entry, config) for entry in entries], policy, keep_history=keep_history,
                         on_record=on_record, on_round=on_round)

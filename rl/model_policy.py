@@ -55,7 +55,8 @@ class ModelPolicy:
     """Plays evaluation episodes with a generation engine (an `environments.evaluation.EpisodePlayer`).
 
     `reuse_cache=False` prefills every prompt in full (the plain path that kept conversations are tested
-    against). `stats` accumulates over evaluations."""
+    against). `stats` (decode calls, slot occupancy, prompt and prefilled tokens) accumulates over
+    evaluations."""
 
     name = "model"
 
@@ -63,7 +64,8 @@ class ModelPolicy:
                  reuse_cache: bool = True):
         self.engine, self.tokenizer, self.style = engine, tokenizer, style
         self.decode_chunk, self.reuse_cache = decode_chunk, reuse_cache
-        self.sampling = SamplingParams(greedy=True, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tokenizer))
+        self.sampling = SamplingParams(greedy=True, max_new_tokens=max_new_tokens,
+                                       stop_token_ids=stop_token_ids(tokenizer))
         self.stats = RunnerStats()
         self._warned = False
 
@@ -74,34 +76,6 @@ class ModelPolicy:
 
         runner = EpisodeRunner(self.engine, self.sampling, self.decode_chunk, reuse_cache=self.reuse_cache)
         runner.run(RenderedEpisodes(self, episodes), len(episodes), stats=self.stats, on_phase=on_phase)
-
-    @property
-    def decode_calls(self) -> int:
-        return self.stats.decode_calls
-
-    @property
-    def slot_steps(self) -> int:
-        """Slots x decode steps run."""
-        return self.stats.slot_steps
-
-    @property
-    def live_slot_steps(self) -> int:
-        """... of which a slot sampled a token of a live step."""
-        return self.stats.sampled_tokens
-
-    @property
-    def slot_occupancy(self) -> float:
-        return self.stats.slot_occupancy
-
-    @property
-    def prompt_tokens(self) -> int:
-        """Tokens of the rendered prompts (what a fresh prefill per step costs)."""
-        return self.stats.prompt_tokens
-
-    @property
-    def prefilled_tokens(self) -> int:
-        """Tokens prefilled (the rendered prompts' differing tails)."""
-        return self.stats.prefilled_tokens
 
     def prompt_ids(self, state) -> list[int]:
         return encode_text(self.tokenizer, render_messages(state.messages, state.tools, self.style, True))

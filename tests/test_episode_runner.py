@@ -89,7 +89,8 @@ def test_prefilling_every_prompt_in_full_plays_the_same_records(setup):
         assert got == want and got_steps == want_steps
         restarts = len(want_steps) - len(want) if shared_prefix else 0  # a region: every step but the first
         assert fresh.stats.restarts == restarts
-        assert kept.prefilled_tokens < fresh.prefilled_tokens <= fresh.prompt_tokens == kept.prompt_tokens
+        assert kept.stats.prefilled_tokens < fresh.stats.prefilled_tokens <= fresh.stats.prompt_tokens
+        assert fresh.stats.prompt_tokens == kept.stats.prompt_tokens
         # (some tasks have the same first prompt: a restart may fork a live slot's instead of prefilling it)
 
 

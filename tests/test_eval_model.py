@@ -69,9 +69,9 @@ def test_kept_conversations_give_the_steps_of_fresh_prefills(full_vocab_checkpoi
     kept, kept_policy = play(True)
     fresh, fresh_policy = play(False)
     assert kept == fresh
-    assert fresh_policy.prefilled_tokens == fresh_policy.prompt_tokens
-    assert kept_policy.prompt_tokens == fresh_policy.prompt_tokens
-    assert kept_policy.prefilled_tokens < 0.5 * kept_policy.prompt_tokens
+    assert fresh_policy.stats.prefilled_tokens == fresh_policy.stats.prompt_tokens
+    assert kept_policy.stats.prompt_tokens == fresh_policy.stats.prompt_tokens
+    assert kept_policy.stats.prefilled_tokens < 0.5 * kept_policy.stats.prompt_tokens
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +111,8 @@ def test_streamed_steps_give_the_records_of_whole_steps(varied_checkpoint):
     whole, whole_policy, whole_steps = play(0, stops)
     streamed, streamed_policy, streamed_steps = play(2, stops)
     assert len({len(ids) for ids in whole_steps}) > 1  # steps of several lengths
-    assert whole_policy.slot_steps > whole_policy.live_slot_steps  # lockstep rounds idled some slots
+    assert whole_policy.stats.slot_steps > whole_policy.stats.sampled_tokens  # lockstep rounds idled some slots
     assert streamed == whole and sorted(streamed_steps) == sorted(whole_steps)
-    assert streamed_policy.decode_calls > whole_policy.decode_calls  # steps were left pending and went on
-    assert streamed_policy.live_slot_steps == whole_policy.live_slot_steps
-    assert streamed_policy.slot_steps < whole_policy.slot_steps
+    assert streamed_policy.stats.decode_calls > whole_policy.stats.decode_calls  # steps were left pending and went on
+    assert streamed_policy.stats.sampled_tokens == whole_policy.stats.sampled_tokens
+    assert streamed_policy.stats.slot_steps < whole_policy.stats.slot_steps

@@ -265,7 +265,8 @@ def _play(args, entries, progress, extra: dict, out: Path) -> list:
         if display is not None:
             display.close()
         bar.close()
-    if hasattr(policy, "slot_occupancy"):  # a model: how its generation went
-        extra["generation"] = {"decode_calls": policy.decode_calls, "slot_occupancy": round(policy.slot_occupancy, 4),
-                               "prompt_tokens": policy.prompt_tokens, "prefilled_tokens": policy.prefilled_tokens}
+    if args.policy is None:  # a model: how its generation went
+        stats = policy.stats
+        extra["generation"] = {"decode_calls": stats.decode_calls, "slot_occupancy": round(stats.slot_occupancy, 4),
+                               "prompt_tokens": stats.prompt_tokens, "prefilled_tokens": stats.prefilled_tokens}
     return records
