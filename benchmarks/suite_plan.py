@@ -256,4 +256,4 @@ def compare_decode_tokens(state_dir: Path) -> list[dict]:
 
 
 def _missing_module(name: str, what: str) -> str | None:
-    return None if importlib.util.find_spec(name) is not None else f"{name} not importable: carry the {what}"
+    return None if importlib.util.find_spec(name) is not None else f"{name} not importable: install the {what}"

@@ -262,6 +262,18 @@ def test_shared_prefix_steps_turn_on_with_the_generate_option(tmp_path):
     assert (suite_plan.shared_prefix_option() is not None) == ("--shared-prefix" in help_text)
 
 
+def test_gpu_bundle_needs_the_folder_of_the_peer_script(tmp_path):
+    """`make gpu-bundle` points nowhere outside the repository by itself: PEER_SCRIPTS must name the folder of
+    the Tunix peer's script, else one line says so before anything is copied or downloaded."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PEER_SCRIPTS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    for extra, message in (([], "make gpu-bundle: set PEER_SCRIPTS to the folder that holds peer_tunix_sampler.py"),
+                           ([f"PEER_SCRIPTS={tmp_path}"], f"make gpu-bundle: no peer_tunix_sampler.py in "
+                                                          f"PEER_SCRIPTS={tmp_path}")):
+        done = subprocess.run(["make", "-s", "gpu-bundle", *extra], cwd=BENCHMARKS.parent, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.startswith(message), done.stderr
+
+
 def test_decode_tokens_check_counts_rows_and_first_differences(tmp_path):
     reference = np.arange(24, dtype=np.int32).reshape(3, 8)
     pallas = reference.copy()
