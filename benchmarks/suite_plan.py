@@ -39,7 +39,7 @@ BUDGETS_4B = {
     "probe": (25, 90), "hf reference": (75, 200), "ours parity": (120, 300),
     "ours generate": (110, 300), "tunix": (130, 300), "tokens": (2, 60),
     "ours prefill": (40, 150), "hf prefill+train": (50, 200), "hf prefill": (35, 150), "hf train": (40, 150),
-    "ours train": (90, 300), "shared-prefix": (90, 300), "extend": (60, 300), "rollout": (300, 540),
+    "ours train": (90, 300), "shared-prefix": (180, 400), "extend": (60, 300), "rollout": (300, 540),
     "memory": (60, 300),
 }
 BUDGETS_TINY = {key: (10, 180) for key in BUDGETS_4B}
@@ -174,20 +174,20 @@ def plan(groups, tiny: bool, peers: Path, state_dir: Path, rollout_overrides=(),
 
 
 def shared_prefix_steps(tiny: bool, random: list[str], budgets: dict, option) -> list[Step]:
-    """Decode at BFCL shapes without and with a shared prompt per group: only once `envtune bench generate`
-    has the option (the suite asks its --help), else one skipped step saying so."""
+    """Decode at BFCL shapes with and without a shared prompt per group, in one process: `envtune bench generate
+    --shared-prefix G` measures both on the same prompts (one JSON line each, the shared one with its ratios to
+    the unshared). Only once `envtune bench generate` has the option (the suite asks its --help), else one
+    skipped step saying so."""
     (b, p, n), group = (TINY_BFCL_SHAPE, TINY_BFCL_GROUP) if tiny else (BFCL_SHAPE, BFCL_GROUP)
     expect, limit = budgets["shared-prefix"]
-    name = f"ours generate BFCL {b}x{p}+{n}"
+    name = f"ours generate BFCL {b}x{p}+{n} shared prefix"
     if option is None:
-        return [Step(f"{name} shared prefix", "shared-prefix", "ours", [], expect, limit,
+        return [Step(name, "shared-prefix", "ours", [], expect, limit,
                      skip_reason=f"`envtune bench generate` has no {SHARED_PREFIX_FLAG} option yet")]
     _, takes_value = option
-    base = envtune("generate", *random, "--batch", str(b), "--prompt-len", str(p), "--new-tokens", str(n),
-                   "--repeats", "3")
-    shared = [SHARED_PREFIX_FLAG, str(group)] if takes_value else [SHARED_PREFIX_FLAG]
-    return [Step(f"{name} unshared", "shared-prefix", "ours", [base], expect, limit),
-            Step(f"{name} shared prefix {group}", "shared-prefix", "ours", [base + shared], expect, limit)]
+    argv = envtune("generate", *random, "--batch", str(b), "--prompt-len", str(p), "--new-tokens", str(n),
+                   "--repeats", "1" if tiny else "3", *([SHARED_PREFIX_FLAG, str(group)] if takes_value else [SHARED_PREFIX_FLAG]))
+    return [Step(f"{name} {group} and unshared", "shared-prefix", "ours", [argv], expect, limit)]
 
 
 def rollout_steps(tiny: bool, budgets: dict, overrides: list[str]) -> list[Step]:
@@ -256,4 +256,4 @@ def compare_decode_tokens(state_dir: Path) -> list[dict]:
 
 
 def _missing_module(name: str, what: str) -> str | None:
-    return None if importlib.util.find_spec(name) is not None else f"{name} not importable: carry the {what}"
+    return None if importlib.util.find_spec(name) is not None else f"{name} not importable: install the {what}"

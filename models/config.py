@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 AttentionImpl = Literal["reference", "chunked", "xla", "cudnn", "splash"]
 DecodeAttention = Literal["reference", "pallas"]  # one-token steps against the KV cache
+# attention of sequences that continue a shared prompt: the prompt read once per region and merged by
+# log-sum-exp ("two_level"), or each row's prompt concatenated before its own tokens ("reference")
+PREFIX_ATTENTION = ("two_level", "reference")
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 
 

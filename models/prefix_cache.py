@@ -14,10 +14,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from models.config import PREFIX_ATTENTION
 from models.kv_cache import KVCache
 from models.prefix_attention import region_of, shared_prefix_attention, shared_prefix_attention_reference
-
-PREFIX_ATTENTION = ("two_level", "reference")
 
 
 @dataclasses.dataclass

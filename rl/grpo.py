@@ -3,7 +3,8 @@
 
 `PolicyLearner` owns the model (the sampler reads it), the trainer state and the frozen reference
 parameters of the current stage; `iterate(groups_of_episodes, rng)` does one iteration and returns
-its metrics (reward statistics per category, rollout counters, loss parts, timings, and the step's
+its metrics (reward statistics per category, rollout counters, the prompt tokens prefilled (each
+group's prompt once when its samples share it), loss parts, timings, and the step's
 model TFLOP/s = 6·params·tokens/s with its MFU on devices of envtune_jax/bench/device_limits' table).
 """
 from __future__ import annotations
@@ -98,9 +99,11 @@ class PolicyLearner:
         if len(sizes) != 1:
             raise ValueError(f"every prompt needs the same number of samples, got group sizes {sorted(sizes)}")
         stats = RolloutStats()
+        prefilled_before = prefilled_tokens(self.engine)
         t0 = time.perf_counter()
         trajectories = self.rollout(groups, chat, sampling, rollout_cfg, rng, stats, on_phase=on_phase)
         rollout_s = time.perf_counter() - t0
+        prompt_prefilled = prompt_tokens_prefilled(self.engine, prefilled_before, stats)
         rewards_pg = np.asarray([t.reward for t in trajectories], np.float32).reshape(len(groups), -1)
         advantages = np.asarray(group_advantages(jnp.asarray(rewards_pg), scale_by_std=self.loss_cfg.scale_advantages_by_std,
                                                  eps=self.loss_cfg.advantage_eps, ddof=self.loss_cfg.advantage_std_ddof))
@@ -118,12 +121,25 @@ class PolicyLearner:
         metrics.update(rollout_s=rollout_s, generation_s=stats.generation_s, environment_s=stats.environment_s,
                        train_s=train_s, tokens=total_tokens, train_tokens_per_s=total_tokens / max(train_s, 1e-9),
                        sampled_tokens=stats.sampled_tokens, decode_calls=stats.decode_calls,
-                       slot_occupancy=stats.slot_occupancy, train_rows_supplied=local_rows)
+                       slot_occupancy=stats.slot_occupancy, prompt_tokens_prefilled=prompt_prefilled,
+                       train_rows_supplied=local_rows)
         train_flops_per_s = 6 * self.model.config.num_params * total_tokens / max(train_s, 1e-9)
         metrics["train_tflops"] = train_flops_per_s / 1e12
         if self.peak_flops is not None:
             metrics["mfu"] = train_flops_per_s / self.peak_flops
         return metrics, trajectories
+
+
+def prefilled_tokens(engine) -> int:
+    """Tokens the engine has run through prefill and extend so far: prompts (a prompt that several slots
+    start from counts once, held in a prefix region or copied) and environment replies."""
+    return engine.extend_tokens["appended"] + engine.extend_tokens["prefix_appended"]
+
+
+def prompt_tokens_prefilled(engine, prefilled_before: int, stats: RolloutStats) -> int:
+    """Prompt tokens the engine computed during a rollout that started at `prefilled_before` tokens
+    (prefilled_tokens): all it prefilled and extended, less the environment replies appended."""
+    return prefilled_tokens(engine) - prefilled_before - stats.environment_tokens
 
 
 def summarize(trajectories: Sequence[Trajectory]) -> dict:

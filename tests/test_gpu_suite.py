@@ -103,6 +103,26 @@ def test_table_keeps_each_steps_latest_run_and_marks_ratios_across_calls():
     assert "- ours prefill: skipped — needs ~40 s, 12 s left in this call (a later call can run it" in only_skipped
 
 
+def test_shared_prefix_table_shows_both_engines_and_their_same_process_ratios():
+    common = dict(group="shared-prefix", step="ours generate BFCL 64x6144+256 shared prefix 16 and unshared",
+                  batch=64, prompt_len=6144, new_tokens=256, decode_attention="reference", device_kind=H100)
+    unshared = _ok("ours", benchmark="generate", shared_prefix=None, decode_tok_s=4_000.0, ms_per_decode_step=16.0,
+                   kv_bytes_read_per_step=60.4e9, kv_bytes_live_per_step=59.2e9, decode_fraction_of_limit=0.5,
+                   end_to_end_tok_s=2_000.0, peak_memory_bytes=70e9, **common)
+    shared = _ok("ours", benchmark="generate", shared_prefix=16, decode_tok_s=12_000.0, ms_per_decode_step=5.33,
+                 kv_bytes_read_per_step=6.04e9, kv_bytes_live_per_step=4.83e9, decode_fraction_of_limit=0.6,
+                 end_to_end_tok_s=5_000.0, peak_memory_bytes=20e9,
+                 vs_unshared={"decode_speedup": 3.0, "end_to_end_speedup": 2.5, "kv_bytes_read_ratio": 10.0,
+                              "kv_bytes_live_ratio": 12.25, "rows_identical": 60, "rows": 64,
+                              "tokens_equal_fraction": 0.99}, **common)
+    text = results_table.render([META, shared, unshared])
+    rows = [line for line in text.splitlines() if line.startswith("| 64, 6144, 256 |")]
+    assert rows == ["| 64, 6144, 256 | per slot | reference | 4,000 | 16.00 | 60.40 (59.20) | 50% | 2,000 | 70.0 |",
+                    "| 64, 6144, 256 | once per 16 slots | reference | 12,000 | 5.33 | 6.04 (4.83) | 60% | 5,000 | 20.0 |"]
+    assert ("decode 3.00x, end-to-end 2.50x; KV bytes read per step 10.00x fewer (live 12.25x); greedy tokens: "
+            "60 of 64 rows identical, 99.0% of tokens equal.") in text
+
+
 def test_parity_table_and_the_cpu_warning():
     logits = _ok("ours", what="parity_logits", attention="reference", batch=2, prompt_len=256, new_tokens=64,
                  rel_err_vs_hf_bf16=0.011, rel_err_vs_hf_fp32=0.007, hf_bf16_rel_err_vs_fp32=0.009, top1_vs_hf_bf16=0.97,
@@ -231,15 +251,27 @@ def test_shared_prefix_steps_turn_on_with_the_generate_option(tmp_path):
     assert suite_plan.parse_shared_prefix_help("  --shared-prefixes N") is None
     assert suite_plan.parse_shared_prefix_help("  --batch BATCH") is None
     with_value = suite_plan.plan(["shared-prefix"], False, tmp_path, tmp_path, shared_prefix=(True, True))
-    assert [s.name for s in with_value] == ["ours generate BFCL 64x6144+256 unshared",
-                                            "ours generate BFCL 64x6144+256 shared prefix 16"]
-    unshared, shared = (s.variants[0] for s in with_value)
-    assert shared == unshared + ["--shared-prefix", "16"] and unshared[unshared.index("--prompt-len") + 1] == "6144"
+    assert [s.name for s in with_value] == ["ours generate BFCL 64x6144+256 shared prefix 16 and unshared"]
+    (argv,) = with_value[0].variants  # one process measures both engines on the same prompts
+    assert argv[-2:] == ["--shared-prefix", "16"]
+    assert [argv[argv.index(flag) + 1] for flag in ("--batch", "--prompt-len", "--new-tokens")] == ["64", "6144", "256"]
     bare = suite_plan.plan(["shared-prefix"], False, tmp_path, tmp_path, shared_prefix=(True, False))
-    assert bare[1].variants[0][-1] == "--shared-prefix"
+    assert bare[0].variants[0][-1] == "--shared-prefix"
     help_text = subprocess.run([sys.executable, "-m", "envtune_jax.cli.main", "bench", "generate", "--help"],
                                capture_output=True, text=True, cwd=BENCHMARKS.parent, check=True).stdout
     assert (suite_plan.shared_prefix_option() is not None) == ("--shared-prefix" in help_text)
+
+
+def test_gpu_bundle_needs_the_folder_of_the_peer_script(tmp_path):
+    """`make gpu-bundle` points nowhere outside the repository by itself: PEER_SCRIPTS must name the folder of
+    the Tunix peer's script, else one line says so before anything is copied or downloaded."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PEER_SCRIPTS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    for extra, message in (([], "make gpu-bundle: set PEER_SCRIPTS to the folder that holds peer_tunix_sampler.py"),
+                           ([f"PEER_SCRIPTS={tmp_path}"], f"make gpu-bundle: no peer_tunix_sampler.py in "
+                                                          f"PEER_SCRIPTS={tmp_path}")):
+        done = subprocess.run(["make", "-s", "gpu-bundle", *extra], cwd=BENCHMARKS.parent, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.startswith(message), done.stderr
 
 
 def test_decode_tokens_check_counts_rows_and_first_differences(tmp_path):
@@ -300,8 +332,10 @@ def test_first_light_dry_run_of_both_calls_on_cpu(tmp_path):
         assert sorted(p.name for p in (tmp_path / out).iterdir()) == ["RESULTS.md", "results.jsonl", "suite.log"]
         calls.append([json.loads(line) for line in (tmp_path / out / "results.jsonl").read_text().splitlines()])
     ok = [{r["step"] for r in records if r["status"] == "ok" and r["step"] != "meta"} for records in calls]
-    plan = [s.name for s in suite_plan.plan(suite_plan.PRESETS["first-light"], True, tmp_path, tmp_path)]
-    peerless = {"tunix sampler", "ours generate BFCL 4x64+8 shared prefix"}  # no peer script; no such option yet
+    plan = [s.name for s in suite_plan.plan(suite_plan.PRESETS["first-light"], True, tmp_path, tmp_path,
+                                            shared_prefix=suite_plan.shared_prefix_option())]
+    assert "ours generate BFCL 4x64+8 shared prefix 2 and unshared" in plan  # step 5 runs too
+    peerless = {"tunix sampler"}  # no peer script
     assert ok[0] | ok[1] == set(plan) - peerless
     assert ok[0] & ok[1] <= {"hf reference"}  # only what a resumed step needs runs again (reusing its files)
     assert ok[1] - {"hf reference"}, "40 s cannot hold the whole plan: the second call must have had work"
@@ -317,4 +351,8 @@ def test_first_light_dry_run_of_both_calls_on_cpu(tmp_path):
     assert "No GPU figures" in text and calls[0][0]["call"] in text and calls[1][0]["call"] in text
     for section in ("## Correctness", "## Generation", "## Prefill", "## Training step"):
         assert section in text
-    assert "shared prefix: skipped — `envtune bench generate` has no --shared-prefix option yet" in text
+    shared = [r for r in ok_records if r["group"] == "shared-prefix"]
+    assert sorted(r["shared_prefix"] or 0 for r in shared) == [0, 2] and shared[1]["vs_unshared"]["rows"] == 4
+    assert shared[0]["kv_bytes_live_per_step"] > shared[1]["kv_bytes_live_per_step"]
+    assert "## Decode at BFCL shapes, without and with a shared prompt per GRPO group" in text
+    assert "| 4, 64, 8 | once per 2 slots | reference |" in text and "Shared / unshared, same process" in text

@@ -92,6 +92,32 @@ def test_recipe_show_reads_a_recipe_built_on_a_base_without_starting_jax(tmp_pat
         assert result.stdout.rstrip().endswith("heavy: []"), result.stdout[-300:]
 
 
+# ---------------------------------------------------------------- per-model recipes extend one base
+BASE_RECIPE = REPO / "configs" / "recipes" / "environment_tuning_base.yaml"
+MODEL_SETTINGS = {"model": {"ckpt"}, "run_dir": None, "train_step": {"micro_batch_size"}}
+
+
+@pytest.mark.parametrize("name", ["qwen3_4b_instruct_2507", "qwen3_8b"])
+def test_per_model_recipes_extend_the_base_with_only_their_models_settings(name):
+    recipe = REPO / "configs" / "recipes" / f"{name}.yaml"
+    raw = yaml.safe_load(recipe.read_text())
+    assert raw.pop("base") == BASE_RECIPE.name
+    assert {key: set(value) if isinstance(value, dict) else None for key, value in raw.items()} == MODEL_SETTINGS
+    cfg, stages = load_run_config(recipe)
+    base, base_stages = load_run_config(BASE_RECIPE)
+    assert stages == base_stages
+    expected = dataclasses.replace(
+        base, run_dir=raw["run_dir"], model=dataclasses.replace(base.model, ckpt=raw["model"]["ckpt"]),
+        train_step=dataclasses.replace(base.train_step, micro_batch_size=raw["train_step"]["micro_batch_size"]))
+    assert cfg == expected
+
+
+def test_the_base_recipe_names_no_model_so_train_refuses_it(capsys):
+    assert main(["train", "--config", str(BASE_RECIPE)]) == 2
+    err = capsys.readouterr().err
+    assert "names no model: set model.hf, model.ckpt or model.preset" in err and len(err.strip().splitlines()) == 1
+
+
 # ---------------------------------------------------------------- the stage 3/4 prompt reaches the model
 def test_a_stage3_episode_prompt_carries_the_stage34_instructions_and_stage2s_does_not():
     _, stages = load_run_config(PAPER_RECIPE)

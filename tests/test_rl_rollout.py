@@ -205,3 +205,24 @@ def test_a_shared_prefix_engine_plays_the_same_rollout(setup):
     prompt_tokens = [len(t.token_ids) - len(t.loss_mask[np.argmax(t.loss_mask > 0):]) for t in (got[0], got[3])]
     assert shared.extend_tokens["prefix_appended"] == sum(prompt_tokens)  # one prefill per task
     assert stats.shared_prompts == 2
+
+
+def test_the_prompt_tokens_prefilled_count_each_groups_prompt_once(setup):
+    """The rollout metric `prompt_tokens_prefilled` (rl/grpo.py): with prefix regions each task's prompt is
+    prefilled once; the per-slot engine also prefills it once (copies for the samples that start together),
+    and re-runs the last prompt token of each sample that forks a live one."""
+    from models.generation.prefix_config import SharedPrefixConfig
+    from rl.grpo import prefilled_tokens, prompt_tokens_prefilled
+
+    model, _, engine = setup
+    shared = GenerationEngine(model, batch_size=SLOTS, max_cache_len=256, cache_dtype="float32",
+                              buckets=engine.buckets, shared_prefix=SharedPrefixConfig(lanes=3, regions=2))
+    counted = {}
+    for name, chosen in (("per_slot", engine), ("shared", shared)):
+        before = prefilled_tokens(chosen)
+        trajectories, stats = play(setup, rng=0, engine=chosen)
+        counted[name] = (prompt_tokens_prefilled(chosen, before, stats), stats.shared_prompts)
+    prompt_tokens = [len(t.token_ids) - len(t.loss_mask[np.argmax(t.loss_mask > 0):]) for t in trajectories[::3]]
+    assert counted["shared"][0] == sum(prompt_tokens)
+    forks = counted["per_slot"][1]
+    assert forks == 2 and counted["per_slot"][0] == sum(prompt_tokens) + forks

@@ -136,6 +136,9 @@ def recipe(path: Path, overrides: list[str]):
     cfg, stages = recipe_settings(path, overrides)
     source = cfg.model
     chosen = [name for name in ("hf", "ckpt", "preset") if getattr(source, name)]
+    if not chosen:
+        raise ConfigError(f"{path} names no model: set model.hf, model.ckpt or model.preset, or run a recipe "
+                          "that extends it (`base:`) and names one")
     if len(chosen) != 1:
         raise ConfigError(f"model: set exactly one of hf, ckpt, preset (got {', '.join(chosen) or 'none'}); e.g. "
                           "model.ckpt=ckpt/qwen3-4b model.preset=null")

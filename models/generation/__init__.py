@@ -9,6 +9,20 @@
 
 See docs/generation.md for the design. The names below load their module on first
 use, so that the settings (`SamplerConfig`, `SamplingParams`, `BucketConfig`) are read without importing JAX.
+
+Reading order (each file needs only those before it):
+1. state.py — what the engine holds per slot (the KV cache, token ids, sampler log-probs, turn flags), its
+   arrays declared once in `FIELDS`; fields.py maps every state operation over such a table.
+2. sampling_params.py, sampling.py — what a decode step does with the logits, and the log-prob convention
+   the trainer shares.
+3. steps.py — the compiled programs: `extend_chunk` (prefill is extend on empty slots), `extend_rows`, and
+   `decode_loop`, one `lax.while_loop` with no Python per token.
+4. buckets.py, extend_plan.py — the few shapes that compile, and how an extend is cut into calls.
+5. engine.py — `GenerationEngine`: the host side (requests.py checks inputs, results.py pulls NumPy
+   out, weights.py reads the trainer's weights in place).
+6. prefix_state.py, prefix_regions.py, prefix_steps.py, prefix_engine.py — shared prompts (opt-in): the
+   same pieces for a GRPO group's prompt held once in a region.
+7. config.py, prefix_config.py — the YAML settings; reference.py — the plain paths the tests tie it to.
 """
 import importlib
 

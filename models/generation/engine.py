@@ -1,10 +1,11 @@
 """`GenerationEngine`: batched prefill / extend / decode over a fixed number of slots, on a mesh.
 
-The engine owns B slots (a fixed batch, so the batch size never recompiles) and drives the two
-compiled programs of `steps.py` from the host: it validates requests, rounds shapes to buckets,
-grows the cache capacity when a request needs more room (never past `max_cache_len`), splits
-long prompts/extensions into chunks of at most `buckets.prefill_chunk` tokens, and pulls results
-back as NumPy. The state is donated to every call: use only the state a call returns.
+The engine owns B slots (a fixed batch, so the batch size never recompiles) and drives the compiled
+programs of `steps.py` (extend, decode) and `state.py` (grow, reset, rewind, copy) from the host: it
+validates requests, rounds shapes to buckets, grows the cache capacity when a request needs more room
+(never past `max_cache_len`), splits long prompts/extensions into chunks of at most
+`buckets.prefill_chunk` tokens, and pulls results back as NumPy. The state is donated to every call:
+use only the state a call returns.
 
 Continuous batching: `refill` empties chosen slots and prefills new prompts there while the other
 slots keep their caches, and `decode(max_steps=k)` returns after k steps, so a driver may
@@ -43,7 +44,7 @@ from models.generation.prefix_engine import SharedPrefixSlots
 from models.generation.requests import CacheFullError, GenerationInputError, active_mask, check_slot, check_tokens
 from models.generation.results import DecodeResult, History, collect_decode, concat_results, history, to_host
 from models.generation.sampling import SamplingParams
-from models.generation.state import GenerationState, empty_state, grow, reset_slots, rewind_slots
+from models.generation.state import GenerationState, copy_slots, empty_state, grow, reset_slots, rewind_slots
 from models.generation.weights import SamplerWeights
 from models.kv_cache import CACHE_AXES
 
@@ -86,7 +87,7 @@ class GenerationEngine:
         self._extend_rows = jax.jit(self._traced("extend_rows", functools.partial(steps.extend_rows,
                                                                                   self.weights.graphdef)),
                                     donate_argnums=(1,))
-        self._copy_rows = jax.jit(self._traced("copy_rows", steps.copy_rows), donate_argnums=(0,))
+        self._copy_rows = jax.jit(self._traced("copy_rows", copy_slots), donate_argnums=(0,))
         self._decode = jax.jit(self._traced("decode", functools.partial(steps.decode_loop, self.weights.graphdef)),
                                donate_argnums=(1,), static_argnames=("greedy", "top_k", "use_top_p"))
         self._grow = jax.jit(self._traced("grow", grow), static_argnums=(1,))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-PREFIX_ATTENTION = ("two_level", "reference")  # prompt read once per region, or the concatenated einsum
+from models.config import PREFIX_ATTENTION
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ from models.generation.prefix_regions import RegionPlan, plan_regions
 from models.generation.prefix_state import PrefixState, empty_prefix, grow_prefix
 from models.generation.requests import CacheFullError, GenerationInputError, check_slot
 from models.generation.results import to_host
-from models.generation.state import GenerationState
+from models.generation.state import GenerationState, release_slots
 from models.kv_cache import CACHE_AXES
 
 
@@ -64,7 +64,7 @@ class SharedPrefixSlots:
         self._prefill = jax.jit(traced("prefill_regions", prefill), donate_argnums=(1,))
         self._reset = jax.jit(traced("reset_regions", prefix_steps.reset_regions), donate_argnums=(0,))
         self._attach = jax.jit(traced("attach", prefix_steps.attach_slots), donate_argnums=(0,))
-        self._release = jax.jit(traced("release", prefix_steps.release_slots), donate_argnums=(0,))
+        self._release = jax.jit(traced("release", release_slots), donate_argnums=(0,))
         self._grow = jax.jit(traced("grow_prefix", _grow_state), static_argnums=(1,))
         self._region_rows = row_buckets(self.num_regions)
 

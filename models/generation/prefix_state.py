@@ -7,17 +7,17 @@ joins a live region later needs no model call), and each slot's lane [B] (r·M +
 slot's own cache (`GenerationState.cache`) then holds only the tokens after its region's prompt.
 Regions are laid out like slots (over the data/fsdp axes), so region r and slot b share a device when
 r // (R / D) == b // (B / D) for D batch shards: the engine places a group's slots and its region so.
+`FIELDS` declares these arrays once; creating, pinning, growing and emptying map over it (fields.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
-import jax.numpy as jnp
 
-from envtune_jax.sharding import constrain
-from models.kv_cache import CACHE_AXES, KVCache, cache_shape
+from models.generation import fields as fl
+from models.generation.fields import ArrayField
+from models.kv_cache import KVCache
 from models.prefix_cache import PrefixKV
 
 
@@ -28,7 +28,7 @@ class PrefixState:
     hidden_rd: jax.Array  # [R, D] compute dtype: hidden state of each region's last prompt token
     lane_b: jax.Array  # [B] int32 r·lanes + m, or R·lanes for a slot without a region
     lanes: int  # M: slots per region
-    attention: str = "two_level"  # prefix_cache.PREFIX_ATTENTION
+    attention: str = "two_level"  # one of models.config.PREFIX_ATTENTION
 
     @property
     def num_regions(self) -> int:
@@ -54,28 +54,31 @@ class PrefixState:
 jax.tree_util.register_dataclass(PrefixState, data_fields=["regions", "tokens_rp", "hidden_rd", "lane_b"],
                                  meta_fields=["lanes", "attention"])
 
+# Every array of PrefixState. An emptied region (before a new prompt) gets length 0, its other entries are
+# overwritten by the prefill; a released slot gets no lane.
+FIELDS: tuple[ArrayField, ...] = (
+    ArrayField("regions.keys", ("R", "K", "P", "H"), "cache", per_layer=True, resets=False),
+    ArrayField("regions.values", ("R", "K", "P", "H"), "cache", per_layer=True, resets=False),
+    ArrayField("regions.lengths", ("R",), "int32"),
+    ArrayField("tokens_rp", ("R", "P"), "int32", resets=False),
+    ArrayField("hidden_rd", ("R", "D"), "hidden", resets=False),
+    ArrayField("lane_b", ("B",), "int32", "no_lane"),
+)
+
 
 def constrain_prefix(prefix: PrefixState) -> PrefixState:
     """Pins the regions like the slots (region axis over data/fsdp, kv heads over tensor)."""
-    regions = KVCache(tuple(constrain(k, CACHE_AXES) for k in prefix.regions.keys),
-                      tuple(constrain(v, CACHE_AXES) for v in prefix.regions.values),
-                      constrain(prefix.regions.lengths, ("cache_batch",)))
-    return dataclasses.replace(prefix, regions=regions,
-                               tokens_rp=constrain(prefix.tokens_rp, ("cache_batch", "cache_seq")),
-                               hidden_rd=constrain(prefix.hidden_rd, ("cache_batch", None)),
-                               lane_b=constrain(prefix.lane_b, ("cache_batch",)))
+    return fl.constrain_fields(prefix, FIELDS)
 
 
 def empty_prefix(num_layers: int, num_kv_heads: int, head_dim: int, hidden_size: int, regions: int, lanes: int,
                  batch: int, capacity: int, cache_dtype, hidden_dtype, attention: str) -> PrefixState:
     """R empty regions of `capacity` slots; no slot attached."""
-    shape_rkph = cache_shape(regions, num_kv_heads, capacity, head_dim)
-    cache = KVCache(tuple(jnp.zeros(shape_rkph, cache_dtype) for _ in range(num_layers)),
-                    tuple(jnp.zeros(shape_rkph, cache_dtype) for _ in range(num_layers)),
-                    jnp.zeros((regions,), jnp.int32))
-    return constrain_prefix(PrefixState(cache, jnp.zeros((regions, capacity), jnp.int32),
-                                        jnp.zeros((regions, hidden_size), hidden_dtype),
-                                        jnp.full((batch,), regions * lanes, jnp.int32), lanes, attention))
+    sizes = {"R": regions, "B": batch, "K": num_kv_heads, "P": capacity, "H": head_dim, "D": hidden_size,
+             "no_lane": regions * lanes}
+    arrays = fl.empty_arrays(FIELDS, sizes, {"cache": cache_dtype, "hidden": hidden_dtype}, num_layers)
+    cache = KVCache(arrays.pop("regions.keys"), arrays.pop("regions.values"), arrays.pop("regions.lengths"))
+    return constrain_prefix(PrefixState(cache, lanes=lanes, attention=attention, **arrays))
 
 
 def grow_prefix(prefix: PrefixState, capacity: int) -> PrefixState:
@@ -83,8 +86,10 @@ def grow_prefix(prefix: PrefixState, capacity: int) -> PrefixState:
     extra = capacity - prefix.capacity
     if extra < 0:
         raise ValueError(f"cannot shrink prefix capacity {prefix.capacity} to {capacity}")
-    pad = functools.partial(jnp.pad, pad_width=((0, 0), (0, 0), (0, extra), (0, 0)))
-    regions = KVCache(tuple(map(pad, prefix.regions.keys)), tuple(map(pad, prefix.regions.values)),
-                      prefix.regions.lengths)
-    return constrain_prefix(dataclasses.replace(prefix, regions=regions,
-                                                tokens_rp=jnp.pad(prefix.tokens_rp, ((0, 0), (0, extra)))))
+    return constrain_prefix(fl.pad_dim(prefix, FIELDS, "P", extra))
+
+
+def reset_prefix_rows(prefix: PrefixState, rows: str, where_x: jax.Array) -> PrefixState:
+    """Regions (rows "R") or slots (rows "B") where where_x is True emptied: a region's length 0, a slot's
+    lane none."""
+    return constrain_prefix(fl.reset_rows(prefix, FIELDS, rows, where_x, {"no_lane": prefix.no_lane}))

@@ -13,7 +13,8 @@ import dataclasses
 import jax
 import numpy as np
 
-from models.generation.state import GenerationState
+from models.generation import fields as fl
+from models.generation.state import FIELDS, GenerationState
 
 PAD_TOKEN = -1
 
@@ -50,30 +51,35 @@ def to_host(array: jax.Array) -> np.ndarray:
 
 
 def history(state: GenerationState) -> History:
-    lengths = to_host(state.cache.lengths)
-    own = History(to_host(state.tokens_bs), to_host(state.logprobs_bs), to_host(state.sampled_bs), lengths)
+    """Every sequence in full: the per-position arrays that `FIELDS` shows in `History`, as NumPy."""
+    own = History(lengths=to_host(state.cache.lengths),
+                  **{field.history: to_host(fl.get(state, field.path)) for field in _HISTORY_FIELDS})
     return own if state.prefix is None else _with_prompts(own, state)
 
 
+_HISTORY_FIELDS = tuple(field for field in FIELDS if field.history)
+
+
 def _with_prompts(own: History, state: GenerationState) -> History:
-    """Whole sequences of shared-prefix slots: the region's prompt [P], then the slot's own tokens [S]."""
+    """Whole sequences of shared-prefix slots: the region's prompt [P], then the slot's own tokens [S]. The
+    prompt's positions hold its tokens, and every other array's empty value (not sampled, log-prob 0)."""
     prefix = state.prefix
     prompts_rp, prompt_lengths_r = to_host(prefix.tokens_rp), to_host(prefix.regions.lengths)
     region_b = to_host(prefix.lane_b) // prefix.lanes
-    batch, own_width = own.tokens.shape
-    tokens = np.zeros((batch, prefix.capacity + own_width), np.int32)
-    logprobs = np.zeros(tokens.shape, np.float32)
-    sampled = np.zeros(tokens.shape, bool)
+    batch, own_width = own.lengths.shape[0], own.tokens.shape[1]
+    whole = {}
+    for field in _HISTORY_FIELDS:
+        mine = getattr(own, field.history)
+        whole[field.history] = np.full((batch, prefix.capacity + own_width), field.empty, mine.dtype)
     lengths = own.lengths.copy()
     for b in range(batch):
         start = prompt_lengths_r[region_b[b]] if region_b[b] < prefix.num_regions else 0
         if start:
-            tokens[b, :start] = prompts_rp[region_b[b], :start]
-        tokens[b, start:start + own_width] = own.tokens[b]
-        logprobs[b, start:start + own_width] = own.logprobs[b]
-        sampled[b, start:start + own_width] = own.sampled[b]
+            whole["tokens"][b, :start] = prompts_rp[region_b[b], :start]
+        for name, array in whole.items():
+            array[b, start:start + own_width] = getattr(own, name)[b]
         lengths[b] += start
-    return History(tokens, logprobs, sampled, lengths)
+    return History(lengths=lengths, **whole)
 
 
 def collect_decode(state: GenerationState, lengths_before: np.ndarray) -> DecodeResult:

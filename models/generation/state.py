@@ -1,4 +1,4 @@
-"""The device-side state of a batch of B generation slots, and the pure functions that reshape it.
+"""The device-side state of a batch of B generation slots, declared once, and the pure functions that reshape it.
 
 Slot b holds one sequence, left-aligned: position p of the sequence is slot p of the KV cache and
 of `tokens_bs` / `logprobs_bs` / `sampled_bs`; entries at or beyond `cache.lengths[b]` are garbage
@@ -6,21 +6,21 @@ that later writes overwrite. `hidden_bd[b]` is the final hidden state of the las
 i.e. what predicts the next one, so prefill/extend never compute logits and decode computes them
 for one position per sequence per step. A "turn" starts when tokens are appended to a sequence
 (`turn_start_b` = its length then); `done_b` says the turn ended (stop token, budget or capacity).
+
+`FIELDS` declares every array (dimensions, dtype, empty value, whether emptying or copying a slot
+touches it); creating, pinning to the mesh, growing, resetting and copying map over it (fields.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 
-from envtune_jax.sharding import constrain
-from models.generation.prefix_state import PrefixState, constrain_prefix
-from models.kv_cache import CACHE_AXES, KVCache, cache_shape
-
-_PER_SLOT = ("cache_batch", None)
-_PER_POSITION = ("cache_batch", "cache_seq")
+from models.generation import fields as fl
+from models.generation.fields import ArrayField
+from models.generation.prefix_state import PrefixState, constrain_prefix, reset_prefix_rows
+from models.kv_cache import KVCache
 
 
 @dataclasses.dataclass
@@ -52,47 +52,40 @@ jax.tree_util.register_dataclass(
     meta_fields=[],
 )
 
+# Every array of GenerationState (the prefix has its own table). An emptied slot (reset) gets length 0,
+# a zero hidden state and a finished turn; its per-position entries stay (past length 0 they are garbage)
+# and its PRNG key is the one the reset gives. A copied slot keeps its own PRNG key (copies sample apart).
+FIELDS: tuple[ArrayField, ...] = (
+    ArrayField("cache.keys", ("B", "K", "S", "H"), "cache", per_layer=True, resets=False),
+    ArrayField("cache.values", ("B", "K", "S", "H"), "cache", per_layer=True, resets=False),
+    ArrayField("cache.lengths", ("B",), "int32"),
+    ArrayField("hidden_bd", ("B", "D"), "hidden"),
+    ArrayField("tokens_bs", ("B", "S"), "int32", resets=False, history="tokens"),
+    ArrayField("logprobs_bs", ("B", "S"), "float32", resets=False, history="logprobs"),
+    ArrayField("sampled_bs", ("B", "S"), "bool", False, resets=False, history="sampled"),
+    ArrayField("key_data_b2", ("B", 2), "uint32", resets=False, copied=False),
+    ArrayField("turn_start_b", ("B",), "int32"),
+    ArrayField("done_b", ("B",), "bool", True),
+    ArrayField("stop_hit_b", ("B",), "bool", False),
+)
+
 
 def constrain_state(state: GenerationState) -> GenerationState:
     """Pins every array to its layout on the active mesh (batch over data/fsdp, kv heads over tensor).
 
     Applied to every output so that shardings, and hence compiled programs, stay stable across calls.
     """
-    cache = KVCache(tuple(constrain(k, CACHE_AXES) for k in state.cache.keys),
-                    tuple(constrain(v, CACHE_AXES) for v in state.cache.values),
-                    constrain(state.cache.lengths, ("cache_batch",)))
-    return GenerationState(
-        cache=cache,
-        hidden_bd=constrain(state.hidden_bd, _PER_SLOT),
-        tokens_bs=constrain(state.tokens_bs, _PER_POSITION),
-        logprobs_bs=constrain(state.logprobs_bs, _PER_POSITION),
-        sampled_bs=constrain(state.sampled_bs, _PER_POSITION),
-        key_data_b2=constrain(state.key_data_b2, _PER_SLOT),
-        turn_start_b=constrain(state.turn_start_b, ("cache_batch",)),
-        done_b=constrain(state.done_b, ("cache_batch",)),
-        stop_hit_b=constrain(state.stop_hit_b, ("cache_batch",)),
-        prefix=None if state.prefix is None else constrain_prefix(state.prefix),
-    )
+    state = fl.constrain_fields(state, FIELDS)
+    return state if state.prefix is None else dataclasses.replace(state, prefix=constrain_prefix(state.prefix))
 
 
 def empty_state(num_layers: int, num_kv_heads: int, head_dim: int, hidden_size: int, batch: int, capacity: int,
                 cache_dtype, hidden_dtype) -> GenerationState:
     """All slots empty (length 0, done). Meant to run under jit so arrays are born sharded."""
-    shape_bksh = cache_shape(batch, num_kv_heads, capacity, head_dim)
-    cache = KVCache(tuple(jnp.zeros(shape_bksh, cache_dtype) for _ in range(num_layers)),
-                    tuple(jnp.zeros(shape_bksh, cache_dtype) for _ in range(num_layers)),
-                    jnp.zeros((batch,), jnp.int32))
-    return constrain_state(GenerationState(
-        cache=cache,
-        hidden_bd=jnp.zeros((batch, hidden_size), hidden_dtype),
-        tokens_bs=jnp.zeros((batch, capacity), jnp.int32),
-        logprobs_bs=jnp.zeros((batch, capacity), jnp.float32),
-        sampled_bs=jnp.zeros((batch, capacity), bool),
-        key_data_b2=jnp.zeros((batch, 2), jnp.uint32),
-        turn_start_b=jnp.zeros((batch,), jnp.int32),
-        done_b=jnp.ones((batch,), bool),
-        stop_hit_b=jnp.zeros((batch,), bool),
-    ))
+    arrays = fl.empty_arrays(FIELDS, {"B": batch, "K": num_kv_heads, "S": capacity, "H": head_dim, "D": hidden_size},
+                             {"cache": cache_dtype, "hidden": hidden_dtype}, num_layers)
+    cache = KVCache(arrays.pop("cache.keys"), arrays.pop("cache.values"), arrays.pop("cache.lengths"))
+    return constrain_state(GenerationState(cache=cache, **arrays))
 
 
 def grow(state: GenerationState, capacity: int) -> GenerationState:
@@ -100,34 +93,49 @@ def grow(state: GenerationState, capacity: int) -> GenerationState:
     extra = capacity - state.capacity
     if extra < 0:
         raise ValueError(f"cannot shrink capacity {state.capacity} to {capacity}")
-
-    def pad_slots(x, axis):  # zeros appended along the slot axis S
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, extra)
-        return jnp.pad(x, widths)
-
-    pad_seq = functools.partial(pad_slots, axis=1)  # per-position arrays [B, S]
-    pad_cache = functools.partial(pad_slots, axis=2)  # keys / values [B, K, S, H]
-
-    cache = KVCache(tuple(map(pad_cache, state.cache.keys)), tuple(map(pad_cache, state.cache.values)),
-                    state.cache.lengths)
-    return constrain_state(dataclasses.replace(
-        state, cache=cache, tokens_bs=pad_seq(state.tokens_bs), logprobs_bs=pad_seq(state.logprobs_bs),
-        sampled_bs=pad_seq(state.sampled_bs)))
+    return constrain_state(fl.pad_dim(state, FIELDS, "S", extra))
 
 
 def reset_slots(state: GenerationState, reset_b: jax.Array, key_data_b2: jax.Array) -> GenerationState:
     """Empties the slots where reset_b [B] is True and gives them new PRNG keys [B, 2]."""
-    lengths = jnp.where(reset_b, 0, state.cache.lengths)
+    state = fl.reset_rows(state, FIELDS, "B", reset_b)
     return constrain_state(dataclasses.replace(
+        state, key_data_b2=jnp.where(reset_b[:, None], key_data_b2, state.key_data_b2)))
+
+
+def copy_slots(state: GenerationState, sources_u: jax.Array, targets_u: jax.Array) -> GenerationState:
+    """Slot targets_u[u] becomes a copy of slot sources_u[u] [U]: cache, sequence, turn flags and last hidden
+    state, but not the PRNG key (copies sample differently). A target index ≥ B is padding (ignored)."""
+    return constrain_state(fl.copy_rows(state, FIELDS, "B", sources_u, targets_u))
+
+
+def gather_slots(state: GenerationState, rows_u: jax.Array) -> GenerationState:
+    """The state of slots rows_u [U] only (an index ≥ B runs on a copy of the last slot). A shared prompt's
+    regions stay whole; a padding row gets no lane (a lane read twice would lose its real row)."""
+    rows = fl.gather_rows(state, FIELDS, "B", rows_u)
+    prefix = state.prefix
+    if prefix is None:
+        return rows
+    lane_u = jnp.where(rows_u < state.batch_size, jnp.take(prefix.lane_b, rows_u, mode="clip"), prefix.no_lane)
+    return dataclasses.replace(rows, prefix=dataclasses.replace(prefix, lane_b=lane_u))
+
+
+def scatter_slots(state: GenerationState, rows: GenerationState, rows_u: jax.Array, starts_u: jax.Array,
+                  width: int) -> GenerationState:
+    """`state` with the slots of `rows` (from gather_slots, then appended to at positions starts_u [U] ..
+    + width - 1) written back to slots rows_u [U]: per-position arrays and caches in that window only."""
+    return constrain_state(fl.scatter_rows(state, rows, FIELDS, "B", rows_u, starts_u, width))
+
+
+def new_turns(state: GenerationState, where_b: jax.Array, *, done: bool) -> GenerationState:
+    """Slots where where_b [B] is True begin a turn at their current length: no stop token seen yet, and
+    `done` says whether the turn is closed until something is appended (a cut or released slot)."""
+    return dataclasses.replace(
         state,
-        cache=KVCache(state.cache.keys, state.cache.values, lengths),
-        hidden_bd=jnp.where(reset_b[:, None], 0, state.hidden_bd).astype(state.hidden_bd.dtype),
-        key_data_b2=jnp.where(reset_b[:, None], key_data_b2, state.key_data_b2),
-        turn_start_b=jnp.where(reset_b, 0, state.turn_start_b),
-        done_b=state.done_b | reset_b,
-        stop_hit_b=state.stop_hit_b & ~reset_b,
-    ))
+        turn_start_b=jnp.where(where_b, state.cache.lengths, state.turn_start_b),
+        done_b=jnp.where(where_b, done, state.done_b),
+        stop_hit_b=state.stop_hit_b & ~where_b,
+    )
 
 
 def rewind_slots(state: GenerationState, keep_b: jax.Array) -> GenerationState:
@@ -137,10 +145,13 @@ def rewind_slots(state: GenerationState, keep_b: jax.Array) -> GenerationState:
     """
     cut_b = keep_b >= 0
     lengths = jnp.where(cut_b, jnp.minimum(keep_b, state.cache.lengths), state.cache.lengths)
-    return constrain_state(dataclasses.replace(
-        state,
-        cache=KVCache(state.cache.keys, state.cache.values, lengths),
-        turn_start_b=jnp.where(cut_b, lengths, state.turn_start_b),
-        done_b=state.done_b | cut_b,
-        stop_hit_b=state.stop_hit_b & ~cut_b,
-    ))
+    state = dataclasses.replace(state, cache=KVCache(state.cache.keys, state.cache.values, lengths))
+    return constrain_state(new_turns(state, cut_b, done=True))
+
+
+def release_slots(state: GenerationState, release_b: jax.Array) -> GenerationState:
+    """Slots where release_b [B] is True become empty (length 0, done) and leave their prefix lanes."""
+    state = rewind_slots(state, jnp.where(release_b, 0, -1))
+    if state.prefix is None:
+        return state
+    return constrain_state(dataclasses.replace(state, prefix=reset_prefix_rows(state.prefix, "B", release_b)))

@@ -1,17 +1,18 @@
-"""The two compiled programs of the engine, as pure functions of (params, state, inputs) → state.
+"""The engine's compiled programs that run the model, as pure functions of (params, state, inputs) → state.
 
 - `extend_chunk`: appends up to T tokens per sequence (ragged: num_new_b of them real) to the
   cache in one forward pass; prefill is extend on empty slots. Keeps only the hidden state of each
   extended sequence's last real token — logits are never computed for prompt positions.
-- `extend_rows`: the same for U < B gathered rows (the compacted call of extend_plan.py): the rows'
-  caches are gathered, the model runs on [U, T] only, and only the new window is written back.
-- `copy_rows`: makes some slots copies of others (one prefill of a prompt shared by its G samples).
 - `decode_loop`: one `lax.while_loop` that, per step, turns each live sequence's hidden state into
   logits [B, V], samples a token, and runs the model on it (T = 1), until every live sequence has
   ended its turn (stop token, its max_new_tokens, or a full cache) or `max_steps` steps have run.
   Sequences that are not live ride along in their slot: their tokens are not counted and their
   cache entries past their length are garbage that later writes overwrite.
-The engine jits each with the state donated; the model graph is closed over (`graphdef`).
+- `extend_rows`: `extend_chunk` on U < B gathered slots (the compacted call of extend_plan.py): the
+  model runs on [U, T] only, and only the new window of each slot is written back.
+The engine jits each with the state donated; the model graph is closed over (`graphdef`). The programs
+that only move state (grow, reset, rewind, copy slots) are in state.py, the shared-prefix ones in
+prefix_steps.py.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from flax import nnx
 
 from models import kv_cache as kv
 from models.generation.sampling import position_keys, sample_tokens
-from models.generation.state import GenerationState, constrain_state
+from models.generation.state import GenerationState, constrain_state, gather_slots, new_turns, scatter_slots
 
 
 def extend_chunk(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationState, tokens_bt: jax.Array,
@@ -37,17 +38,15 @@ def extend_chunk(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationSta
     last_b = jnp.clip(num_new_b - 1, 0, width - 1)
     last_hidden_bd = hidden_btd[jnp.arange(batch), last_b]
     extended_b = num_new_b > 0
-    return constrain_state(dataclasses.replace(
+    state = dataclasses.replace(
         state,
         cache=cache,
         hidden_bd=jnp.where(extended_b[:, None], last_hidden_bd, state.hidden_bd).astype(state.hidden_bd.dtype),
         tokens_bs=kv.write_positions(state.tokens_bs, tokens_bt.astype(jnp.int32), starts_b),
         logprobs_bs=kv.write_positions(state.logprobs_bs, jnp.zeros((batch, width), jnp.float32), starts_b),
         sampled_bs=kv.write_positions(state.sampled_bs, jnp.zeros((batch, width), bool), starts_b),
-        turn_start_b=jnp.where(extended_b, cache.lengths, state.turn_start_b),
-        done_b=state.done_b & ~extended_b,
-        stop_hit_b=state.stop_hit_b & ~extended_b,
-    ))
+    )
+    return constrain_state(new_turns(state, extended_b, done=False))
 
 
 def extend_rows(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationState, rows_u: jax.Array,
@@ -57,51 +56,10 @@ def extend_rows(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationStat
     A row index ≥ B is padding: it runs on a copy of the last slot and is written nowhere. The other
     B - U slots are untouched; the result equals extend_chunk with those slots' tokens and zeros elsewhere.
     """
-    model = nnx.merge(graphdef, params)
-    rows, width = tokens_ut.shape
-    gather = lambda x: jnp.take(x, rows_u, axis=0, mode="clip")  # noqa: E731
-    scatter = lambda x, new: x.at[rows_u].set(new.astype(x.dtype), mode="drop")  # noqa: E731
-    starts_u = gather(state.cache.lengths)
-    row_cache = kv.KVCache(tuple(map(gather, state.cache.keys)), tuple(map(gather, state.cache.values)), starts_u)
-    prefix = None
-    if state.prefix is not None:  # padding rows get no lane (a lane read twice would lose its real row)
-        prefix = state.prefix.view(jnp.where(rows_u < state.batch_size, gather(state.prefix.lane_b),
-                                             state.prefix.no_lane))
-    hidden_utd, row_cache = model.hidden_states(tokens_ut, cache=row_cache, num_new_b=num_new_u, prefix=prefix)
-
-    def write_back(full_bksh, rows_uksh):  # only the window the tokens were written to
-        return kv.write_kv(full_bksh, kv.read_window(rows_uksh, starts_u, width), starts_u, rows_u)
-
-    last_u = jnp.clip(num_new_u - 1, 0, width - 1)
-    new_lengths_u = row_cache.lengths
-    cache = kv.KVCache(tuple(map(write_back, state.cache.keys, row_cache.keys)),
-                       tuple(map(write_back, state.cache.values, row_cache.values)),
-                       scatter(state.cache.lengths, new_lengths_u))
-    return constrain_state(dataclasses.replace(
-        state,
-        cache=cache,
-        hidden_bd=scatter(state.hidden_bd, hidden_utd[jnp.arange(rows), last_u]),
-        tokens_bs=kv.write_positions(state.tokens_bs, tokens_ut.astype(jnp.int32), starts_u, rows_u),
-        logprobs_bs=kv.write_positions(state.logprobs_bs, jnp.zeros((rows, width), jnp.float32), starts_u, rows_u),
-        sampled_bs=kv.write_positions(state.sampled_bs, jnp.zeros((rows, width), bool), starts_u, rows_u),
-        turn_start_b=scatter(state.turn_start_b, new_lengths_u),
-        done_b=scatter(state.done_b, jnp.zeros((rows,), bool)),
-        stop_hit_b=scatter(state.stop_hit_b, jnp.zeros((rows,), bool)),
-    ))
-
-
-def copy_rows(state: GenerationState, sources_u: jax.Array, targets_u: jax.Array) -> GenerationState:
-    """Slot targets_u[u] becomes a copy of slot sources_u[u] [U]: cache, sequence, turn flags and last hidden
-    state, but not the PRNG key (copies sample differently). A target index ≥ B is padding (ignored)."""
-    def copy(x):
-        return x.at[targets_u].set(jnp.take(x, sources_u, axis=0, mode="clip"), mode="drop")
-
-    cache = kv.KVCache(tuple(map(copy, state.cache.keys)), tuple(map(copy, state.cache.values)),
-                       copy(state.cache.lengths))
-    return constrain_state(dataclasses.replace(
-        state, cache=cache, hidden_bd=copy(state.hidden_bd), tokens_bs=copy(state.tokens_bs),
-        logprobs_bs=copy(state.logprobs_bs), sampled_bs=copy(state.sampled_bs),
-        turn_start_b=copy(state.turn_start_b), done_b=copy(state.done_b), stop_hit_b=copy(state.stop_hit_b)))
+    rows = gather_slots(state, rows_u)
+    starts_u = rows.cache.lengths
+    rows = extend_chunk(graphdef, params, rows, tokens_ut, num_new_u)
+    return scatter_slots(state, rows, rows_u, starts_u, tokens_ut.shape[1])
 
 
 def live_mask(state: GenerationState, active_b: jax.Array, budgets_b: jax.Array) -> jax.Array:
