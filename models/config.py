@@ -193,8 +193,10 @@ def load_hf_config(hf_dir: str | Path, **runtime: Any) -> Qwen3Config:
         raise NotAQwen3Checkpoint(f"{path}: not found; expected a Hugging Face checkpoint directory")
     try:
         hf = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NotAQwen3Checkpoint(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise NotAQwen3Checkpoint(f"{path}: not a text file") from None
+    except json.JSONDecodeError as exc:
+        raise NotAQwen3Checkpoint(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     return from_hf_dict(hf, str(path), **runtime)
 
 
