@@ -21,17 +21,15 @@ from tqdm.auto import tqdm
 
 from environments.bfcl_env import BfclEpisode
 from envtune_jax import checkpointing, config as config_lib, hf_io, interrupt
-from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, checkpoint_tokenizer, stop_token_ids
+from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, stop_token_ids
 from envtune_jax.folder_lock import hold_folder
 from envtune_jax.mesh import make_mesh, resolve_mesh_shape
 from envtune_jax.progress import OnPhase, PhaseDisplay
-from envtune_jax.sharding import named_sharding
-from models.config import preset
 from models.generation.sampling import SamplingParams
-from models.qwen3 import init_model
 from rl.curriculum import StageConfig, decide_advance, stage_budget
 from rl.grpo import PolicyLearner, summarize
 from rl.metrics_log import MetricsWriter
+from rl.model_loader import LoadedModel, load_run_model
 from rl.run_checkpoint import RunCheckpointer
 from rl.run_config import RunConfig, stage_rollout
 from rl.run_dir import clear_finished, inspect_run_dir, mark_finished, record_settings
@@ -42,33 +40,6 @@ from rl.train_step import Trainer
 def _log(message: str) -> None:
     if jax.process_index() == 0:
         tqdm.write(message, file=sys.stderr)
-
-
-def load_policy_model(cfg: RunConfig, mesh):
-    """(model, tokenizer directory or None) from the run's model source."""
-    src = cfg.model
-    kernels = dict(attention_impl=src.attention_impl, decode_attention=src.decode_attention, remat=src.remat)
-    chosen = [name for name in ("hf", "ckpt", "preset") if getattr(src, name)]
-    if len(chosen) != 1:
-        raise config_lib.ConfigError(f"model: set exactly one of hf, ckpt, preset (got {chosen or 'none'})")
-    if src.hf:
-        return hf_io.load_pretrained(src.hf, dtype=src.param_dtype, compute_dtype=src.dtype, mesh=mesh,
-                                     **kernels), src.hf
-    if src.ckpt:
-        return checkpointing.load_model(src.ckpt, mesh=mesh, dtype=src.param_dtype, compute_dtype=src.dtype,
-                                        **kernels), checkpointing.tokenizer_dir(src.ckpt)
-    model = init_model(preset(src.preset, param_dtype=src.param_dtype, dtype=src.dtype, **kernels), seed=src.seed)
-    if mesh is not None:
-        graphdef, state = nnx.split(model)
-
-        def place(variable):
-            target = named_sharding(mesh, variable.get_metadata()["logical_axes"], variable.shape)
-            return variable.replace(jax.device_put(variable[...], target))
-
-        model = nnx.merge(graphdef, jax.tree.map(place, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
-    return model, None
-
-
 
 
 def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
@@ -82,10 +53,10 @@ def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
             f"set sampler.stop_token_ids=[{im_end},{end_of_text}]")
 
 
-def build_learner(cfg: RunConfig, model, tokenizer_dir, mesh) -> PolicyLearner:
-    """The run's PolicyLearner around `model`: its tokenizer (checked against the model and the sampler's
-    stop ids), trainer, and generation engine on `mesh` (shared by `envtune train` and `envtune bench rollout`)."""
-    tokenizer = checkpoint_tokenizer(tokenizer_dir, cfg.model.hf or cfg.model.ckpt)
+def build_learner(cfg: RunConfig, loaded: LoadedModel, mesh) -> PolicyLearner:
+    """The run's PolicyLearner around the loaded model: its tokenizer (checked against the model and the
+    sampler's stop ids), trainer, and generation engine on `mesh` (every GRPO run builds it so)."""
+    model, tokenizer = loaded.model, loaded.tokenizer
     check_tokenizer(tokenizer, model.config.vocab_size, cfg.sampler.stop_token_ids)
     graphdef, _ = nnx.split(model, nnx.Param)
     trainer = Trainer(graphdef, cfg.loss, cfg.optimizer, dataclasses.replace(cfg.train_step, temperature=cfg.sampler.temperature))
@@ -163,8 +134,9 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
     """Loads the model, restores the newest readable checkpoint and trains the remaining stages; returns
     (model, tokenizer directory, record)."""
     mesh = make_mesh(cfg.mesh) if len(jax.devices()) > 1 else None
-    model, tokenizer_dir = load_policy_model(cfg, mesh)
-    learner = build_learner(cfg, model, tokenizer_dir, mesh)
+    loaded = load_run_model(cfg.model, mesh)
+    model, tokenizer_dir = loaded.model, loaded.tokenizer_dir
+    learner = build_learner(cfg, loaded, mesh)
     tokenizer = learner.tokenizer
     record = {"step": 0, "stage_index": 0, "step_in_stage": 0, "data_position": 0, "stage_started": False,
               "val_accuracy": [], "grad_norms": [], "decisions": []}

@@ -140,6 +140,7 @@ BAD_COMBINATIONS: dict[tuple[type, str], list[str]] = {
     (SamplerConfig, "prefix_attention"): ["shared_prefix=false", "prefix_attention=reference"],
     (TrainStepConfig, "prefix_groups_per_row"): ["shared_prefix=off", "prefix_groups_per_row=2"],
     (ModelSourceConfig, "seed"): ["ckpt=ckpt/model", "seed=3"],
+    (ModelSourceConfig, "bpe_ranks"): ["ckpt=ckpt/model", "bpe_ranks=8192"],
     (DataConfig, "data_dir"): ["source=package", "data_dir=data"],
     (DataConfig, "shortest_prompts_first"): ["limit_per_category=null", "shortest_prompts_first=true"],
     (StageConfig, "validation_entries"): ["validation_every=0", "validation_entries=8"],

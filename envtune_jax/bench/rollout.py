@@ -59,21 +59,6 @@ def choose_stage(stages, name: str | None):
     raise ConfigError(f"--stage {name!r}: the recipe's stages are {[s.name for s in stages]}")
 
 
-def load_model(cfg, mesh):
-    """(model, tokenizer directory or None): a preset gets random weights created on device (fast for
-    4B shapes), anything else loads as `envtune train` does."""
-    from envtune_jax.bench.random_weights import random_model
-    from models.config import preset
-    from rl.train_loop import load_policy_model
-
-    src = cfg.model
-    if src.preset and not (src.hf or src.ckpt):
-        model_cfg = preset(src.preset, param_dtype=src.param_dtype, dtype=src.dtype,
-                           attention_impl=src.attention_impl, decode_attention=src.decode_attention, remat=src.remat)
-        return random_model(model_cfg, mesh, seed=src.seed), None
-    return load_policy_model(cfg, mesh)
-
-
 def iteration_shares(metrics: dict, wall_s: float) -> dict:
     """Fractions of one iteration's wall time in generation, environment, training and the rest."""
     parts = {"generation": metrics["generation_s"], "environment": metrics["environment_s"], "train": metrics["train_s"]}
@@ -92,6 +77,7 @@ def run(args) -> dict:
     from envtune_jax.mesh import make_mesh, resolve_mesh_shape
     from envtune_jax.progress import PhaseDisplay
     from environments.bfcl_env import BfclEpisode
+    from rl.model_loader import load_run_model
     from rl.run_config import load_run_config, stage_rollout
     from rl.stage_data import draw, load_subset
     from rl.train_loop import build_learner, prompt_length, stage_sampling
@@ -106,8 +92,9 @@ def run(args) -> dict:
         raise ConfigError(f"--prompts and --samples must be ≥ 1, got {prompts} and {samples}")
     resolve_mesh_shape(cfg.mesh, len(jax.devices()))  # a mesh that does not fit the devices: ConfigError
     mesh = make_mesh(cfg.mesh) if len(jax.devices()) > 1 else None
-    model, tokenizer_dir = load_model(cfg, mesh)
-    learner = build_learner(cfg, model, tokenizer_dir, mesh)
+    loaded = load_run_model(cfg.model, mesh)
+    model = loaded.model
+    learner = build_learner(cfg, loaded, mesh)
     length = prompt_length(learner.tokenizer, stage) if cfg.data.shortest_prompts_first else None
     entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
     sampling, rollout_cfg = stage_sampling(cfg, stage), stage_rollout(cfg, stage)

@@ -55,13 +55,13 @@ def _banner(step: int, total: int, text: str) -> float:
 def write_tiny_checkpoint(out: Path) -> Path:
     """A tiny random Qwen3 in HF layout with the embedded Qwen3 tokenizer files."""
     from envtune_jax import hf_io
-    from envtune_jax.chat.tokenizer import default_tokenizer, save_tokenizer
-    from models.config import preset
-    from models.qwen3 import init_model
+    from envtune_jax.chat.tokenizer import save_tokenizer
+    from rl.model_loader import load_model
 
     tokenizer_dir = out.parent / f"{out.name}-tokenizer"
-    save_tokenizer(default_tokenizer(), tokenizer_dir)
-    hf_io.save_pretrained(init_model(preset("tiny"), seed=0), out, tokenizer_dir=tokenizer_dir, progress=False)
+    tiny = load_model(use="convert", preset="tiny", seed=0)
+    save_tokenizer(tiny.tokenizer, tokenizer_dir)
+    hf_io.save_pretrained(tiny.model, out, tokenizer_dir=tokenizer_dir, progress=False)
     return out
 
 
@@ -71,6 +71,7 @@ def run(args) -> int:
     from environments.config import EnvironmentConfig
     from environments.evaluation import evaluate_bfcl
     from environments.splits import first_per_category, split_entries
+    from rl.model_loader import load_model
     from rl.model_policy import build_model_policy
     from rl.run_config import load_run_config
     from rl.synthetic_run import SyntheticRunConfig, run_synthetic
@@ -89,8 +90,8 @@ def run(args) -> int:
     print(f"  {hf_dir} ({time.perf_counter() - t:.1f}s)")
 
     t = _banner(2, total, "convert HF → envtune checkpoint")
-    model = hf_io.load_pretrained(hf_dir)
-    ckpt = checkpointing.save_model(model, out / "ckpt", tokenizer_dir=hf_dir)
+    converted = load_model(use="convert", hf=hf_dir)
+    ckpt = checkpointing.save_model(converted.model, out / "ckpt", tokenizer_dir=converted.tokenizer_dir)
     print(f"  {ckpt} ({time.perf_counter() - t:.1f}s)")
 
     synthetic_summary = None
@@ -125,8 +126,8 @@ def run(args) -> int:
     print(f"  ({time.perf_counter() - t:.1f}s)")
 
     t = _banner(6, total, "export the trained model to HF safetensors")
-    exported = hf_io.save_pretrained(checkpointing.load_model(run_dir / "final"), out / "export",
-                                     tokenizer_dir=checkpointing.tokenizer_dir(run_dir / "final"))
+    final = load_model(use="convert", ckpt=run_dir / "final")
+    exported = hf_io.save_pretrained(final.model, out / "export", tokenizer_dir=final.tokenizer_dir)
     print(f"  {exported} ({time.perf_counter() - t:.1f}s)")
 
     summary = {
