@@ -238,6 +238,11 @@ PRESETS: dict[str, Qwen3Config] = {
     # CPU demo/tests: the real vocabulary, tiny everything else (head_dim != hidden/heads on purpose).
     "tiny": Qwen3Config(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                         num_kv_heads=2, head_dim=32, tie_word_embeddings=True, max_position_embeddings=32768),
+    # The synthetic learning run's model: Qwen's BPE cut to its first 8,192 ranks + 26 added tokens, padded to
+    # 8,320 rows (`model.bpe_ranks: 8192`); hidden 64 (hidden 32 does not learn even a supervised copy of the
+    # request in 100 steps).
+    "tiny-8k": Qwen3Config(vocab_size=8320, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                           num_kv_heads=1, head_dim=16, tie_word_embeddings=False, max_position_embeddings=4096),
 }
 
 

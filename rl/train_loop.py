@@ -8,6 +8,10 @@ stage; export HF safetensors at the end of every stage. Re-running the same comm
 the newest checkpoint that restores (stage, step, data position, PRNG, metrics history included).
 The run directory is locked while it trains, and its bookkeeping (settings per resume, finished
 marker) is rl/run_dir.py's; docs/runs-and-checkpoints.md describes the rules.
+
+A stage's iterations run through the one GRPO loop (rl/grpo_loop.run_grpo); this module keeps what is the
+curriculum's: the schedule and advance rule, the run record that a checkpoint saves, validation and
+periodic checkpoints (the `_Curriculum` hook), the stage boundaries, and resume.
 """
 from __future__ import annotations
 
@@ -16,58 +20,28 @@ import sys
 from pathlib import Path
 
 import jax
-from flax import nnx
 from tqdm.auto import tqdm
 
 from environments.bfcl_env import BfclEpisode
 from envtune_jax import checkpointing, config as config_lib, hf_io, interrupt
-from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, stop_token_ids
 from envtune_jax.folder_lock import hold_folder
 from envtune_jax.mesh import make_mesh, resolve_mesh_shape
 from envtune_jax.progress import OnPhase, PhaseDisplay
-from models.generation.sampling import SamplingParams
-from rl.curriculum import StageConfig, decide_advance, stage_budget
+from rl.curriculum import AdvanceDecision, StageBudget, StageConfig, decide_advance, stage_budget
 from rl.grpo import PolicyLearner, summarize
+from rl.grpo_loop import GrpoHook, MetricsLog, ProgressBar, build_learner, run_grpo, stage_sampling, stage_settings
 from rl.metrics_log import MetricsWriter
-from rl.model_loader import LoadedModel, load_run_model
+from rl.model_loader import load_run_model
+from rl.rollout import Trajectory
 from rl.run_checkpoint import RunCheckpointer
 from rl.run_config import RunConfig, stage_rollout
 from rl.run_dir import clear_finished, inspect_run_dir, mark_finished, record_settings
 from rl.stage_data import draw, load_subset
-from rl.train_step import Trainer
 
 
 def _log(message: str) -> None:
     if jax.process_index() == 0:
         tqdm.write(message, file=sys.stderr)
-
-
-def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
-    """Clear errors before any rollout: a tokenizer from another model (ids the embedding lacks, no chat
-    tokens), or sampler stop ids that miss this tokenizer's <|im_end|> (episodes would never end a step)."""
-    check_tokenizer_fits_model(tokenizer, model_vocab_size)
-    im_end, end_of_text = stop_token_ids(tokenizer)
-    if im_end not in tuple(sampler_stop_ids):
-        raise config_lib.ConfigError(
-            f"sampler.stop_token_ids {list(sampler_stop_ids)} lack this tokenizer's <|im_end|> id {im_end}; "
-            f"set sampler.stop_token_ids=[{im_end},{end_of_text}]")
-
-
-def build_learner(cfg: RunConfig, loaded: LoadedModel, mesh) -> PolicyLearner:
-    """The run's PolicyLearner around the loaded model: its tokenizer (checked against the model and the
-    sampler's stop ids), trainer, and generation engine on `mesh` (every GRPO run builds it so)."""
-    model, tokenizer = loaded.model, loaded.tokenizer
-    check_tokenizer(tokenizer, model.config.vocab_size, cfg.sampler.stop_token_ids)
-    graphdef, _ = nnx.split(model, nnx.Param)
-    trainer = Trainer(graphdef, cfg.loss, cfg.optimizer, dataclasses.replace(cfg.train_step, temperature=cfg.sampler.temperature))
-    engine = cfg.sampler.build_engine(model, mesh)
-    return PolicyLearner(model, engine, trainer, tokenizer, cfg.loss)
-
-
-def stage_sampling(cfg: RunConfig, stage: StageConfig) -> SamplingParams:
-    """The sampler's settings with the stage's per-step token budget."""
-    return dataclasses.replace(cfg.sampler.sampling_params(),
-                               max_new_tokens=stage_rollout(cfg, stage).max_new_tokens_per_step)
 
 
 def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key,
@@ -137,11 +111,9 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
     loaded = load_run_model(cfg.model, mesh)
     model, tokenizer_dir = loaded.model, loaded.tokenizer_dir
     learner = build_learner(cfg, loaded, mesh)
-    tokenizer = learner.tokenizer
     record = {"step": 0, "stage_index": 0, "step_in_stage": 0, "data_position": 0, "stage_started": False,
               "val_accuracy": [], "grad_norms": [], "decisions": []}
-    ref_like = learner.ref_params if learner.ref_params is not None else learner.state.params
-    restored = checkpointer.restore_newest_readable(learner.state, ref_like, _log)
+    restored = checkpointer.restore_newest_readable(learner.state, _ref_or_params(learner), _log)
     if restored is not None:
         state, ref, record = restored
         learner.set_state(state, ref if learner.ref_params is not None else None)
@@ -160,7 +132,7 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
             if not record["stage_started"]:
                 learner.reset_reference()
                 record.update(stage_started=True, step_in_stage=0, data_position=0, val_accuracy=[], grad_norms=[])
-            length = prompt_length(tokenizer, stage) if cfg.data.shortest_prompts_first else None
+            length = prompt_length(learner.tokenizer, stage) if cfg.data.shortest_prompts_first else None
             entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
             val_entries = load_subset("validation", cfg.data.source, cfg.data.data_dir,
                                       cfg.data.validation_limit_per_category, length) if stage.validation_every else []
@@ -169,39 +141,18 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
             budget = stage_budget(stage, len(entries))
             _log(f"{stage.name}: {budget.steps} steps ({budget.binding} binds: {stage.epochs:g} epochs of "
                  f"{len(entries)} entries = {budget.epoch_steps} steps, max_steps {stage.max_steps})")
-            env_cfg, rollout_cfg, sampling = stage.environment, stage_rollout(cfg, stage), stage_sampling(cfg, stage)
             bar = tqdm(total=budget.steps, initial=record["step_in_stage"], desc=stage.name, unit="step",
                        disable=not cfg.logging.progress_bar or jax.process_index() != 0)
             display = PhaseDisplay(bar)  # what the step is doing: rollout i/n episodes, environment, update, compiling
-            while True:
-                decision = decide_advance(stage, budget.steps, record["step_in_stage"], record["val_accuracy"],
-                                          record["grad_norms"])
-                if decision.advance:
-                    _log(f"{stage.name}: advancing — {decision.reason}")
-                    record["decisions"].append({"stage": stage.name, "step": record["step"], "reason": decision.reason})
-                    break
-                # the stage goes on: the periodic checkpoint of the step just done (the step that ends a stage
-                # is saved below, with the record of the stage boundary)
-                if (record["step_in_stage"] and record["step"] % cfg.checkpoint.every_steps == 0
-                        and checkpointer.latest_step() != record["step"]):
-                    display("checkpoint")
-                    checkpointer.save(record["step"], learner.state, _ref_or_params(learner), record)
+            curriculum = _Curriculum(cfg, stage, stage_index, budget, record, learner, checkpointer, val_entries,
+                                     key, display)
+
+            def groups_for(step: int, stage=stage, entries=entries, stage_index=stage_index):
                 picked = draw(entries, record["data_position"], stage.prompts_per_step, cfg.seed + stage_index)
-                groups = [[BfclEpisode(e, env_cfg) for _ in range(stage.samples_per_prompt)] for e in picked]
-                step_key = jax.random.fold_in(key, record["step"])
-                metrics, _ = learner.iterate(groups, stage.chat, sampling, rollout_cfg, step_key, on_phase=display)
-                record["step"] += 1
-                record["step_in_stage"] += 1
-                record["data_position"] += stage.prompts_per_step
-                record["grad_norms"].append(metrics["grad_norm"])
-                if stage.validation_every and record["step_in_stage"] % stage.validation_every == 0:
-                    val = validate(learner, stage, val_entries, cfg, jax.random.fold_in(step_key, 1), on_phase=display)
-                    record["val_accuracy"].append(val["val/accuracy"])
-                    metrics.update(val)
-                metrics.update(stage=stage_index, stage_name=stage.name, decision=decision.reason)
-                writer.write(record["step"], metrics)
-                bar.update(1)
-                display.prefix = f"reward {metrics['reward_mean']:.3f} loss {metrics['loss']:+.4f} | "
+                return [[BfclEpisode(e, stage.environment) for _ in range(stage.samples_per_prompt)] for e in picked]
+
+            run_grpo(learner, curriculum.steps(), groups_for, stage_settings(cfg, stage), key,
+                     hooks=(curriculum, MetricsLog(writer), ProgressBar(bar, display)), on_phase=display)
             display.close()
             bar.close()
             if stage.export_hf:
@@ -216,6 +167,52 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
         writer.close()
         release_hold()
     return model, tokenizer_dir, record
+
+
+class _Curriculum(GrpoHook):
+    """One stage's schedule and bookkeeping around the GRPO loop: `steps()` yields the global step index while
+    the stage's advance rule says go on (the decision and its reason are logged and kept); before a step,
+    the periodic checkpoint of the step just done; after it, the run record (steps, data position, gradient
+    norms), validation when due, and the stage and decision in the step's metrics."""
+
+    def __init__(self, cfg: RunConfig, stage: StageConfig, stage_index: int, budget: StageBudget, record: dict,
+                 learner: PolicyLearner, checkpointer: RunCheckpointer, val_entries, key, display: PhaseDisplay):
+        self.cfg, self.stage, self.stage_index, self.budget, self.record = cfg, stage, stage_index, budget, record
+        self.learner, self.checkpointer, self.val_entries, self.key, self.display = (
+            learner, checkpointer, val_entries, key, display)
+        self.decision: AdvanceDecision | None = None
+
+    def steps(self):
+        record, stage = self.record, self.stage
+        while True:
+            self.decision = decide_advance(stage, self.budget.steps, record["step_in_stage"], record["val_accuracy"],
+                                           record["grad_norms"])
+            if self.decision.advance:
+                _log(f"{stage.name}: advancing — {self.decision.reason}")
+                record["decisions"].append({"stage": stage.name, "step": record["step"], "reason": self.decision.reason})
+                return
+            yield record["step"]
+
+    def before_step(self, step: int) -> None:
+        # the stage goes on: the periodic checkpoint of the step just done (the step that ends a stage is saved
+        # after the loop, with the record of the stage boundary)
+        if (self.record["step_in_stage"] and step % self.cfg.checkpoint.every_steps == 0
+                and self.checkpointer.latest_step() != step):
+            self.display("checkpoint")
+            self.checkpointer.save(step, self.learner.state, _ref_or_params(self.learner), self.record)
+
+    def after_step(self, step: int, metrics: dict, trajectories: list[Trajectory]) -> None:
+        record, stage = self.record, self.stage
+        record["step"] += 1
+        record["step_in_stage"] += 1
+        record["data_position"] += stage.prompts_per_step
+        record["grad_norms"].append(metrics["grad_norm"])
+        if stage.validation_every and record["step_in_stage"] % stage.validation_every == 0:
+            val = validate(self.learner, stage, self.val_entries, self.cfg,
+                           jax.random.fold_in(jax.random.fold_in(self.key, step), 1), on_phase=self.display)
+            record["val_accuracy"].append(val["val/accuracy"])
+            metrics.update(val)
+        metrics.update(stage=self.stage_index, stage_name=stage.name, decision=self.decision.reason)
 
 
 def prompt_length(tokenizer, stage: StageConfig):

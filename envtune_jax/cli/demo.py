@@ -8,13 +8,12 @@ pipeline on a real checkpoint directory.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-# GRPO iterations of the demo's synthetic run: the default run's 30 (rl/synthetic_run.py), the curve
+# GRPO iterations of the demo's synthetic run: the default run's 30 (configs/synthetic/), the curve
 # that the learning test checks and docs/training.md plots (~3 min with its warm-up on 2 CPU cores).
 DEMO_SYNTHETIC_STEPS = 30
 
@@ -74,7 +73,7 @@ def run(args) -> int:
     from rl.model_loader import load_model
     from rl.model_policy import build_model_policy
     from rl.run_config import load_run_config
-    from rl.synthetic_run import SyntheticRunConfig, run_synthetic
+    from rl.synthetic_run import load_synthetic_recipe, run_synthetic
     from rl.train_loop import train
 
     from envtune_jax.cli import outputs
@@ -97,13 +96,13 @@ def run(args) -> int:
     synthetic_summary = None
     if not args.skip_synthetic:
         t = _banner(3, total, "synthetic multi-turn tool task: warm-up, then GRPO (docs/training.md: Synthetic learning run)")
-        cfg = dataclasses.replace(SyntheticRunConfig(), rl_steps=args.synthetic_steps)
+        recipe = load_synthetic_recipe([f"stage.max_steps={args.synthetic_steps}"])
 
         def show(step, record):
             print(f"  step {step:3d}  reward {record['reward_mean']:.3f}  loss {record['loss']:+.4f}", flush=True)
 
-        result = run_synthetic(cfg, out / "synthetic", on_step=show, progress=True)
-        history = getattr(result, "history", result)
+        result = run_synthetic(recipe, out / "synthetic", on_step=show, progress=True)
+        history = result.history
         synthetic_summary = (history[0]["reward_mean"], history[-1]["reward_mean"])
         print(f"  reward {synthetic_summary[0]:.3f} → {synthetic_summary[1]:.3f}; curve: {out / 'synthetic' / 'metrics.jsonl'} "
               f"({time.perf_counter() - t:.1f}s)")
