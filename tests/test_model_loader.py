@@ -64,7 +64,7 @@ def test_every_source_gets_the_dtypes_of_its_use_whatever_it_stores(checkpoints,
 
 
 def test_generate_and_eval_load_an_hf_folder_in_the_same_dtypes(checkpoints):
-    """They used to differ: `envtune eval --hf` loaded bfloat16 weights, `envtune generate --hf` float32."""
+    """`envtune generate --hf` and `envtune eval --hf` without --dtype: the inference rule, bfloat16, for both."""
     from envtune_jax.cli.common import load_model_from_args
     from rl.model_policy import build_model_policy
 
