@@ -12,7 +12,7 @@ computes the logits [B, P + N, V] of prompt + continuation in bf16 and again wit
 in float32 (the precise reference). Everything lands in DIR; DIR/reference.json is written last, and
 a later `hf` run with the same shapes reuses what is there instead of writing it again.
 
-`ours` loads DIR/checkpoint with `hf_io.load_pretrained` in bf16 and reports, for each `--attention`:
+`ours` loads DIR/checkpoint with the model loader (inference: bf16 weights and compute) and reports, for each `--attention`:
 - the relative error ‖ours − ref‖ / ‖ref‖ of its logits against transformers' bf16 and float32
   logits, beside transformers' own bf16 error against float32 (the noise bf16 brings);
 - top-1 agreement (argmax over the vocabulary, every position) with each;
@@ -194,13 +194,13 @@ def check_ours(args) -> int:
     import jax
     from flax import nnx
 
-    from envtune_jax import hf_io
     from models.generation import GenerationEngine, SamplingParams
+    from rl.model_loader import load_model
 
     attentions = [a for a in args.attention.split(",") if a]
     start = time.perf_counter()
-    model = hf_io.load_pretrained(args.dir / "checkpoint", dtype="bfloat16", attention_impl=attentions[0],
-                                  decode_attention=args.decode_attention, progress=False)
+    model = load_model(use="inference", hf=args.dir / "checkpoint", attention_impl=attentions[0],
+                       decode_attention=args.decode_attention, progress=False).model  # bfloat16, as served
     jax.block_until_ready(nnx.state(model))
     load_s = time.perf_counter() - start
     tokens_bt = np.load(args.dir / "tokens.npy")

@@ -1,8 +1,8 @@
 """The learning curve of the synthetic run and the paper's ablation in miniature (docs/training.md: Synthetic learning run).
 
-Per seed: one warm-up (rl/synthetic_run.warm_up), then GRPO from the same warmed-up weights, with the
-same task draws and sampling keys, in four environments: hints/format feedback on or off × progress or
-binary (all-turns-right) reward. Writes, under --out:
+Per seed: one warm-up (rl/synthetic_run.warm_up) of the synthetic recipe (configs/synthetic/), then GRPO
+from the same warmed-up weights, with the same task draws and sampling keys, in four environments:
+hints/format feedback on or off × progress or binary (all-turns-right) reward. Writes, under --out:
 - curves.jsonl: one line per seed, variant and GRPO iteration (reward the variant trained on, progress
   reward R_P, accuracy, entropy, format-error and hint counters, seconds);
 - learning.png: R_P per iteration of the default variant for the first seed (the run the learning test
@@ -16,19 +16,22 @@ iteration that starts a 3-iteration window averaging ≥ 0.8; means over seeds; 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import time
 from pathlib import Path
 
-from rl.synthetic_run import SyntheticRunConfig, grpo, warm_up
+from rl.synthetic_run import grpo, load_synthetic_recipe, warm_up
 
+# Overrides of the synthetic recipe (configs/synthetic/learning_run.yaml); "no hints" also turns format
+# feedback and the empty-turn warning off (EnvironmentConfig.training(augmented=False))
+NO_HINTS = ["stage.environment.hints=false", "stage.environment.format_feedback=false",
+            "stage.environment.empty_turn_warning=false"]
 VARIANTS = {
-    "default": {"hints": True, "reward": "progress"},  # the paper's stage 2-3 setting
-    "no_hints": {"hints": False, "reward": "progress"},
-    "binary_reward": {"hints": True, "reward": "binary"},
-    "no_hints_binary_reward": {"hints": False, "reward": "binary"},
+    "default": [],  # the paper's stage 2-3 setting: hints, format feedback, progress reward
+    "no_hints": NO_HINTS,
+    "binary_reward": ["stage.environment.reward=binary"],
+    "no_hints_binary_reward": [*NO_HINTS, "stage.environment.reward=binary"],
 }
 KEPT_METRICS = ("reward_mean", "progress_reward_mean", "accuracy", "entropy", "per_episode/format_errors",
                 "per_episode/hints", "per_episode/steps", "step_s")
@@ -82,7 +85,7 @@ def plot(curves: dict[str, list[list[float]]], path: Path, title: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=None, help="GRPO iterations per variant (default: the config's)")
+    parser.add_argument("--steps", type=int, default=None, help="GRPO iterations per variant (default: the recipe's)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, one warm-up each (e.g. 0,1,2)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
     args = parser.parse_args()
@@ -102,14 +105,14 @@ def main() -> None:
                "warmup": {}, "variants": {name: {"runs": {}} for name in names}}
     with open(args.out / "curves.jsonl", "w") as jsonl:
         for seed in seeds:
-            base = SyntheticRunConfig(seed=seed)
+            base = [f"run.seed={seed}", f"run.model.seed={seed}"]
             if args.steps is not None:
-                base = dataclasses.replace(base, rl_steps=args.steps)
-            warmed = warm_up(base, progress=True)
+                base.append(f"stage.max_steps={args.steps}")
+            warmed = warm_up(load_synthetic_recipe(base), progress=True)
             print(f"seed {seed} warm-up: nll {warmed.info['nll']:.3f} in {warmed.info['seconds']:.0f} s", flush=True)
             summary["warmup"][seed] = {k: round(v, 3) for k, v in warmed.info.items()}
             for name in names:
-                cfg = dataclasses.replace(base, **VARIANTS[name])
+                recipe = load_synthetic_recipe(base + VARIANTS[name])
 
                 def show(step: int, record: dict, name=name, seed=seed) -> None:
                     row = {"seed": seed, "variant": name, "step": step,
@@ -119,7 +122,7 @@ def main() -> None:
                     print(f"seed {seed} {name:>24} {step:3d}  R_P {record['progress_reward_mean']:.3f}  "
                           f"trained-on reward {record['reward_mean']:.3f}  {record['step_s']:.1f} s", flush=True)
 
-                result = grpo(cfg, warmed, on_step=show)
+                result = grpo(recipe, warmed, on_step=show)
                 curve = [r["progress_reward_mean"] for r in result.history]
                 curves[name].append(curve)
                 summary["variants"][name]["runs"][seed] = {**curve_summary(curve), "seconds": round(result.total_s, 1)}

@@ -196,8 +196,10 @@ def load_hf_config(hf_dir: str | Path, **runtime: Any) -> Qwen3Config:
         raise NotAQwen3Checkpoint(f"{path}: not found; expected a Hugging Face checkpoint directory")
     try:
         hf = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NotAQwen3Checkpoint(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise NotAQwen3Checkpoint(f"{path}: not a text file") from None
+    except json.JSONDecodeError as exc:
+        raise NotAQwen3Checkpoint(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     return from_hf_dict(hf, str(path), **runtime)
 
 
@@ -239,6 +241,11 @@ PRESETS: dict[str, Qwen3Config] = {
     # CPU demo/tests: the real vocabulary, tiny everything else (head_dim != hidden/heads on purpose).
     "tiny": Qwen3Config(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                         num_kv_heads=2, head_dim=32, tie_word_embeddings=True, max_position_embeddings=32768),
+    # The synthetic learning run's model: Qwen's BPE cut to its first 8,192 ranks + 26 added tokens, padded to
+    # 8,320 rows (`model.bpe_ranks: 8192`); hidden 64 (hidden 32 does not learn even a supervised copy of the
+    # request in 100 steps).
+    "tiny-8k": Qwen3Config(vocab_size=8320, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                           num_kv_heads=1, head_dim=16, tie_word_embeddings=False, max_position_embeddings=4096),
 }
 
 

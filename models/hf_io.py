@@ -10,6 +10,8 @@ weight in full, and replicated weights (norms) are read once per host. The full 
 twice in host memory. Export writes config.json, generation_config.json, ≤5 GB safetensors shards
 with an index, and the tokenizer files of the source; it writes into a temporary sibling folder
 renamed into place at the end (`staged_dir`), so a failure leaves nothing half-written.
+Which file holds each tensor, and whether every file is whole, is models/hf_files.py's (JAX-free, so the
+command line runs the same checks before it imports JAX).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 from envtune_jax.atomic_files import publish_dir, recover_dir
 from envtune_jax.sharding import named_sharding
 from models.config import NotAQwen3Checkpoint, Qwen3Config, load_hf_config, to_hf_dict
+from models.hf_files import CheckpointError, check_files, open_safetensors
 from models.qwen3 import Qwen3
 from models.weights import expected_hf_shape, hf_read_plan, hf_to_ours, ours_to_hf
 
@@ -41,52 +44,7 @@ DEFAULT_GENERATION_CONFIG = {"bos_token_id": 151643, "eos_token_id": [151645, 15
                              "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, malformed, or does not match the model; names file and tensor."""
-
-
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # stored dtypes the loader casts to param_dtype
-
-
-def _open_safetensors(path: Path):
-    """An open safetensors handle on `path`; a file that is not one (truncated, garbage) is a CheckpointError."""
-    try:
-        return safe_open(str(path), framework="numpy")
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); truncated or corrupted? "
-                              "(download or copy it again)") from None
-
-
-def _shard_file(hf_dir: Path, index_path: Path, name: str, file) -> Path:
-    """The file a weight_map entry names, which must be a plain relative name inside the checkpoint folder
-    (symlinks in the folder, as in the HF hub cache, are fine: only the name is checked)."""
-    parts = Path(file).parts if isinstance(file, str) else ()
-    if not parts or Path(file).is_absolute() or any(part in ("..", ".") for part in parts):
-        raise CheckpointError(f"{index_path}: weight_map['{name}'] = {file!r} is not a file inside {hf_dir}")
-    return hf_dir / file
-
-
-def _tensor_index(hf_dir: Path) -> dict[str, Path]:
-    """Maps each tensor name to the safetensors file holding it."""
-    index_path = hf_dir / "model.safetensors.index.json"
-    if index_path.is_file():
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{index_path}: not valid JSON ({exc})") from None
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index_path}: no 'weight_map'")
-        files = {name: _shard_file(hf_dir, index_path, name, file) for name, file in weight_map.items()}
-        for file in sorted(set(files.values())):
-            if not file.is_file():
-                raise CheckpointError(f"{index_path}: lists {file.relative_to(hf_dir)}, which is missing")
-        return files
-    single = hf_dir / "model.safetensors"
-    if single.is_file():
-        with _open_safetensors(single) as f:
-            return {name: single for name in f.keys()}
-    raise CheckpointError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
 
 
 def _flat_params(model_or_state) -> list[tuple[tuple, nnx.Variable]]:
@@ -101,7 +59,7 @@ def _open_tensors(names: Iterable[str], index: dict[str, Path]) -> Iterator[tupl
         for name in names:
             path = index[name]
             if path not in handles:
-                handles[path] = _open_safetensors(path).__enter__()
+                handles[path] = open_safetensors(path).__enter__()
             yield name, handles[path]
     finally:
         for handle in handles.values():
@@ -126,7 +84,7 @@ def load_pretrained(hf_dir: str | os.PathLike, dtype: str = "float32", mesh=None
 def load_weights(hf_dir: Path, cfg: Qwen3Config, mesh=None, progress: bool = True) -> Qwen3:
     abstract = nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    index = _tensor_index(hf_dir)
+    index = check_files(hf_dir)  # tensor -> file; every file's header read and checked first
     flat = _flat_params(state)
     wanted = {var.get_metadata()["hf_key"]: (path, var) for path, var in flat}
     missing = [name for name in wanted if name not in index]

@@ -39,7 +39,9 @@ def declare_weight(spec: WeightSpec, shape: tuple[int, ...], param_dtype, rngs: 
     """Creates the parameter described by `spec` with the given shape (letters of spec.layout)."""
     _sizes(spec.layout, shape)  # validates rank
     if spec.init == "normal":
-        value = init_std * jax.random.normal(rngs.params(), shape, dtype=jnp.float32)
+        # the barrier keeps XLA from folding init_std into the normal's own scale when the model is created
+        # under jit (the loader's sharded random weights): those then equal the eager ones bit for bit
+        value = init_std * jax.lax.optimization_barrier(jax.random.normal(rngs.params(), shape, dtype=jnp.float32))
         value = value.astype(param_dtype)
     elif spec.init == "ones":
         value = jnp.ones(shape, dtype=param_dtype)

@@ -103,24 +103,16 @@ def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, ba
     attention_impl serves prompt and tool-response chunks of ≥ 64 tokens (`cudnn` on GPU keeps long
     contexts from materialising [B, N, T, S] scores); decode_attention the one-token steps; decode_chunk the
     tokens per engine call of a streamed step (0: whole steps)."""
-    from envtune_jax import checkpointing, hf_io
-    from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, checkpoint_tokenizer
     from envtune_jax.cli.common import parse_mesh
     from models.generation.engine import GenerationEngine
+    from rl.model_loader import load_model
 
     mesh = parse_mesh(mesh_spec)
-    if hf_dir is not None:
-        model = hf_io.load_pretrained(hf_dir, dtype=dtype or "bfloat16", mesh=mesh, attention_impl=attention_impl,
-                                      decode_attention=decode_attention)
-        tokenizer_dir = hf_dir
-    elif ckpt is not None:
-        model = checkpointing.load_model(ckpt, mesh=mesh, dtype=dtype, attention_impl=attention_impl,
-                                         decode_attention=decode_attention)
-        tokenizer_dir = checkpointing.tokenizer_dir(ckpt)
-    else:
+    if hf_dir is None and ckpt is None:
         raise ValueError("build_model_policy needs ckpt or hf_dir")
-    tokenizer = checkpoint_tokenizer(tokenizer_dir, hf_dir or ckpt)
-    check_tokenizer_fits_model(tokenizer, model.config.vocab_size)
+    loaded = load_model(use="inference", hf=hf_dir, ckpt=ckpt, param_dtype=dtype, mesh=mesh,
+                        attention_impl=attention_impl, decode_attention=decode_attention)
+    model, tokenizer = loaded.model, loaded.tokenizer
     max_cache_len = min(max_cache_len, model.config.max_position_embeddings)
     engine = GenerationEngine(model, batch_size=batch_size, max_cache_len=max_cache_len, mesh=mesh)
     return ModelPolicy(engine, tokenizer, max_new_tokens=max_new_tokens, decode_chunk=decode_chunk)

@@ -21,6 +21,7 @@ from envtune_jax.config import (ConfigError, IgnoredFieldError, ReadOnlyWhen, ch
                                 field_is_set, get_path, load, override_paths, require_at_least)
 from envtune_jax.mesh import MeshConfig
 from models.config import PRESETS, AttentionImpl, DecodeAttention
+from models.dtype_rule import DTYPE_RULE, DTYPES
 from models.generation.config import SamplerConfig
 from rl.curriculum import StageBudget, StageConfig, check_plateau_can_fire, stage_budget
 from rl.optimizer_config import OptimizerConfig
@@ -36,8 +37,10 @@ class ModelSourceConfig:
     ckpt: Optional[str] = None  # envtune model checkpoint (from `envtune convert`)
     preset: Optional[str] = None  # random weights of a preset (tests, benchmarks, the demo)
     seed: int = 0
-    param_dtype: str = "float32"  # the trained copy: fp32 (bf16 weights do not move at lr 1e-6)
-    dtype: str = "bfloat16"  # compute
+    # random weights: the bundled Qwen3 tokenizer cut to its first N BPE ranks (a small output layer)
+    bpe_ranks: Optional[int] = None
+    param_dtype: str = DTYPE_RULE["train"].param  # the trained copy: fp32 (bf16 weights do not move at lr 1e-6)
+    dtype: str = DTYPE_RULE["train"].compute  # compute
     attention_impl: str = "reference"
     decode_attention: str = "reference"  # one-token rollout steps: "reference" einsum or "pallas" (GPU kernel)
     remat: str = "none"
@@ -45,14 +48,17 @@ class ModelSourceConfig:
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
         ReadOnlyWhen("seed", "only random weights (model.preset) are drawn from a seed",
                      lambda c: c.preset is not None),
+        ReadOnlyWhen("bpe_ranks", "only random weights (model.preset) take the bundled tokenizer; a checkpoint "
+                     "brings its own", lambda c: c.preset is not None),
     )
 
     def __post_init__(self) -> None:
         if self.preset is not None:
             check_name(PRESETS, self.preset, "preset")
         for name in ("param_dtype", "dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16"):
+            if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name} must be float32 or bfloat16, got {getattr(self, name)!r}")
+        require_at_least(self, 256, "bpe_ranks")  # the single bytes at least
         check_name(typing.get_args(AttentionImpl), self.attention_impl, "attention_impl")
         check_name(typing.get_args(DecodeAttention), self.decode_attention, "decode_attention")
         check_field_use(self)

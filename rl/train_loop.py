@@ -8,6 +8,10 @@ stage; export HF safetensors at the end of every stage. Re-running the same comm
 the newest checkpoint that restores (stage, step, data position, PRNG, metrics history included).
 The run directory is locked while it trains, and its bookkeeping (settings per resume, finished
 marker) is rl/run_dir.py's; docs/runs-and-checkpoints.md describes the rules.
+
+A stage's iterations run through the one GRPO loop (rl/grpo_loop.run_grpo); this module keeps what is the
+curriculum's: the schedule and advance rule, the run record that a checkpoint saves, validation and
+periodic checkpoints (the `_Curriculum` hook), the stage boundaries, and resume.
 """
 from __future__ import annotations
 
@@ -16,87 +20,28 @@ import sys
 from pathlib import Path
 
 import jax
-from flax import nnx
 from tqdm.auto import tqdm
 
 from environments.bfcl_env import BfclEpisode
 from envtune_jax import checkpointing, config as config_lib, hf_io, interrupt
-from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, checkpoint_tokenizer, stop_token_ids
 from envtune_jax.folder_lock import hold_folder
 from envtune_jax.mesh import make_mesh, resolve_mesh_shape
 from envtune_jax.progress import OnPhase, PhaseDisplay
-from envtune_jax.sharding import named_sharding
-from models.config import preset
-from models.generation.sampling import SamplingParams
-from models.qwen3 import init_model
-from rl.curriculum import StageConfig, decide_advance, stage_budget
+from rl.curriculum import AdvanceDecision, StageBudget, StageConfig, decide_advance, stage_budget
 from rl.grpo import PolicyLearner, summarize
+from rl.grpo_loop import GrpoHook, MetricsLog, ProgressBar, build_learner, run_grpo, stage_sampling, stage_settings
 from rl.metrics_log import MetricsWriter
+from rl.model_loader import load_run_model
+from rl.rollout import Trajectory
 from rl.run_checkpoint import RunCheckpointer
 from rl.run_config import RunConfig, stage_rollout
 from rl.run_dir import clear_finished, inspect_run_dir, mark_finished, record_settings
 from rl.stage_data import draw, load_subset
-from rl.train_step import Trainer
 
 
 def _log(message: str) -> None:
     if jax.process_index() == 0:
         tqdm.write(message, file=sys.stderr)
-
-
-def load_policy_model(cfg: RunConfig, mesh):
-    """(model, tokenizer directory or None) from the run's model source."""
-    src = cfg.model
-    kernels = dict(attention_impl=src.attention_impl, decode_attention=src.decode_attention, remat=src.remat)
-    chosen = [name for name in ("hf", "ckpt", "preset") if getattr(src, name)]
-    if len(chosen) != 1:
-        raise config_lib.ConfigError(f"model: set exactly one of hf, ckpt, preset (got {chosen or 'none'})")
-    if src.hf:
-        return hf_io.load_pretrained(src.hf, dtype=src.param_dtype, compute_dtype=src.dtype, mesh=mesh,
-                                     **kernels), src.hf
-    if src.ckpt:
-        return checkpointing.load_model(src.ckpt, mesh=mesh, dtype=src.param_dtype, compute_dtype=src.dtype,
-                                        **kernels), checkpointing.tokenizer_dir(src.ckpt)
-    model = init_model(preset(src.preset, param_dtype=src.param_dtype, dtype=src.dtype, **kernels), seed=src.seed)
-    if mesh is not None:
-        graphdef, state = nnx.split(model)
-
-        def place(variable):
-            target = named_sharding(mesh, variable.get_metadata()["logical_axes"], variable.shape)
-            return variable.replace(jax.device_put(variable[...], target))
-
-        model = nnx.merge(graphdef, jax.tree.map(place, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
-    return model, None
-
-
-
-
-def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
-    """Clear errors before any rollout: a tokenizer from another model (ids the embedding lacks, no chat
-    tokens), or sampler stop ids that miss this tokenizer's <|im_end|> (episodes would never end a step)."""
-    check_tokenizer_fits_model(tokenizer, model_vocab_size)
-    im_end, end_of_text = stop_token_ids(tokenizer)
-    if im_end not in tuple(sampler_stop_ids):
-        raise config_lib.ConfigError(
-            f"sampler.stop_token_ids {list(sampler_stop_ids)} lack this tokenizer's <|im_end|> id {im_end}; "
-            f"set sampler.stop_token_ids=[{im_end},{end_of_text}]")
-
-
-def build_learner(cfg: RunConfig, model, tokenizer_dir, mesh) -> PolicyLearner:
-    """The run's PolicyLearner around `model`: its tokenizer (checked against the model and the sampler's
-    stop ids), trainer, and generation engine on `mesh` (shared by `envtune train` and `envtune bench rollout`)."""
-    tokenizer = checkpoint_tokenizer(tokenizer_dir, cfg.model.hf or cfg.model.ckpt)
-    check_tokenizer(tokenizer, model.config.vocab_size, cfg.sampler.stop_token_ids)
-    graphdef, _ = nnx.split(model, nnx.Param)
-    trainer = Trainer(graphdef, cfg.loss, cfg.optimizer, dataclasses.replace(cfg.train_step, temperature=cfg.sampler.temperature))
-    engine = cfg.sampler.build_engine(model, mesh)
-    return PolicyLearner(model, engine, trainer, tokenizer, cfg.loss)
-
-
-def stage_sampling(cfg: RunConfig, stage: StageConfig) -> SamplingParams:
-    """The sampler's settings with the stage's per-step token budget."""
-    return dataclasses.replace(cfg.sampler.sampling_params(),
-                               max_new_tokens=stage_rollout(cfg, stage).max_new_tokens_per_step)
 
 
 def validate(learner: PolicyLearner, stage: StageConfig, entries, cfg: RunConfig, key,
@@ -163,13 +108,12 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
     """Loads the model, restores the newest readable checkpoint and trains the remaining stages; returns
     (model, tokenizer directory, record)."""
     mesh = make_mesh(cfg.mesh) if len(jax.devices()) > 1 else None
-    model, tokenizer_dir = load_policy_model(cfg, mesh)
-    learner = build_learner(cfg, model, tokenizer_dir, mesh)
-    tokenizer = learner.tokenizer
+    loaded = load_run_model(cfg.model, mesh)
+    model, tokenizer_dir = loaded.model, loaded.tokenizer_dir
+    learner = build_learner(cfg, loaded, mesh)
     record = {"step": 0, "stage_index": 0, "step_in_stage": 0, "data_position": 0, "stage_started": False,
               "val_accuracy": [], "grad_norms": [], "decisions": []}
-    ref_like = learner.ref_params if learner.ref_params is not None else learner.state.params
-    restored = checkpointer.restore_newest_readable(learner.state, ref_like, _log)
+    restored = checkpointer.restore_newest_readable(learner.state, _ref_or_params(learner), _log)
     if restored is not None:
         state, ref, record = restored
         learner.set_state(state, ref if learner.ref_params is not None else None)
@@ -188,7 +132,7 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
             if not record["stage_started"]:
                 learner.reset_reference()
                 record.update(stage_started=True, step_in_stage=0, data_position=0, val_accuracy=[], grad_norms=[])
-            length = prompt_length(tokenizer, stage) if cfg.data.shortest_prompts_first else None
+            length = prompt_length(learner.tokenizer, stage) if cfg.data.shortest_prompts_first else None
             entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
             val_entries = load_subset("validation", cfg.data.source, cfg.data.data_dir,
                                       cfg.data.validation_limit_per_category, length) if stage.validation_every else []
@@ -197,39 +141,18 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
             budget = stage_budget(stage, len(entries))
             _log(f"{stage.name}: {budget.steps} steps ({budget.binding} binds: {stage.epochs:g} epochs of "
                  f"{len(entries)} entries = {budget.epoch_steps} steps, max_steps {stage.max_steps})")
-            env_cfg, rollout_cfg, sampling = stage.environment, stage_rollout(cfg, stage), stage_sampling(cfg, stage)
             bar = tqdm(total=budget.steps, initial=record["step_in_stage"], desc=stage.name, unit="step",
                        disable=not cfg.logging.progress_bar or jax.process_index() != 0)
             display = PhaseDisplay(bar)  # what the step is doing: rollout i/n episodes, environment, update, compiling
-            while True:
-                decision = decide_advance(stage, budget.steps, record["step_in_stage"], record["val_accuracy"],
-                                          record["grad_norms"])
-                if decision.advance:
-                    _log(f"{stage.name}: advancing — {decision.reason}")
-                    record["decisions"].append({"stage": stage.name, "step": record["step"], "reason": decision.reason})
-                    break
-                # the stage goes on: the periodic checkpoint of the step just done (the step that ends a stage
-                # is saved below, with the record of the stage boundary)
-                if (record["step_in_stage"] and record["step"] % cfg.checkpoint.every_steps == 0
-                        and checkpointer.latest_step() != record["step"]):
-                    display("checkpoint")
-                    checkpointer.save(record["step"], learner.state, _ref_or_params(learner), record)
+            curriculum = _Curriculum(cfg, stage, stage_index, budget, record, learner, checkpointer, val_entries,
+                                     key, display)
+
+            def groups_for(step: int, stage=stage, entries=entries, stage_index=stage_index):
                 picked = draw(entries, record["data_position"], stage.prompts_per_step, cfg.seed + stage_index)
-                groups = [[BfclEpisode(e, env_cfg) for _ in range(stage.samples_per_prompt)] for e in picked]
-                step_key = jax.random.fold_in(key, record["step"])
-                metrics, _ = learner.iterate(groups, stage.chat, sampling, rollout_cfg, step_key, on_phase=display)
-                record["step"] += 1
-                record["step_in_stage"] += 1
-                record["data_position"] += stage.prompts_per_step
-                record["grad_norms"].append(metrics["grad_norm"])
-                if stage.validation_every and record["step_in_stage"] % stage.validation_every == 0:
-                    val = validate(learner, stage, val_entries, cfg, jax.random.fold_in(step_key, 1), on_phase=display)
-                    record["val_accuracy"].append(val["val/accuracy"])
-                    metrics.update(val)
-                metrics.update(stage=stage_index, stage_name=stage.name, decision=decision.reason)
-                writer.write(record["step"], metrics)
-                bar.update(1)
-                display.prefix = f"reward {metrics['reward_mean']:.3f} loss {metrics['loss']:+.4f} | "
+                return [[BfclEpisode(e, stage.environment) for _ in range(stage.samples_per_prompt)] for e in picked]
+
+            run_grpo(learner, curriculum.steps(), groups_for, stage_settings(cfg, stage), key,
+                     hooks=(curriculum, MetricsLog(writer), ProgressBar(bar, display)), on_phase=display)
             display.close()
             bar.close()
             if stage.export_hf:
@@ -244,6 +167,52 @@ def _run_stages(cfg: RunConfig, stages: list[StageConfig], run_dir: Path, checkp
         writer.close()
         release_hold()
     return model, tokenizer_dir, record
+
+
+class _Curriculum(GrpoHook):
+    """One stage's schedule and bookkeeping around the GRPO loop: `steps()` yields the global step index while
+    the stage's advance rule says go on (the decision and its reason are logged and kept); before a step,
+    the periodic checkpoint of the step just done; after it, the run record (steps, data position, gradient
+    norms), validation when due, and the stage and decision in the step's metrics."""
+
+    def __init__(self, cfg: RunConfig, stage: StageConfig, stage_index: int, budget: StageBudget, record: dict,
+                 learner: PolicyLearner, checkpointer: RunCheckpointer, val_entries, key, display: PhaseDisplay):
+        self.cfg, self.stage, self.stage_index, self.budget, self.record = cfg, stage, stage_index, budget, record
+        self.learner, self.checkpointer, self.val_entries, self.key, self.display = (
+            learner, checkpointer, val_entries, key, display)
+        self.decision: AdvanceDecision | None = None
+
+    def steps(self):
+        record, stage = self.record, self.stage
+        while True:
+            self.decision = decide_advance(stage, self.budget.steps, record["step_in_stage"], record["val_accuracy"],
+                                           record["grad_norms"])
+            if self.decision.advance:
+                _log(f"{stage.name}: advancing — {self.decision.reason}")
+                record["decisions"].append({"stage": stage.name, "step": record["step"], "reason": self.decision.reason})
+                return
+            yield record["step"]
+
+    def before_step(self, step: int) -> None:
+        # the stage goes on: the periodic checkpoint of the step just done (the step that ends a stage is saved
+        # after the loop, with the record of the stage boundary)
+        if (self.record["step_in_stage"] and step % self.cfg.checkpoint.every_steps == 0
+                and self.checkpointer.latest_step() != step):
+            self.display("checkpoint")
+            self.checkpointer.save(step, self.learner.state, _ref_or_params(self.learner), self.record)
+
+    def after_step(self, step: int, metrics: dict, trajectories: list[Trajectory]) -> None:
+        record, stage = self.record, self.stage
+        record["step"] += 1
+        record["step_in_stage"] += 1
+        record["data_position"] += stage.prompts_per_step
+        record["grad_norms"].append(metrics["grad_norm"])
+        if stage.validation_every and record["step_in_stage"] % stage.validation_every == 0:
+            val = validate(self.learner, stage, self.val_entries, self.cfg,
+                           jax.random.fold_in(jax.random.fold_in(self.key, step), 1), on_phase=self.display)
+            record["val_accuracy"].append(val["val/accuracy"])
+            metrics.update(val)
+        metrics.update(stage=self.stage_index, stage_name=stage.name, decision=self.decision.reason)
 
 
 def prompt_length(tokenizer, stage: StageConfig):

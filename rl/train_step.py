@@ -98,6 +98,11 @@ class Trainer:
     def init(self, params: nnx.State) -> TrainState:
         return TrainState(params, self.tx.init(params), jnp.zeros((), jnp.int32))
 
+    def compiled_variants(self) -> int:
+        """How many batch shapes the GRPO step has been compiled for (jax.jit's cache size; -1 if jax hides it)."""
+        cache_size = getattr(self._step, "_cache_size", None)
+        return int(cache_size()) if callable(cache_size) else -1
+
     def _sampled(self, params, tokens_bt, index_bk):
         cfg = self.step_cfg
         return sampled_logprobs(self.graphdef, params, tokens_bt, index_bk, cfg.temperature,

@@ -78,7 +78,7 @@ BAD_INPUT = [
     ("convert --hf {hf} --out {unrelated}", "did not write (notes.txt)"),
     ("convert --hf {hf} --out {plain_file}", "is not a folder"),
     ("convert --hf {broken} --out {root}/o", "config.json: not valid JSON (line 1"),
-    ("convert --hf {truncated} --out {root}/o", "model.safetensors: truncated"),
+    ("convert --hf {truncated} --out {root}/o", "model.safetensors: not a readable safetensors file (truncated"),
     ("convert --hf {llama} --out {root}/o", "model_type='llama'"),
     ("convert --hf {root}/missing --out {root}/o", "missing: not found"),
     ("convert --hf {hf} --out {root}/o --mesh data=x", "size of data must be an integer"),

@@ -49,7 +49,7 @@ def test_generate_streams_the_greedy_reply(real_vocab_checkpoint, tmp_path, caps
     tools_file.write_text(json.dumps(TOOLS))
     code = main(["generate", "--hf", str(real_vocab_checkpoint), "--prompt", "What is in /tmp?", "--tools",
                  str(tools_file), "--greedy", "--max-new-tokens", "14", "--stream-chunk", "4",
-                 "--cache-dtype", "float32"])
+                 "--dtype", "float32", "--cache-dtype", "float32"])
     out = capsys.readouterr()
     assert code == 0
 

@@ -114,6 +114,46 @@ def test_weight_map_entries_outside_the_folder_are_refused(sharded, tmp_path, en
         hf_io.load_pretrained(bad, progress=False)
 
 
+def _damage(folder, fault):
+    """Applies one file-level fault to a copy of a checkpoint folder."""
+    index_path = folder / "model.safetensors.index.json"
+    if fault == "cut_file":
+        path = sorted(folder.glob("*.safetensors"))[-1]
+        path.write_bytes(path.read_bytes()[:-64])
+    elif fault == "garbage":
+        sorted(folder.glob("*.safetensors"))[0].write_bytes(b"\x93" * 5000)
+    elif fault == "missing_shard":
+        sorted(folder.glob("model-*.safetensors"))[0].unlink()
+    elif fault == "outside_entry":
+        index = json.loads(index_path.read_text())
+        index["weight_map"][TENSOR] = "../outside.safetensors"
+        index_path.write_text(json.dumps(index))
+    elif fault == "broken_index":
+        index_path.write_text('{"weight_map": {')
+    elif fault == "no_weights":
+        for path in [*folder.glob("*.safetensors"), *folder.glob("*.index.json")]:
+            path.unlink()
+
+
+@pytest.mark.parametrize("fault, layout", [("cut_file", "tiny"), ("garbage", "tiny"), ("cut_file", "sharded"),
+                                           ("missing_shard", "sharded"), ("outside_entry", "sharded"),
+                                           ("broken_index", "sharded"), ("no_weights", "tiny")])
+def test_the_command_line_check_and_the_loader_refuse_a_damaged_folder_with_the_same_error(
+        tiny, sharded, tmp_path, fault, layout):
+    """One JAX-free module (models/hf_files.py) reads the index and the file headers for both: the check that
+    runs before any heavy import and the loader raise the same CheckpointError, word for word."""
+    from envtune_jax.cli import validate
+
+    bad = _copy({"tiny": tiny, "sharded": sharded}[layout], tmp_path)
+    _damage(bad, fault)
+    with pytest.raises(hf_io.CheckpointError) as checked:
+        validate.hf_checkpoint(bad)
+    with pytest.raises(hf_io.CheckpointError) as loaded:
+        hf_io.load_pretrained(bad, progress=False)
+    assert str(checked.value) == str(loaded.value)
+    assert str(bad) in str(checked.value)
+
+
 def test_the_cli_shows_a_loader_error_as_one_line_with_exit_2(tiny, tmp_path, capsys):
     bad = _copy(tiny, tmp_path)
     path = bad / "model.safetensors"
@@ -121,7 +161,7 @@ def test_the_cli_shows_a_loader_error_as_one_line_with_exit_2(tiny, tmp_path, ca
     path.write_bytes(whole[:-64])  # (the command's argument check reads the header and refuses it before loading)
     assert main(["convert", "--hf", str(bad), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "model.safetensors: truncated" in err, err
+    assert len(err.splitlines()) == 1 and "model.safetensors: not a readable safetensors file (truncated" in err, err
     assert not (tmp_path / "out").exists()
     path.write_bytes(whole)
     tensors = load_file(str(path))

@@ -24,7 +24,7 @@ from rl.recipe_card import READERS, card_rows
 from rl.rl_config import LossConfig
 from rl.run_config import RECIPE_FIELD_USE, DataConfig, ModelSourceConfig, RunConfig, load_run_config
 from rl.stage_data import load_subset
-from rl.synthetic_run import SyntheticRunConfig
+from rl.synthetic_config import SyntheticRecipe, WarmupConfig, load_synthetic_recipe
 from rl.train_step_config import TrainStepConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +148,8 @@ def _config_classes(root: type, seen: set[type]) -> set[type]:
     return seen
 
 
-CONFIG_CLASSES = _config_classes(RunConfig, set()) | _config_classes(StageConfig, set()) | {SyntheticRunConfig}
+CONFIG_CLASSES = _config_classes(RunConfig, set()) | _config_classes(StageConfig, set()) | \
+    _config_classes(SyntheticRecipe, set())
 
 # For every FIELD_USE row: overrides that set the field while its mode ignores it (the last override is the
 # field itself). Loaded as a class on its own, or as a recipe (RunConfig rows and RECIPE_FIELD_USE).
@@ -166,12 +167,21 @@ BAD_COMBINATIONS: dict[tuple[type, str], list[str]] = {
     (SamplerConfig, "prefix_attention"): ["shared_prefix=false", "prefix_attention=reference"],
     (TrainStepConfig, "prefix_groups_per_row"): ["shared_prefix=off", "prefix_groups_per_row=2"],
     (ModelSourceConfig, "seed"): ["ckpt=ckpt/model", "seed=3"],
+    (ModelSourceConfig, "bpe_ranks"): ["ckpt=ckpt/model", "bpe_ranks=8192"],
     (DataConfig, "data_dir"): ["source=package", "data_dir=data"],
     (DataConfig, "shortest_prompts_first"): ["limit_per_category=null", "shortest_prompts_first=true"],
     (StageConfig, "validation_entries"): ["validation_every=0", "validation_entries=8"],
-    **{(SyntheticRunConfig, name): ["warmup_steps=0", f"{name}={value}"] for name, value in (
-        ("warmup_batch", 8), ("warmup_learning_rate", 0.1), ("device_accuracy", 0.5), ("value_accuracy", 0.5),
-        ("syntax_accuracy", 0.5), ("demo_attempts", 3))},
+    **{(WarmupConfig, name): ["steps=0", f"{name}={value}"] for name, value in (
+        ("batch", 8), ("learning_rate", 0.1), ("device_accuracy", 0.5), ("value_accuracy", 0.5),
+        ("syntax_accuracy", 0.5), ("attempts", 3))},
+    # the synthetic run (its own recipe, configs/synthetic/learning_run.yaml) reads none of these
+    **{(SyntheticRecipe, field): [setting] for field, setting in (
+        ("run.run_dir", "run.run_dir=runs/elsewhere"), ("run.data", "run.data.source=package"),
+        ("run.checkpoint", "run.checkpoint.keep=5"), ("run.stages", "run.stages=[a.yaml]"),
+        ("run.stage_overrides", "run.stage_overrides=[max_steps=3]"),
+        ("run.logging.progress_bar", "run.logging.progress_bar=false"), ("stage.data", "stage.data=base_train"),
+        ("stage.epochs", "stage.epochs=3"),
+        ("stage.export_hf", "stage.export_hf=false"))},
     **{(AdvanceRule, name): ["kind=fixed", f"{name}={value}"] for name, value in (
         ("patience", 3), ("min_delta", 0.02), ("grad_norm_window", 5), ("grad_norm_cv_max", 0.3), ("min_steps", 10))},
     (RunConfig, "train_step.temperature"): ["train_step.temperature=1.0"],
@@ -200,6 +210,8 @@ def test_a_field_its_mode_ignores_is_an_error_naming_it(cls, field, tmp_path):
     recipe.write_text(f"sampler: {{max_cache_len: 32768}}\nstages: [{', '.join(stage_files)}]\n")
 
     def build(items):
+        if cls is SyntheticRecipe:
+            return load_synthetic_recipe(items)
         return load_run_config(recipe, items) if cls in (None, RunConfig) else load(cls, None, items)
 
     with pytest.raises(ConfigError, match=rf"\b{field.replace('.', '[.]')}=.* has no effect: "):

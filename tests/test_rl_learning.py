@@ -1,4 +1,4 @@
-"""The proof that the RL loop learns: the default synthetic run (rl/synthetic_run.py), end to end.
+"""The proof that the RL loop learns: the default synthetic run (rl/synthetic_run.py, configs/synthetic/), end to end.
 
 A tiny random Qwen3 (Qwen's tokenizer cut to 8,192 BPE ranks) is warmed up on demonstrations that call
 the requested device with the requested value but spell 19 calls in 20 as format errors ("light red
@@ -12,16 +12,16 @@ import json
 
 import pytest
 
-from rl.synthetic_run import SyntheticRunConfig, run_synthetic
+from rl.synthetic_run import load_synthetic_recipe, run_synthetic
 
 pytestmark = pytest.mark.learning
 
 
 def test_default_synthetic_run_raises_the_reward_from_at_most_0_2_to_at_least_0_8(tmp_path):
-    cfg = SyntheticRunConfig()
-    result = run_synthetic(cfg, tmp_path)
+    recipe = load_synthetic_recipe()
+    result = run_synthetic(recipe, tmp_path)
     rewards = [record["reward_mean"] for record in result.history]
-    assert len(rewards) == cfg.rl_steps
+    assert len(rewards) == recipe.stage.max_steps
     assert sum(rewards[:2]) / 2 <= 0.2, rewards
     assert sum(rewards[-5:]) / 5 >= 0.8, rewards
     # the curve docs/training.md plots is the one written to metrics.jsonl

@@ -8,7 +8,7 @@ from envtune_jax.chat.tokenizer import TokenizerLoadError, compact_qwen_tokenize
 from envtune_jax.config import ConfigError
 from models.generation.sampling import QWEN3_STOP_TOKEN_IDS
 from rl.model_policy import ModelPolicy
-from rl.train_loop import check_tokenizer
+from rl.grpo_loop import check_tokenizer
 
 
 def test_train_accepts_the_qwen3_tokenizer_with_the_default_stop_ids():

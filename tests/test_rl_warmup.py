@@ -12,7 +12,7 @@ from environments.config import EnvironmentConfig
 from environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks, system_line
 from envtune_jax.chat import default_tokenizer
 from envtune_jax.chat.chat_config import ChatConfig
-from rl.synthetic_run import FOUR_VALUE_DEVICES, SyntheticRunConfig, run_synthetic
+from rl.synthetic_run import FOUR_VALUE_DEVICES, load_synthetic_recipe, run_synthetic
 from rl.warmup import demos_batch, weak_prior_demos
 
 CONFIG = SyntheticConfig(devices=FOUR_VALUE_DEVICES, num_turns=2, doc_style="none")
@@ -97,14 +97,17 @@ def test_weak_prior_demos_reject_probabilities_outside_0_1():
 
 
 def test_run_synthetic_end_to_end_small(tmp_path):
-    cfg = SyntheticRunConfig(num_tasks=8, warmup_steps=2, warmup_batch=4, rl_steps=2, prompts_per_step=2,
-                             samples_per_prompt=2, max_cache_len=128)
+    recipe = load_synthetic_recipe(["tasks.count=8", "warmup.steps=2", "warmup.batch=4", "stage.max_steps=2",
+                                    "stage.prompts_per_step=2", "stage.samples_per_prompt=2",
+                                    "run.sampler.batch_size=4", "run.sampler.max_cache_len=128",
+                                    "run.rollout.max_response_tokens=128",
+                                    "run.rollout.max_context_tokens=128"])
     seen = []
-    result = run_synthetic(cfg, tmp_path, on_step=lambda step, record: seen.append(step))
-    assert seen == [0, 1] and [r["step"] for r in result.history] == [0, 1]
+    result = run_synthetic(recipe, tmp_path, on_step=lambda step, record: seen.append(step))
+    assert seen == [0, 1] and [r["step"] for r in result.history] == [1, 2]  # records: optimizer steps taken
     for record in result.history:
         assert 0.0 <= record["reward_mean"] <= 1.0 and np.isfinite(record["loss"])
         assert record["sampled_tokens"] > 0
     assert np.isfinite(result.warmup["nll"])
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [0, 1]
+    assert [line["step"] for line in lines] == [1, 2]

@@ -22,6 +22,7 @@ import time
 
 from envtune_jax.bench.generate import add_model_source_arguments
 from envtune_jax.bench.prefill import check_chunk
+from models.dtype_rule import DTYPE_RULE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tail", type=int, default=128, help="tokens each of B - 1 slots appends")
     parser.add_argument("--prompt-len", type=int, default=4096, help="the new episode's prompt in the last slot")
     parser.add_argument("--chunk", type=int, default=512, help="widest prefill chunk (tokens per forward pass)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights and compute")
+    parser.add_argument("--dtype", default=DTYPE_RULE["inference"].param, choices=["bfloat16", "float32"],
+                        help="weights and compute (default: the loader's rule for inference)")
     parser.add_argument("--cache-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--attention", default="reference", choices=["reference", "xla", "cudnn"])
     parser.add_argument("--repeats", type=int, default=3)

@@ -162,17 +162,15 @@ class CompileTimer:
 
 
 def build_model(args, mesh):
-    from envtune_jax import hf_io
-    from models.config import preset
+    """The --hf or --preset model, loaded for inference in --dtype (rl.model_loader.load_model)."""
+    from rl.model_loader import load_model
 
+    kernels = dict(attention_impl=args.attention, decode_attention=getattr(args, "decode_attention", "reference"))
     if args.hf:
-        return hf_io.load_pretrained(args.hf, dtype=args.dtype, mesh=mesh, attention_impl=args.attention,
-                                     decode_attention=getattr(args, "decode_attention", "reference"), progress=False)
-    from envtune_jax.bench.random_weights import random_model
-    cfg = preset(args.preset, param_dtype=args.dtype, dtype=args.dtype, attention_impl=args.attention,
-                 decode_attention=getattr(args, "decode_attention", "reference"),
-                 **model_config_changes(getattr(args, "model_config", [])))
-    return random_model(cfg, mesh, seed=args.seed)
+        return load_model(use="inference", hf=args.hf, param_dtype=args.dtype, mesh=mesh, progress=False,
+                          **kernels).model
+    return load_model(use="inference", preset=args.preset, param_dtype=args.dtype, mesh=mesh, seed=args.seed,
+                      preset_changes=model_config_changes(getattr(args, "model_config", [])), **kernels).model
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:

@@ -34,9 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program", required=True, choices=["decode", "train"])
     parser.add_argument("--batch", type=int, default=1, help="slots (decode) or rows (train)")
     parser.add_argument("--context", type=int, default=8192, help="tokens per sequence (cache capacity / row length)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute dtype")
+    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
+                        help="compute dtype (default: bfloat16, the loader's rule for both programs)")
     parser.add_argument("--param-dtype", default=None, choices=["bfloat16", "float32"],
-                        help="weights (default: --dtype for decode, float32 for train as the recipes)")
+                        help="weights (default: the loader's rule, docs/models.md: --dtype for decode, float32 "
+                             "for train as the recipes)")
     parser.add_argument("--cache-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--attention", default="reference", help="attention implementation compiled")
     parser.add_argument("--remat", default="full", choices=REMAT_CHOICES)
@@ -67,10 +69,12 @@ def check_arguments(args) -> None:
 
 
 def model_config(args):
+    """The preset's config in the dtypes of the loader's rule for the program (decode: inference, train: training)."""
     from models.config import preset
+    from models.dtype_rule import model_dtypes
 
-    param_dtype = args.param_dtype or (args.dtype if args.program == "decode" else "float32")
-    return preset(args.preset, param_dtype=param_dtype, dtype=args.dtype, attention_impl=args.attention,
+    dtypes = model_dtypes("inference" if args.program == "decode" else "train", args.param_dtype, args.dtype)
+    return preset(args.preset, param_dtype=dtypes.param, dtype=dtypes.compute, attention_impl=args.attention,
                   remat=args.remat)
 
 
@@ -220,7 +224,7 @@ def run(args) -> dict:
             return train_memory(cfg, b, args.context, 0 if args.fit else args.micro_batch, args.kl_coef)
     start = time.perf_counter()
     record = {"benchmark": "memory", "program": args.program, "model": args.preset, "params": cfg.num_params,
-              "context": args.context, "dtype": args.dtype, "param_dtype": str(cfg.param_dtype),
+              "context": args.context, "dtype": str(cfg.dtype), "param_dtype": str(cfg.param_dtype),
               "cache_dtype": args.cache_dtype if args.program == "decode" else None,
               "remat": args.remat if args.program == "train" else None,
               "micro_batch": args.micro_batch if args.program == "train" else None, "kl_coef": args.kl_coef,

@@ -22,6 +22,7 @@ import statistics
 import time
 
 from envtune_jax.bench.generate import add_model_source_arguments
+from models.dtype_rule import DTYPE_RULE
 
 ATTENTION_CHOICES = ("reference", "chunked", "xla", "cudnn")
 
@@ -31,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="prompts (B)")
     parser.add_argument("--prompt-len", type=int, default=2048, help="tokens per prompt (P)")
     parser.add_argument("--chunk", type=int, default=2048, help="widest prefill chunk (tokens per forward pass)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights and compute")
+    parser.add_argument("--dtype", default=DTYPE_RULE["inference"].param, choices=["bfloat16", "float32"],
+                        help="weights and compute (default: the loader's rule for inference)")
     parser.add_argument("--cache-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--attention", default="reference", choices=ATTENTION_CHOICES)
     parser.add_argument("--repeats", type=int, default=3)

@@ -112,8 +112,9 @@ def counted(args) -> dict:
     }
 
 
+# the tiny preset with these changes, in float32 (random weights from the model loader)
 TIMING_MODEL = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
-                    num_kv_heads=1, head_dim=16, tie_word_embeddings=True, param_dtype="float32", dtype="float32")
+                    num_kv_heads=1, head_dim=16, tie_word_embeddings=True, max_position_embeddings=40960)
 
 
 def _batches(args, vocab: int):
@@ -141,14 +142,15 @@ def time_train(args) -> dict:
     import jax
     from flax import nnx
 
-    from models.config import Qwen3Config
-    from models.qwen3 import init_model
+    from rl.model_loader import load_model
     from rl.optimizer import OptimizerConfig
     from rl.rl_config import LossConfig
     from rl.train_step import Trainer, TrainStepConfig
 
-    cfg = Qwen3Config(**TIMING_MODEL, attention_impl="chunked")
-    graphdef, params = nnx.split(init_model(cfg, seed=0), nnx.Param)
+    model = load_model(use="train", preset="tiny", preset_changes=TIMING_MODEL, param_dtype="float32",
+                       dtype="float32", seed=0, attention_impl="chunked").model
+    cfg = model.config
+    graphdef, params = nnx.split(model, nnx.Param)
     unshared_batch, shared_batch = _batches(args, cfg.vocab_size)
     runs = {}
     for name, mode, batch in (("unshared", "off", unshared_batch), ("shared", "two_level", shared_batch)):
@@ -166,7 +168,7 @@ def time_train(args) -> dict:
             jax.block_until_ready(metrics)
             run["times"].append(time.perf_counter() - start)
             run.setdefault("cpu_times", []).append(time.process_time() - start_cpu)
-    out = {"model": {k: v for k, v in TIMING_MODEL.items() if "dtype" not in k}, "steps": args.steps}
+    out = {"model": {k: v for k, v in TIMING_MODEL.items() if k != "max_position_embeddings"}, "steps": args.steps}
     for name, run in runs.items():
         rows = run["batch"].tokens_bt.shape
         out[name] = {"step_s": statistics.mean(run["times"]), "step_times_s": run["times"],

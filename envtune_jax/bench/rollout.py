@@ -4,7 +4,8 @@ A recipe (configs/recipes/*.yaml, with key=value overrides) names the model, sam
 budgets, loss and optimizer; one of its stages names the data subset, the environment (hints,
 reward) and the chat template. Each iteration draws `--prompts` entries, plays `--samples` episodes
 of each (G samples per prompt) through the generation engine and the tool environments, and takes
-one optimizer step on them (rl/grpo.PolicyLearner.iterate, the step of `envtune train`). The first
+one optimizer step on them: the GRPO loop of `envtune train` (rl/grpo_loop.run_grpo) with this
+benchmark's hook (`IterationHook`) instead of the curriculum's. The first
 iteration compiles and is reported apart (`--no-warmup` skips it: the timed ones then include
 compilation); then `--iterations` timed ones:
 - episodes per minute = P·G / (rollout + train seconds) · 60;
@@ -24,9 +25,9 @@ compiling).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
-import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,21 +60,6 @@ def choose_stage(stages, name: str | None):
     raise ConfigError(f"--stage {name!r}: the recipe's stages are {[s.name for s in stages]}")
 
 
-def load_model(cfg, mesh):
-    """(model, tokenizer directory or None): a preset gets random weights created on device (fast for
-    4B shapes), anything else loads as `envtune train` does."""
-    from envtune_jax.bench.random_weights import random_model
-    from models.config import preset
-    from rl.train_loop import load_policy_model
-
-    src = cfg.model
-    if src.preset and not (src.hf or src.ckpt):
-        model_cfg = preset(src.preset, param_dtype=src.param_dtype, dtype=src.dtype,
-                           attention_impl=src.attention_impl, decode_attention=src.decode_attention, remat=src.remat)
-        return random_model(model_cfg, mesh, seed=src.seed), None
-    return load_policy_model(cfg, mesh)
-
-
 def iteration_shares(metrics: dict, wall_s: float) -> dict:
     """Fractions of one iteration's wall time in generation, environment, training and the rest."""
     parts = {"generation": metrics["generation_s"], "environment": metrics["environment_s"], "train": metrics["train_s"]}
@@ -82,19 +68,48 @@ def iteration_shares(metrics: dict, wall_s: float) -> dict:
     return shares
 
 
+class IterationHook:
+    """The benchmark's hook on the GRPO loop (rl/grpo_loop.py): labels each iteration on the bar (warm-up,
+    timed i/N, profiled), traces the profiled one, and keeps each iteration's metrics with the episode
+    figures the report averages (tokens, turns and steps per episode) and its wall time (`step_s`)."""
+
+    def __init__(self, bar, display, iterations: int, profile_dir: str | None):
+        self.bar, self.display, self.iterations, self.profile_dir = bar, display, iterations, profile_dir
+        self.results: dict[int, tuple[dict, float]] = {}
+        self._trace = contextlib.ExitStack()
+
+    def before_step(self, index: int) -> None:
+        from envtune_jax.bench.profiling import maybe_trace
+
+        profiled = index > self.iterations
+        self.display.prefix = ("warm-up | " if index == 0 else "profiled | " if profiled
+                               else f"timed {index}/{self.iterations} | ")
+        if profiled:
+            self._trace.enter_context(maybe_trace(self.profile_dir))
+
+    def after_step(self, index: int, metrics: dict, trajectories) -> None:
+        self._trace.close()
+        self.bar.update(1)
+        metrics["episode_tokens_mean"] = statistics.mean(len(t.token_ids) for t in trajectories)
+        metrics["turns_mean"] = statistics.mean(t.outcome.counters.get("turns_completed", 0) for t in trajectories)
+        metrics["steps_mean"] = statistics.mean(t.outcome.counters.get("steps", 0) for t in trajectories)
+        self.results[index] = (metrics, metrics["step_s"])
+
+
 def run(args) -> dict:
     import jax
     from tqdm.auto import tqdm
 
     from envtune_jax.cli.common import print_json
     from envtune_jax.config import ConfigError
-    from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.mesh import make_mesh, resolve_mesh_shape
     from envtune_jax.progress import PhaseDisplay
     from environments.bfcl_env import BfclEpisode
-    from rl.run_config import load_run_config, stage_rollout
+    from rl.grpo_loop import build_learner, run_grpo, stage_settings
+    from rl.model_loader import load_run_model
+    from rl.run_config import load_run_config
     from rl.stage_data import draw, load_subset
-    from rl.train_loop import build_learner, prompt_length, stage_sampling
+    from rl.train_loop import prompt_length
 
     if args.iterations < 1:
         raise ConfigError(f"--iterations must be ≥ 1, got {args.iterations}")
@@ -106,36 +121,26 @@ def run(args) -> dict:
         raise ConfigError(f"--prompts and --samples must be ≥ 1, got {prompts} and {samples}")
     resolve_mesh_shape(cfg.mesh, len(jax.devices()))  # a mesh that does not fit the devices: ConfigError
     mesh = make_mesh(cfg.mesh) if len(jax.devices()) > 1 else None
-    model, tokenizer_dir = load_model(cfg, mesh)
-    learner = build_learner(cfg, model, tokenizer_dir, mesh)
+    loaded = load_run_model(cfg.model, mesh)
+    model = loaded.model
+    learner = build_learner(cfg, loaded, mesh)
     length = prompt_length(learner.tokenizer, stage) if cfg.data.shortest_prompts_first else None
     entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
-    sampling, rollout_cfg = stage_sampling(cfg, stage), stage_rollout(cfg, stage)
-    key = jax.random.key(cfg.seed)
-    bar = tqdm(total=(0 if args.no_warmup else 1) + args.iterations + (1 if args.profile else 0),
-               desc="bench rollout", unit="iteration", file=sys.stderr)
+    settings = stage_settings(cfg, stage)
+    rollout_cfg = settings.rollout
+    indices = ([] if args.no_warmup else [0]) + list(range(1, args.iterations + 1)) + \
+        ([args.iterations + 1] if args.profile else [])
+    bar = tqdm(total=len(indices), desc="bench rollout", unit="iteration", file=sys.stderr)
     display = PhaseDisplay(bar)
+    hook = IterationHook(bar, display, args.iterations, args.profile)
 
-    def iteration(index: int) -> tuple[dict, float]:
-        display.prefix = "warm-up | " if index == 0 else "profiled | " if index > args.iterations else \
-            f"timed {index}/{args.iterations} | "
+    def groups_for(index: int):
         picked = draw(entries, index * prompts, prompts, cfg.seed)
-        groups = [[BfclEpisode(e, stage.environment) for _ in range(samples)] for e in picked]
-        start = time.perf_counter()
-        metrics, trajectories = learner.iterate(groups, stage.chat, sampling, rollout_cfg, jax.random.fold_in(key, index),
-                                                on_phase=display)
-        wall = time.perf_counter() - start
-        bar.update(1)
-        metrics["episode_tokens_mean"] = statistics.mean(len(t.token_ids) for t in trajectories)
-        metrics["turns_mean"] = statistics.mean(t.outcome.counters.get("turns_completed", 0) for t in trajectories)
-        metrics["steps_mean"] = statistics.mean(t.outcome.counters.get("steps", 0) for t in trajectories)
-        return metrics, wall
+        return [[BfclEpisode(e, stage.environment) for _ in range(samples)] for e in picked]
 
-    first, first_wall = (None, None) if args.no_warmup else iteration(0)
-    timed = [iteration(i) for i in range(1, args.iterations + 1)]
-    if args.profile:
-        with maybe_trace(args.profile):
-            iteration(args.iterations + 1)
+    run_grpo(learner, indices, groups_for, settings, jax.random.key(cfg.seed), hooks=(hook,), on_phase=display)
+    first, first_wall = hook.results.get(0, (None, None))
+    timed = [hook.results[i] for i in range(1, args.iterations + 1)]
     display.prefix = ""
     display.close()
     bar.close()

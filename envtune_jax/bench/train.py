@@ -9,7 +9,8 @@ count below leaves out. One warm-up step compiles; then `--steps` timed steps (e
 - model TFLOP/s = 6·params·tokens/s / 1e12; MFU = model FLOP/s / the devices' matmul rate
   (device_limits: the measured table, e.g. H100 789e12 bf16; other devices are probed);
 - compile seconds (tracing + lowering + XLA compile, from jax.monitoring) apart from step times.
-Weights are random and created on device in `--dtype` (envtune_jax/bench/random_weights.py).
+Weights are random, in `--dtype` (default bfloat16 weights and compute, as the HF peer runs; recipes train
+float32 weights) and created on their devices by the model loader (rl/model_loader.py).
 Prints one JSON line.
 """
 from __future__ import annotations
@@ -124,9 +125,8 @@ def run(args) -> dict:
     from envtune_jax.bench.device_limits import device_limits
     from envtune_jax.bench.generate import CompileTimer, model_config_changes
     from envtune_jax.bench.profiling import maybe_trace
-    from envtune_jax.bench.random_weights import random_model
     from envtune_jax.cli.common import parse_mesh, print_json
-    from models.config import preset
+    from rl.model_loader import load_model
     from rl.optimizer import OptimizerConfig
     from rl.rl_config import LossConfig
     from rl.train_step import Trainer, TrainStepConfig
@@ -134,9 +134,10 @@ def run(args) -> dict:
     check_arguments(args)
     mesh = parse_mesh(args.mesh)
     check_rows_split_over_mesh(args.batch, args.micro_batch, mesh)
-    cfg = preset(args.preset, param_dtype=args.dtype, dtype=args.dtype, attention_impl=args.attention,
-                 remat=args.remat, **model_config_changes(args.model_config))
-    model = random_model(cfg, mesh, seed=args.seed)
+    model = load_model(use="train", preset=args.preset, param_dtype=args.dtype, dtype=args.dtype, mesh=mesh,
+                       seed=args.seed, preset_changes=model_config_changes(args.model_config),
+                       attention_impl=args.attention, remat=args.remat).model
+    cfg = model.config
     graphdef, params = nnx.split(model, nnx.Param)
     del model
     loss_cfg = LossConfig(kl_coef=args.kl_coef)

@@ -1,4 +1,4 @@
-"""Helpers shared by subcommands: mesh flags, model loading from --hf or --ckpt, JSON printing."""
+"""Helpers shared by subcommands: mesh flags, the --hf / --ckpt model flags and their loading, JSON printing."""
 from __future__ import annotations
 
 import argparse
@@ -36,18 +36,15 @@ def add_model_source(parser: argparse.ArgumentParser, required: bool = True) -> 
     group.add_argument("--hf", type=Path, help="Hugging Face checkpoint directory (config.json + safetensors)")
     group.add_argument("--ckpt", type=Path, help="envtune model checkpoint (from `envtune convert`)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                        help="parameter dtype (default: float32 for --hf, as saved for --ckpt)")
+                        help="weights and compute (default: bfloat16, the rule for inference, docs/models.md)")
 
 
-def load_model_from_args(args, mesh=None, **runtime):
-    """The model named by --hf/--ckpt, plus the directory holding its tokenizer files (or None)."""
-    from envtune_jax import checkpointing, hf_io
+def load_model_from_args(args, mesh=None, **kernels):
+    """The model named by --hf / --ckpt with --dtype, loaded for inference (rl.model_loader.load_model):
+    a LoadedModel, with its tokenizer."""
+    from rl.model_loader import load_model
 
-    if args.hf is not None:
-        model = hf_io.load_pretrained(args.hf, dtype=args.dtype or "float32", mesh=mesh, **runtime)
-        return model, args.hf
-    model = checkpointing.load_model(args.ckpt, mesh=mesh, dtype=args.dtype, **runtime)
-    return model, checkpointing.tokenizer_dir(args.ckpt)
+    return load_model(use="inference", hf=args.hf, ckpt=args.ckpt, param_dtype=args.dtype, mesh=mesh, **kernels)
 
 
 def print_json(record: dict) -> None:

@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out even if `envtune convert` did not write it")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="stored parameter dtype")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                        help="stored parameter dtype (default: float32, which holds every stored float type exactly)")
     add_mesh_flag(parser)
     parser.set_defaults(func=run, validate=validate)
 
@@ -38,11 +39,12 @@ def validate(args) -> None:
 def run(args) -> int:
     import jax
 
-    from envtune_jax import checkpointing, hf_io
+    from envtune_jax import checkpointing
     from envtune_jax.chat.tokenizer import has_tokenizer, no_tokenizer_note
+    from rl.model_loader import load_model
 
     mesh = parse_mesh(args.mesh)
-    model = hf_io.load_pretrained(args.hf, dtype=args.dtype, mesh=mesh)
+    model = load_model(use="convert", hf=args.hf, param_dtype=args.dtype, mesh=mesh).model
     if not has_tokenizer(args.hf):
         print(f"envtune convert: note: {no_tokenizer_note(args.hf)}", file=sys.stderr)
     if jax.process_index() == 0:
@@ -50,5 +52,5 @@ def run(args) -> int:
     out = checkpointing.save_model(model, args.out, tokenizer_dir=args.hf, metadata={"source": str(args.hf.absolute())})
     if jax.process_index() == 0:
         outputs.mark(out, "convert", args.hf)
-    print(f"wrote {out} ({model.config.num_params / 1e6:.1f}M parameters, {args.dtype})")
+    print(f"wrote {out} ({model.config.num_params / 1e6:.1f}M parameters, {model.config.param_dtype})")
     return 0

@@ -8,13 +8,12 @@ pipeline on a real checkpoint directory.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-# GRPO iterations of the demo's synthetic run: the default run's 30 (rl/synthetic_run.py), the curve
+# GRPO iterations of the demo's synthetic run: the default run's 30 (configs/synthetic/), the curve
 # that the learning test checks and docs/training.md plots (~3 min with its warm-up on 2 CPU cores).
 DEMO_SYNTHETIC_STEPS = 30
 
@@ -55,13 +54,13 @@ def _banner(step: int, total: int, text: str) -> float:
 def write_tiny_checkpoint(out: Path) -> Path:
     """A tiny random Qwen3 in HF layout with the embedded Qwen3 tokenizer files."""
     from envtune_jax import hf_io
-    from envtune_jax.chat.tokenizer import default_tokenizer, save_tokenizer
-    from models.config import preset
-    from models.qwen3 import init_model
+    from envtune_jax.chat.tokenizer import save_tokenizer
+    from rl.model_loader import load_model
 
     tokenizer_dir = out.parent / f"{out.name}-tokenizer"
-    save_tokenizer(default_tokenizer(), tokenizer_dir)
-    hf_io.save_pretrained(init_model(preset("tiny"), seed=0), out, tokenizer_dir=tokenizer_dir, progress=False)
+    tiny = load_model(use="convert", preset="tiny", seed=0)
+    save_tokenizer(tiny.tokenizer, tokenizer_dir)
+    hf_io.save_pretrained(tiny.model, out, tokenizer_dir=tokenizer_dir, progress=False)
     return out
 
 
@@ -71,9 +70,10 @@ def run(args) -> int:
     from environments.config import EnvironmentConfig
     from environments.evaluation import evaluate_bfcl
     from environments.splits import first_per_category, split_entries
+    from rl.model_loader import load_model
     from rl.model_policy import build_model_policy
     from rl.run_config import load_run_config
-    from rl.synthetic_run import SyntheticRunConfig, run_synthetic
+    from rl.synthetic_run import load_synthetic_recipe, run_synthetic
     from rl.train_loop import train
 
     from envtune_jax.cli import outputs
@@ -89,20 +89,20 @@ def run(args) -> int:
     print(f"  {hf_dir} ({time.perf_counter() - t:.1f}s)")
 
     t = _banner(2, total, "convert HF → envtune checkpoint")
-    model = hf_io.load_pretrained(hf_dir)
-    ckpt = checkpointing.save_model(model, out / "ckpt", tokenizer_dir=hf_dir)
+    converted = load_model(use="convert", hf=hf_dir)
+    ckpt = checkpointing.save_model(converted.model, out / "ckpt", tokenizer_dir=converted.tokenizer_dir)
     print(f"  {ckpt} ({time.perf_counter() - t:.1f}s)")
 
     synthetic_summary = None
     if not args.skip_synthetic:
         t = _banner(3, total, "synthetic multi-turn tool task: warm-up, then GRPO (docs/training.md: Synthetic learning run)")
-        cfg = dataclasses.replace(SyntheticRunConfig(), rl_steps=args.synthetic_steps)
+        recipe = load_synthetic_recipe([f"stage.max_steps={args.synthetic_steps}"])
 
         def show(step, record):
             print(f"  step {step:3d}  reward {record['reward_mean']:.3f}  loss {record['loss']:+.4f}", flush=True)
 
-        result = run_synthetic(cfg, out / "synthetic", on_step=show, progress=True)
-        history = getattr(result, "history", result)
+        result = run_synthetic(recipe, out / "synthetic", on_step=show, progress=True)
+        history = result.history
         synthetic_summary = (history[0]["reward_mean"], history[-1]["reward_mean"])
         print(f"  reward {synthetic_summary[0]:.3f} → {synthetic_summary[1]:.3f}; curve: {out / 'synthetic' / 'metrics.jsonl'} "
               f"({time.perf_counter() - t:.1f}s)")
@@ -125,8 +125,8 @@ def run(args) -> int:
     print(f"  ({time.perf_counter() - t:.1f}s)")
 
     t = _banner(6, total, "export the trained model to HF safetensors")
-    exported = hf_io.save_pretrained(checkpointing.load_model(run_dir / "final"), out / "export",
-                                     tokenizer_dir=checkpointing.tokenizer_dir(run_dir / "final"))
+    final = load_model(use="convert", ckpt=run_dir / "final")
+    exported = hf_io.save_pretrained(final.model, out / "export", tokenizer_dir=final.tokenizer_dir)
     print(f"  {exported} ({time.perf_counter() - t:.1f}s)")
 
     summary = {

@@ -18,7 +18,7 @@ DEBUG_FLAG = "--debug"
 USER_ERRORS = (
     ("envtune_jax.config", "ConfigError"),
     ("models.config", "NotAQwen3Checkpoint"),
-    ("models.hf_io", "CheckpointError"),
+    ("models.hf_files", "CheckpointError"),
     ("envtune_jax.checkpointing", "CheckpointNotFound"),
     ("environments.bfcl_data", "BfclDataMissingError"),
     ("environments.eval_report", "EvalProgressMismatchError"),

@@ -57,7 +57,8 @@ def register(subparsers) -> None:
     model.add_argument("--decode-chunk", type=int, default=128,
                        help="tokens per decode call: a step that ends lets its episode move on while the others "
                             "go on generating (0: every round waits for its longest step)")
-    model.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="parameter dtype")
+    model.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                       help="weights and compute (default: bfloat16, the rule for inference, docs/models.md)")
     model.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T", help="device mesh")
     model.add_argument("--attention", default="reference", choices=("reference", "xla", "cudnn"),
                        help="attention for prompt / tool-response chunks (cudnn on GPU for long contexts)")

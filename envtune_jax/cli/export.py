@@ -39,16 +39,18 @@ def run(args) -> int:
 
     from envtune_jax import checkpointing, hf_io
     from envtune_jax.chat.tokenizer import has_tokenizer
+    from rl.model_loader import load_model
 
     mesh = parse_mesh(args.mesh)
-    model = checkpointing.load_model(args.ckpt, mesh=mesh)
-    tokenizer_dir = checkpointing.tokenizer_dir(args.ckpt)
+    stored_dtype = checkpointing.read_model_config(args.ckpt).param_dtype
+    loaded = load_model(use="convert", ckpt=args.ckpt, mesh=mesh)
+    model, tokenizer_dir = loaded.model, loaded.tokenizer_dir
     if not has_tokenizer(tokenizer_dir):
         print(f"envtune export: note: {args.ckpt} holds no tokenizer files, so neither will {args.out}; copy them "
               "from the original model before loading it with transformers", file=sys.stderr)
     if jax.process_index() == 0:
         outputs.remove_if_not_folder(args.out)
-    out = hf_io.save_pretrained(model, args.out, tokenizer_dir=tokenizer_dir, dtype=args.dtype)
+    out = hf_io.save_pretrained(model, args.out, tokenizer_dir=tokenizer_dir, dtype=args.dtype or stored_dtype)
     if jax.process_index() == 0:
         outputs.mark(out, "export", args.ckpt)
     print(f"wrote {out}")

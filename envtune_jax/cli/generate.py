@@ -79,15 +79,14 @@ class TextStream:
 
 def run(args) -> int:
     from envtune_jax.chat import encode_text, render_messages
-    from envtune_jax.chat.tokenizer import checkpoint_tokenizer
     from envtune_jax.cli.common import load_model_from_args
     from models.generation import GenerationEngine, SamplingParams
 
     tools = getattr(args, "tool_list", None) or check.tools_file(args.tools)
     mesh = parse_mesh(args.mesh)
-    model, tokenizer_dir = load_model_from_args(args, mesh=mesh, attention_impl=args.attention,
-                                                decode_attention=args.decode_attention)
-    tokenizer = checkpoint_tokenizer(tokenizer_dir, args.hf or args.ckpt)
+    loaded = load_model_from_args(args, mesh=mesh, attention_impl=args.attention,
+                                  decode_attention=args.decode_attention)
+    model, tokenizer = loaded.model, loaded.tokenizer
     messages = ([{"role": "system", "content": args.system}] if args.system else [])
     messages.append({"role": "user", "content": args.prompt})
     prompt_ids = encode_text(tokenizer, render_messages(messages, tools, args.style))

@@ -3,14 +3,13 @@
 Each subcommand's `validate(args)` calls these; each raises ConfigError with one line naming the flag,
 the value and what would be accepted, so that a bad command fails in well under a second instead of
 after minutes of imports and loading. Only light modules are imported here (the config dataclasses,
-`models.config`, the chat message checks, JSON and safetensors headers read by hand).
+`models.config`, `models.hf_files`, the chat message checks).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -161,67 +160,23 @@ def preset_name(name: str, what: str = "--preset") -> None:
 
 def hf_checkpoint(path: str | Path, what: str = "--hf") -> None:
     """`path` is a Hugging Face Qwen3 checkpoint whose config.json reads and whose safetensors files are
-    whole (each file's header read by hand: tensors end inside the file)."""
-    from models.config import NotAQwen3Checkpoint, from_hf_dict
+    whole: the loader's own checks (models.config.load_hf_config, models.hf_files.check_files), which read
+    config.json and each file's header but no tensor data."""
+    from models.config import NotAQwen3Checkpoint, load_hf_config
+    from models.hf_files import check_files
 
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{what} {path}: not a directory" if path.exists() else f"{what} {path}: not found")
-    config_file = path / "config.json"
-    if not config_file.is_file():
+    if not (path / "config.json").is_file():
         raise ConfigError(f"{what} {path}: no config.json (expected a Hugging Face checkpoint directory)")
-    hf_config = read_json(config_file)
-    if not isinstance(hf_config, dict):
-        raise ConfigError(f"{config_file}: expected a JSON object, got {type(hf_config).__name__}")
     try:
-        from_hf_dict(hf_config, str(config_file))
+        load_hf_config(path)
     except NotAQwen3Checkpoint:
         raise
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{config_file}: not a usable Qwen3 config ({type(exc).__name__}: {exc})") from None
-    for file in safetensors_files(path):
-        safetensors_header(file)
-
-
-def safetensors_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        record = read_json(index)
-        weight_map = record.get("weight_map") if isinstance(record, dict) else None
-        if not isinstance(weight_map, dict):
-            raise ConfigError(f"{index}: no 'weight_map'")
-        files = [path / name for name in sorted(set(weight_map.values()))]
-        missing = [file.name for file in files if not file.is_file()]
-        if missing:
-            raise ConfigError(f"{index}: lists {missing[0]}, which is missing"
-                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        return files
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    raise ConfigError(f"{path}: no model.safetensors or model.safetensors.index.json")
-
-
-def safetensors_header(file: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file; ConfigError if it is cut short or malformed."""
-    size = file.stat().st_size
-    with file.open("rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise ConfigError(f"{file}: truncated ({size} bytes; not a safetensors file)")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > size - 8:
-            raise ConfigError(f"{file}: truncated (its header says {header_len} bytes, the file holds {size - 8})")
-        try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ConfigError(f"{file}: not a safetensors file (unreadable header)") from None
-    data_bytes = size - 8 - header_len
-    ends = [entry.get("data_offsets", [0, 0])[1] for name, entry in header.items()
-            if name != "__metadata__" and isinstance(entry, dict)]
-    if ends and max(ends) > data_bytes:
-        raise ConfigError(f"{file}: truncated (tensors need {max(ends)} bytes of data, the file holds {data_bytes}); "
-                          f"download or copy it again")
-    return header
+        raise ConfigError(f"{path / 'config.json'}: not a usable Qwen3 config ({type(exc).__name__}: {exc})") from None
+    check_files(path)
 
 
 def envtune_checkpoint(path: str | Path, what: str = "--ckpt") -> None:
