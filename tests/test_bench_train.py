@@ -157,7 +157,8 @@ def _trajectory(group: int, length: int) -> Trajectory:
 def test_grpo_iteration_reports_model_tflops_and_mfu_only_on_known_devices():
     cfg = Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                       num_kv_heads=1, head_dim=8)
-    learner = PolicyLearner(init_model(cfg), None, _TimedTrainer(), None, LossConfig(kl_coef=0.0))
+    engine = SimpleNamespace(extend_tokens={"appended": 0, "prefix_appended": 0}, mesh=None)
+    learner = PolicyLearner(init_model(cfg), engine, _TimedTrainer(), None, LossConfig(kl_coef=0.0))
     trajectories = [_trajectory(g, n) for g, n in ((0, 12), (0, 9), (1, 16), (1, 7))]
     learner.rollout = lambda *args, **kwargs: trajectories
     phases = []
