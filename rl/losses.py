@@ -13,7 +13,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from envtune_jax.config import UnknownNameError, check_name  # noqa: F401 - UnknownNameError: lookup's error
+from envtune_jax.config import ConfigError, UnknownNameError, check_name  # noqa: F401 - UnknownNameError: lookup's error
 from rl.rl_config import LossConfig
 
 # |log ratio| is clipped here before exp() so that exp never overflows (as verl does); the clip

@@ -300,3 +300,9 @@ def test_sampler_mismatch_counts_tokens_outside_the_clip_range():
     abs_sum, outside = losses.sampler_mismatch_sums(logp, sampler, mask, 0.2, 0.28)
     assert float(abs_sum) == pytest.approx(0.6, rel=1e-6)
     assert float(outside) == 1.0  # e^0.5 = 1.65 > 1.28; e^-0.1 = 0.905 inside [0.8, 1.28]
+
+
+def test_sum_norm_without_a_norm_length_is_a_config_error():
+    loss_bt, mask_bt = jnp.ones((2, 3)), jnp.ones((2, 3))
+    with pytest.raises(ConfigError, match="norm_length"):
+        losses.seq_mean_token_sum_norm(loss_bt, mask_bt)
