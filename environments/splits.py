@@ -93,19 +93,6 @@ def split_entries(
     return [e for e in entries if e.scenario_index in scenarios]
 
 
-def split_entries_from(source: str, split: str, categories: Iterable[str] = CATEGORIES,
-                       data_dir: str | None = None) -> list[BfclEntry]:
-    """`split_entries` read from `source`: "package" (the installed bfcl-eval data, as above) or "tfds"
-    (the TFDS dataset, environments/tfds_builder.py, optionally under `data_dir`)."""
-    if source == "package":
-        return split_entries(split, categories)
-    if source == "tfds":
-        from environments.tfds_builder import load_split_entries
-
-        return load_split_entries(split, categories, data_dir=data_dir)
-    raise ValueError(f"unknown data source {source!r}; choose 'tfds' or 'package'")
-
-
 def first_per_category(entries: Iterable[BfclEntry], limit: int) -> list[BfclEntry]:
     """The first `limit` entries of each category, in the given order."""
     counts: collections.Counter = collections.Counter()

@@ -31,34 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from models.attention import MaskInfo, reference_attention
-
-_NEG_INF = -jnp.inf
-
-
-# ---------------------------------------------------------------- partial softmax and the merge
-def masked_softmax_lse(scores: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(probabilities, log-sum-exp) of fp32 `scores` [..., S] over the keys where `mask` (broadcastable) is
-    True. A row without any visible key gets probabilities 0 and lse -inf (gradients stay finite)."""
-    scores = jnp.where(mask, scores, _NEG_INF)
-    row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    exp = jnp.exp(scores - row_max)
-    total = jnp.sum(exp, axis=-1, keepdims=True)
-    seen = total > 0
-    safe_total = jnp.where(seen, total, 1.0)
-    lse = jnp.where(seen, row_max + jnp.log(safe_total), _NEG_INF)
-    return exp / safe_total, lse[..., 0]
-
-
-def merge_partials(outs: list[jax.Array], lses: list[jax.Array]) -> jax.Array:
-    """Σ_i e^(lse_i − lse) · out_i with lse = log Σ_i e^lse_i: the attention over the union of the parts'
-    keys. outs: [..., H] each (normalised within its part); lses: [...] each. Returns fp32 [..., H]."""
-    top = jax.lax.stop_gradient(jnp.maximum(*lses) if len(lses) == 2 else jnp.max(jnp.stack(lses), axis=0))
-    top = jnp.where(jnp.isfinite(top), top, 0.0)
-    weights = [jnp.exp(lse - top) for lse in lses]
-    total = sum(weights)
-    total = jnp.where(total > 0, total, 1.0)
-    return sum(w[..., None] * o.astype(jnp.float32) for w, o in zip(weights, outs)) / total[..., None]
+from models.prefix_kernels import kernel_fits, pallas_prefix_decode
+from models.prefix_parts import NEG_INF, lane_table, masked_softmax_lse, merge_partials, region_of
 
 
 def _grouped(q_btnh: jax.Array, num_kv_heads: int) -> jax.Array:
@@ -103,19 +77,6 @@ def blocked_partial_attention(q_btnh, k_bskh, v_bskh, mask_bts, block: int | Non
 
 
 # ---------------------------------------------------------------- decode / extend against prefix regions
-def lane_table(lane_b: jax.Array, num_regions: int, lanes: int) -> jax.Array:
-    """[R, M] int32: the slot in each lane (B where the lane is empty), from lane_b [B] (R·M = no lane)."""
-    batch = lane_b.shape[0]
-    table = jnp.full((num_regions * lanes,), batch, jnp.int32)
-    table = table.at[lane_b].set(jnp.arange(batch, dtype=jnp.int32), mode="drop")
-    return table.reshape(num_regions, lanes)
-
-
-def region_of(lane_b: jax.Array, lanes: int) -> jax.Array:
-    """[B] the region each slot reads (R for a slot without a prefix)."""
-    return lane_b // lanes
-
-
 def _prefix_part_einsum(q_btnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, lane_b, lanes):
     """The prefix part: each region's lanes' queries stacked against its keys. (out [B, T, N, H], lse [B, T, N])."""
     b, t, n, h = q_btnh.shape
@@ -130,7 +91,7 @@ def _prefix_part_einsum(q_btnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, 
     out_lanes = out.reshape(r * lanes, t, n, h).astype(jnp.float32)
     lse_lanes = jnp.transpose(lse_rkgmt, (0, 3, 4, 1, 2)).reshape(r * lanes, t, n)
     out_b = jnp.take(out_lanes, lane_b, axis=0, mode="fill", fill_value=0)
-    lse_b = jnp.take(lse_lanes, lane_b, axis=0, mode="fill", fill_value=_NEG_INF)
+    lse_b = jnp.take(lse_lanes, lane_b, axis=0, mode="fill", fill_value=NEG_INF)
     return out_b, lse_b
 
 
@@ -147,8 +108,6 @@ def shared_prefix_attention(q_btnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths
     Returns [B, T, N, H] in q's dtype.
     """
     if decode == "pallas" and q_btnh.shape[1] == 1 and suffix_lengths_b is not None:
-        from models.prefix_kernels import kernel_fits, pallas_prefix_decode
-
         fits = kernel_fits(prefix_k_rkph.shape[2], suffix_k_bksh.shape[2], prefix_k_rkph.shape[0], q_btnh.shape[0],
                            prefix_k_rkph.shape[1])
         mesh = jax.sharding.get_abstract_mesh()

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 from models.config import PREFIX_ATTENTION
 from models.kv_cache import KVCache
-from models.prefix_attention import region_of, shared_prefix_attention, shared_prefix_attention_reference
+from models.prefix_attention import shared_prefix_attention, shared_prefix_attention_reference
+from models.prefix_parts import region_of
 
 
 @dataclasses.dataclass

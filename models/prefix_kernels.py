@@ -5,7 +5,7 @@
 softmax sum l and max m, i.e. its log-sum-exp m + log l. The prefix part runs with batch = regions:
 a region's M lanes are stacked as extra query heads of each kv head (head k·M·G + m·G + g), so each
 region's prompt is read once for all its slots, and only up to the region's filled length. The suffix
-part runs per slot up to its own length. The two are merged by log-sum-exp (prefix_attention.py).
+part runs per slot up to its own length. The two are merged by log-sum-exp (prefix_parts.py).
 Off GPU the kernel runs in Pallas interpret mode (slow; for tests). One device only: on a mesh the
 einsum path runs (the engine refuses decode="pallas" with shared prefixes on a multi-device mesh).
 """
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from models.attention import decode_kernel_blocks
-from models.prefix_attention import lane_table, merge_partials
+from models.prefix_parts import lane_table, merge_partials
 
 
 def kernel_fits(prefix_capacity: int, suffix_capacity: int, num_regions: int, batch: int, num_kv_heads: int) -> bool:

@@ -5,7 +5,7 @@
 parameters of the current stage; `iterate(groups_of_episodes, rng)` does one iteration and returns
 its metrics (reward statistics per category, rollout counters, the prompt tokens prefilled (each
 group's prompt once when its samples share it), loss parts, timings, and the step's
-model TFLOP/s = 6·params·tokens/s with its MFU on devices of envtune_jax/bench/device_limits' table).
+model TFLOP/s = 6·params·tokens/s with its MFU on devices of envtune_jax/device_limits' table).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from environments.base import ToolEnvironment
-from envtune_jax.bench.device_limits import MEASURED
+from envtune_jax.device_limits import MEASURED
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.progress import OnPhase
 from models.generation.sampling import SamplingParams

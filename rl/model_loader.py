@@ -12,7 +12,7 @@ with random weights -> the model, its tokenizer and where that tokenizer came fr
   are drawn op by op; on a mesh one jitted program creates every weight straight into its sharding, so no
   device ever holds more than its shards, and the values are the same bit for bit (tested).
 - Placement: on a mesh every weight lies in the sharding its logical axes give (envtune_jax/sharding.py);
-  HF and envtune checkpoints are read shard by shard into it (models/hf_io.py, envtune_jax/checkpointing.py).
+  HF and envtune checkpoints are read shard by shard into it (models/hf_io.py, models/checkpointing.py).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 import jax
 from flax import nnx
 
-from envtune_jax import checkpointing
+from models import checkpointing
 from envtune_jax.chat.tokenizer import (check_tokenizer_fits_model, checkpoint_tokenizer, compact_qwen_tokenizer,
                                         has_tokenizer)
 from envtune_jax.config import ConfigError

@@ -96,18 +96,16 @@ class ModelPolicy:
 
 def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, batch_size: int = 16,
                        max_cache_len: int = 32768, max_new_tokens: int = 4096, dtype: str | None = None,
-                       mesh_spec: str | None = None, attention_impl: str = "reference",
-                       decode_attention: str = "reference", decode_chunk: int = 128, **_: Any) -> ModelPolicy:
+                       mesh=None, attention_impl: str = "reference", decode_attention: str = "reference",
+                       decode_chunk: int = 128) -> ModelPolicy:
     """Loads the model (HF dir or envtune checkpoint) and wraps it in a ModelPolicy.
 
     attention_impl serves prompt and tool-response chunks of ≥ 64 tokens (`cudnn` on GPU keeps long
     contexts from materialising [B, N, T, S] scores); decode_attention the one-token steps; decode_chunk the
     tokens per engine call of a streamed step (0: whole steps)."""
-    from envtune_jax.cli.common import parse_mesh
     from models.generation.engine import GenerationEngine
     from rl.model_loader import load_model
 
-    mesh = parse_mesh(mesh_spec)
     if hf_dir is None and ckpt is None:
         raise ValueError("build_model_policy needs ckpt or hf_dir")
     loaded = load_model(use="inference", hf=hf_dir, ckpt=ckpt, param_dtype=dtype, mesh=mesh,

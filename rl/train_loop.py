@@ -23,7 +23,8 @@ import jax
 from tqdm.auto import tqdm
 
 from environments.bfcl_env import BfclEpisode
-from envtune_jax import checkpointing, config as config_lib, hf_io, interrupt
+from envtune_jax import config as config_lib, interrupt
+from models import checkpointing, hf_io
 from envtune_jax.folder_lock import hold_folder
 from envtune_jax.mesh import make_mesh, resolve_mesh_shape
 from envtune_jax.progress import OnPhase, PhaseDisplay

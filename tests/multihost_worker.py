@@ -38,7 +38,7 @@ from flax import nnx  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks  # noqa: E402
-from envtune_jax import hf_io  # noqa: E402
+from models import hf_io  # noqa: E402
 from envtune_jax.chat.tokenizer import load_tokenizer  # noqa: E402
 from envtune_jax.chat.chat_config import ChatConfig  # noqa: E402
 from envtune_jax.folder_lock import LOCK_FILE, hold_folder  # noqa: E402

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from envtune_jax import checkpointing, hf_io
+from models import checkpointing, hf_io
 from envtune_jax.cli.main import main as envtune
 from tests.hf_fixtures import hf_logits, write_tiny_qwen3
 
@@ -104,7 +104,7 @@ def test_failed_convert_keeps_the_previous_checkpoint_and_leaves_no_partial_one(
 
 RESTORE_ON_MESH = textwrap.dedent("""
     import sys, numpy as np, jax
-    from envtune_jax import checkpointing
+    from models import checkpointing
     from envtune_jax.mesh import MeshConfig, make_mesh
     ckpt, expected = sys.argv[1], np.load(sys.argv[2])
     mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))

@@ -254,7 +254,7 @@ def test_an_existing_output_of_the_same_command_may_be_replaced(files, tmp_path)
 
 def test_a_mesh_that_does_not_fit_is_one_line_when_jax_counts_the_devices(files, tmp_path, capsys, monkeypatch):
     """Where the device count is only known once JAX starts, the mesh is still checked before any weight loads."""
-    from envtune_jax import hf_io
+    from models import hf_io
     from envtune_jax.cli import validate
 
     def no_load(*args, **kwargs):

@@ -53,7 +53,8 @@ def test_kept_conversations_give_the_steps_of_fresh_prefills(full_vocab_checkpoi
     same steps and records as a policy that prefills every prompt in full, for a fraction of the tokens."""
     from environments.config import EnvironmentConfig
     from environments.evaluation import BfclEpisode, run_episodes
-    from environments.splits import first_per_category, split_entries_from
+    from environments.split_sources import split_entries_from
+    from environments.splits import first_per_category
     from rl.model_policy import build_model_policy
 
     entries = first_per_category(split_entries_from("package", "test", ("multi_turn_base", "multi_turn_miss_param")), 1)

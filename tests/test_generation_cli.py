@@ -41,7 +41,7 @@ def real_vocab_checkpoint(tmp_path_factory):
 
 
 def test_generate_streams_the_greedy_reply(real_vocab_checkpoint, tmp_path, capsys):
-    from envtune_jax import hf_io
+    from models import hf_io
     from envtune_jax.chat import default_tokenizer, encode_text, render_messages
     from models.generation import reference_greedy
 

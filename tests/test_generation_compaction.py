@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envtune_jax import hf_io
+from models import hf_io
 from models.generation import BucketConfig, GenerationEngine, GenerationInputError, SamplingParams
 from models.generation.extend_plan import ExtendCosts, call_cost, plan_extend, row_buckets
 from tests.hf_fixtures import write_tiny_qwen3

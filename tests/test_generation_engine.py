@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from envtune_jax import hf_io
+from models import hf_io
 from models.generation import (BucketConfig, CacheFullError, GenerationEngine, GenerationInputError, SamplingParams,
                                reference_greedy, reference_logprobs)
 from tests.hf_fixtures import hf_model, write_tiny_qwen3

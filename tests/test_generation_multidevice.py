@@ -21,7 +21,7 @@ CHECK = textwrap.dedent("""
     import sys, numpy as np, jax
     jax.config.update("jax_default_matmul_precision", "highest")
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from envtune_jax import hf_io
+    from models import hf_io
     from envtune_jax.mesh import MeshConfig, make_mesh
     from envtune_jax.sharding import LOGICAL_AXIS_RULES
     from models.generation import BucketConfig, GenerationEngine, SamplingParams

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from envtune_jax import hf_io
+from models import hf_io
 from models.weights import hf_read_plan, hf_to_ours, ours_to_hf
 from tests.hf_fixtures import hf_logits, write_tiny_qwen3
 
@@ -174,7 +174,7 @@ MESH_LOAD = textwrap.dedent("""
     jax.config.update("jax_default_matmul_precision", "highest")
     from flax import nnx
     import models.hf_io as impl
-    from envtune_jax import hf_io
+    from models import hf_io
     from envtune_jax.mesh import MeshConfig, make_mesh
     reads = []  # (name, shape read, stored shape)
     plain_read = impl._read_slice

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from envtune_jax import hf_io
+from models import hf_io
 from envtune_jax.cli.main import main
 from tests.hf_fixtures import write_tiny_qwen3
 

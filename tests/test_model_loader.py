@@ -14,7 +14,7 @@ import jax
 import pytest
 from flax import nnx
 
-from envtune_jax import checkpointing, hf_io
+from models import checkpointing, hf_io
 from envtune_jax.chat.tokenizer import compact_qwen_tokenizer, save_tokenizer
 from envtune_jax.cli.main import main
 from models.dtype_rule import model_dtypes

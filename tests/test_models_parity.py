@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from envtune_jax import hf_io
+from models import hf_io
 from tests.hf_fixtures import TINY_VARIANTS, hf_logits, write_tiny_qwen3
 
 VOCAB = 512

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from models.attention import MaskInfo, attend
-from models.prefix_attention import (PackedRowLayout, merge_partials, partial_attention, shared_prefix_attention,
+from models.prefix_attention import (PackedRowLayout, partial_attention, shared_prefix_attention,
                                      shared_prefix_attention_reference, two_level_packed_attention)
+from models.prefix_parts import merge_partials
 
 N, K, H = 4, 2, 16
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from environments.splits import first_per_category, split_entries, split_entries_from
+from environments.split_sources import split_entries_from
+from environments.splits import first_per_category, split_entries
 from rl.stage_data import draw, load_subset
 
 

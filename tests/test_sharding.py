@@ -55,7 +55,7 @@ CHECK = textwrap.dedent("""
     import sys, numpy as np, jax
     jax.config.update("jax_default_matmul_precision", "highest")
     from flax import nnx
-    from envtune_jax import hf_io
+    from models import hf_io
     from envtune_jax.mesh import MeshConfig, make_mesh
     assert len(jax.devices()) == 8, jax.devices()
     ckpt = sys.argv[1]

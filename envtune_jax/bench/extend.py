@@ -81,7 +81,7 @@ def run(args) -> dict:
     import jax
     import numpy as np
 
-    from envtune_jax.bench.device_limits import device_limits
+    from envtune_jax.device_limits import device_limits
     from envtune_jax.bench.generate import CompileTimer, build_model
     from envtune_jax.cli.common import parse_mesh, print_json
     from models.generation import BucketConfig, GenerationEngine

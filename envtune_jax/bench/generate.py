@@ -245,7 +245,7 @@ def run(args) -> list[dict]:
     import jax
     import numpy as np
 
-    from envtune_jax.bench.device_limits import device_limits
+    from envtune_jax.device_limits import device_limits
     from envtune_jax.cli.common import parse_mesh, print_json
 
     shapes = check_arguments(args)

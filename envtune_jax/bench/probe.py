@@ -22,7 +22,7 @@ def run(args) -> dict:
 
     import jax
 
-    from envtune_jax.bench.device_limits import MEASURED, probe_device
+    from envtune_jax.device_limits import MEASURED, probe_device
     from envtune_jax.cli.common import print_json
     from envtune_jax.config import ConfigError
 

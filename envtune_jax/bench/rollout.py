@@ -13,7 +13,7 @@ compilation); then `--iterations` timed ones:
   execution, parsing, rendering, hints, rewards), training (the optimizer step) and the rest
   (advantages, batch packing);
 - sampled tokens per second of generation time, and the train step's model TFLOP/s (with its MFU on
-  devices of envtune_jax/bench/device_limits' table).
+  devices of envtune_jax/device_limits' table).
 - decode calls per iteration and the slot occupancy: the share of the decode calls' slots that held a
   live episode (the driver refills a slot as soon as its episode ends).
 With a preset model (`model.preset=qwen3-4b`) the weights are random and created on device: such a

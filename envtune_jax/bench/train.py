@@ -122,7 +122,7 @@ def run(args) -> dict:
     import jax
     from flax import nnx
 
-    from envtune_jax.bench.device_limits import device_limits
+    from envtune_jax.device_limits import device_limits
     from envtune_jax.bench.generate import CompileTimer, model_config_changes
     from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.cli.common import parse_mesh, print_json

@@ -1,27 +1,24 @@
 """`envtune bench <kind>`: speed benchmarks, one JSON line each, with ratios to the device's limits.
 
 Each kind lives in `envtune_jax/bench/<kind>.py` exposing `add_arguments(parser)`, `run(args)` and
-`check_arguments(args)` (run before anything heavy is imported: bad arguments fail at once); kinds listed in BENCHMARKS whose module is not there yet are skipped.
+`check_arguments(args)` (run before anything heavy is imported: bad arguments fail at once); the kind's
+name is its module's.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 
-BENCHMARKS = ("probe", "generate", "prefill", "extend", "train", "rollout", "memory", "prefix", "prompts")
+from envtune_jax.bench import extend, generate, memory, prefill, prefix, probe, prompts, rollout, train
+
+BENCHMARKS = (probe, generate, prefill, extend, train, rollout, memory, prefix, prompts)
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="speed benchmarks (JSON lines)", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = parser.add_subparsers(dest="benchmark", metavar="KIND", required=True)
-    for name in BENCHMARKS:
-        try:
-            module = importlib.import_module(f"envtune_jax.bench.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"envtune_jax.bench.{name}":
-                raise
-            continue
+    for module in BENCHMARKS:
+        name = module.__name__.rpartition(".")[2]
         first_line = (module.__doc__ or name).strip().splitlines()[0]
         kind = kinds.add_parser(name, help=first_line, description=module.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

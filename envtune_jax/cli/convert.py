@@ -39,7 +39,7 @@ def validate(args) -> None:
 def run(args) -> int:
     import jax
 
-    from envtune_jax import checkpointing
+    from models import checkpointing
     from envtune_jax.chat.tokenizer import has_tokenizer, no_tokenizer_note
     from rl.model_loader import load_model
 

@@ -53,7 +53,7 @@ def _banner(step: int, total: int, text: str) -> float:
 
 def write_tiny_checkpoint(out: Path) -> Path:
     """A tiny random Qwen3 in HF layout with the embedded Qwen3 tokenizer files."""
-    from envtune_jax import hf_io
+    from models import hf_io
     from envtune_jax.chat.tokenizer import save_tokenizer
     from rl.model_loader import load_model
 
@@ -65,7 +65,7 @@ def write_tiny_checkpoint(out: Path) -> Path:
 
 
 def run(args) -> int:
-    from envtune_jax import checkpointing, hf_io
+    from models import checkpointing, hf_io
     from environments.eval_report import category_table, markdown_table, write_results
     from environments.config import EnvironmentConfig
     from environments.evaluation import evaluate_bfcl

@@ -19,7 +19,7 @@ USER_ERRORS = (
     ("envtune_jax.config", "ConfigError"),
     ("models.config", "NotAQwen3Checkpoint"),
     ("models.hf_files", "CheckpointError"),
-    ("envtune_jax.checkpointing", "CheckpointNotFound"),
+    ("models.checkpointing", "CheckpointNotFound"),
     ("environments.bfcl_data", "BfclDataMissingError"),
     ("environments.eval_report", "EvalProgressMismatchError"),
     ("environments.replay_files", "ReplayFileError"),

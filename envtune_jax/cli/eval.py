@@ -127,7 +127,8 @@ def run(args) -> int:
     """Runs after `validate(args)` (main calls both)."""
     from environments.eval_report import EvalProgress, category_table, markdown_table, write_results
     from environments.evaluation import replay_bfcl
-    from environments.splits import first_per_category, split_entries_from
+    from environments.split_sources import split_entries_from
+    from environments.splits import first_per_category
 
     categories = args.category_names
     entries = split_entries_from(args.data_source, args.split, categories, data_dir=args.data_dir)
@@ -235,11 +236,12 @@ def _play(args, entries, progress, extra: dict, out: Path) -> list:
     elif args.policy == "do-nothing":
         policy, workers = DoNothingPolicy(), args.workers
     else:
+        from envtune_jax.cli.common import parse_mesh
         from rl.model_policy import build_model_policy
 
         policy = build_model_policy(ckpt=str(args.ckpt) if args.ckpt else None, hf_dir=str(args.hf) if args.hf else None,
                                     batch_size=args.batch_size, max_cache_len=args.max_cache_len,
-                                    max_new_tokens=args.max_new_tokens, dtype=args.dtype, mesh_spec=args.mesh,
+                                    max_new_tokens=args.max_new_tokens, dtype=args.dtype, mesh=parse_mesh(args.mesh),
                                     attention_impl=args.attention, decode_attention=args.decode_attention,
                                     decode_chunk=args.decode_chunk)
         workers = 1

@@ -37,7 +37,7 @@ def validate(args) -> None:
 def run(args) -> int:
     import jax
 
-    from envtune_jax import checkpointing, hf_io
+    from models import checkpointing, hf_io
     from envtune_jax.chat.tokenizer import has_tokenizer
     from rl.model_loader import load_model
 

@@ -11,13 +11,14 @@ so `envtune --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from envtune_jax import __version__
+from envtune_jax.cli import bench, convert, demo, export, generate, plot, recipe, train
+from envtune_jax.cli import eval as evaluate
 from envtune_jax.cli.errors import OneLineParser, is_user_error, report, split_debug
 
-SUBCOMMANDS = ("convert", "export", "generate", "train", "eval", "plot", "bench", "demo", "recipe")
+SUBCOMMANDS = (convert, export, generate, train, evaluate, plot, bench, demo, recipe)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (accepted anywhere on the line)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"envtune_jax.cli.{name}")
-        except ModuleNotFoundError as exc:  # a subcommand still being built on this branch
-            if exc.name != f"envtune_jax.cli.{name}":
-                raise
-            continue
+    for module in SUBCOMMANDS:
         module.register(subparsers)
     return parser
 

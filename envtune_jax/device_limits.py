@@ -1,6 +1,6 @@
-"""Physical limits of the device a benchmark runs on: copy bandwidth and bf16 matmul rate.
+"""Physical limits of the device a program runs on: copy bandwidth and bf16 matmul rate.
 
-Benchmarks report their speed as a fraction of these. Known device kinds take figures measured on
+Benchmarks report their speed as a fraction of these; training reports its MFU against them. Known device kinds take figures measured on
 single-GPU machines (docs/benchmarks-gpu.md lists them with their dates); any other device, or
 `probe=True`, gets a quick measurement: a device-to-device copy (bytes read + written) and a square
 matmul in bf16 (float32 on CPU, where bf16 matmuls are emulated). `DeviceLimits.source` says which
