@@ -41,10 +41,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def measure_episodes(limit_s: float | None) -> dict[str, float]:
     """Whole episodes of every entry played with its ground-truth calls (this process's code)."""
-    from environments.bfcl_data import load_entries
-    from environments.bfcl_env import BfclEpisode
-    from environments.config import EnvironmentConfig
-    from environments.gt_calls import ground_truth_tool_calls
+    from envtune_jax.environments.bfcl_data import load_entries
+    from envtune_jax.environments.bfcl_env import BfclEpisode
+    from envtune_jax.environments.config import EnvironmentConfig
+    from envtune_jax.environments.gt_calls import ground_truth_tool_calls
 
     config = dataclasses.replace(EnvironmentConfig.evaluation(), call_time_limit_s=limit_s)
     entries = load_entries()
@@ -68,10 +68,10 @@ def measure_episodes(limit_s: float | None) -> dict[str, float]:
 
 
 def measure_replay(limit_s: float | None) -> float:
-    from environments.bfcl_data import load_entries
-    from environments.config import EnvironmentConfig
-    from environments.evaluation import evaluate_bfcl
-    from environments.policies import OraclePolicy
+    from envtune_jax.environments.bfcl_data import load_entries
+    from envtune_jax.environments.config import EnvironmentConfig
+    from envtune_jax.environments.evaluation import evaluate_bfcl
+    from envtune_jax.environments.policies import OraclePolicy
 
     config = dataclasses.replace(EnvironmentConfig.evaluation(), call_time_limit_s=limit_s)
     entries = load_entries()
@@ -86,7 +86,7 @@ def measure_replay(limit_s: float | None) -> float:
 def measure_official_checker() -> float:
     from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
 
-    from environments.bfcl_data import load_entries
+    from envtune_jax.environments.bfcl_data import load_entries
 
     entries = load_entries()
     started = time.perf_counter()
@@ -100,10 +100,10 @@ def measure_official_checker() -> float:
 
 def measure_single_calls(limit_s: float | None, count: int = 3000) -> list[float]:
     """Seconds of each of `count` steps making one cheap call (`pwd`) in one episode: the per-call price."""
-    from environments.base import ToolCall
-    from environments.bfcl_data import entry_by_id
-    from environments.bfcl_env import BfclEpisode
-    from environments.config import EnvironmentConfig
+    from envtune_jax.environments.base import ToolCall
+    from envtune_jax.environments.bfcl_data import entry_by_id
+    from envtune_jax.environments.bfcl_env import BfclEpisode
+    from envtune_jax.environments.config import EnvironmentConfig
 
     config = dataclasses.replace(EnvironmentConfig.evaluation(), call_time_limit_s=limit_s, max_steps_per_turn=None)
     env = BfclEpisode(entry_by_id("multi_turn_base_0"), config)
@@ -119,7 +119,7 @@ def measure_single_calls(limit_s: float | None, count: int = 3000) -> list[float
 def measure_round_trip(count: int = 2000) -> float | None:
     """Median seconds of an empty request to the tool process (None: this code has no tool process)."""
     try:
-        from environments.hosted_backend import tool_host_client
+        from envtune_jax.environments.hosted_backend import tool_host_client
     except ImportError:
         return None
     client = tool_host_client()

@@ -75,7 +75,7 @@ def write_reference(args) -> int:
     import transformers
 
     from envtune_jax.bench.generate import model_config_changes
-    from models.config import preset, to_hf_dict
+    from envtune_jax.models.config import preset, to_hf_dict
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False  # the float32 reference must be float32
@@ -179,7 +179,7 @@ def with_runtime(model, **changes):
     """The same weights (no copy) under a model built with other runtime choices (e.g. attention_impl)."""
     from flax import nnx
 
-    from models.qwen3 import Qwen3
+    from envtune_jax.models.qwen3 import Qwen3
 
     cfg = model.config.replace(**changes)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0))))
@@ -194,8 +194,9 @@ def check_ours(args) -> int:
     import jax
     from flax import nnx
 
-    from models.generation import GenerationEngine, SamplingParams
-    from rl.model_loader import load_model
+    from envtune_jax.models.generation.engine import GenerationEngine
+    from envtune_jax.models.generation.sampling_params import SamplingParams
+    from envtune_jax.rl.model_loader import load_model
 
     attentions = [a for a in args.attention.split(",") if a]
     start = time.perf_counter()

@@ -37,7 +37,7 @@ def hf_config(preset: str, changes: list[str]):
     import transformers
 
     from envtune_jax.bench.generate import model_config_changes
-    from models.config import preset as our_preset, to_hf_dict
+    from envtune_jax.models.config import preset as our_preset, to_hf_dict
 
     config = transformers.Qwen3Config(**to_hf_dict(our_preset(preset, **model_config_changes(changes))))
     config._attn_implementation = "sdpa"

@@ -21,7 +21,7 @@ import platform
 import time
 from pathlib import Path
 
-from rl.synthetic_run import grpo, load_synthetic_recipe, warm_up
+from envtune_jax.rl.synthetic_run import grpo, load_synthetic_recipe, warm_up
 
 # Overrides of the synthetic recipe (configs/synthetic/learning_run.yaml); "no hints" also turns format
 # feedback and the empty-turn warning off (EnvironmentConfig.training(augmented=False))

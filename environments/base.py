@@ -76,7 +76,7 @@ class ToolEnvironment(abc.ABC):
     """One episode of a multi-turn tool-use task."""
 
     #: How calls are written in assistant text: "qwen_json" (the chat package's <tool_call> JSON blocks)
-    #: or "compact" (the synthetic task's two-word form, see environments.synthetic).
+    #: or "compact" (the synthetic task's two-word form, see envtune_jax.environments.synthetic).
     call_syntax: str = "qwen_json"
 
     @property

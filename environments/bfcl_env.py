@@ -7,7 +7,7 @@ the twin's) and responses (every result string of the turn's ground-truth calls 
 agent's results so far). The twin is advanced every turn whatever the agent did. Hints (config) are added
 on top of the official result strings; the strings used for checking are never altered.
 With a per-call time limit (the default) the backend lives in this process's tool process, which is
-killed at the limit (`environments.hosted_backend`); without one it lives here (the reference path).
+killed at the limit (`envtune_jax.environments.hosted_backend`); without one it lives here (the reference path).
 """
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ import copy
 import dataclasses
 from typing import Any, Callable, Sequence
 
-from environments.base import ToolCall, ToolCallLike
-from environments.bfcl_data import BfclEntry, shared_offered_tool_docs
-from environments.config import EnvironmentConfig
-from environments.episode_core import TurnBasedEpisode
-from environments.executor import ExecutedCall, public_method_names
-from environments.gt_calls import parse_ground_truth_call
-from environments.hints import HintContext, hint_for
-from environments.hosted_backend import open_backend
-from environments.protocol import decode_official_step
-from environments.rewards import Verdict
-from environments.tool_backend import BackendSpec
+from envtune_jax.environments.base import ToolCall, ToolCallLike
+from envtune_jax.environments.bfcl_data import BfclEntry, shared_offered_tool_docs
+from envtune_jax.environments.config import EnvironmentConfig
+from envtune_jax.environments.episode_core import TurnBasedEpisode
+from envtune_jax.environments.executor import ExecutedCall, public_method_names
+from envtune_jax.environments.gt_calls import parse_ground_truth_call
+from envtune_jax.environments.hints import HintContext, hint_for
+from envtune_jax.environments.hosted_backend import open_backend
+from envtune_jax.environments.protocol import decode_official_step
+from envtune_jax.environments.rewards import Verdict
+from envtune_jax.environments.tool_backend import BackendSpec
 from envtune_jax.chat.parse import parse_tool_calls
 from envtune_jax.untrusted_text import echo
 

@@ -35,7 +35,7 @@ class EnvironmentConfig:
     execute_withheld_tools: bool = False
     # Wall-clock limit per tool call in seconds. Calls then run in a warm tool process that is killed and
     # replaced at the limit (the call becomes an error string without effect); None: no limit, calls run
-    # in this process (environments.hosted_backend).
+    # in this process (envtune_jax.environments.hosted_backend).
     call_time_limit_s: Optional[float] = 5.0
 
     # Fields read only in some mode (envtune_jax.config.ReadOnlyWhen rows): none, every switch acts in every

@@ -14,10 +14,10 @@ from __future__ import annotations
 import abc
 from typing import Any, Callable, Sequence
 
-from environments.base import EpisodeFinishedError, EpisodeOutcome, StepResult, ToolCallLike, ToolEnvironment
-from environments.config import EnvironmentConfig
-from environments.executor import ExecutedCall
-from environments.rewards import Verdict, progress_reward, syntax_reward, turn_reward
+from envtune_jax.environments.base import EpisodeFinishedError, EpisodeOutcome, StepResult, ToolCallLike, ToolEnvironment
+from envtune_jax.environments.config import EnvironmentConfig
+from envtune_jax.environments.executor import ExecutedCall
+from envtune_jax.environments.rewards import Verdict, progress_reward, syntax_reward, turn_reward
 from envtune_jax.untrusted_text import bounded_message, echo
 
 EMPTY_TURN_WARNING = (

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from environments.base import EpisodeOutcome
-from environments.bfcl_data import CATEGORIES
-from environments.evaluation import EpisodeRecord
-from environments.replay_files import ReplayFileError, load_recorded_outputs  # noqa: F401 - replay input, re-exported
+from envtune_jax.environments.base import EpisodeOutcome
+from envtune_jax.environments.bfcl_data import CATEGORIES
+from envtune_jax.environments.evaluation import EpisodeRecord
+from envtune_jax.environments.replay_files import ReplayFileError, load_recorded_outputs  # noqa: F401 - replay input, re-exported
 from envtune_jax.atomic_files import write_text_atomic
 
 

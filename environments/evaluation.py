@@ -20,13 +20,13 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Protocol, Sequence
 
-from environments.base import EpisodeOutcome, ToolEnvironment
-from environments.bfcl_data import BfclEntry
-from environments.bfcl_env import BfclEpisode
-from environments.config import EnvironmentConfig
-from environments.policies import Policy, PolicyState, PolicyStep, ReplayPolicy
-from environments.pool import map_in_chunks
-from environments.protocol import history_message, history_renders_officially
+from envtune_jax.environments.base import EpisodeOutcome, ToolEnvironment
+from envtune_jax.environments.bfcl_data import BfclEntry
+from envtune_jax.environments.bfcl_env import BfclEpisode
+from envtune_jax.environments.config import EnvironmentConfig
+from envtune_jax.environments.policies import Policy, PolicyState, PolicyStep, ReplayPolicy
+from envtune_jax.environments.pool import map_in_chunks
+from envtune_jax.environments.protocol import history_message, history_renders_officially
 
 
 INFERENCE_ERROR_PREFIX = "Error during inference: "  # the official result of an entry whose inference failed

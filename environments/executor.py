@@ -9,7 +9,7 @@ integer over Python's 4,300-digit limit) becomes an error string like any except
 200 levels or more get the error the official executor's `eval` gives them (Python's parser refuses them)
 without running. Error strings that quote the model's output are bounded (`envtune_jax.untrusted_text`).
 Every call runs inside the executor's `guard`, which may refuse it (`CallRefused`): the tool process
-uses it to time calls and to refuse, on replay, a call that ran past its limit (`environments.tool_host`).
+uses it to time calls and to refuse, on replay, a call that ran past its limit (`envtune_jax.environments.tool_host`).
 """
 from __future__ import annotations
 

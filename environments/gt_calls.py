@@ -12,8 +12,8 @@ import dataclasses
 import functools
 from typing import Any
 
-from environments.base import ToolCall
-from environments.executor import method_signature, public_method_names
+from envtune_jax.environments.base import ToolCall
+from envtune_jax.environments.executor import method_signature, public_method_names
 
 
 class GroundTruthSyntaxError(ValueError):

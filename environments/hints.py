@@ -20,7 +20,7 @@ import dataclasses
 import re
 from typing import Any, Callable, Mapping
 
-from environments.executor import ExecutedCall
+from envtune_jax.environments.executor import ExecutedCall
 
 FORBIDDEN_NAME_CHARACTERS = '|/\\?%*:"><'
 FS_NAME_ARGUMENTS = ("file_name", "dir_name", "source", "destination", "file_name1", "file_name2")

@@ -2,7 +2,7 @@
 
 `open_backend(spec, limit_s)` gives an episode its API state: a plain in-process `ToolBackend` when there
 is no limit, else a `HostedBackend`, a handle on a backend that lives in this process's tool process
-(`environments.tool_host`; one per process, started on first use, kept warm). Executing a step's calls is
+(`envtune_jax.environments.tool_host`; one per process, started on first use, kept warm). Executing a step's calls is
 one round trip. Opening a backend is sent at once without waiting (its scenario loads meanwhile);
 offering tools, closing a turn and dropping a backend ride along with the next message (a turn's verdict
 comes back with a later answer, or with one round trip when it is asked for first). A turn thus costs
@@ -39,11 +39,11 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Any, Mapping, Sequence
 
-from environments import tool_host
-from environments.executor import ExecutedCall
-from environments.gt_calls import GroundTruthCall
-from environments.rewards import Verdict
-from environments.tool_backend import BackendSpec, ToolBackend
+from envtune_jax.environments import tool_host
+from envtune_jax.environments.executor import ExecutedCall
+from envtune_jax.environments.gt_calls import GroundTruthCall
+from envtune_jax.environments.rewards import Verdict
+from envtune_jax.environments.tool_backend import BackendSpec, ToolBackend
 
 IDLE_POLL_S = 0.1  # how often the parent looks at the record while no call runs (a call may start meanwhile)
 MAX_POLL_S = 60.0
@@ -130,7 +130,7 @@ class ToolHostClient:
 
     # -- the process ------------------------------------------------------------------------------
     def _start(self) -> None:
-        """Starts a tool process: a fresh interpreter running `environments.tool_host` (not a
+        """Starts a tool process: a fresh interpreter running `envtune_jax.environments.tool_host` (not a
         multiprocessing child, which would import this process's __main__ again), joined to this one by
         a socket pair and a mapped record file."""
         ours, theirs = socket.socketpair()
@@ -138,7 +138,7 @@ class ToolHostClient:
         record_file.truncate(tool_host.RECORD_BYTES)
         fds = (theirs.fileno(), record_file.fileno())
         path = os.pathsep.join(entry for entry in sys.path if entry)
-        process = subprocess.Popen([sys.executable, "-m", "environments.tool_host", *map(str, fds)], pass_fds=fds,
+        process = subprocess.Popen([sys.executable, "-m", "envtune_jax.environments.tool_host", *map(str, fds)], pass_fds=fds,
                                    env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.DEVNULL)
         theirs.close()
         self._process, self._connection = process, Connection(ours.detach())

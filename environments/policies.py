@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from environments.base import ToolCall
-from environments.bfcl_data import BfclEntry
-from environments.gt_calls import ground_truth_tool_calls
-from environments.protocol import decode_official_step, render_calls
-from environments.synthetic import SyntheticTask
+from envtune_jax.environments.base import ToolCall
+from envtune_jax.environments.bfcl_data import BfclEntry
+from envtune_jax.environments.gt_calls import ground_truth_tool_calls
+from envtune_jax.environments.protocol import decode_official_step, render_calls
+from envtune_jax.environments.synthetic import SyntheticTask
 from envtune_jax.chat.official_decode import split_reasoning
 
 ORACLE_REPLY = "Done."

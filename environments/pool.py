@@ -11,7 +11,7 @@ import dataclasses
 from concurrent.futures import Executor
 from typing import Callable, Sequence, TypeVar
 
-from environments.base import StepResult, ToolCall, ToolCallLike, ToolEnvironment
+from envtune_jax.environments.base import StepResult, ToolCall, ToolCallLike, ToolEnvironment
 
 Item = TypeVar("Item")
 Out = TypeVar("Out")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from environments.base import ToolCall, ToolCallLike
+from envtune_jax.environments.base import ToolCall, ToolCallLike
 from envtune_jax.chat.bfcl_prompt import bfcl_history_assistant_message, history_renders_officially as _renders
 from envtune_jax.chat.official_decode import decode_calls, split_reasoning
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from environments.bfcl_data import CATEGORIES, BfclEntry
+from envtune_jax.environments.bfcl_data import CATEGORIES, BfclEntry
 
 EVAL_SUMMARY_FILE = "eval_results.json"  # environments/eval_report.py writes it; its records are in model_results.jsonl
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from environments.bfcl_data import CATEGORIES, BfclEntry
-from environments.splits import split_entries
+from envtune_jax.environments.bfcl_data import CATEGORIES, BfclEntry
+from envtune_jax.environments.splits import split_entries
 
 
 def split_entries_from(source: str, split: str, categories: Iterable[str] = CATEGORIES,
@@ -18,7 +18,7 @@ def split_entries_from(source: str, split: str, categories: Iterable[str] = CATE
     if source == "package":
         return split_entries(split, categories)
     if source == "tfds":
-        from environments.tfds_builder import load_split_entries  # TensorFlow Datasets loads only when asked for
+        from envtune_jax.environments.tfds_builder import load_split_entries  # TensorFlow Datasets loads only when asked for
 
         return load_split_entries(split, categories, data_dir=data_dir)
     raise ValueError(f"unknown data source {source!r}; choose 'tfds' or 'package'")

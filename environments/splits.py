@@ -20,7 +20,7 @@ import collections
 import hashlib
 from typing import Iterable
 
-from environments.bfcl_data import CATEGORIES, SCENARIOS_PER_CATEGORY, BfclEntry, load_entries
+from envtune_jax.environments.bfcl_data import CATEGORIES, SCENARIOS_PER_CATEGORY, BfclEntry, load_entries
 
 SPLIT_SEED = "envtune-bfcl-v3"
 BLOCK_SIZE = 50

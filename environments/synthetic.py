@@ -25,11 +25,11 @@ import json
 import random
 from typing import Any, Literal, Sequence
 
-from environments.base import ToolCall
-from environments.config import EnvironmentConfig
-from environments.episode_core import TurnBasedEpisode
-from environments.executor import EXECUTION_ERROR_PREFIX, ExecutedCall
-from environments.rewards import responses_contained
+from envtune_jax.environments.base import ToolCall
+from envtune_jax.environments.config import EnvironmentConfig
+from envtune_jax.environments.episode_core import TurnBasedEpisode
+from envtune_jax.environments.executor import EXECUTION_ERROR_PREFIX, ExecutedCall
+from envtune_jax.environments.rewards import responses_contained
 from envtune_jax.untrusted_text import echo
 
 DEFAULT_DEVICES = (("light", ("red", "green", "blue")), ("fan", ("low", "high")), ("door", ("open", "close")))

@@ -1,6 +1,6 @@
 """A tensorflow-datasets builder for BFCL V3 multi-turn (array_record files, read with as_data_source).
 
-Splits (see environments.splits for the rule): `train` (400), `test` (400), `validation` (64, drawn from
+Splits (see envtune_jax.environments.splits for the rule): `train` (400), `test` (400), `validation` (64, drawn from
 train) and `stage1_easy` (76, drawn from train). Each example stores the entry as a JSON string, so the
 nested question / initial_config / ground-truth lists survive unchanged, plus its id, category and
 scenario index. TFDS shuffles examples when writing; ids are stored, so nothing depends on the order.
@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from environments.bfcl_data import BFCL_PIN, CATEGORIES, BfclEntry
-from environments.splits import SPLIT_SEED, split_entries
+from envtune_jax.environments.bfcl_data import BFCL_PIN, CATEGORIES, BfclEntry
+from envtune_jax.environments.splits import SPLIT_SEED, split_entries
 
 BUILDER_SPLITS = ("train", "test", "validation", "stage1_easy")
 

@@ -6,7 +6,7 @@ answers three requests: offer more tools, execute the agent's calls, and close a
 ground-truth calls on the twin and apply the official checks (state: every public attribute of every
 instance equals the twin's; responses: every result string of the turn's ground-truth calls occurs among
 all the agent's results so far). It is deterministic: the same requests in the same order give the same
-answers, which is what lets the tool process rebuild it (`environments.tool_host`). BfclEpisode keeps
+answers, which is what lets the tool process rebuild it (`envtune_jax.environments.tool_host`). BfclEpisode keeps
 everything else (protocol, hints, rewards).
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ import dataclasses
 import functools
 from typing import Any, Mapping, Sequence
 
-from environments.bfcl_data import func_docs
+from envtune_jax.environments.bfcl_data import func_docs
 
-from environments.executor import CallGuard, ExecutedCall, SafeExecutor, create_instances, no_guard
-from environments.gt_calls import GroundTruthCall
-from environments.rewards import Verdict, responses_contained
+from envtune_jax.environments.executor import CallGuard, ExecutedCall, SafeExecutor, create_instances, no_guard
+from envtune_jax.environments.gt_calls import GroundTruthCall
+from envtune_jax.environments.rewards import Verdict, responses_contained
 
 
 @dataclasses.dataclass(frozen=True)

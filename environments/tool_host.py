@@ -2,7 +2,7 @@
 
 Tool calls run model-chosen code paths of the official API classes, and some of them spend minutes in C
 (`decimal` at a precision of ten million digits) where no signal handler or thread can stop them. They
-therefore run here, in a separate process that the parent kills at the limit (`environments.hosted_backend`
+therefore run here, in a separate process that the parent kills at the limit (`envtune_jax.environments.hosted_backend`
 has the parent's side). The process holds any number of `ToolBackend`s by id and reads two kinds of
 message: ("queue", commands), applied in order with no answer (opening a backend, offering tools,
 closing a turn, dropping a backend), and ("request", commands), answered with ("ok", the last command's
@@ -26,9 +26,9 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Mapping
 
-from environments.executor import CallRefused, api_module_names
-from environments.rewards import Verdict
-from environments.tool_backend import ToolBackend
+from envtune_jax.environments.executor import CallRefused, api_module_names
+from envtune_jax.environments.rewards import Verdict
+from envtune_jax.environments.tool_backend import ToolBackend
 from envtune_jax.untrusted_text import echo
 
 # record fields: doubles in a small file both processes map (backend id, call ordinal, start or 0)
@@ -166,7 +166,7 @@ def _end_with_parent() -> None:
 
 
 def main(argv: list[str]) -> None:
-    """`python -m environments.tool_host CONNECTION_FD RECORD_FD`: what the parent starts."""
+    """`python -m envtune_jax.environments.tool_host CONNECTION_FD RECORD_FD`: what the parent starts."""
     connection_fd, record_fd = int(argv[0]), int(argv[1])
     _end_with_parent()
     # A Ctrl-C reaches the whole process group: the parent decides what it means (envtune_jax/interrupt.py),

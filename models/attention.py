@@ -209,7 +209,7 @@ def pallas_decode_attention(q_bnh, k_bksh, v_bksh, kv_lengths_b) -> jax.Array:
     if mesh is None or mesh.empty or mesh.size == 1:
         return local(q_bnh, k_bksh, v_bksh, kv_lengths_b)
     from envtune_jax.sharding import logical_to_spec
-    from models.kv_cache import CACHE_AXES
+    from envtune_jax.models.kv_cache import CACHE_AXES
 
     cache_spec = logical_to_spec(CACHE_AXES, k_bksh.shape, mesh)
     batch_axes, head_axes = cache_spec[0], cache_spec[1]

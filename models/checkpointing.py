@@ -25,9 +25,9 @@ from flax import nnx
 
 from envtune_jax.checkpoint_layout import MODEL_CONFIG_FILE
 from envtune_jax.sharding import named_sharding
-from models.config import Qwen3Config
-from models.hf_io import TOKENIZER_FILES, CheckpointError, staged_dir
-from models.qwen3 import Qwen3
+from envtune_jax.models.config import Qwen3Config
+from envtune_jax.models.hf_io import TOKENIZER_FILES, CheckpointError, staged_dir
+from envtune_jax.models.qwen3 import Qwen3
 
 
 

@@ -5,7 +5,7 @@ index-sharded) safetensors checkpoint one tensor at a time. Without a mesh it re
 rearranges it into our layout and puts it on the device. With a mesh, each addressable device's
 shard is read on its own with `safe_open(...).get_slice(name)[hf_index]`, where `hf_index` is the
 shard's box mapped back through the layout change (transposes swap slices; a merged (N H) row
-dimension is read as contiguous rows, see `models.weights.hf_read_plan`): no host reads a sharded
+dimension is read as contiguous rows, see `envtune_jax.models.weights.hf_read_plan`): no host reads a sharded
 weight in full, and replicated weights (norms) are read once per host. The full model never sits
 twice in host memory. Export writes config.json, generation_config.json, ≤5 GB safetensors shards
 with an index, and the tokenizer files of the source; it writes into a temporary sibling folder
@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 from envtune_jax.atomic_files import publish_dir, recover_dir
 from envtune_jax.sharding import named_sharding
-from models.config import NotAQwen3Checkpoint, Qwen3Config, load_hf_config, to_hf_dict
-from models.hf_files import CheckpointError, check_files, open_safetensors
-from models.qwen3 import Qwen3
-from models.weights import expected_hf_shape, hf_read_plan, hf_to_ours, ours_to_hf
+from envtune_jax.models.config import NotAQwen3Checkpoint, Qwen3Config, load_hf_config, to_hf_dict
+from envtune_jax.models.hf_files import CheckpointError, check_files, open_safetensors
+from envtune_jax.models.qwen3 import Qwen3
+from envtune_jax.models.weights import expected_hf_shape, hf_read_plan, hf_to_ours, ours_to_hf
 
 MAX_SHARD_BYTES = 5 * 1000**3
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",

@@ -3,7 +3,7 @@
 Layout [B, K, S, H] (kv heads before slots): a decode step's attention einsums
 (BTKGH,BKSH->BKGTS and BKGTS,BKSH->BTKGH) then have their batch dimensions (B, K) outermost and
 read the cache as it lies. With [B, S, K, H], XLA's compiled decode loop makes a transposed copy of
-every layer's keys and values in every step (seen in the optimised HLO; tests/test_generation_layout.py
+every layer's keys and values in every step (seen in the optimised HLO; tests/generation/test_generation_layout.py
 keeps it out): two more passes over the cache, whose reads bound decode at large batch.
 
 Sequences are left-aligned: slot s of sequence b holds the token at position s, and slots at or

@@ -1,6 +1,6 @@
 """Qwen3 building blocks: RMSNorm (fp32), rotary embeddings, SwiGLU MLP.
 
-Each block declares its weights once through `models.weights.declare_weight`.
+Each block declares its weights once through `envtune_jax.models.weights.declare_weight`.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from envtune_jax.sharding import constrain
-from models.weights import WeightSpec, declare_weight
+from envtune_jax.models.weights import WeightSpec, declare_weight
 
 
 class RMSNorm(nnx.Module):

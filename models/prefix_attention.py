@@ -30,9 +30,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from models.attention import MaskInfo, reference_attention
-from models.prefix_kernels import kernel_fits, pallas_prefix_decode
-from models.prefix_parts import NEG_INF, lane_table, masked_softmax_lse, merge_partials, region_of
+from envtune_jax.models.attention import MaskInfo, reference_attention
+from envtune_jax.models.prefix_kernels import kernel_fits, pallas_prefix_decode
+from envtune_jax.models.prefix_parts import NEG_INF, lane_table, masked_softmax_lse, merge_partials, region_of
 
 
 def _grouped(q_btnh: jax.Array, num_kv_heads: int) -> jax.Array:

@@ -14,10 +14,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from models.config import PREFIX_ATTENTION
-from models.kv_cache import KVCache
-from models.prefix_attention import shared_prefix_attention, shared_prefix_attention_reference
-from models.prefix_parts import region_of
+from envtune_jax.models.config import PREFIX_ATTENTION
+from envtune_jax.models.kv_cache import KVCache
+from envtune_jax.models.prefix_attention import shared_prefix_attention, shared_prefix_attention_reference
+from envtune_jax.models.prefix_parts import region_of
 
 
 @dataclasses.dataclass

@@ -14,8 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from models.attention import decode_kernel_blocks
-from models.prefix_parts import lane_table, merge_partials
+from envtune_jax.models.attention import decode_kernel_blocks
+from envtune_jax.models.prefix_parts import lane_table, merge_partials
 
 
 def kernel_fits(prefix_capacity: int, suffix_capacity: int, num_regions: int, batch: int, num_kv_heads: int) -> bool:

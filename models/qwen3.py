@@ -11,13 +11,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from envtune_jax.sharding import constrain
-from models import kv_cache as kv
-from models.attention import MaskInfo, attend, attend_cache
-from models.config import Qwen3Config
-from models.layers import MLP, RMSNorm, apply_rope, rope_cos_sin
-from models.prefix_attention import RowBranches, two_level_packed_attention
-from models.prefix_cache import PrefixKV, PrefixLayer
-from models.weights import WeightSpec, declare_weight
+from envtune_jax.models import kv_cache as kv
+from envtune_jax.models.attention import MaskInfo, attend, attend_cache
+from envtune_jax.models.config import Qwen3Config
+from envtune_jax.models.layers import MLP, RMSNorm, apply_rope, rope_cos_sin
+from envtune_jax.models.prefix_attention import RowBranches, two_level_packed_attention
+from envtune_jax.models.prefix_cache import PrefixKV, PrefixLayer
+from envtune_jax.models.weights import WeightSpec, declare_weight
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute everything

@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from envtune_jax.sharding import named_sharding
-from models.generation.buckets import round_up
+from envtune_jax.models.generation.buckets import round_up
 
 TOKEN_BUCKETS = tuple(16 * 2**i for i in range(16))
 K_BUCKETS = tuple(8 * 2**i for i in range(16))

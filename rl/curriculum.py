@@ -16,7 +16,7 @@ import math
 import statistics
 from typing import ClassVar, Literal, Optional, Sequence
 
-from environments.config import EnvironmentConfig
+from envtune_jax.environments.config import EnvironmentConfig
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.config import ConfigError, ReadOnlyWhen, check_field_use, require_at_least
 
@@ -48,7 +48,7 @@ class AdvanceRule:
 
 @dataclasses.dataclass
 class StageRolloutLimits:
-    """A stage's own rollout limits; None keeps the recipe's `rollout:` value (rl.rollout_config.RolloutConfig)."""
+    """A stage's own rollout limits; None keeps the recipe's `rollout:` value (envtune_jax.rl.rollout_config.RolloutConfig)."""
 
     max_prompt_tokens: Optional[int] = None
     max_response_tokens: Optional[int] = None  # the paper: 10,000 in stage 1, 24,576 later

@@ -47,8 +47,8 @@ import jax
 import numpy as np
 
 from envtune_jax.progress import OnPhase
-from models.generation.engine import GenerationEngine
-from models.generation.sampling import SamplingParams
+from envtune_jax.models.generation.engine import GenerationEngine
+from envtune_jax.models.generation.sampling import SamplingParams
 
 
 @dataclasses.dataclass(frozen=True)

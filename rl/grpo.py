@@ -18,17 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from environments.base import ToolEnvironment
+from envtune_jax.environments.base import ToolEnvironment
 from envtune_jax.device_limits import MEASURED
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.progress import OnPhase
-from models.generation.sampling import SamplingParams
-from rl.advantages import group_advantages
-from rl.batch import pack_batch, process_batch
-from rl.prefix_packing import pack_shared_prefix
-from rl.rl_config import LossConfig
-from rl.rollout import RolloutConfig, RolloutStats, Trajectory, run_rollouts
-from rl.train_step import Trainer, TrainState
+from envtune_jax.models.generation.sampling import SamplingParams
+from envtune_jax.rl.advantages import group_advantages
+from envtune_jax.rl.batch import pack_batch, process_batch
+from envtune_jax.rl.prefix_packing import pack_shared_prefix
+from envtune_jax.rl.rl_config import LossConfig
+from envtune_jax.rl.rollout import RolloutConfig, RolloutStats, Trajectory, run_rollouts
+from envtune_jax.rl.train_step import Trainer, TrainState
 
 
 def copy_tree(tree):

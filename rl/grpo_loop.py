@@ -22,19 +22,19 @@ from typing import Callable, Iterable, Sequence
 import jax
 from flax import nnx
 
-from environments.base import ToolEnvironment
+from envtune_jax.environments.base import ToolEnvironment
 from envtune_jax import config as config_lib
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, stop_token_ids
 from envtune_jax.progress import OnPhase, PhaseDisplay
-from models.generation.sampling import SamplingParams
-from rl.curriculum import StageConfig
-from rl.grpo import PolicyLearner
-from rl.metrics_log import MetricsWriter
-from rl.model_loader import LoadedModel
-from rl.rollout import RolloutConfig, Trajectory
-from rl.run_config import RunConfig, stage_rollout
-from rl.train_step import Trainer
+from envtune_jax.models.generation.sampling import SamplingParams
+from envtune_jax.rl.curriculum import StageConfig
+from envtune_jax.rl.grpo import PolicyLearner
+from envtune_jax.rl.metrics_log import MetricsWriter
+from envtune_jax.rl.model_loader import LoadedModel
+from envtune_jax.rl.rollout import RolloutConfig, Trajectory
+from envtune_jax.rl.run_config import RunConfig, stage_rollout
+from envtune_jax.rl.train_step import Trainer
 
 Groups = Sequence[Sequence[ToolEnvironment]]  # G episodes of each prompt
 

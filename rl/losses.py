@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from envtune_jax.config import ConfigError, UnknownNameError, check_name  # noqa: F401 - UnknownNameError: lookup's error
-from rl.rl_config import LossConfig
+from envtune_jax.rl.rl_config import LossConfig
 
 # |log ratio| is clipped here before exp() so that exp never overflows (as verl does); the clip
 # only changes values whose ratio is beyond e^20, where the clipped losses are flat anyway.

@@ -24,15 +24,15 @@ from typing import Any, Mapping, Optional
 import jax
 from flax import nnx
 
-from models import checkpointing
+from envtune_jax.models import checkpointing
 from envtune_jax.chat.tokenizer import (check_tokenizer_fits_model, checkpoint_tokenizer, compact_qwen_tokenizer,
                                         has_tokenizer)
 from envtune_jax.config import ConfigError
 from envtune_jax.sharding import named_sharding
-from models import hf_io
-from models.config import Qwen3Config, preset as preset_config
-from models.dtype_rule import Use, model_dtypes
-from models.qwen3 import Qwen3, init_model
+from envtune_jax.models import hf_io
+from envtune_jax.models.config import Qwen3Config, preset as preset_config
+from envtune_jax.models.dtype_rule import Use, model_dtypes
+from envtune_jax.models.qwen3 import Qwen3, init_model
 
 SOURCES = ("hf", "ckpt", "preset")
 
@@ -95,7 +95,7 @@ def load_model(*, use: Use, hf: str | Path | None = None, ckpt: str | Path | Non
 
 
 def load_run_model(source, mesh: jax.sharding.Mesh | None, use: Use = "train") -> LoadedModel:
-    """`load_model` of a recipe's `model:` section (rl.run_config.ModelSourceConfig)."""
+    """`load_model` of a recipe's `model:` section (envtune_jax.rl.run_config.ModelSourceConfig)."""
     return load_model(use=use, hf=source.hf, ckpt=source.ckpt, preset=source.preset, param_dtype=source.param_dtype,
                       dtype=source.dtype, mesh=mesh, seed=source.seed, bpe_ranks=source.bpe_ranks,
                       attention_impl=source.attention_impl, decode_attention=source.decode_attention,

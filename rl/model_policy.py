@@ -3,7 +3,7 @@
 Like the official harness, every step re-renders the whole conversation with the Qwen FC template (tools in
 the system prompt, earlier steps as the official harness keeps them) and generates greedily (the harness's
 temperature 0.001) up to `max_new_tokens` (4096); the step's whole text goes back to the evaluation's
-episodes (`environments.evaluation.EvaluationEpisodes`), which keep the history as the official handler does.
+episodes (`envtune_jax.environments.evaluation.EvaluationEpisodes`), which keep the history as the official handler does.
 
 This module is the re-render protocol of the episode runner (rl/episode_runner.py): each request is the
 official prompt, rendered and tokenized afresh from the kept conversation. The runner plays the live
@@ -19,12 +19,12 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
-from environments.evaluation import EvaluationEpisodes
-from environments.policies import PolicyStep
+from envtune_jax.environments.evaluation import EvaluationEpisodes
+from envtune_jax.environments.policies import PolicyStep
 from envtune_jax.chat.render import render_messages
 from envtune_jax.chat.tokenizer import encode_text, stop_token_ids
-from models.generation.sampling import SamplingParams
-from rl.episode_runner import EpisodeRunner, RunnerStats, SamplerRow, StepRequest
+from envtune_jax.models.generation.sampling import SamplingParams
+from envtune_jax.rl.episode_runner import EpisodeRunner, RunnerStats, SamplerRow, StepRequest
 
 
 class RenderedEpisodes:
@@ -52,7 +52,7 @@ class RenderedEpisodes:
 
 
 class ModelPolicy:
-    """Plays evaluation episodes with a generation engine (an `environments.evaluation.EpisodePlayer`).
+    """Plays evaluation episodes with a generation engine (an `envtune_jax.environments.evaluation.EpisodePlayer`).
 
     `reuse_cache=False` prefills every prompt in full (the plain path that kept conversations are tested
     against). `stats` (decode calls, slot occupancy, prompt and prefilled tokens) accumulates over
@@ -103,8 +103,8 @@ def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, ba
     attention_impl serves prompt and tool-response chunks of ≥ 64 tokens (`cudnn` on GPU keeps long
     contexts from materialising [B, N, T, S] scores); decode_attention the one-token steps; decode_chunk the
     tokens per engine call of a streamed step (0: whole steps)."""
-    from models.generation.engine import GenerationEngine
-    from rl.model_loader import load_model
+    from envtune_jax.models.generation.engine import GenerationEngine
+    from envtune_jax.rl.model_loader import load_model
 
     if hf_dir is None and ckpt is None:
         raise ValueError("build_model_policy needs ckpt or hf_dir")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-from rl.optimizer_config import OptimizerConfig
+from envtune_jax.rl.optimizer_config import OptimizerConfig
 
 
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:

@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.generation.buckets import geometric_ladder, round_up
-from models.prefix_attention import PackedRowLayout, RowBranches
-from rl.batch import K_BUCKETS, TrainBatch
-from rl.logprobs import token_logprobs_and_entropy
+from envtune_jax.models.generation.buckets import geometric_ladder, round_up
+from envtune_jax.models.prefix_attention import PackedRowLayout, RowBranches
+from envtune_jax.rl.batch import K_BUCKETS, TrainBatch
+from envtune_jax.rl.logprobs import token_logprobs_and_entropy
 
 BLOCK_BUCKETS = geometric_ladder(16, 2**20)  # prompt and continuation widths: 16 x (1, 1.5, 2, 3, 4, ...)
 

@@ -11,10 +11,10 @@ import dataclasses
 import math
 from typing import Any, Callable, Literal, Sequence
 
-from rl.curriculum import StageBudget, StageConfig, plateau_first_step
-from rl.paper_recipe import PAPER_SETTINGS, PAPER_STAGES, PaperSetting
-from rl.rollout_config import RolloutConfig
-from rl.run_config import RunConfig, stage_budgets, stage_rollout
+from envtune_jax.rl.curriculum import StageBudget, StageConfig, plateau_first_step
+from envtune_jax.rl.paper_recipe import PAPER_SETTINGS, PAPER_STAGES, PaperSetting
+from envtune_jax.rl.rollout_config import RolloutConfig
+from envtune_jax.rl.run_config import RunConfig, stage_budgets, stage_rollout
 
 Status = Literal["same", "differs", "paper silent", "no paper stage"]
 

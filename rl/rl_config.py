@@ -15,7 +15,7 @@ from envtune_jax.config import ConfigError, ReadOnlyWhen, check_field_use, check
 
 SUM_NORM_MODE = "seq-mean-token-sum-norm"
 
-# The names the registries of rl.losses hold (tests/test_config.py checks that they agree), so that a
+# The names the registries of envtune_jax.rl.losses hold (tests/core/test_config.py checks that they agree), so that a
 # config is checked without importing JAX.
 KL_ESTIMATOR_NAMES = ("k1", "k3", "low_var_kl")
 AGGREGATION_NAMES = ("token-mean", "seq-mean-token-mean", SUM_NORM_MODE)
@@ -24,7 +24,7 @@ RATIO_NAMES = ("token", "sequence")
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Hyper-parameters of `rl.losses.policy_loss` and `rl.advantages`.
+    """Hyper-parameters of `envtune_jax.rl.losses.policy_loss` and `envtune_jax.rl.advantages`.
 
     Attributes:
       eps_low: lower clip bound, the ratio is clipped at 1 - eps_low (PPO / DAPO "clip_ratio_low").
@@ -33,16 +33,16 @@ class LossConfig:
         None disables it. Must be > 1.
       kl_coef: weight of the KL(policy || reference) penalty in the loss; 0 disables it (and
         `ref_logp_bt` may then be None).
-      kl_estimator: name in `rl.losses.KL_ESTIMATORS` ("k1", "k3" or its alias "low_var_kl").
+      kl_estimator: name in `envtune_jax.rl.losses.KL_ESTIMATORS` ("k1", "k3" or its alias "low_var_kl").
       kl_clamp: the per-token KL estimate is clamped to [-kl_clamp, kl_clamp]; None disables.
       entropy_coef: weight of the entropy bonus (subtracted from the loss); 0 disables it (and
         `entropy_bt` may then be None).
-      loss_agg_mode: name in `rl.losses.AGGREGATIONS` ("token-mean", "seq-mean-token-mean",
+      loss_agg_mode: name in `envtune_jax.rl.losses.AGGREGATIONS` ("token-mean", "seq-mean-token-mean",
         "seq-mean-token-sum-norm").
       seq_sum_norm_length: the constant divisor of "seq-mean-token-sum-norm" (Dr. GRPO): the maximum
         response length. Required by that mode (a divisor that followed the batch's padded length
         would rescale every step differently); read by no other mode.
-      ratio_level: name in `rl.losses.RATIOS`: "token" (PPO/GRPO) or "sequence" (GSPO-token: the
+      ratio_level: name in `envtune_jax.rl.losses.RATIOS`: "token" (PPO/GRPO) or "sequence" (GSPO-token: the
         length-normalised sequence ratio in the per-token stop-gradient form).
       scale_advantages_by_std: divide group-centred rewards by the group std (GRPO) or not (Dr. GRPO).
       advantage_eps: added to the group std before dividing.

@@ -21,14 +21,14 @@ import jax
 import numpy as np
 from tokenizers import Tokenizer
 
-from environments.base import EpisodeOutcome, ToolEnvironment
+from envtune_jax.environments.base import EpisodeOutcome, ToolEnvironment
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import TokenConversation
 from envtune_jax.progress import OnPhase
-from models.generation.engine import GenerationEngine
-from models.generation.sampling import SamplingParams
-from rl.episode_runner import EpisodeRunner, RunnerStats, SamplerRow, StepRequest
-from rl.rollout_config import RolloutConfig
+from envtune_jax.models.generation.engine import GenerationEngine
+from envtune_jax.models.generation.sampling import SamplingParams
+from envtune_jax.rl.episode_runner import EpisodeRunner, RunnerStats, SamplerRow, StepRequest
+from envtune_jax.rl.rollout_config import RolloutConfig
 
 
 @dataclasses.dataclass

@@ -17,9 +17,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from models.hf_io import CheckpointError
+from envtune_jax.models.hf_io import CheckpointError
 
-from rl.train_step import TrainState
+from envtune_jax.rl.train_step import TrainState
 
 
 def _abstract(tree):

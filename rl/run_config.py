@@ -20,15 +20,15 @@ from typing import Callable, ClassVar, Literal, Optional, Sequence
 from envtune_jax.config import (ConfigError, IgnoredFieldError, ReadOnlyWhen, check_field_use, check_name,
                                 field_is_set, get_path, load, override_paths, require_at_least)
 from envtune_jax.mesh import MeshConfig
-from models.config import PRESETS, AttentionImpl, DecodeAttention
-from models.dtype_rule import DTYPE_RULE, DTYPES
-from models.generation.config import SamplerConfig
-from rl.curriculum import StageBudget, StageConfig, check_plateau_can_fire, stage_budget
-from rl.optimizer_config import OptimizerConfig
-from rl.rl_config import LossConfig
-from rl.rollout_config import RolloutConfig
-from rl.stage_data import subset_size
-from rl.train_step_config import TrainStepConfig
+from envtune_jax.models.config import PRESETS, AttentionImpl, DecodeAttention
+from envtune_jax.models.dtype_rule import DTYPE_RULE, DTYPES
+from envtune_jax.models.generation.config import SamplerConfig
+from envtune_jax.rl.curriculum import StageBudget, StageConfig, check_plateau_can_fire, stage_budget
+from envtune_jax.rl.optimizer_config import OptimizerConfig
+from envtune_jax.rl.rl_config import LossConfig
+from envtune_jax.rl.rollout_config import RolloutConfig
+from envtune_jax.rl.stage_data import subset_size
+from envtune_jax.rl.train_step_config import TrainStepConfig
 
 
 @dataclasses.dataclass

@@ -4,7 +4,7 @@ resumes — before any model loads.
     run_dir/.envtune.lock                 held by the process training it (envtune_jax.folder_lock)
     run_dir/config.yaml, stages/*.yaml    the settings of the latest start or resume
     run_dir/configs/config.step<N>.yaml   every set of settings the run used, with the step it started at
-    run_dir/checkpoints/<step>/           resumable checkpoints (rl.run_checkpoint)
+    run_dir/checkpoints/<step>/           resumable checkpoints (envtune_jax.rl.run_checkpoint)
     run_dir/unreadable_checkpoints/<step>/  checkpoints that failed to restore, set aside
     run_dir/logs/metrics.jsonl, logs/tensorboard/
     run_dir/export/<stage>/               HF safetensors after each stage
@@ -30,8 +30,8 @@ import yaml
 
 from envtune_jax.atomic_files import write_text_atomic
 from envtune_jax.config import ConfigError, in_effect, save
-from rl.curriculum import StageConfig
-from rl.run_config import RunConfig
+from envtune_jax.rl.curriculum import StageConfig
+from envtune_jax.rl.run_config import RunConfig
 
 CONFIGS_DIR = "configs"
 FINISHED_FILE = "finished.json"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from rl.run_summary import load_step_metrics
+from envtune_jax.rl.run_summary import load_step_metrics
 
 # (panel title, [(metrics key, legend label)])
 PANELS = (

@@ -11,9 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-from environments.bfcl_data import CATEGORIES, SCENARIOS_PER_CATEGORY, BfclEntry
-from environments.split_sources import split_entries_from
-from environments.splits import BLOCK_SIZE, EASY_PER_BLOCK, TEST_PER_BLOCK, VALIDATION_PER_BLOCK, first_per_category
+from envtune_jax.environments.bfcl_data import CATEGORIES, SCENARIOS_PER_CATEGORY, BfclEntry
+from envtune_jax.environments.split_sources import split_entries_from
+from envtune_jax.environments.splits import BLOCK_SIZE, EASY_PER_BLOCK, TEST_PER_BLOCK, VALIDATION_PER_BLOCK, first_per_category
 
 _SUBSETS = {"stage1_easy": ("stage1_easy", None), "base_train": ("train", "multi_turn_base"),
             "train": ("train", None), "validation": ("validation", None)}

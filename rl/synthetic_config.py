@@ -14,10 +14,10 @@ import dataclasses
 from pathlib import Path
 from typing import ClassVar, Literal, Sequence
 
-from environments.synthetic import SyntheticConfig
+from envtune_jax.environments.synthetic import SyntheticConfig
 from envtune_jax.config import ConfigError, ReadOnlyWhen, check_field_use, load, require_at_least
-from rl.curriculum import StageConfig
-from rl.run_config import RunConfig, stage_rollout
+from envtune_jax.rl.curriculum import StageConfig
+from envtune_jax.rl.run_config import RunConfig, stage_rollout
 
 SYNTHETIC_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "learning_run.yaml"
 
@@ -32,7 +32,7 @@ FOUR_VALUE_DEVICES = (("light", ("red", "green", "blue", "white")), ("window", (
 class SyntheticTasksConfig:
     count: int = 256  # tasks drawn once from the seed; each step samples its prompts from them
     num_turns: int = 2
-    doc_style: Literal["schema", "short", "system", "none"] = "none"  # environments.synthetic.SyntheticConfig
+    doc_style: Literal["schema", "short", "system", "none"] = "none"  # envtune_jax.environments.synthetic.SyntheticConfig
 
     FIELD_USE: ClassVar[tuple] = ()
 
@@ -53,7 +53,7 @@ class WarmupConfig:
     learning_rate: float = 1e-2  # with the run's optimizer otherwise (Adam eps, no weight decay)
     device_accuracy: float = 1.0  # demonstrated turns that call the requested device
     value_accuracy: float = 1.0  # ... and set it to the requested value (else a random value of it)
-    syntax_accuracy: float = 0.05  # demonstrated calls spelt as the parser accepts (else rl.warmup.MISSPELT_CALLS)
+    syntax_accuracy: float = 0.05  # demonstrated calls spelt as the parser accepts (else envtune_jax.rl.warmup.MISSPELT_CALLS)
     attempts: int = 2  # attempts per demonstrated turn when format feedback answers a misspelt call
 
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = tuple(

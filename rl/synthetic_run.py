@@ -7,7 +7,7 @@ format, an 8,320-row output layer instead of 151,936, ~6x cheaper warm-up steps 
 partly right demonstrations (rl/warmup.py: right call, mostly misspelt), then trained by the one GRPO loop
 of `envtune train` (rl/grpo_loop.py: the same learner, engine, rollouts and train step) on synthetic
 episodes instead of BFCL entries, with a metrics log and a per-step callback as its hooks. With the defaults
-(seed 0) the mean reward goes from ~0.16 to ≥ 0.8 from about iteration 6 (tests/test_rl_learning.py; the
+(seed 0) the mean reward goes from ~0.16 to ≥ 0.8 from about iteration 6 (tests/rl/test_rl_learning.py; the
 measured curves and the hints / progress-reward ablation over 3 seeds are in docs/training.md, "Synthetic
 learning run"). Used by the demo and benchmarks/synthetic_learning.py.
 """
@@ -24,18 +24,18 @@ import jax.numpy as jnp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from environments.config import EnvironmentConfig
-from environments.synthetic import SyntheticEpisode, make_synthetic_tasks
+from envtune_jax.environments.config import EnvironmentConfig
+from envtune_jax.environments.synthetic import SyntheticEpisode, make_synthetic_tasks
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.mesh import make_mesh
-from models.config import PRESETS
-from rl.grpo_loop import EachStep, MetricsLog, build_learner, run_grpo, stage_settings
-from rl.metrics_log import MetricsWriter
-from rl.model_loader import LoadedModel, load_run_model
-from rl.rl_config import LossConfig
-from rl.synthetic_config import FOUR_VALUE_DEVICES, SyntheticRecipe, load_synthetic_recipe
-from rl.train_step import Trainer, TrainStepConfig
-from rl.warmup import demos_batch, weak_prior_demos
+from envtune_jax.models.config import PRESETS
+from envtune_jax.rl.grpo_loop import EachStep, MetricsLog, build_learner, run_grpo, stage_settings
+from envtune_jax.rl.metrics_log import MetricsWriter
+from envtune_jax.rl.model_loader import LoadedModel, load_run_model
+from envtune_jax.rl.rl_config import LossConfig
+from envtune_jax.rl.synthetic_config import FOUR_VALUE_DEVICES, SyntheticRecipe, load_synthetic_recipe
+from envtune_jax.rl.train_step import Trainer, TrainStepConfig
+from envtune_jax.rl.warmup import demos_batch, weak_prior_demos
 
 __all__ = ["FOUR_VALUE_DEVICES", "SYNTHETIC_BPE_TOKENS", "TINY_SYNTHETIC_MODEL", "SyntheticRecipe",
            "load_synthetic_recipe", "warm_up", "grpo", "run_synthetic"]

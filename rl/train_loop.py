@@ -22,22 +22,22 @@ from pathlib import Path
 import jax
 from tqdm.auto import tqdm
 
-from environments.bfcl_env import BfclEpisode
+from envtune_jax.environments.bfcl_env import BfclEpisode
 from envtune_jax import config as config_lib, interrupt
-from models import checkpointing, hf_io
+from envtune_jax.models import checkpointing, hf_io
 from envtune_jax.folder_lock import hold_folder
 from envtune_jax.mesh import make_mesh, resolve_mesh_shape
 from envtune_jax.progress import OnPhase, PhaseDisplay
-from rl.curriculum import AdvanceDecision, StageBudget, StageConfig, decide_advance, stage_budget
-from rl.grpo import PolicyLearner, summarize
-from rl.grpo_loop import GrpoHook, MetricsLog, ProgressBar, build_learner, run_grpo, stage_sampling, stage_settings
-from rl.metrics_log import MetricsWriter
-from rl.model_loader import load_run_model
-from rl.rollout import Trajectory
-from rl.run_checkpoint import RunCheckpointer
-from rl.run_config import RunConfig, stage_rollout
-from rl.run_dir import clear_finished, inspect_run_dir, mark_finished, record_settings
-from rl.stage_data import draw, load_subset
+from envtune_jax.rl.curriculum import AdvanceDecision, StageBudget, StageConfig, decide_advance, stage_budget
+from envtune_jax.rl.grpo import PolicyLearner, summarize
+from envtune_jax.rl.grpo_loop import GrpoHook, MetricsLog, ProgressBar, build_learner, run_grpo, stage_sampling, stage_settings
+from envtune_jax.rl.metrics_log import MetricsWriter
+from envtune_jax.rl.model_loader import load_run_model
+from envtune_jax.rl.rollout import Trajectory
+from envtune_jax.rl.run_checkpoint import RunCheckpointer
+from envtune_jax.rl.run_config import RunConfig, stage_rollout
+from envtune_jax.rl.run_dir import clear_finished, inspect_run_dir, mark_finished, record_settings
+from envtune_jax.rl.stage_data import draw, load_subset
 
 
 def _log(message: str) -> None:

@@ -28,14 +28,14 @@ import optax
 from flax import nnx
 
 from envtune_jax.sharding import constrain
-from rl.advantages import token_advantages
-from rl.batch import TrainBatch
-from rl.logprobs import token_logprobs_and_entropy
-from rl.losses import aggregation_weight, policy_loss, sampler_mismatch_sums
-from rl.optimizer import OptimizerConfig, make_optimizer
-from rl.prefix_packing import PrefixRows, packed_sampled_logprobs
-from rl.rl_config import LossConfig
-from rl.train_step_config import TrainStepConfig
+from envtune_jax.rl.advantages import token_advantages
+from envtune_jax.rl.batch import TrainBatch
+from envtune_jax.rl.logprobs import token_logprobs_and_entropy
+from envtune_jax.rl.losses import aggregation_weight, policy_loss, sampler_mismatch_sums
+from envtune_jax.rl.optimizer import OptimizerConfig, make_optimizer
+from envtune_jax.rl.prefix_packing import PrefixRows, packed_sampled_logprobs
+from envtune_jax.rl.rl_config import LossConfig
+from envtune_jax.rl.train_step_config import TrainStepConfig
 
 
 @dataclasses.dataclass

@@ -22,11 +22,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from environments.synthetic import SyntheticEpisode, parse_compact_calls
+from envtune_jax.environments.synthetic import SyntheticEpisode, parse_compact_calls
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import TokenConversation
 from envtune_jax.chat.tokenizer import encode_text
-from rl.batch import TrainBatch, pack_batch
+from envtune_jax.rl.batch import TrainBatch, pack_batch
 
 # Spellings of a call that the compact parser rejects as format errors (first word a tool name, not
 # two words): a model that writes them gets format feedback (when augmentation is on) or loses the turn.

@@ -1,5 +1,12 @@
-"""Shared test set-up: CPU only, float32 matmuls exact enough for parity checks."""
+"""Shared test set-up (CPU only, float32 matmuls exact enough for parity checks) and the helpers that
+write tiny random Qwen3 checkpoints with `transformers` itself, for parity tests."""
+from __future__ import annotations
+
+import functools
 import os
+from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests compile many small programs: skipping LLVM's backend optimisation roughly halves compile time
@@ -7,10 +14,79 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # CLI calls in tests compile afresh (a persistent cache shared across runs would hide compile costs and
-# leave files under ~/.cache); tests/test_compile_cache.py turns it on in a temporary folder.
+# leave files under ~/.cache); tests/core/test_compile_cache.py turns it on in a temporary folder.
 os.environ.setdefault("ENVTUNE_COMPILATION_CACHE", "off")
 os.environ.setdefault("BFCL_PROJECT_ROOT", os.path.join(os.path.dirname(__file__), "..", ".bfcl_project_root"))
 
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+# ---------------------------------------------------------------- tiny HF checkpoints
+TINY_VARIANTS = {
+    # name: (hidden, intermediate, layers, heads, kv_heads, head_dim, tied, rope_theta)
+    "tied_kv2": (64, 128, 2, 4, 2, 32, True, 1e6),
+    "untied_kv1": (48, 96, 2, 4, 1, 16, False, 5e6),
+    "tied_kv4_theta5e6": (64, 160, 3, 8, 2, 24, True, 5e6),
+    "untied_mha": (32, 64, 2, 4, 4, 8, False, 1e6),
+}
+
+
+def write_tiny_qwen3(out_dir: Path, variant: str = "tied_kv2", vocab_size: int = 512, seed: int = 0,
+                     dtype: str = "float32", max_shard_size: str | None = None) -> Path:
+    """Creates a random Qwen3ForCausalLM with transformers and saves it (safetensors) to out_dir; with
+    `max_shard_size` (e.g. "100KB") as several files with a model.safetensors.index.json."""
+    import torch
+    import transformers
+
+    hidden, inter, layers, heads, kv, head_dim, tied, theta = TINY_VARIANTS[variant]
+    config = transformers.Qwen3Config(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, tie_word_embeddings=tied,
+        rope_theta=theta, max_position_embeddings=32768, rms_norm_eps=1e-6,
+    )
+    torch.manual_seed(seed)
+    model = transformers.Qwen3ForCausalLM(config)
+    with torch.no_grad():  # make norms non-trivial so a mis-mapped norm shows up
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1.0 + 0.1 * torch.randn_like(param))
+    model = model.to(getattr(torch, dtype))
+    model.save_pretrained(out_dir, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    return Path(out_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def hf_model(path: str, dtype: str = "float32"):
+    import torch
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+
+
+def hf_logits(path: Path, tokens: np.ndarray, attention_mask: np.ndarray | None = None, dtype: str = "float32") -> np.ndarray:
+    import torch
+
+    model = hf_model(str(path), dtype)
+    with torch.no_grad():
+        kwargs = {"input_ids": torch.tensor(tokens)}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = torch.tensor(attention_mask)
+        return model(**kwargs).logits.float().numpy()
+
+
+def write_weightless_hf_dir(out_dir: Path) -> Path:
+    """A folder that passes the command line's checks of an HF checkpoint without loading anything: the
+    tiny preset's config.json and a model.safetensors holding no tensors (for tests of what comes after)."""
+    import json
+    import struct
+
+    from envtune_jax.models.config import PRESETS, to_hf_dict
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(to_hf_dict(PRESETS["tiny"])))
+    header = b'{"__metadata__": {"format": "pt"}}'
+    (out_dir / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    return out_dir

@@ -22,7 +22,7 @@ import time
 
 from envtune_jax.bench.generate import add_model_source_arguments
 from envtune_jax.bench.prefill import check_chunk
-from models.dtype_rule import DTYPE_RULE
+from envtune_jax.models.dtype_rule import DTYPE_RULE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +84,8 @@ def run(args) -> dict:
     from envtune_jax.device_limits import device_limits
     from envtune_jax.bench.generate import CompileTimer, build_model
     from envtune_jax.cli.common import parse_mesh, print_json
-    from models.generation import BucketConfig, GenerationEngine
+    from envtune_jax.models.generation.buckets import BucketConfig
+    from envtune_jax.models.generation.engine import GenerationEngine
 
     check_arguments(args)
     mesh = parse_mesh(args.mesh)

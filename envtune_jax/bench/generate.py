@@ -75,7 +75,7 @@ def model_config_changes(items) -> dict:
     import yaml
 
     from envtune_jax.config import ConfigError
-    from models.config import Qwen3Config
+    from envtune_jax.models.config import Qwen3Config
 
     fields = {f.name for f in dataclasses.fields(Qwen3Config)}
     changes = {}
@@ -99,7 +99,7 @@ def check_model_source(args) -> None:
     --model-config changes make a valid Qwen3Config; ConfigError otherwise (before anything heavy loads)."""
     from envtune_jax.cli import validate as check
     from envtune_jax.config import ConfigError
-    from models.config import preset
+    from envtune_jax.models.config import preset
 
     if args.hf:
         check.hf_checkpoint(args.hf)
@@ -162,8 +162,8 @@ class CompileTimer:
 
 
 def build_model(args, mesh):
-    """The --hf or --preset model, loaded for inference in --dtype (rl.model_loader.load_model)."""
-    from rl.model_loader import load_model
+    """The --hf or --preset model, loaded for inference in --dtype (envtune_jax.rl.model_loader.load_model)."""
+    from envtune_jax.rl.model_loader import load_model
 
     kernels = dict(attention_impl=args.attention, decode_attention=getattr(args, "decode_attention", "reference"))
     if args.hf:
@@ -312,7 +312,10 @@ def measure(model, mesh, devices, limits, args, batch: int, prompt_len: int, new
 
     from envtune_jax.bench.decode_reads import decode_reads
     from envtune_jax.bench.profiling import maybe_trace
-    from models.generation import BucketConfig, GenerationEngine, SamplingParams, SharedPrefixConfig
+    from envtune_jax.models.generation.buckets import BucketConfig
+    from envtune_jax.models.generation.engine import GenerationEngine
+    from envtune_jax.models.generation.prefix_config import SharedPrefixConfig
+    from envtune_jax.models.generation.sampling_params import SamplingParams
 
     cfg = model.config
     capacity = prompt_len + new_tokens
@@ -370,8 +373,8 @@ def measure(model, mesh, devices, limits, args, batch: int, prompt_len: int, new
 
 def kernel_blocks(cfg, layout, batch: int):
     """The Pallas decode kernel's (block_k, k_splits) for the run's cache, or None when the einsum ran."""
-    from models.attention import decode_kernel_blocks
-    from models.prefix_kernels import kernel_fits
+    from envtune_jax.models.attention import decode_kernel_blocks
+    from envtune_jax.models.prefix_kernels import kernel_fits
 
     if cfg.decode_attention != "pallas":
         return None

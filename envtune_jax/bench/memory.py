@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from models.config import RematPolicy
+from envtune_jax.models.config import RematPolicy
 
 REMAT_CHOICES = RematPolicy.__args__  # type: ignore[attr-defined]
 
@@ -70,8 +70,8 @@ def check_arguments(args) -> None:
 
 def model_config(args):
     """The preset's config in the dtypes of the loader's rule for the program (decode: inference, train: training)."""
-    from models.config import preset
-    from models.dtype_rule import model_dtypes
+    from envtune_jax.models.config import preset
+    from envtune_jax.models.dtype_rule import model_dtypes
 
     dtypes = model_dtypes("inference" if args.program == "decode" else "train", args.param_dtype, args.dtype)
     return preset(args.preset, param_dtype=dtypes.param, dtype=dtypes.compute, attention_impl=args.attention,
@@ -109,11 +109,11 @@ def lower_decode(cfg, batch: int, context: int, cache_dtype: str, prompt: int | 
     import jax.numpy as jnp
     from flax import nnx
 
-    from models.generation import GenerationEngine
-    from models.generation.prefix_config import SharedPrefixConfig
-    from models.generation.sampling import MAX_STOP_TOKENS
-    from models.generation.state import empty_state
-    from models.qwen3 import Qwen3
+    from envtune_jax.models.generation.engine import GenerationEngine
+    from envtune_jax.models.generation.prefix_config import SharedPrefixConfig
+    from envtune_jax.models.generation.sampling import MAX_STOP_TOKENS
+    from envtune_jax.models.generation.state import empty_state
+    from envtune_jax.models.qwen3 import Qwen3
 
     model = nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
     shared = None if prompt is None else SharedPrefixConfig(lanes=group, regions=-(-batch // group))
@@ -143,11 +143,11 @@ def train_memory(cfg, batch: int, context: int, micro_batch: int, kl_coef: float
     import numpy as np
     from flax import nnx
 
-    from models.qwen3 import Qwen3
-    from rl.batch import TrainBatch
-    from rl.optimizer import OptimizerConfig
-    from rl.rl_config import LossConfig
-    from rl.train_step import Trainer, TrainStepConfig
+    from envtune_jax.models.qwen3 import Qwen3
+    from envtune_jax.rl.batch import TrainBatch
+    from envtune_jax.rl.optimizer import OptimizerConfig
+    from envtune_jax.rl.rl_config import LossConfig
+    from envtune_jax.rl.train_step import Trainer, TrainStepConfig
 
     model = nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(model, nnx.Param)

@@ -22,7 +22,7 @@ import statistics
 import time
 
 from envtune_jax.bench.generate import add_model_source_arguments
-from models.dtype_rule import DTYPE_RULE
+from envtune_jax.models.dtype_rule import DTYPE_RULE
 
 ATTENTION_CHOICES = ("reference", "chunked", "xla", "cudnn")
 
@@ -92,7 +92,8 @@ def run(args) -> dict:
     from envtune_jax.bench.generate import CompileTimer, build_model
     from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.cli.common import parse_mesh, print_json
-    from models.generation import BucketConfig, GenerationEngine
+    from envtune_jax.models.generation.buckets import BucketConfig
+    from envtune_jax.models.generation.engine import GenerationEngine
 
     check_arguments(args)
     mesh = parse_mesh(args.mesh)

@@ -71,7 +71,7 @@ def _both(fn, gain: bool = False) -> dict:
 def counted(args) -> dict:
     """Every counted figure (see the module docstring)."""
     from envtune_jax.bench import prefix_accounting as acc
-    from models.config import preset
+    from envtune_jax.models.config import preset
 
     cfg = preset(args.preset)
     kv = acc.kv_bytes_per_token(cfg, args.cache_bytes)
@@ -121,8 +121,8 @@ def _batches(args, vocab: int):
     """(unshared TrainBatch, shared TrainBatch) of one group: random prompt and own tokens, all own sampled."""
     import numpy as np
 
-    from rl.batch import pack_batch
-    from rl.prefix_packing import pack_shared_prefix
+    from envtune_jax.rl.batch import pack_batch
+    from envtune_jax.rl.prefix_packing import pack_shared_prefix
 
     rng = np.random.RandomState(0)
     prompt = rng.randint(0, vocab, args.prompt)
@@ -142,10 +142,10 @@ def time_train(args) -> dict:
     import jax
     from flax import nnx
 
-    from rl.model_loader import load_model
-    from rl.optimizer import OptimizerConfig
-    from rl.rl_config import LossConfig
-    from rl.train_step import Trainer, TrainStepConfig
+    from envtune_jax.rl.model_loader import load_model
+    from envtune_jax.rl.optimizer import OptimizerConfig
+    from envtune_jax.rl.rl_config import LossConfig
+    from envtune_jax.rl.train_step import Trainer, TrainStepConfig
 
     model = load_model(use="train", preset="tiny", preset_changes=TIMING_MODEL, param_dtype="float32",
                        dtype="float32", seed=0, attention_impl="chunked").model

@@ -48,7 +48,7 @@ def common_prefix(a, b) -> int:
 
 
 def prompt_ids(entries, stage, tokenizer) -> dict[str, list[int]]:
-    from environments.bfcl_env import BfclEpisode
+    from envtune_jax.environments.bfcl_env import BfclEpisode
     from envtune_jax.chat.conversation import TokenConversation
 
     out = {}
@@ -82,8 +82,8 @@ def run(args) -> dict:
     from envtune_jax.chat.tokenizer import default_tokenizer
     from envtune_jax.cli.common import print_json
     from envtune_jax.config import ConfigError, load
-    from rl.curriculum import StageConfig
-    from rl.stage_data import draw, load_subset
+    from envtune_jax.rl.curriculum import StageConfig
+    from envtune_jax.rl.stage_data import draw, load_subset
 
     if args.batches < 1 or args.own < 0:
         raise ConfigError(f"--batches must be ≥ 1 and --own ≥ 0, got {args.batches}, {args.own}")

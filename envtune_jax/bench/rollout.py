@@ -104,12 +104,12 @@ def run(args) -> dict:
     from envtune_jax.config import ConfigError
     from envtune_jax.mesh import make_mesh, resolve_mesh_shape
     from envtune_jax.progress import PhaseDisplay
-    from environments.bfcl_env import BfclEpisode
-    from rl.grpo_loop import build_learner, run_grpo, stage_settings
-    from rl.model_loader import load_run_model
-    from rl.run_config import load_run_config
-    from rl.stage_data import draw, load_subset
-    from rl.train_loop import prompt_length
+    from envtune_jax.environments.bfcl_env import BfclEpisode
+    from envtune_jax.rl.grpo_loop import build_learner, run_grpo, stage_settings
+    from envtune_jax.rl.model_loader import load_run_model
+    from envtune_jax.rl.run_config import load_run_config
+    from envtune_jax.rl.stage_data import draw, load_subset
+    from envtune_jax.rl.train_loop import prompt_length
 
     if args.iterations < 1:
         raise ConfigError(f"--iterations must be ≥ 1, got {args.iterations}")

@@ -19,7 +19,7 @@ import argparse
 import statistics
 import time
 
-from models.config import AttentionImpl, RematPolicy
+from envtune_jax.models.config import AttentionImpl, RematPolicy
 
 ATTENTION_CHOICES = AttentionImpl.__args__  # type: ignore[attr-defined]
 REMAT_CHOICES = RematPolicy.__args__  # type: ignore[attr-defined]
@@ -83,10 +83,10 @@ def check_rows_split_over_mesh(batch: int, micro_batch: int, mesh) -> None:
 
 def synthetic_batch(batch: int, seq_len: int, vocab_size: int, seed: int):
     """A packed TrainBatch whose every token after the first is model-sampled: tokens [B, T], the
-    rest [B, K] with K ≥ L - 1 (T and K rounded up to rl.batch's buckets; padding is masked out)."""
+    rest [B, K] with K ≥ L - 1 (T and K rounded up to envtune_jax.rl.batch's buckets; padding is masked out)."""
     import numpy as np
 
-    from rl.batch import pack_batch
+    from envtune_jax.rl.batch import pack_batch
 
     rng = np.random.RandomState(seed)
     tokens_bl = rng.randint(0, vocab_size, (batch, seq_len)).astype(np.int32)
@@ -126,10 +126,10 @@ def run(args) -> dict:
     from envtune_jax.bench.generate import CompileTimer, model_config_changes
     from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.cli.common import parse_mesh, print_json
-    from rl.model_loader import load_model
-    from rl.optimizer import OptimizerConfig
-    from rl.rl_config import LossConfig
-    from rl.train_step import Trainer, TrainStepConfig
+    from envtune_jax.rl.model_loader import load_model
+    from envtune_jax.rl.optimizer import OptimizerConfig
+    from envtune_jax.rl.rl_config import LossConfig
+    from envtune_jax.rl.train_step import Trainer, TrainStepConfig
 
     check_arguments(args)
     mesh = parse_mesh(args.mesh)

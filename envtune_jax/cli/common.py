@@ -40,9 +40,9 @@ def add_model_source(parser: argparse.ArgumentParser, required: bool = True) -> 
 
 
 def load_model_from_args(args, mesh=None, **kernels):
-    """The model named by --hf / --ckpt with --dtype, loaded for inference (rl.model_loader.load_model):
+    """The model named by --hf / --ckpt with --dtype, loaded for inference (envtune_jax.rl.model_loader.load_model):
     a LoadedModel, with its tokenizer."""
-    from rl.model_loader import load_model
+    from envtune_jax.rl.model_loader import load_model
 
     return load_model(use="inference", hf=args.hf, ckpt=args.ckpt, param_dtype=args.dtype, mesh=mesh, **kernels)
 

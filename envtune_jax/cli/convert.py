@@ -39,9 +39,9 @@ def validate(args) -> None:
 def run(args) -> int:
     import jax
 
-    from models import checkpointing
+    from envtune_jax.models import checkpointing
     from envtune_jax.chat.tokenizer import has_tokenizer, no_tokenizer_note
-    from rl.model_loader import load_model
+    from envtune_jax.rl.model_loader import load_model
 
     mesh = parse_mesh(args.mesh)
     model = load_model(use="convert", hf=args.hf, param_dtype=args.dtype, mesh=mesh).model

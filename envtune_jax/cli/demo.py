@@ -53,9 +53,9 @@ def _banner(step: int, total: int, text: str) -> float:
 
 def write_tiny_checkpoint(out: Path) -> Path:
     """A tiny random Qwen3 in HF layout with the embedded Qwen3 tokenizer files."""
-    from models import hf_io
+    from envtune_jax.models import hf_io
     from envtune_jax.chat.tokenizer import save_tokenizer
-    from rl.model_loader import load_model
+    from envtune_jax.rl.model_loader import load_model
 
     tokenizer_dir = out.parent / f"{out.name}-tokenizer"
     tiny = load_model(use="convert", preset="tiny", seed=0)
@@ -65,16 +65,16 @@ def write_tiny_checkpoint(out: Path) -> Path:
 
 
 def run(args) -> int:
-    from models import checkpointing, hf_io
-    from environments.eval_report import category_table, markdown_table, write_results
-    from environments.config import EnvironmentConfig
-    from environments.evaluation import evaluate_bfcl
-    from environments.splits import first_per_category, split_entries
-    from rl.model_loader import load_model
-    from rl.model_policy import build_model_policy
-    from rl.run_config import load_run_config
-    from rl.synthetic_run import load_synthetic_recipe, run_synthetic
-    from rl.train_loop import train
+    from envtune_jax.models import checkpointing, hf_io
+    from envtune_jax.environments.eval_report import category_table, markdown_table, write_results
+    from envtune_jax.environments.config import EnvironmentConfig
+    from envtune_jax.environments.evaluation import evaluate_bfcl
+    from envtune_jax.environments.splits import first_per_category, split_entries
+    from envtune_jax.rl.model_loader import load_model
+    from envtune_jax.rl.model_policy import build_model_policy
+    from envtune_jax.rl.run_config import load_run_config
+    from envtune_jax.rl.synthetic_run import load_synthetic_recipe, run_synthetic
+    from envtune_jax.rl.train_loop import train
 
     from envtune_jax.cli import outputs
 

@@ -17,12 +17,12 @@ DEBUG_FLAG = "--debug"
 # (module, class): exceptions that mean the input is wrong, not the program.
 USER_ERRORS = (
     ("envtune_jax.config", "ConfigError"),
-    ("models.config", "NotAQwen3Checkpoint"),
-    ("models.hf_files", "CheckpointError"),
-    ("models.checkpointing", "CheckpointNotFound"),
-    ("environments.bfcl_data", "BfclDataMissingError"),
-    ("environments.eval_report", "EvalProgressMismatchError"),
-    ("environments.replay_files", "ReplayFileError"),
+    ("envtune_jax.models.config", "NotAQwen3Checkpoint"),
+    ("envtune_jax.models.hf_files", "CheckpointError"),
+    ("envtune_jax.models.checkpointing", "CheckpointNotFound"),
+    ("envtune_jax.environments.bfcl_data", "BfclDataMissingError"),
+    ("envtune_jax.environments.eval_report", "EvalProgressMismatchError"),
+    ("envtune_jax.environments.replay_files", "ReplayFileError"),
     ("envtune_jax.chat.tokenizer", "TokenizerLoadError"),
 )
 

@@ -79,7 +79,7 @@ def run_locked(args) -> int:
 
 
 def parse_categories(text: str) -> tuple[str, ...]:
-    from environments.bfcl_data import CATEGORIES
+    from envtune_jax.environments.bfcl_data import CATEGORIES
 
     if text.strip() == "all":
         return CATEGORIES
@@ -97,7 +97,7 @@ def parse_categories(text: str) -> tuple[str, ...]:
 
 def validate(args) -> None:
     """Checks every argument (and reads --replay files) before anything is loaded or written."""
-    from environments.replay_files import load_recordings
+    from envtune_jax.environments.replay_files import load_recordings
 
     args.category_names = parse_categories(args.categories)
     check.at_least(args, 1, "limit", "workers", "max_new_tokens", "batch_size", "max_cache_len")
@@ -114,8 +114,8 @@ def validate(args) -> None:
 
 def refuse_finished(out: Path, overwrite: bool) -> None:
     """ConfigError when `out` holds a finished evaluation (results, no progress file) and not `overwrite`."""
-    from environments.eval_report import PROGRESS_FILE
-    from environments.replay_files import EVAL_SUMMARY_FILE
+    from envtune_jax.environments.eval_report import PROGRESS_FILE
+    from envtune_jax.environments.replay_files import EVAL_SUMMARY_FILE
 
     finished = (out / EVAL_SUMMARY_FILE).exists() and not (out / PROGRESS_FILE).exists()
     if finished and not overwrite:
@@ -125,10 +125,10 @@ def refuse_finished(out: Path, overwrite: bool) -> None:
 
 def run(args) -> int:
     """Runs after `validate(args)` (main calls both)."""
-    from environments.eval_report import EvalProgress, category_table, markdown_table, write_results
-    from environments.evaluation import replay_bfcl
-    from environments.split_sources import split_entries_from
-    from environments.splits import first_per_category
+    from envtune_jax.environments.eval_report import EvalProgress, category_table, markdown_table, write_results
+    from envtune_jax.environments.evaluation import replay_bfcl
+    from envtune_jax.environments.split_sources import split_entries_from
+    from envtune_jax.environments.splits import first_per_category
 
     categories = args.category_names
     entries = split_entries_from(args.data_source, args.split, categories, data_dir=args.data_dir)
@@ -177,7 +177,7 @@ def report_recordings(recordings, entries, args) -> dict:
     """Warns (stderr) about recordings that are not scored as recorded, and returns the same for the
     results' metadata: entries without a recording, recorded ids outside the evaluated entries (by
     reason), failed inferences, recordings with another number of turns than their entry, repeated ids."""
-    from environments.replay_files import unscored_recordings
+    from envtune_jax.environments.replay_files import unscored_recordings
 
     found = unscored_recordings(recordings, entries, args.split, args.limit)
     messages = {
@@ -221,9 +221,9 @@ def _play(args, entries, progress, extra: dict, out: Path) -> list:
     `progress` as its entry ends, under a progress bar."""
     from tqdm.auto import tqdm
 
-    from environments.config import EnvironmentConfig
-    from environments.evaluation import evaluate_bfcl
-    from environments.policies import DoNothingPolicy, OraclePolicy
+    from envtune_jax.environments.config import EnvironmentConfig
+    from envtune_jax.environments.evaluation import evaluate_bfcl
+    from envtune_jax.environments.policies import DoNothingPolicy, OraclePolicy
     from envtune_jax.progress import PhaseDisplay
 
     done = len(progress.done)
@@ -237,7 +237,7 @@ def _play(args, entries, progress, extra: dict, out: Path) -> list:
         policy, workers = DoNothingPolicy(), args.workers
     else:
         from envtune_jax.cli.common import parse_mesh
-        from rl.model_policy import build_model_policy
+        from envtune_jax.rl.model_policy import build_model_policy
 
         policy = build_model_policy(ckpt=str(args.ckpt) if args.ckpt else None, hf_dir=str(args.hf) if args.hf else None,
                                     batch_size=args.batch_size, max_cache_len=args.max_cache_len,

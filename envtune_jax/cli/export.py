@@ -37,9 +37,9 @@ def validate(args) -> None:
 def run(args) -> int:
     import jax
 
-    from models import checkpointing, hf_io
+    from envtune_jax.models import checkpointing, hf_io
     from envtune_jax.chat.tokenizer import has_tokenizer
-    from rl.model_loader import load_model
+    from envtune_jax.rl.model_loader import load_model
 
     mesh = parse_mesh(args.mesh)
     stored_dtype = checkpointing.read_model_config(args.ckpt).param_dtype

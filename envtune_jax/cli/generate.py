@@ -80,7 +80,8 @@ class TextStream:
 def run(args) -> int:
     from envtune_jax.chat import encode_text, render_messages
     from envtune_jax.cli.common import load_model_from_args
-    from models.generation import GenerationEngine, SamplingParams
+    from envtune_jax.models.generation.engine import GenerationEngine
+    from envtune_jax.models.generation.sampling_params import SamplingParams
 
     tools = getattr(args, "tool_list", None) or check.tools_file(args.tools)
     mesh = parse_mesh(args.mesh)

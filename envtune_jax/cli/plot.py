@@ -34,7 +34,7 @@ def validate(args) -> None:
 
 def run(args) -> int:
     from envtune_jax.config import ConfigError
-    from rl.run_plot import plot_run
+    from envtune_jax.rl.run_plot import plot_run
 
     out = args.out or (args.run_dir if args.run_dir.is_dir() else args.run_dir.parent) / "curves.png"
     try:

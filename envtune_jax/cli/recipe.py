@@ -40,7 +40,7 @@ def validate(args) -> None:
 
 
 def run_show(args) -> int:
-    from rl.recipe_card import card_rows, render_card
+    from envtune_jax.rl.recipe_card import card_rows, render_card
 
     cfg, stages = getattr(args, "run_config", None) or check.recipe_settings(args.recipe, args.overrides, "recipe")
     print(render_card(cfg, stages, str(args.recipe)))

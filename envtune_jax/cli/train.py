@@ -39,8 +39,8 @@ def validate(args) -> None:
 def run(args) -> int:
     import jax
 
-    from rl.run_summary import run_summary
-    from rl.train_loop import train
+    from envtune_jax.rl.run_summary import run_summary
+    from envtune_jax.rl.train_loop import train
 
     cfg, stages = getattr(args, "run_config", None) or check.recipe(args.config, args.overrides)
     result = train(cfg, stages, allow_config_change=args.allow_config_change, rewrite_final=args.rewrite_final)

@@ -3,7 +3,7 @@
 Each subcommand's `validate(args)` calls these; each raises ConfigError with one line naming the flag,
 the value and what would be accepted, so that a bad command fails in well under a second instead of
 after minutes of imports and loading. Only light modules are imported here (the config dataclasses,
-`models.config`, `models.hf_files`, the chat message checks).
+`envtune_jax.models.config`, `envtune_jax.models.hf_files`, the chat message checks).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def at_least(args, minimum: float, *dests: str) -> None:
 
 def sampling_flags(args) -> None:
     """--temperature > 0, --top-p in (0, 1], --top-k ≥ 0, budgets ≥ 1: the checks of SamplingParams."""
-    from models.generation.sampling_params import SamplingParams
+    from envtune_jax.models.generation.sampling_params import SamplingParams
 
     at_least(args, 1, "max_new_tokens")
     try:
@@ -122,7 +122,7 @@ def model_source(args) -> None:
 def recipe_settings(path: Path, overrides: list[str], what: str = "--config"):
     """The run config and stages of a recipe, checked as a whole (keys, types, sizes, stage files, the
     fields each mode reads, stage budgets) without looking at its model source."""
-    from rl.run_config import load_run_config
+    from envtune_jax.rl.run_config import load_run_config
 
     if not Path(path).is_file():
         raise ConfigError(f"{what} {path}: not found" if not Path(path).exists() else f"{what} {path}: not a file")
@@ -150,7 +150,7 @@ def recipe(path: Path, overrides: list[str]):
 
 
 def preset_name(name: str, what: str = "--preset") -> None:
-    from models.config import PRESETS
+    from envtune_jax.models.config import PRESETS
 
     try:
         check_name(PRESETS, name, "preset")
@@ -160,10 +160,10 @@ def preset_name(name: str, what: str = "--preset") -> None:
 
 def hf_checkpoint(path: str | Path, what: str = "--hf") -> None:
     """`path` is a Hugging Face Qwen3 checkpoint whose config.json reads and whose safetensors files are
-    whole: the loader's own checks (models.config.load_hf_config, models.hf_files.check_files), which read
+    whole: the loader's own checks (envtune_jax.models.config.load_hf_config, envtune_jax.models.hf_files.check_files), which read
     config.json and each file's header but no tensor data."""
-    from models.config import NotAQwen3Checkpoint, load_hf_config
-    from models.hf_files import check_files
+    from envtune_jax.models.config import NotAQwen3Checkpoint, load_hf_config
+    from envtune_jax.models.hf_files import check_files
 
     path = Path(path)
     if not path.is_dir():

@@ -7,8 +7,9 @@
     state, result = engine.decode(state, params, active=[0])
     record = engine.history(state)     # tokens, sampler log-probs, sampled mask, lengths
 
-See docs/generation.md for the design. The names below load their module on first
-use, so that the settings (`SamplerConfig`, `SamplingParams`, `BucketConfig`) are read without importing JAX.
+See docs/generation.md for the design. This file imports nothing: names are imported from their modules
+(`engine.GenerationEngine`, `sampling_params.SamplingParams`, `config.SamplerConfig`, `buckets.BucketConfig`),
+so reading the settings (config.py, sampling_params.py, buckets.py, prefix_config.py) does not start JAX.
 
 Reading order (each file needs only those before it):
 1. state.py — what the engine holds per slot (the KV cache, token ids, sampler log-probs, turn flags), its
@@ -24,24 +25,3 @@ Reading order (each file needs only those before it):
    same pieces for a GRPO group's prompt held once in a region.
 7. config.py, prefix_config.py — the YAML settings; reference.py — the plain paths the tests tie it to.
 """
-import importlib
-
-_MODULE_OF = {
-    "BucketConfig": "buckets", "BucketError": "buckets", "SamplerConfig": "config", "GenerationEngine": "engine",
-    "CacheFullError": "requests", "GenerationInputError": "requests", "reference_greedy": "reference",
-    "reference_logprobs": "reference", "DecodeResult": "results", "History": "results",
-    "QWEN3_STOP_TOKEN_IDS": "sampling_params", "SamplingParams": "sampling_params",
-    "filtered_probs_reference": "sampling", "sample_tokens": "sampling", "GenerationState": "state",
-    "SharedPrefixConfig": "prefix_config",
-}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MODULE_OF))

@@ -9,9 +9,9 @@ import dataclasses
 from typing import ClassVar
 
 from envtune_jax.config import ConfigError, ReadOnlyWhen, check_field_use, require_at_least
-from models.generation.buckets import BucketConfig
-from models.generation.prefix_config import SharedPrefixConfig
-from models.generation.sampling_params import QWEN3_STOP_TOKEN_IDS, SamplingParams
+from envtune_jax.models.generation.buckets import BucketConfig
+from envtune_jax.models.generation.prefix_config import SharedPrefixConfig
+from envtune_jax.models.generation.sampling_params import QWEN3_STOP_TOKEN_IDS, SamplingParams
 
 
 @dataclasses.dataclass
@@ -72,7 +72,7 @@ class SamplerConfig:
             raise ConfigError(f"sampler: {exc}") from exc
 
     def build_engine(self, model, mesh=None, weight_rules=None):
-        from models.generation.engine import GenerationEngine
+        from envtune_jax.models.generation.engine import GenerationEngine
         return GenerationEngine(model, batch_size=self.batch_size, max_cache_len=self.max_cache_len, mesh=mesh,
                                 cache_dtype=self.cache_dtype, buckets=self.buckets(), weight_rules=weight_rules,
                                 shared_prefix=self.prefix_config())

@@ -36,17 +36,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.generation import steps
-from models.generation.buckets import BucketConfig, round_up
-from models.generation.extend_plan import ExtendCall, ExtendCosts, plan_extend, row_buckets
-from models.generation.prefix_config import SharedPrefixConfig
-from models.generation.prefix_engine import SharedPrefixSlots
-from models.generation.requests import CacheFullError, GenerationInputError, active_mask, check_slot, check_tokens
-from models.generation.results import DecodeResult, History, collect_decode, concat_results, history, to_host
-from models.generation.sampling import SamplingParams
-from models.generation.state import GenerationState, copy_slots, empty_state, grow, reset_slots, rewind_slots
-from models.generation.weights import SamplerWeights
-from models.kv_cache import CACHE_AXES
+from envtune_jax.models.generation import steps
+from envtune_jax.models.generation.buckets import BucketConfig, round_up
+from envtune_jax.models.generation.extend_plan import ExtendCall, ExtendCosts, plan_extend, row_buckets
+from envtune_jax.models.generation.prefix_config import SharedPrefixConfig
+from envtune_jax.models.generation.prefix_engine import SharedPrefixSlots
+from envtune_jax.models.generation.requests import CacheFullError, GenerationInputError, active_mask, check_slot, check_tokens
+from envtune_jax.models.generation.results import DecodeResult, History, collect_decode, concat_results, history, to_host
+from envtune_jax.models.generation.sampling import SamplingParams
+from envtune_jax.models.generation.state import GenerationState, copy_slots, empty_state, grow, reset_slots, rewind_slots
+from envtune_jax.models.generation.weights import SamplerWeights
+from envtune_jax.models.kv_cache import CACHE_AXES
 
 NO_STEP_LIMIT = 2**30
 

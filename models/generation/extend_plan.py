@@ -29,7 +29,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from models.generation.buckets import round_up
+from envtune_jax.models.generation.buckets import round_up
 
 CALL_TOKENS = 256.0  # token-forwards that one call's weight read costs (see the module docstring)
 COMPACT_SLOT_PASSES = 3  # passes over a gathered row's cache in a compacted call (gather read + write, attention)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from models.config import PREFIX_ATTENTION
+from envtune_jax.models.config import PREFIX_ATTENTION
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,16 +23,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.generation import prefix_steps
-from models.generation.buckets import round_up
-from models.generation.extend_plan import plan_extend, row_buckets
-from models.generation.prefix_config import SharedPrefixConfig
-from models.generation.prefix_regions import RegionPlan, plan_regions
-from models.generation.prefix_state import PrefixState, empty_prefix, grow_prefix
-from models.generation.requests import CacheFullError, GenerationInputError, check_slot
-from models.generation.results import to_host
-from models.generation.state import GenerationState, release_slots
-from models.kv_cache import CACHE_AXES
+from envtune_jax.models.generation import prefix_steps
+from envtune_jax.models.generation.buckets import round_up
+from envtune_jax.models.generation.extend_plan import plan_extend, row_buckets
+from envtune_jax.models.generation.prefix_config import SharedPrefixConfig
+from envtune_jax.models.generation.prefix_regions import RegionPlan, plan_regions
+from envtune_jax.models.generation.prefix_state import PrefixState, empty_prefix, grow_prefix
+from envtune_jax.models.generation.requests import CacheFullError, GenerationInputError, check_slot
+from envtune_jax.models.generation.results import to_host
+from envtune_jax.models.generation.state import GenerationState, release_slots
+from envtune_jax.models.kv_cache import CACHE_AXES
 
 
 def _batch_shards(mesh, rows: int) -> int:

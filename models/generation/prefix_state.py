@@ -15,10 +15,10 @@ import dataclasses
 
 import jax
 
-from models.generation import fields as fl
-from models.generation.fields import ArrayField
-from models.kv_cache import KVCache
-from models.prefix_cache import PrefixKV
+from envtune_jax.models.generation import fields as fl
+from envtune_jax.models.generation.fields import ArrayField
+from envtune_jax.models.kv_cache import KVCache
+from envtune_jax.models.prefix_cache import PrefixKV
 
 
 @dataclasses.dataclass
@@ -28,7 +28,7 @@ class PrefixState:
     hidden_rd: jax.Array  # [R, D] compute dtype: hidden state of each region's last prompt token
     lane_b: jax.Array  # [B] int32 r·lanes + m, or R·lanes for a slot without a region
     lanes: int  # M: slots per region
-    attention: str = "two_level"  # one of models.config.PREFIX_ATTENTION
+    attention: str = "two_level"  # one of envtune_jax.models.config.PREFIX_ATTENTION
 
     @property
     def num_regions(self) -> int:

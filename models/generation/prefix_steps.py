@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import kv_cache as kv
-from models.generation import fields as fl
-from models.generation.prefix_state import FIELDS as PREFIX_FIELDS
-from models.generation.prefix_state import reset_prefix_rows
-from models.generation.state import GenerationState, constrain_state, new_turns
+from envtune_jax.models import kv_cache as kv
+from envtune_jax.models.generation import fields as fl
+from envtune_jax.models.generation.prefix_state import FIELDS as PREFIX_FIELDS
+from envtune_jax.models.generation.prefix_state import reset_prefix_rows
+from envtune_jax.models.generation.state import GenerationState, constrain_state, new_turns
 
 
 def prefill_region_rows(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationState, rows_u: jax.Array,

@@ -13,8 +13,8 @@ import dataclasses
 import jax
 import numpy as np
 
-from models.generation import fields as fl
-from models.generation.state import FIELDS, GenerationState
+from envtune_jax.models.generation import fields as fl
+from envtune_jax.models.generation.state import FIELDS, GenerationState
 
 PAD_TOKEN = -1
 

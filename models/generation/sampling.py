@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.generation.sampling_params import MAX_STOP_TOKENS, QWEN3_STOP_TOKEN_IDS, SamplingParams  # noqa: F401
+from envtune_jax.models.generation.sampling_params import MAX_STOP_TOKENS, QWEN3_STOP_TOKEN_IDS, SamplingParams  # noqa: F401
 
 
 def token_logprobs(logits_bv: jax.Array, tokens_b: jax.Array, temperature) -> jax.Array:

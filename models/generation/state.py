@@ -17,10 +17,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from models.generation import fields as fl
-from models.generation.fields import ArrayField
-from models.generation.prefix_state import PrefixState, constrain_prefix, reset_prefix_rows
-from models.kv_cache import KVCache
+from envtune_jax.models.generation import fields as fl
+from envtune_jax.models.generation.fields import ArrayField
+from envtune_jax.models.generation.prefix_state import PrefixState, constrain_prefix, reset_prefix_rows
+from envtune_jax.models.kv_cache import KVCache
 
 
 @dataclasses.dataclass

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import kv_cache as kv
-from models.generation.sampling import position_keys, sample_tokens
-from models.generation.state import GenerationState, constrain_state, gather_slots, new_turns, scatter_slots
+from envtune_jax.models import kv_cache as kv
+from envtune_jax.models.generation.sampling import position_keys, sample_tokens
+from envtune_jax.models.generation.state import GenerationState, constrain_state, gather_slots, new_turns, scatter_slots
 
 
 def extend_chunk(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationState, tokens_bt: jax.Array,
