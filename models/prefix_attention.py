@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from envtune_jax.models.attention import MaskInfo, reference_attention
-from envtune_jax.models.prefix_kernels import kernel_fits, pallas_prefix_decode
+from envtune_jax.models import prefix_kernels
 from envtune_jax.models.prefix_parts import NEG_INF, lane_table, masked_softmax_lse, merge_partials, region_of
 
 
@@ -108,11 +108,11 @@ def shared_prefix_attention(q_btnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths
     Returns [B, T, N, H] in q's dtype.
     """
     if decode == "pallas" and q_btnh.shape[1] == 1 and suffix_lengths_b is not None:
-        fits = kernel_fits(prefix_k_rkph.shape[2], suffix_k_bksh.shape[2], prefix_k_rkph.shape[0], q_btnh.shape[0],
+        fits = prefix_kernels.kernel_fits(prefix_k_rkph.shape[2], suffix_k_bksh.shape[2], prefix_k_rkph.shape[0], q_btnh.shape[0],
                            prefix_k_rkph.shape[1])
         mesh = jax.sharding.get_abstract_mesh()
         if fits and (mesh is None or mesh.empty or mesh.size == 1):
-            out = pallas_prefix_decode(q_btnh[:, 0], prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, lane_b,
+            out = prefix_kernels.pallas_prefix_decode(q_btnh[:, 0], prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, lane_b,
                                        lanes, suffix_k_bksh, suffix_v_bksh, suffix_lengths_b)
             return out[:, None]
     out_p, lse_p = _prefix_part_einsum(q_btnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, lane_b, lanes)

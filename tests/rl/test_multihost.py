@@ -27,7 +27,7 @@ from tests.conftest import write_tiny_qwen3
 from tests.rl.multihost_worker import BATCH_B, LEARNING_RATE, RESULT_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKER = ROOT / "tests" / "multihost_worker.py"
+WORKER = Path(__file__).resolve().parent / "multihost_worker.py"
 LAUNCH = ROOT / "launch"
 STEPS = 1
 # Cluster variables of the machine running the tests must not leak into the workers.
