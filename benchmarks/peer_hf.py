@@ -3,8 +3,8 @@
     python benchmarks/peer_hf.py --parts prefill,train [--tiny]
 
 A Qwen3ForCausalLM of the preset's shapes (models/config.py, through `to_hf_dict`) with transformers'
-own random initialisation, in bf16 on the GPU (on CPU without one, for dry runs). Measured as the
-baseline figures of the project's reference table were:
+own random initialisation, in bf16 on the GPU (on CPU without one, for dry runs). Measured the way the
+peers' figures quoted in docs/benchmarks-gpu.md were:
 - prefill: B x P random tokens, no cache, logits of the last position only (`logits_to_keep=1`);
   one warm-up pass, then the mean of `--repeats` passes: tok/s and 2·params·tokens/s;
 - train: fwd + bwd of the causal-LM loss on B x L random tokens with gradient checkpointing, no

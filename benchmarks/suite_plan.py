@@ -3,11 +3,9 @@
 A step is one process (so each frees the GPU for the next) or one in-process check, tagged with
 its group and source (ours, a peer, the probe). `expect_s` is the time a step is planned to take
 (the suite starts it only if that much of the call is left); `limit_s` is the most it may take.
-The 4B figures are estimates from what is known before any run of ours on a GPU (the Tunix sampler
-compiles in 15-23 s per shape, HF's prefill and training steps take 0.35 s and 1.5 s at 8 x 2048 on
-an H100, a 4B model is 8 GB of bf16 weights; docs/benchmarks-gpu.md gives each step's reckoning);
-every run records the seconds each step really took (`seconds` in results.jsonl), so the next plan
-can use those instead.
+The 4B budgets are estimates from the peers' published timings and the size of a 4B model's bf16 weights
+(docs/benchmarks-gpu.md gives each step's reckoning); every run records the seconds each step really took
+(`seconds` in results.jsonl), so that a plan can be checked against them.
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 Compiled programs (those taking ≥ 1 s to compile) are written under a cache folder and reused by any
 later run that compiles the same program: a resumed or repeated `envtune train`, `eval` or `generate`
-skips the compilations the previous run already paid (measured on the tiny CPU recipe: 147 s, then
-121 s; a 4B model's programs take longer to compile, not measured here). Folder: $ENVTUNE_COMPILATION_CACHE if set ("off" disables the cache), else
-$XDG_CACHE_HOME/envtune/xla, else ~/.cache/envtune/xla. `envtune bench` leaves it off unless the
-variable names a folder, since compile seconds are part of what it reports.
+skips the compilations the previous run already paid (what that saves: docs/measurements.md). Folder:
+$ENVTUNE_COMPILATION_CACHE if set ("off" disables the cache), else $XDG_CACHE_HOME/envtune/xla, else
+~/.cache/envtune/xla. `envtune bench` leaves it off unless the variable names a folder, since compile
+seconds are part of what it reports.
 """
 from __future__ import annotations
 

@@ -3,14 +3,14 @@
 Python raises KeyboardInterrupt only once the main thread is back in Python bytecode, and an XLA
 compilation or a device call can keep it in C++ for many seconds; after the exception, the interpreter's
 own teardown (JAX clearing its caches, the garbage collection of every compiled program and traced
-function) took another 3-30 s on the tiny CPU recipe and sometimes ended in a segmentation fault. So:
+function) can take many seconds more and may end in a segmentation fault (docs/measurements.md). So:
 
 - `exit_now(code)` flushes stdout, stderr and logging and ends the process without that teardown;
 - `install()` starts a watchdog thread that wakes on the signal itself (`signal.set_wakeup_fd`: the C-level
   handler writes to a socket whatever the main thread is doing). If the process is still alive `GRACE_S`
   after a Ctrl-C, the watchdog ends it. (This also covers a KeyboardInterrupt that Python raised inside a
   garbage-collection callback, where it is swallowed: JAX's `_xla_gc_callback` does that; such a swallowed
-  interrupt is no longer printed as an "Exception ignored" traceback);
+  interrupt is not printed as an "Exception ignored" traceback);
 - `hold_while(busy, what)` names work that must not be cut short (an asynchronous checkpoint being
   written): the watchdog waits while `busy()` is true and says so; a second Ctrl-C ends the process at once.
 

@@ -1,15 +1,12 @@
-"""Orbax checkpoints: model checkpoints (convert/export) and resumable training-run checkpoints.
+"""Orbax model checkpoints: what `envtune convert` writes, `envtune export` reads, and a run's final/ holds.
 
 A model checkpoint directory holds `model_config.json` (the Qwen3Config), `params/` (an Orbax
 PyTree checkpoint of the parameters as a plain nested dict) and, when the source had them, the
 tokenizer files under `tokenizer/`. `save_model` writes it into a temporary sibling folder renamed
 into place on success, so a failed convert keeps the previous checkpoint and leaves no partial one.
 Restoring builds the model abstractly and asks Orbax for each array directly in its target
-sharding, so a checkpoint written on one mesh loads onto another.
-
-`RunCheckpointer` wraps an Orbax CheckpointManager for training runs (params, optimizer state and a
-JSON record of step/stage/PRNG/data position/metrics): async saves, keep-last-N, and atomic
-finalisation (a run killed mid-save leaves only a temporary folder that restore ignores).
+sharding, so a checkpoint written on one mesh loads onto another. Training runs' resumable
+checkpoints (optimizer state, KL reference, run record) are rl/run_checkpoint.py's.
 """
 from __future__ import annotations
 

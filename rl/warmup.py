@@ -8,10 +8,10 @@ the requested device (probability `device_accuracy`) with the requested value (`
 spelt as the parser accepts it (`light red`) only with probability `syntax_accuracy`; otherwise it is a
 format error such as `light red please` (`MISSPELT_CALLS`). With format feedback on, a misspelt attempt
 is answered and the model tries again (`max_attempts`), then replies empty. The synthetic run's defaults
-(configs/synthetic/learning_run.yaml: right device and value, 1 call in 20 well spelt) start GRPO near reward 0.1: what
-GRPO has to learn is the environment's syntax, which is stage 1-2 of the paper in miniature.
-(Demonstrations with a random *value* leave GRPO to learn reading the request from a one-bit reward,
-which this tiny model does not do within minutes; measured attempts are in docs/training.md.)
+(configs/synthetic/learning_run.yaml: right device and value, 1 call in 20 well spelt) start GRPO at a low
+reward: what GRPO has to learn is the environment's syntax, which is stage 1-2 of the paper in miniature.
+(Demonstrations with a random *value* leave GRPO to learn reading the request from a one-bit reward, which
+this tiny model did not do in the attempts docs/training.md reports.)
 
 Every demonstration is stepped through a real episode, so it follows the protocol exactly.
 """

@@ -6,7 +6,7 @@ the tool results) and the last slot replaces its conversation with a new `--prom
 (`GenerationEngine.replace_tail`, what `ModelPolicy` calls). Timed twice in the same run, on two engines
 over the same weights: with compacted extends (the default: extend_plan.py runs the long prompt's later
 chunks on its row only, and the short tails at their own width) and with every call on all B slots
-(`compact_rows: false`, the behaviour before). One warm-up round each compiles; then the median of
+(`compact_rows: false`). One warm-up round each compiles; then the median of
 `--repeats` rounds (the set-up prefill of the contexts is not timed). Reports seconds per round, the
 token-rows each mode computed, the speed-up (all-slot seconds / compacted seconds), and the FLOPs the
 appended tokens need (their layer matmuls, 2·(params − embedding rows) each, plus their attention over

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 # GRPO iterations of the demo's synthetic run: the default run's 30 (configs/synthetic/), the curve
-# that the learning test checks and docs/training.md plots (~3 min with its warm-up on 2 CPU cores).
+# that the learning test checks and docs/training.md plots (its time: docs/measurements.md).
 DEMO_SYNTHETIC_STEPS = 30
 
 def register(subparsers) -> None:

@@ -4,7 +4,7 @@ An extend call runs the model over a block of U rows x T new tokens. The plain p
 (slots with nothing to append ride along as padding); the compacted one runs U < B gathered rows (each
 row's cached keys and values are gathered, attended and written back). A long append is processed in
 passes of at most `chunk` tokens per row, so a re-rendered conversation's new episode (a 4k-token prompt)
-in one slot no longer costs B rows in each of its passes, and the short tails of the other slots need
+in one slot does not cost B rows in each of its passes, and the short tails of the other slots need
 not be padded to the long one's width: within a pass, rows are split into a short and a long group when
 two calls cost less than one.
 
