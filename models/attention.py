@@ -4,8 +4,12 @@
 - "reference": plain einsum, fp32 softmax (always available; the parity tests' ground truth).
 - "chunked": the same over query blocks, rematerialised per block (long sequences on CPU).
 - "xla" / "cudnn": `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
-- "splash": the TPU Pallas splash-attention kernel (self-attention over packed/padded sequences
-  only; runs in Pallas interpret mode off TPU, which is slow and meant for tests).
+- "splash": the TPU Pallas splash-attention kernel (self-attention only; runs in Pallas interpret
+  mode off TPU, which is slow and meant for tests). Its mask is static: causal by index for plain
+  packed/padded sequences, or, for shared-prefix training rows, the block pattern of the rows' static
+  layout (`MaskInfo.row_layout`, models/row_layout.py: a prompt causal, a continuation against its
+  group's prompt and itself causally), either way with segment ids for packing and padding. Rows are
+  padded up to whole kernel blocks of SPLASH_BLOCK tokens. Branch ids without a layout are refused.
 `attend_cache(q, keys, values, mask_info, impl, ...)` (queries against a KV cache laid out [B, K, S, H]):
 query blocks shorter than `CACHE_KERNEL_MIN_QUERIES` (decode steps, short extends) use the reference
 einsums on the cache as it lies; longer ones (prefill chunks) use the chosen back-end on the cache
@@ -23,6 +27,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from envtune_jax.models.row_layout import PackedRowLayout
+
 _MASKED = float(jnp.finfo(jnp.float32).min)
 
 
@@ -38,6 +44,9 @@ class MaskInfo:
     # continuation c; a query also needs the key's branch to be 0 or its own. None: no branches.
     q_branches: jax.Array | None = None  # [B, T] int32
     kv_branches: jax.Array | None = None  # [B, S] int32
+    # The static layout the branch ids follow (every row laid out alike): lets kernels that take a static
+    # mask (splash) run the branch mask. None: the branch ids are all there is (dense-mask back-ends only).
+    row_layout: PackedRowLayout | None = None
 
     def dense(self) -> jax.Array:
         """Boolean mask [B, T, S]."""
@@ -52,7 +61,7 @@ class MaskInfo:
 
 jax.tree_util.register_dataclass(
     MaskInfo, data_fields=["q_positions", "q_segments", "kv_positions", "kv_segments", "q_branches", "kv_branches"],
-    meta_fields=["self_attention", "plain_causal"])
+    meta_fields=["self_attention", "plain_causal", "row_layout"])
 
 
 # Below this many queries, attention against the cache is the reference einsum on the cache layout. A
@@ -115,37 +124,66 @@ def xla_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo, implementation: s
     return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask, implementation=implementation)
 
 
+# Query and key block of the splash kernel (all its forward and backward blocks): rows are padded up to a
+# multiple of it. 128 is the TPU's lane width, the smallest key block a computed mask allows.
+SPLASH_BLOCK = 128
+
+
 @functools.lru_cache(maxsize=16)
-def _splash_kernel(num_heads: int, seq_len: int, interpret: bool):
+def _splash_kernel(num_heads: int, seq_len: int, interpret: bool, layout: PackedRowLayout | None = None):
+    """The splash kernel for rows of seq_len tokens (a multiple of SPLASH_BLOCK): causal by index, or the
+    block pattern of `layout` (shared-prefix rows). Built (and its mask's tiles classified) once per key,
+    with concrete arrays even when first asked for inside a trace, so every later program can reuse it."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    block = min(128, seq_len)
-    mask = sm.MultiHeadMask([sm.CausalMask((seq_len, seq_len)) for _ in range(num_heads)])
+    if layout is None:
+        head_mask = sm.CausalMask((seq_len, seq_len))
+    else:
+        from envtune_jax.models.splash_masks import PackedRowMask
+        head_mask = PackedRowMask(layout, seq_len)
+    mask = sm.MultiHeadMask([head_mask] * num_heads)
+    block = SPLASH_BLOCK
     sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                           block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                           block_q_dq=block, block_kv_dq=block)
-    return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    with jax.ensure_compile_time_eval():  # its mask tables would otherwise be tracers of the first program
+        return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def splash_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo) -> jax.Array:
-    """TPU splash attention; causal by index plus segment ids (positions must rise with index)."""
+    """TPU splash attention with segment ids, and a static mask: causal by index (positions must rise with
+    index), or for shared-prefix rows (branch ids) the block pattern of mask_info.row_layout (rows must be
+    laid out as it says, as rl/prefix_packing.py lays them out). Returns [B, T, N, H] in q's dtype."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
     if not mask_info.self_attention:
         raise ValueError("splash attention supports self-attention only (no KV cache); use 'reference' or 'xla'")
-    if mask_info.q_branches is not None:
-        raise ValueError("splash attention has no mask for shared-prefix rows (a prompt shared by several "
-                         "continuations); use 'reference', 'chunked', 'xla' or 'cudnn', or two-level attention")
-    b, t, n, h = q_btnh.shape
+    layout = mask_info.row_layout
+    _, t, n, h = q_btnh.shape
+    if mask_info.q_branches is not None and layout is None:
+        raise ValueError("splash attention runs shared-prefix rows (branch ids) only with their static layout "
+                         "(MaskInfo.row_layout): its mask is fixed when the kernel is built, and branch ids are "
+                         "traced values; pass the rows' PackedRowLayout, or use 'reference', 'chunked', 'xla' "
+                         "or 'cudnn', or two-level attention")
+    if layout is not None and (mask_info.q_branches is None or t != layout.row_width):
+        raise ValueError(f"a row layout needs branch ids and rows of its width {layout.row_width} "
+                         f"(got {t} tokens{'' if mask_info.q_branches is not None else ', no branch ids'})")
+    width = -(-t // SPLASH_BLOCK) * SPLASH_BLOCK
+    kernel = _splash_kernel(n, width, jax.default_backend() != "tpu", layout)
     group = n // k_bskh.shape[2]
-    kernel = _splash_kernel(n, t, jax.default_backend() != "tpu")
-    q = jnp.swapaxes(q_btnh, 1, 2) * (h ** -0.5)  # [B, N, T, H]
-    k = jnp.repeat(jnp.swapaxes(k_bskh, 1, 2), group, axis=1)
-    v = jnp.repeat(jnp.swapaxes(v_bskh, 1, 2), group, axis=1)
-    segments = sk.SegmentIds(q=mask_info.q_segments, kv=mask_info.kv_segments)
-    out = jax.vmap(kernel)(q, k, v, segment_ids=segments)  # [B, N, T, H]
-    return jnp.swapaxes(out, 1, 2).astype(q_btnh.dtype)
+
+    def heads_first(x_btxh):  # [B, T, X, H] -> [B, X, width, H], padded with zeros
+        return jnp.pad(jnp.swapaxes(x_btxh, 1, 2), [(0, 0), (0, 0), (0, width - t), (0, 0)])
+
+    q = heads_first(q_btnh) * (h ** -0.5)  # [B, N, width, H]
+    k = jnp.repeat(heads_first(k_bskh), group, axis=1)
+    v = jnp.repeat(heads_first(v_bskh), group, axis=1)
+    pad_segments = [(0, 0), (0, width - t)]  # segment 0: padding sees only padding
+    segments = sk.SegmentIds(q=jnp.pad(mask_info.q_segments, pad_segments),
+                             kv=jnp.pad(mask_info.kv_segments, pad_segments))
+    out = jax.vmap(kernel)(q, k, v, segment_ids=segments)  # [B, N, width, H]
+    return jnp.swapaxes(out[:, :, :t], 1, 2).astype(q_btnh.dtype)
 
 
 def attend(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo, impl: str = "reference") -> jax.Array:

@@ -20,7 +20,8 @@ part run once for all samples of the group:
   group instead of G copies of the prompt) and its own block causally, merged by log-sum-exp.
   Query blocks of TWO_LEVEL_QUERY_BLOCK are rematerialised (memory bounded like "chunked").
   The same rows also run as one masked attention (MaskInfo with branch ids: any back-end that takes
-  a dense mask), which is the reference the two-level path is tested against.
+  a dense mask, and splash with the static mask of the rows' layout, models/row_layout.py), which
+  is the reference the two-level path is tested against.
 Softmaxes are fp32; a query with no visible key in a part gets lse = -inf there (weight 0).
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 from envtune_jax.models.attention import MaskInfo, reference_attention
 from envtune_jax.models import prefix_kernels
 from envtune_jax.models.prefix_parts import NEG_INF, lane_table, masked_softmax_lse, merge_partials, region_of
+from envtune_jax.models.row_layout import PackedRowLayout
 
 
 def _grouped(q_btnh: jax.Array, num_kv_heads: int) -> jax.Array:
@@ -140,24 +142,6 @@ def shared_prefix_attention_reference(q_btnh, prefix_k_rkph, prefix_v_rkph, pref
 
 
 # ---------------------------------------------------------------- training rows: prompt once, continuations after
-@dataclasses.dataclass(frozen=True)
-class PackedRowLayout:
-    """Where things sit in a shared-prefix training row: `groups` times [prompt block of `prompt_width`
-    tokens, then `branches` continuation blocks of `branch_width` tokens]. Static (part of the program)."""
-    groups: int  # groups per row
-    prompt_width: int  # P
-    branches: int  # G: continuation blocks per group
-    branch_width: int  # C
-
-    @property
-    def group_width(self) -> int:
-        return self.prompt_width + self.branches * self.branch_width
-
-    @property
-    def row_width(self) -> int:
-        return self.groups * self.group_width
-
-
 def _blocks(x_bt, layout: PackedRowLayout):
     """Splits [B, T, ...] rows into prompt blocks [B·n, P, ...] and continuation blocks [B·n, G, C, ...]."""
     b = x_bt.shape[0]
@@ -202,10 +186,16 @@ def two_level_packed_attention(q_btnh, k_btkh, v_btkh, info: MaskInfo, layout: P
 @dataclasses.dataclass
 class RowBranches:
     """What `Qwen3.hidden_states(..., branches=...)` takes for shared-prefix rows: each token's branch id
-    [B, T] (0 = its group's prompt, c ≥ 1 = continuation c) and, for the two-level path, the rows' layout
-    (None: one masked attention on the model's attention back-end)."""
+    [B, T] (0 = its group's prompt, c ≥ 1 = continuation c), the rows' static layout (every back-end but
+    splash can do without it: None), and whether attention runs two-level (needs the layout) or as one
+    masked attention on the model's attention back-end (splash runs the layout's static mask)."""
     branches_bt: jax.Array
     layout: PackedRowLayout | None = None
+    two_level: bool = False
+
+    def __post_init__(self):
+        if self.two_level and self.layout is None:
+            raise ValueError("two-level attention over shared-prefix rows needs the rows' layout")
 
 
-jax.tree_util.register_dataclass(RowBranches, data_fields=["branches_bt"], meta_fields=["layout"])
+jax.tree_util.register_dataclass(RowBranches, data_fields=["branches_bt"], meta_fields=["layout", "two_level"])

@@ -61,8 +61,9 @@ class Attention(nnx.Module):
                 segments_bt = jnp.ones(positions_bt.shape, jnp.int32)
             row_branches = None if branches is None else branches.branches_bt
             info = MaskInfo(positions_bt, segments_bt, positions_bt, segments_bt, self_attention=True,
-                            plain_causal=plain_causal, q_branches=row_branches, kv_branches=row_branches)
-            if branches is not None and branches.layout is not None:
+                            plain_causal=plain_causal, q_branches=row_branches, kv_branches=row_branches,
+                            row_layout=None if branches is None else branches.layout)
+            if branches is not None and branches.two_level:
                 out = two_level_packed_attention(q, k, v, info, branches.layout)
             else:
                 out = attend(q, k, v, info, self.impl)

@@ -11,9 +11,9 @@ prompt; samples that begin alike share more). Each token carries its position (a
 on from its prompt's length), its segment (group within the row; 0 = padding) and its branch (0 =
 prompt, c ≥ 1 = continuation c): a token attends a key of its segment at a position ≤ its own whose
 branch is 0 or its own. That mask runs as one masked attention on any back-end that takes a dense
-mask (reference / chunked / xla / cudnn: train_step.shared_prefix "mask"), or per block with a
-log-sum-exp merge ("two_level": prompt vs prompt, continuation vs its prompt, continuation vs itself;
-models/prefix_attention.py). Splash (TPU) has no such mask yet: it refuses these rows.
+mask (reference / chunked / xla / cudnn: train_step.shared_prefix "mask") or takes the static mask of the
+rows' layout (splash on TPU, models/row_layout.py), or per block with a log-sum-exp merge ("two_level":
+prompt vs prompt, continuation vs its prompt, continuation vs itself; models/prefix_attention.py).
 
 The loss side is per trajectory, as without sharing: B = M · R samples (M = n · G sample places per
 row; empty places are masked), sample s = m · R + r sitting in row r. That order survives the train
@@ -35,7 +35,8 @@ import numpy as np
 from flax import nnx
 
 from envtune_jax.models.generation.buckets import geometric_ladder, round_up
-from envtune_jax.models.prefix_attention import PackedRowLayout, RowBranches
+from envtune_jax.models.prefix_attention import RowBranches
+from envtune_jax.models.row_layout import PackedRowLayout
 from envtune_jax.rl.batch import K_BUCKETS, TrainBatch
 from envtune_jax.rl.logprobs import token_logprobs_and_entropy
 
@@ -152,7 +153,7 @@ def packed_sampled_logprobs(graphdef: nnx.GraphDef, params: nnx.State, rows: Pre
     """(logp_bk, entropy_bk) of each sample's sampled tokens, from one forward over the shared-prefix rows.
     Sample b reads row b mod R. Differentiable in `params`."""
     model = nnx.merge(graphdef, params)
-    branches = RowBranches(rows.branches_rt, rows.layout if rows.two_level else None)
+    branches = RowBranches(rows.branches_rt, rows.layout, rows.two_level)
     hidden_rtd, _ = model.hidden_states(rows.tokens_rt, rows.positions_rt, rows.segments_rt, branches=branches)
     row_b1 = (jnp.arange(target_index_bk.shape[0]) % rows.shape[0])[:, None]
     source_bk = jnp.asarray(rows.predecessors_rt)[row_b1, target_index_bk]

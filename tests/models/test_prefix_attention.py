@@ -3,15 +3,18 @@ keys, for decode and extends against prefix regions, the Pallas kernel path (int
 training rows (prompt once, continuations after) with their gradients."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from envtune_jax.models.attention import MaskInfo, attend
-from envtune_jax.models.prefix_attention import (PackedRowLayout, partial_attention, shared_prefix_attention,
-                                     shared_prefix_attention_reference, two_level_packed_attention)
+from envtune_jax.models.prefix_attention import (partial_attention, shared_prefix_attention,
+                                                 shared_prefix_attention_reference, two_level_packed_attention)
 from envtune_jax.models.prefix_parts import merge_partials
+from envtune_jax.models.row_layout import PackedRowLayout
 
 N, K, H = 4, 2, 16
 
@@ -114,28 +117,35 @@ def test_merge_of_partials_is_the_union_softmax_and_ignores_empty_parts():
 LAYOUT = PackedRowLayout(groups=2, prompt_width=8, branches=3, branch_width=5)
 
 
-def _packed_rows(seed=0):
-    """Two rows, two groups each; ragged prompts (8, 5 / 7, 3) and continuations (some empty, some full)."""
+# (layout, prompt lengths [row][group], continuation lengths [row][group][branch]) of two rows
+NARROW = (LAYOUT, ((8, 5), (7, 3)), (((5, 2, 4), (1, 0, 5)), ((3, 3, 3), (5, 5, 1))))
+# rows of 256 tokens (two splash blocks): a full prompt, a full continuation, and a group place left empty
+WIDE = (PackedRowLayout(groups=2, prompt_width=32, branches=3, branch_width=32), [[32, 19], [26, 0]],
+        [[[32, 2, 17], [1, 0, 30]], [[9, 32, 3], [0, 0, 0]]])
+
+
+def _packed_rows(seed=0, layout=NARROW[0], prompts=NARROW[1], conts=NARROW[2], with_layout=False):
+    """Two rows, two groups each; ragged prompts (8, 5 / 7, 3) and continuations (some empty, some full).
+    with_layout: the MaskInfo also carries the rows' static layout (what splash needs)."""
     rng = np.random.RandomState(seed)
-    rows, t = 2, LAYOUT.row_width
+    rows, t = 2, layout.row_width
     positions = np.zeros((rows, t), np.int32)
     segments = np.zeros((rows, t), np.int32)
     branches = np.zeros((rows, t), np.int32)
-    prompts = [[8, 5], [7, 3]]
-    conts = [[[5, 2, 4], [1, 0, 5]], [[3, 3, 3], [5, 5, 1]]]
     for row in range(rows):
-        for g in range(LAYOUT.groups):
-            base = g * LAYOUT.group_width
+        for g in range(layout.groups):
+            base = g * layout.group_width
             plen = prompts[row][g]
             positions[row, base:base + plen] = np.arange(plen)
             segments[row, base:base + plen] = g + 1
             for c, clen in enumerate(conts[row][g]):
-                start = base + LAYOUT.prompt_width + c * LAYOUT.branch_width
+                start = base + layout.prompt_width + c * layout.branch_width
                 positions[row, start:start + clen] = plen + np.arange(clen)
                 segments[row, start:start + clen] = g + 1
-                branches[row, start:start + LAYOUT.branch_width] = c + 1
+                branches[row, start:start + layout.branch_width] = c + 1
     info = MaskInfo(jnp.asarray(positions), jnp.asarray(segments), jnp.asarray(positions), jnp.asarray(segments),
-                    q_branches=jnp.asarray(branches), kv_branches=jnp.asarray(branches))
+                    q_branches=jnp.asarray(branches), kv_branches=jnp.asarray(branches),
+                    row_layout=layout if with_layout else None)
     q = jnp.asarray(rng.randn(rows, t, N, H), jnp.float32)
     k = jnp.asarray(rng.randn(rows, t, K, H), jnp.float32)
     v = jnp.asarray(rng.randn(rows, t, K, H), jnp.float32)
@@ -160,10 +170,68 @@ def test_backends_run_the_branch_mask(impl):
     np.testing.assert_allclose(np.asarray(attend(q, k, v, info, impl))[valid], want[valid], rtol=1e-5, atol=1e-5)
 
 
-def test_splash_refuses_branch_masks():
+@pytest.mark.parametrize("layout, prompts, conts", [NARROW, WIDE], ids=["narrow", "wide"])
+def test_row_layout_pattern_is_the_branch_mask_on_real_tokens(layout, prompts, conts):
+    """The layout's index pattern, with segment ids, is the (positions, segments, branches) mask for every real
+    query; the pattern continues past the row (padding to a kernel block) without reaching into it."""
+    _, _, _, info, valid = _packed_rows(0, layout, prompts, conts)
+    index = np.arange(layout.row_width)
+    segments = np.asarray(info.q_segments)
+    pattern = layout.visible(index[:, None], index[None, :])[None] & (segments[:, :, None] == segments[:, None, :])
+    dense = np.asarray(info.dense())
+    np.testing.assert_array_equal(pattern[valid], dense[valid])
+    assert pattern[~valid].any(axis=-1).all()  # a padding query sees at least itself (no empty softmax row)
+    wide = np.arange(layout.row_width + 128)
+    beyond = layout.visible(wide[:, None], wide[None, :])
+    assert not beyond[layout.row_width:, :layout.row_width].any()
+    np.testing.assert_array_equal(np.asarray(layout.visible(jnp.asarray(index[:, None]), jnp.asarray(index[None, :]))),
+                                  beyond[:layout.row_width, :layout.row_width])  # JAX arrays give the same
+
+
+def test_splash_refuses_branch_ids_without_the_row_layout():
     q, k, v, info, _ = _packed_rows()
-    with pytest.raises(ValueError, match="shared-prefix"):
+    with pytest.raises(ValueError, match="static layout"):
         attend(q, k, v, info, "splash")
+    other = PackedRowLayout(groups=1, prompt_width=8, branches=3, branch_width=5)
+    with pytest.raises(ValueError, match="width 23"):
+        attend(q, k, v, dataclasses.replace(info, row_layout=other), "splash")
+
+
+@pytest.mark.parametrize("layout, prompts, conts", [NARROW, WIDE], ids=["padded-to-a-block", "two-blocks"])
+def test_splash_runs_the_row_layout_mask_with_gradients(layout, prompts, conts):
+    """Splash (Pallas interpret mode) with the static mask of the rows' layout equals the reference masked
+    attention, outputs and gradients of q, k and v (fp32): rows of 46 tokens padded up to one 128-token
+    block, and rows of 256 tokens (two blocks per side, so whole tiles are skipped)."""
+    q, k, v, info, valid = _packed_rows(3, layout, prompts, conts, with_layout=True)
+    weights = jnp.asarray(np.random.RandomState(4).randn(*q.shape), jnp.float32) * jnp.asarray(valid)[..., None, None]
+
+    def loss(impl, q, k, v):
+        out = attend(q, k, v, info, impl)
+        return jnp.sum(out * weights), out
+
+    def grad(impl):
+        return jax.jit(jax.value_and_grad(lambda *a: loss(impl, *a), argnums=(0, 1, 2), has_aux=True))
+
+    try:
+        (_, got), got_grads = grad("splash")(q, k, v)
+    except NotImplementedError as exc:  # pragma: no cover - depends on the installed JAX
+        pytest.skip(f"Pallas TPU interpret mode unavailable in this JAX: {exc}")
+    (_, want), want_grads = grad("reference")(q, k, v)
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], rtol=1e-4, atol=1e-4)
+    for got_grad, want_grad in zip(got_grads, want_grads):
+        np.testing.assert_allclose(np.asarray(got_grad), np.asarray(want_grad), rtol=1e-4, atol=1e-4)
+
+
+def test_splash_kernel_computes_only_the_tiles_the_row_layout_keeps():
+    """One group per row, a prompt of two 128-token blocks and four continuations of one block: of the 6 x 6
+    tiles, the prompt keeps 1 + 2 and each continuation 3 (the prompt's two, its own), 15 in all (a causal
+    mask would keep 21); the kernel's forward grid holds at most 3 key tiles per query tile."""
+    from envtune_jax.models.attention import _splash_kernel
+
+    layout = PackedRowLayout(groups=1, prompt_width=256, branches=4, branch_width=128)
+    block_mask = np.asarray(_splash_kernel(N, layout.row_width, True, layout).fwd_mask_info.block_mask)
+    assert block_mask.shape[-2:] == (6, 3)
+    assert np.count_nonzero(block_mask) == 15
 
 
 @pytest.mark.parametrize("query_block", [512, 4])

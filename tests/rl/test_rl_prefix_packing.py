@@ -1,7 +1,7 @@
 """Shared-prefix train batches (a group's prompt once, its continuations after it): log-probs, loss and every
 gradient equal those of the unshared batch, with ragged continuations, several groups per row, both mask
-forms (one masked attention; two-level with a log-sum-exp merge) and micro-batches, through the Trainer's
-reference-model and recompute passes."""
+forms (one masked attention, also on splash; two-level with a log-sum-exp merge) and micro-batches, through
+the Trainer's reference-model and recompute passes."""
 from __future__ import annotations
 
 import dataclasses
@@ -77,9 +77,13 @@ def unshared(setup):
     return trajectories, plain, *_loss_fn(graphdef, plain, LOSS)(params)
 
 
-@pytest.mark.parametrize("two_level", [True, False])
-def test_logprobs_loss_and_gradients_equal_the_unshared_batch(setup, unshared, two_level):
+@pytest.mark.parametrize("two_level, attention", [(True, "reference"), (False, "reference"), (False, "splash")])
+def test_logprobs_loss_and_gradients_equal_the_unshared_batch(setup, unshared, two_level, attention):
+    """attention: the model's back-end for the one masked attention ("splash": the static mask of the rows'
+    layout, in Pallas interpret mode); the unshared batch always runs the reference."""
     graphdef, params = setup
+    if attention != "reference":
+        graphdef = nnx.split(init_model(dataclasses.replace(CFG, attention_impl=attention)), nnx.Param)[0]
     (tokens, masks, logprobs, advantages, groups), plain, (want, want_logp), want_grads = unshared
     shared = pack_shared_prefix(tokens, masks, logprobs, advantages, groups, groups_per_row=2, two_level=two_level)
     rows = shared.tokens_bt
@@ -101,26 +105,31 @@ def test_logprobs_loss_and_gradients_equal_the_unshared_batch(setup, unshared, t
 
 def test_trainer_step_with_reference_and_recompute_passes_matches(setup):
     """The whole step (KL to a reference, recomputed old log-probs, two micro-batches of rows): the same
-    loss, KL, entropy and gradient norm as the unshared batch in one micro-batch."""
+    loss, KL, entropy and gradient norm as the unshared batch in one micro-batch, two-level and as one
+    masked attention on splash (the rows' static mask; Pallas interpret mode)."""
     graphdef, params = setup
+    splash_graphdef = nnx.split(init_model(dataclasses.replace(CFG, attention_impl="splash")), nnx.Param)[0]
     tokens, masks, logprobs, advantages, groups = _trajectories(seed=1)
     ref_params = jax.tree.map(lambda x: x * 1.01, params)
     loss_cfg = LossConfig(kl_coef=0.1, loss_agg_mode="token-mean")
     base = TrainStepConfig(old_logprobs="recompute", logprob_chunk_t=16, logprob_chunk_v=40)
     metrics = {}
-    for name, mode, micro, batch in (
-            ("plain", "off", 0, pack_batch(tokens, masks, logprobs, advantages)),
+    for name, mode, micro, batch, model in (
+            ("plain", "off", 0, pack_batch(tokens, masks, logprobs, advantages), graphdef),
             ("shared", "two_level", 1, pack_shared_prefix(tokens, masks, logprobs, advantages, groups,
-                                                          groups_per_row=2, rows_multiple=1))):
-        trainer = Trainer(graphdef, loss_cfg, OptimizerConfig(learning_rate=1e-3),
+                                                          groups_per_row=2, rows_multiple=1), graphdef),
+            ("splash", "mask", 1, pack_shared_prefix(tokens, masks, logprobs, advantages, groups, groups_per_row=2,
+                                                     rows_multiple=1, two_level=False), splash_graphdef)):
+        trainer = Trainer(model, loss_cfg, OptimizerConfig(learning_rate=1e-3),
                           dataclasses.replace(base, micro_batch_size=micro, shared_prefix=mode))
         copy = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
         _, out = trainer.step(trainer.init(copy), ref_params, batch)
         metrics[name] = {k: float(v) for k, v in jax.device_get(out).items()}
     for key in ("loss", "kl", "entropy", "pg_loss", "grad_norm", "model_tokens", "sampler_logp_abs_diff",
                 "sampler_ratio_outside_clip"):
-        want, got = metrics["plain"][key], metrics["shared"][key]
-        assert abs(got - want) <= 1e-5 * max(abs(want), 1e-3), (key, got, want)
+        for name in ("shared", "splash"):
+            want, got = metrics["plain"][key], metrics[name][key]
+            assert abs(got - want) <= 1e-5 * max(abs(want), 1e-3), (name, key, got, want)
 
 
 def test_trainer_refuses_a_batch_of_the_other_packing(setup):
