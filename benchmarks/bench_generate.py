@@ -1,5 +1,6 @@
 """Generation benchmark as a plain script (same as `envtune bench generate`), for machines without the
 package installed: `python benchmarks/bench_generate.py --preset qwen3-4b --random-weights --batch 64`."""
+
 import sys
 from pathlib import Path
 

@@ -11,6 +11,7 @@ checkpointing, batch 8 x 2048, fwd+bwd without an optimizer), in the same device
 Compare tokens/s and model TFLOP/s (both 6·params·tokens/s) as ratios within one run; our step also
 applies AdamW, which the peer's does not.
 """
+
 import sys
 from pathlib import Path
 

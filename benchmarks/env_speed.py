@@ -21,6 +21,7 @@ official `multi_turn_checker` on the same 800 ground truths (`--official`), as a
 
 Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ def measure_episodes(limit_s: float | None) -> dict[str, float]:
 
     config = dataclasses.replace(EnvironmentConfig.evaluation(), call_time_limit_s=limit_s)
     entries = load_entries()
-    prepared = [(entry, [ground_truth_tool_calls(t, entry.involved_classes) for t in entry.ground_truth])
-                for entry in entries]
+    prepared = [
+        (entry, [ground_truth_tool_calls(t, entry.involved_classes) for t in entry.ground_truth]) for entry in entries
+    ]
     steps = calls = 0
     started = time.perf_counter()
     for entry, turns in prepared:
@@ -149,8 +151,12 @@ def _run_configuration(source_root: Path, limit_s: float | None) -> dict[str, fl
 
 def _export_revision(revision: str, into: Path) -> str:
     """Writes the files of `revision` into `into`; returns its commit id."""
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{revision}^{{commit}}"],
-                            check=True, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return commit
@@ -159,11 +165,15 @@ def _export_revision(revision: str, into: Path) -> str:
 def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
     steps_per_s = statistics.median(r["steps"] / r["seconds"] for r in runs)
     calls_per_s = statistics.median(r["calls"] / r["seconds"] for r in runs)
-    summary = {"steps_per_s": round(steps_per_s, 1), "calls_per_s": round(calls_per_s, 1),
-               "us_per_step": round(1e6 / steps_per_s, 1), "us_per_call": round(1e6 / calls_per_s, 1),
-               "replay_800_s": round(statistics.median(r["replay_800_s"] for r in runs), 3),
-               "single_call_step_us_median": round(1e6 * statistics.median(r["single_call_median_s"] for r in runs), 1),
-               "single_call_step_us_mean": round(1e6 * statistics.median(r["single_call_mean_s"] for r in runs), 1)}
+    summary = {
+        "steps_per_s": round(steps_per_s, 1),
+        "calls_per_s": round(calls_per_s, 1),
+        "us_per_step": round(1e6 / steps_per_s, 1),
+        "us_per_call": round(1e6 / calls_per_s, 1),
+        "replay_800_s": round(statistics.median(r["replay_800_s"] for r in runs), 3),
+        "single_call_step_us_median": round(1e6 * statistics.median(r["single_call_median_s"] for r in runs), 1),
+        "single_call_step_us_mean": round(1e6 * statistics.median(r["single_call_mean_s"] for r in runs), 1),
+    }
     round_trips = [r["round_trip_s"] for r in runs if r.get("round_trip_s") is not None]
     if round_trips:
         summary["tool_process_round_trip_us"] = round(1e6 * statistics.median(round_trips), 1)
@@ -172,8 +182,9 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def _this_tree() -> str:
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
     return head + ("+changes" if dirty else "")
 
 
@@ -191,9 +202,16 @@ def main() -> None:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     with tempfile.TemporaryDirectory(prefix="env_speed_baseline_") as baseline_dir:
         configurations = {"current": (REPO, 5.0), "current_in_process": (REPO, None)}
-        record: dict = {"benchmark": "env_speed", "entries": 800, "date": datetime.date.today().isoformat(),
-                        "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-                        "current_revision": _this_tree(), "rounds": args.rounds}
+        record: dict = {
+            "benchmark": "env_speed",
+            "entries": 800,
+            "date": datetime.date.today().isoformat(),
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "current_revision": _this_tree(),
+            "rounds": args.rounds,
+        }
         if args.baseline:
             record["baseline_revision"] = f"{args.baseline} ({_export_revision(args.baseline, Path(baseline_dir))})"
             configurations["baseline"] = (Path(baseline_dir), 5.0)
@@ -209,9 +227,11 @@ def main() -> None:
         record["limit_cost_us_per_call"] = round(current["us_per_call"] - baseline["us_per_call"], 1)
         record["limit_cost_us_per_step"] = round(current["us_per_step"] - baseline["us_per_step"], 1)
         record["limit_cost_us_per_single_call_median"] = round(
-            current["single_call_step_us_median"] - baseline["single_call_step_us_median"], 1)
-    record["current_over_in_process"] = round(results["current"]["steps_per_s"]
-                                              / results["current_in_process"]["steps_per_s"], 3)
+            current["single_call_step_us_median"] - baseline["single_call_step_us_median"], 1
+        )
+    record["current_over_in_process"] = round(
+        results["current"]["steps_per_s"] / results["current_in_process"]["steps_per_s"], 3
+    )
     if args.official:
         os.environ.setdefault("BFCL_PROJECT_ROOT", str(REPO / ".bfcl_project_root"))
         record["official_checker_800_s"] = round(measure_official_checker(), 3)

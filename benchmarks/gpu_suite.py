@@ -23,6 +23,7 @@ have no result yet in those results (default: the calls this machine ran before,
 failed steps too with `--retry-failed`. `--tiny` runs the same plan at tiny shapes on any machine
 (the test suite's dry run, on CPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,8 +91,9 @@ class Log:
 def run_process(argv: list[str], env: dict, timeout_s: float, log: Log) -> tuple[int | str, str]:
     """(exit code or "timeout", stdout + stderr) of one process, streamed into the log as it runs."""
     log.written = 0
-    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               errors="replace")
+    process = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
     lines: list[str] = []
 
     def pump():
@@ -115,8 +117,13 @@ def run_step(step: Step, state_dir: Path, deadline: float, log: Log, succeeded=f
     """Runs the step's variants until one succeeds; returns its records (or why it failed or was skipped).
 
     `succeeded`: the steps that have succeeded so far (this call, or earlier on this machine)."""
-    tag = {"step": step.name, "group": step.group, "source": step.source, "expect_s": step.expect_s,
-           "limit_s": step.limit_s}
+    tag = {
+        "step": step.name,
+        "group": step.group,
+        "source": step.source,
+        "expect_s": step.expect_s,
+        "limit_s": step.limit_s,
+    }
     if step.skip_reason:
         return [{**tag, "status": "skipped", "reason": step.skip_reason}]
     unmet = [name for name in step.requires if name not in succeeded]
@@ -134,16 +141,30 @@ def run_step(step: Step, state_dir: Path, deadline: float, log: Log, succeeded=f
     for index, argv in enumerate(step.variants):
         left = deadline - time.monotonic()
         if left - DEADLINE_MARGIN_S < step.expect_s:
-            return [{**tag, "status": "skipped", "resumable": True, "failures": failures,
-                     "reason": f"needs ~{step.expect_s:.0f} s, {max(left, 0):.0f} s left in this call"}]
+            return [
+                {
+                    **tag,
+                    "status": "skipped",
+                    "resumable": True,
+                    "failures": failures,
+                    "reason": f"needs ~{step.expect_s:.0f} s, {max(left, 0):.0f} s left in this call",
+                }
+            ]
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_PYTHON_CLIENT_MEM_FRACTION": MEM_FRACTION,
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               "OUT": str(folder), **step.env}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "XLA_PYTHON_CLIENT_MEM_FRACTION": MEM_FRACTION,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "OUT": str(folder),
+            **step.env,
+        }
         cut_by_deadline = left - DEADLINE_MARGIN_S < step.limit_s
-        log.line(f"[suite] {step.name} (variant {index}, planned {step.expect_s:.0f} s, "
-                 f"limit {min(step.limit_s, left - DEADLINE_MARGIN_S):.0f} s): {' '.join(argv[1:])}")
+        log.line(
+            f"[suite] {step.name} (variant {index}, planned {step.expect_s:.0f} s, "
+            f"limit {min(step.limit_s, left - DEADLINE_MARGIN_S):.0f} s): {' '.join(argv[1:])}"
+        )
         start = time.monotonic()
         code, output = run_process(argv, env, min(step.limit_s, left - DEADLINE_MARGIN_S), log)
         seconds = time.monotonic() - start
@@ -156,12 +177,21 @@ def run_step(step: Step, state_dir: Path, deadline: float, log: Log, succeeded=f
         if code == 0 and records:
             variant = {"variant": index, "argv": argv[1:], "seconds": seconds, "failures": failures}
             return [{**tag, **variant, "status": "ok", **record} for record in records]
-        failures.append({"variant": index, "argv": argv[1:], "returncode": code, "seconds": seconds,
-                         "output_tail": output[-1500:], "records": records})
+        failures.append(
+            {
+                "variant": index,
+                "argv": argv[1:],
+                "returncode": code,
+                "seconds": seconds,
+                "output_tail": output[-1500:],
+                "records": records,
+            }
+        )
     partial = failures[-1]["records"] if failures else []
     resumable = {"resumable": True} if failures and failures[-1]["returncode"] == "deadline" else {}
-    return [{**tag, "status": "failed", **resumable, "failures": failures}] + \
-        [{**tag, "status": "partial", **record} for record in partial]
+    return [{**tag, "status": "failed", **resumable, "failures": failures}] + [
+        {**tag, "status": "partial", **record} for record in partial
+    ]
 
 
 def load_records(paths) -> list[dict]:
@@ -198,20 +228,38 @@ def main(argv=None) -> int:
     choice.add_argument("--preset", choices=sorted(PRESETS), help="a named list of groups")
     choice.add_argument("--groups", help=f"comma-separated, from {', '.join(GROUPS)}")
     parser.add_argument("--only", default=None, metavar="STEP,...", help="run only these steps (names or groups)")
-    parser.add_argument("--resume", nargs="*", default=None, metavar="RESULTS.jsonl",
-                        help="skip the steps these earlier results hold (no file: the earlier calls on this machine)")
+    parser.add_argument(
+        "--resume",
+        nargs="*",
+        default=None,
+        metavar="RESULTS.jsonl",
+        help="skip the steps these earlier results hold (no file: the earlier calls on this machine)",
+    )
     parser.add_argument("--retry-failed", action="store_true", help="with --resume, run failed steps again too")
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out"), help="results folder (default $OUT)")
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help="this machine's scratch and call history (default $ENVTUNE_SUITE_STATE or %(default)s)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="this machine's scratch and call history (default $ENVTUNE_SUITE_STATE or %(default)s)",
+    )
     parser.add_argument("--peers", default=str(REPO / ".peers"), help="folder holding the peer scripts")
     parser.add_argument("--commit", default=None, help="the commit measured (default: git HEAD, else .peers/COMMIT)")
     parser.add_argument("--budget-s", type=float, default=510, help="no step runs past this many seconds")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on any machine (CPU dry run)")
-    parser.add_argument("--generate-shapes", default=None, metavar="BxPxN,...",
-                        help="generate group shapes (default: 1x512x128,64x512x256,256x512x128)")
-    parser.add_argument("--rollout-override", action="append", default=[], metavar="key=value",
-                        help="extra recipe override for the rollout group (repeatable)")
+    parser.add_argument(
+        "--generate-shapes",
+        default=None,
+        metavar="BxPxN,...",
+        help="generate group shapes (default: 1x512x128,64x512x256,256x512x128)",
+    )
+    parser.add_argument(
+        "--rollout-override",
+        action="append",
+        default=[],
+        metavar="key=value",
+        help="extra recipe override for the rollout group (repeatable)",
+    )
     args = parser.parse_args(argv)
     groups = list(PRESETS[args.preset]) if args.preset else [g for g in (args.groups or "").split(",") if g]
     unknown = sorted(set(groups) - set(GROUPS))
@@ -226,8 +274,9 @@ def main(argv=None) -> int:
         if not shapes or any(len(shape) != 3 for shape in shapes):
             parser.error(f"--generate-shapes {args.generate_shapes!r}: expected BxPxN[,BxPxN...]")
     history = args.state_dir / "calls"
-    earlier_files = (sorted(history.glob("*.jsonl")) if history.is_dir() else []) if args.resume == [] else \
-        (args.resume or [])
+    earlier_files = (
+        (sorted(history.glob("*.jsonl")) if history.is_dir() else []) if args.resume == [] else (args.resume or [])
+    )
     missing = [str(p) for p in earlier_files if not Path(p).is_file()]
     if missing:
         parser.error(f"--resume: no such file(s): {', '.join(missing)}")
@@ -239,22 +288,42 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     history.mkdir(parents=True, exist_ok=True)
     call = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    steps = plan(groups, args.tiny, Path(args.peers), args.state_dir, args.rollout_override, shapes,
-                 shared_prefix_option() if "shared-prefix" in groups else None)
+    steps = plan(
+        groups,
+        args.tiny,
+        Path(args.peers),
+        args.state_dir,
+        args.rollout_override,
+        shapes,
+        shared_prefix_option() if "shared-prefix" in groups else None,
+    )
     if args.only:
         names = {n.strip() for n in args.only.split(",") if n.strip()}
         unknown = names - {s.name for s in steps} - set(groups)
         if unknown:
-            parser.error(f"--only: no step or group {sorted(unknown)} in this plan; steps: "
-                         f"{', '.join(s.name for s in steps)}")
+            parser.error(
+                f"--only: no step or group {sorted(unknown)} in this plan; steps: {', '.join(s.name for s in steps)}"
+            )
         steps = [s for s in steps if s.name in names or s.group in names]
     steps, succeeded = steps_to_run(steps, earlier, args.retry_failed) if args.resume is not None else (steps, set())
-    meta = {"step": "meta", "group": "meta", "source": "suite", "status": "ok", "call": call, "groups": groups,
-            "preset": args.preset, "tiny": args.tiny, "budget_s": args.budget_s,
-            "resumed_from": [str(p) for p in earlier_files] if args.resume is not None else None,
-            "planned": [s.name for s in steps], "commit": args.commit or _git_commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "python": sys.version.split()[0],
-            "gpu": _gpu_name(), **_versions()}
+    meta = {
+        "step": "meta",
+        "group": "meta",
+        "source": "suite",
+        "status": "ok",
+        "call": call,
+        "groups": groups,
+        "preset": args.preset,
+        "tiny": args.tiny,
+        "budget_s": args.budget_s,
+        "resumed_from": [str(p) for p in earlier_files] if args.resume is not None else None,
+        "planned": [s.name for s in steps],
+        "commit": args.commit or _git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "python": sys.version.split()[0],
+        "gpu": _gpu_name(),
+        **_versions(),
+    }
     records = [meta]
     log = Log(out / "suite.log")
     log.line(f"[suite] call {call}: {len(steps)} steps in {args.budget_s:.0f} s: {', '.join(s.name for s in steps)}")
@@ -270,8 +339,10 @@ def main(argv=None) -> int:
         if any(r["status"] == "ok" for r in results):
             succeeded.add(step.name)
         status = results[0]["status"]
-        log.line(f"[suite {time.monotonic() - start:4.0f} s] {step.name}: {status}"
-                 + (f" ({results[0]['reason']})" if results[0].get("reason") else ""))
+        log.line(
+            f"[suite {time.monotonic() - start:4.0f} s] {step.name}: {status}"
+            + (f" ({results[0]['reason']})" if results[0].get("reason") else "")
+        )
         records.extend(results)
         save()
     from results_table import render
@@ -284,8 +355,13 @@ def main(argv=None) -> int:
 def _git_commit() -> str | None:
     """HEAD, or on the device (whose copy of the tree has no .git) the commit `make gpu-bundle` wrote."""
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=10"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=10"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         written = REPO / ".peers" / "COMMIT"
         return written.read_text().strip() + " (as bundled)" if written.is_file() else None
@@ -294,8 +370,12 @@ def _git_commit() -> str | None:
 def _gpu_name() -> str | None:
     """The GPU as nvidia-smi names it (the suite itself never starts JAX or PyTorch on the device)."""
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20)
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() or None if done.returncode == 0 else None

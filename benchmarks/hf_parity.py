@@ -12,7 +12,8 @@ computes the logits [B, P + N, V] of prompt + continuation in bf16 and again wit
 in float32 (the precise reference). Everything lands in DIR; DIR/reference.json is written last, and
 a later `hf` run with the same shapes reuses what is there instead of writing it again.
 
-`ours` loads DIR/checkpoint with the model loader (inference: bf16 weights and compute) and reports, for each `--attention`:
+`ours` loads DIR/checkpoint with the model loader (inference: bf16 weights and compute) and reports, for each
+`--attention`:
 - the relative error ‖ours − ref‖ / ‖ref‖ of its logits against transformers' bf16 and float32
   logits, beside transformers' own bf16 error against float32 (the noise bf16 brings);
 - top-1 agreement (argmax over the vocabulary, every position) with each;
@@ -24,6 +25,7 @@ whether that position was a near-tie (the two tokens' float32 logits closer than
 difference between transformers' bf16 and float32 logits there): `greedy_ok` when every row is
 identical or first differs at a near-tie. One JSON line per attention, then one for greedy decoding.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,11 +60,18 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
 
 def identity(args) -> dict:
     """What the reference in DIR must have been made from to be reused."""
-    return {"preset": args.preset, "model_config": sorted(args.model_config), "batch": args.batch,
-            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "seed": args.seed}
+    return {
+        "preset": args.preset,
+        "model_config": sorted(args.model_config),
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "seed": args.seed,
+    }
 
 
 # ---- transformers' side ------------------------------------------------------------------------------------------
+
 
 def write_reference(args) -> int:
     marker = args.dir / REFERENCE
@@ -105,12 +114,18 @@ def write_reference(args) -> int:
     model.generation_config.bos_token_id = None
     start = time.perf_counter()
     with torch.no_grad():
-        sequences_bt = model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-                                      max_new_tokens=args.new_tokens, pad_token_id=0)
+        sequences_bt = model.generate(
+            prompts,
+            attention_mask=torch.ones_like(prompts),
+            do_sample=False,
+            max_new_tokens=args.new_tokens,
+            pad_token_id=0,
+        )
     generate_s = time.perf_counter() - start
     if sequences_bt.shape[1] != args.prompt_len + args.new_tokens:
-        raise RuntimeError(f"transformers generated {sequences_bt.shape[1] - args.prompt_len} tokens, "
-                           f"not {args.new_tokens}")
+        raise RuntimeError(
+            f"transformers generated {sequences_bt.shape[1] - args.prompt_len} tokens, not {args.new_tokens}"
+        )
     with torch.no_grad():
         bf16_btv = model(sequences_bt).logits.float().cpu().numpy()
         model = model.float()
@@ -118,17 +133,27 @@ def write_reference(args) -> int:
     np.save(args.dir / "tokens.npy", sequences_bt.cpu().numpy().astype(np.int32))
     np.save(args.dir / "hf_bf16_logits.npy", bf16_btv)
     np.save(args.dir / "hf_fp32_logits.npy", fp32_btv)
-    record = {"what": "hf_reference", "device": device, "torch": torch.__version__,
-              "transformers": transformers.__version__, "params": sum(p.numel() for p in model.parameters()),
-              "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-              "build_s": built_s, "save_s": saved_s, "generate_s": generate_s,
-              "checkpoint_bytes": sum(f.stat().st_size for f in (args.dir / "checkpoint").iterdir())}
+    record = {
+        "what": "hf_reference",
+        "device": device,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "params": sum(p.numel() for p in model.parameters()),
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "build_s": built_s,
+        "save_s": saved_s,
+        "generate_s": generate_s,
+        "checkpoint_bytes": sum(f.stat().st_size for f in (args.dir / "checkpoint").iterdir()),
+    }
     marker.write_text(json.dumps({"identity": identity(args), "record": record}))  # last: the reference is whole
     emit(**record, reused=False)
     return 0
 
 
 # ---- our side ----------------------------------------------------------------------------------------------------
+
 
 def rel_err(ours, ref) -> float:
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
@@ -149,9 +174,11 @@ def logits_report(ours_btv, bf16_btv, fp32_btv) -> dict:
         "hf_bf16_top1_vs_fp32": top1_agreement(bf16_btv, fp32_btv),
         "max_abs_err_vs_hf_fp32": float(np.max(np.abs(np.asarray(ours_btv, np.float64) - fp32_btv))),
     }
-    report["logits_ok"] = bool(np.isfinite(ours_btv).all()
-                               and report["rel_err_vs_hf_fp32"] <= ERROR_RATIO * report["hf_bf16_rel_err_vs_fp32"]
-                               and report["top1_vs_hf_fp32"] >= report["hf_bf16_top1_vs_fp32"] - TOP1_SLACK)
+    report["logits_ok"] = bool(
+        np.isfinite(ours_btv).all()
+        and report["rel_err_vs_hf_fp32"] <= ERROR_RATIO * report["hf_bf16_rel_err_vs_fp32"]
+        and report["top1_vs_hf_fp32"] >= report["hf_bf16_top1_vs_fp32"] - TOP1_SLACK
+    )
     return report
 
 
@@ -167,12 +194,24 @@ def greedy_report(ours_bn, hf_bn, bf16_btv, fp32_btv, prompt_len: int) -> dict:
         position = prompt_len + d - 1  # the logits that chose token d
         margin = float(fp32_btv[b, position, hf_n[d]] - fp32_btv[b, position, ours_n[d]])
         noise = float(np.sqrt(np.mean((bf16_btv[b, position] - fp32_btv[b, position]) ** 2)))
-        rows.append({"first_difference": d, "hf_token": int(hf_n[d]), "our_token": int(ours_n[d]),
-                     "fp32_margin": margin, "bf16_noise_rms": noise,
-                     "near_tie": abs(margin) <= NEAR_TIE_NOISE * noise})
+        rows.append(
+            {
+                "first_difference": d,
+                "hf_token": int(hf_n[d]),
+                "our_token": int(ours_n[d]),
+                "fp32_margin": margin,
+                "bf16_noise_rms": noise,
+                "near_tie": abs(margin) <= NEAR_TIE_NOISE * noise,
+            }
+        )
     identical = sum(r["first_difference"] == len(hf_bn[0]) for r in rows)
-    return {"rows": rows, "rows_identical": identical, "tokens_equal": int((ours_bn == hf_bn).sum()),
-            "tokens": int(hf_bn.size), "greedy_ok": all(r.get("near_tie", True) for r in rows)}
+    return {
+        "rows": rows,
+        "rows_identical": identical,
+        "tokens_equal": int((ours_bn == hf_bn).sum()),
+        "tokens": int(hf_bn.size),
+        "greedy_ok": all(r.get("near_tie", True) for r in rows),
+    }
 
 
 def with_runtime(model, **changes):
@@ -200,17 +239,28 @@ def check_ours(args) -> int:
 
     attentions = [a for a in args.attention.split(",") if a]
     start = time.perf_counter()
-    model = load_model(use="inference", hf=args.dir / "checkpoint", attention_impl=attentions[0],
-                       decode_attention=args.decode_attention, progress=False).model  # bfloat16, as served
+    model = load_model(
+        use="inference",
+        hf=args.dir / "checkpoint",
+        attention_impl=attentions[0],
+        decode_attention=args.decode_attention,
+        progress=False,
+    ).model  # bfloat16, as served
     jax.block_until_ready(nnx.state(model))
     load_s = time.perf_counter() - start
     tokens_bt = np.load(args.dir / "tokens.npy")
     bf16_btv = np.load(args.dir / "hf_bf16_logits.npy", mmap_mode="r")
     fp32_btv = np.load(args.dir / "hf_fp32_logits.npy", mmap_mode="r")
     device = jax.devices()[0]
-    common = {"batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-              "params": model.config.num_params, "jax": jax.__version__, "device_kind": device.device_kind,
-              "load_s": load_s}
+    common = {
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "params": model.config.num_params,
+        "jax": jax.__version__,
+        "device_kind": device.device_kind,
+        "load_s": load_s,
+    }
     forward = nnx.jit(lambda m, t: m(t))
     failed = []
     for attention in attentions:
@@ -219,21 +269,34 @@ def check_ours(args) -> int:
             start = time.perf_counter()
             ours_btv = np.asarray(forward(variant, tokens_bt))
             seconds = time.perf_counter() - start
-            emit(what="parity_logits", attention=attention, first_call_s=seconds, **common,
-                 **logits_report(ours_btv, bf16_btv, fp32_btv))
+            emit(
+                what="parity_logits",
+                attention=attention,
+                first_call_s=seconds,
+                **common,
+                **logits_report(ours_btv, bf16_btv, fp32_btv),
+            )
             del ours_btv
         except Exception as exc:  # noqa: BLE001 - the next attention, and greedy decoding, still run
             emit(what="parity_logits", attention=attention, error=f"{type(exc).__name__}: {exc}"[:2000], **common)
             failed.append(attention)
-    engine = GenerationEngine(model, batch_size=args.batch, max_cache_len=args.prompt_len + args.new_tokens,
-                              cache_dtype="bfloat16")
+    engine = GenerationEngine(
+        model, batch_size=args.batch, max_cache_len=args.prompt_len + args.new_tokens, cache_dtype="bfloat16"
+    )
     start = time.perf_counter()
-    result = engine.generate(tokens_bt[:, :args.prompt_len].tolist(),
-                             SamplingParams(greedy=True, max_new_tokens=args.new_tokens, stop_token_ids=()))
+    result = engine.generate(
+        tokens_bt[:, : args.prompt_len].tolist(),
+        SamplingParams(greedy=True, max_new_tokens=args.new_tokens, stop_token_ids=()),
+    )
     greedy_s = time.perf_counter() - start
-    emit(what="parity_greedy", attention=attentions[0], decode_attention=args.decode_attention,
-         first_call_s=greedy_s, **common,
-         **greedy_report(result.tokens, tokens_bt[:, args.prompt_len:], bf16_btv, fp32_btv, args.prompt_len))
+    emit(
+        what="parity_greedy",
+        attention=attentions[0],
+        decode_attention=args.decode_attention,
+        first_call_s=greedy_s,
+        **common,
+        **greedy_report(result.tokens, tokens_bt[:, args.prompt_len :], bf16_btv, fp32_btv, args.prompt_len),
+    )
     return 1 if failed else 0
 
 

@@ -14,6 +14,7 @@ peers' figures quoted in docs/benchmarks-gpu.md were:
 Each part frees what it allocated; a part that fails prints {"what": ..., "error": ...} and the
 others still run (exit status 1 at the end).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,8 @@ def hf_config(preset: str, changes: list[str]):
     import transformers
 
     from envtune_jax.bench.generate import model_config_changes
-    from envtune_jax.models.config import preset as our_preset, to_hf_dict
+    from envtune_jax.models.config import preset as our_preset
+    from envtune_jax.models.config import to_hf_dict
 
     config = transformers.Qwen3Config(**to_hf_dict(our_preset(preset, **model_config_changes(changes))))
     config._attn_implementation = "sdpa"
@@ -80,9 +82,16 @@ def prefill(model, n_params, device, vocab, batch, length, repeats):
             model(tokens_bt, use_cache=False, logits_to_keep=1)
         synchronize(device)
     seconds = (time.perf_counter() - start) / repeats
-    emit(what="hf_prefill", batch=batch, seq=length, tok_s=batch * length / seconds,
-         tflops=2 * n_params * batch * length / seconds / 1e12, seconds=seconds, repeats=repeats,
-         peak_mem_gb=peak_gb(device))
+    emit(
+        what="hf_prefill",
+        batch=batch,
+        seq=length,
+        tok_s=batch * length / seconds,
+        tflops=2 * n_params * batch * length / seconds / 1e12,
+        seconds=seconds,
+        repeats=repeats,
+        peak_mem_gb=peak_gb(device),
+    )
 
 
 def train(model, n_params, device, vocab, batch, length, repeats):
@@ -103,9 +112,16 @@ def train(model, n_params, device, vocab, batch, length, repeats):
         model.gradient_checkpointing_disable()
         model.eval()
     seconds = (time.perf_counter() - start) / repeats
-    emit(what="hf_train_fwd_bwd_remat", batch=batch, seq=length, tok_s=batch * length / seconds,
-         model_tflops=6 * n_params * batch * length / seconds / 1e12, seconds=seconds, repeats=repeats,
-         peak_mem_gb=peak_gb(device))
+    emit(
+        what="hf_train_fwd_bwd_remat",
+        batch=batch,
+        seq=length,
+        tok_s=batch * length / seconds,
+        model_tflops=6 * n_params * batch * length / seconds / 1e12,
+        seconds=seconds,
+        repeats=repeats,
+        peak_mem_gb=peak_gb(device),
+    )
 
 
 def generate(model, device, vocab, batch, prompt_len, new_tokens):
@@ -121,8 +137,15 @@ def generate(model, device, vocab, batch, prompt_len, new_tokens):
         out = model.generate(tokens_bt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **options)
         synchronize(device)
     seconds = time.perf_counter() - start
-    emit(what="hf_generate", batch=batch, prompt=prompt_len, new=new_tokens, out_tok_s=batch * new_tokens / seconds,
-         s=seconds, got=int(out.shape[1] - prompt_len))
+    emit(
+        what="hf_generate",
+        batch=batch,
+        prompt=prompt_len,
+        new=new_tokens,
+        out_tok_s=batch * new_tokens / seconds,
+        s=seconds,
+        got=int(out.shape[1] - prompt_len),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,9 +174,15 @@ def main(argv=None) -> int:
     config = hf_config(args.preset, args.model_config)
     model, n_params = build(config, device)
     synchronize(device)
-    emit(what="hf_versions", torch=torch.__version__, transformers=transformers.__version__, device=device,
-         gpu=torch.cuda.get_device_name(0) if device == "cuda" else None, params=n_params,
-         build_s=time.perf_counter() - start)
+    emit(
+        what="hf_versions",
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        device=device,
+        gpu=torch.cuda.get_device_name(0) if device == "cuda" else None,
+        params=n_params,
+        build_s=time.perf_counter() - start,
+    )
     failed = []
     for part in parts:
         try:

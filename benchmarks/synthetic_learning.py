@@ -1,4 +1,5 @@
-"""The learning curve of the synthetic run and the paper's ablation in miniature (docs/training.md: Synthetic learning run).
+"""The learning curve of the synthetic run and the paper's ablation in miniature (docs/training.md: Synthetic
+learning run).
 
 Per seed: one warm-up (rl/synthetic_run.warm_up) of the synthetic recipe (configs/synthetic/), then GRPO
 from the same warmed-up weights, with the same task draws and sampling keys, in four environments:
@@ -11,8 +12,10 @@ hints/format feedback on or off × progress or binary (all-turns-right) reward. 
 and prints one JSON summary line (per variant and seed: R_P at iterations 0/5/10, mean R_P, the first
 iteration that starts a 3-iteration window averaging ≥ 0.8; means over seeds; wall times).
 
-    python benchmarks/synthetic_learning.py --out docs/synthetic [--seeds 0,1,2] [--steps 40] [--variants default,no_hints]
+    python benchmarks/synthetic_learning.py --out docs/synthetic [--seeds 0,1,2] [--steps 40] \
+        [--variants default,no_hints]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,22 +28,33 @@ from envtune_jax.rl.synthetic_run import grpo, load_synthetic_recipe, warm_up
 
 # Overrides of the synthetic recipe (configs/synthetic/learning_run.yaml); "no hints" also turns format
 # feedback and the empty-turn warning off (EnvironmentConfig.training(augmented=False))
-NO_HINTS = ["stage.environment.hints=false", "stage.environment.format_feedback=false",
-            "stage.environment.empty_turn_warning=false"]
+NO_HINTS = [
+    "stage.environment.hints=false",
+    "stage.environment.format_feedback=false",
+    "stage.environment.empty_turn_warning=false",
+]
 VARIANTS = {
     "default": [],  # the paper's stage 2-3 setting: hints, format feedback, progress reward
     "no_hints": NO_HINTS,
     "binary_reward": ["stage.environment.reward=binary"],
     "no_hints_binary_reward": [*NO_HINTS, "stage.environment.reward=binary"],
 }
-KEPT_METRICS = ("reward_mean", "progress_reward_mean", "accuracy", "entropy", "per_episode/format_errors",
-                "per_episode/hints", "per_episode/steps", "step_s")
+KEPT_METRICS = (
+    "reward_mean",
+    "progress_reward_mean",
+    "accuracy",
+    "entropy",
+    "per_episode/format_errors",
+    "per_episode/hints",
+    "per_episode/steps",
+    "step_s",
+)
 
 
 def first_window_reaching(values: list[float], level: float = 0.8, window: int = 3) -> int | None:
     """First index i with mean(values[i:i+window]) >= level (None if no full window does)."""
     for i in range(len(values) - window + 1):
-        if sum(values[i:i + window]) / window >= level:
+        if sum(values[i : i + window]) / window >= level:
             return i
     return None
 
@@ -48,8 +62,12 @@ def first_window_reaching(values: list[float], level: float = 0.8, window: int =
 def curve_summary(curve: list[float]) -> dict:
     """The figures docs/training.md's ablation table shows for one run."""
     at = {f"at_{i}": round(curve[i], 3) for i in (0, 5, 10) if i < len(curve)}
-    return {**at, "mean": round(sum(curve) / len(curve), 3), "last3": round(sum(curve[-3:]) / len(curve[-3:]), 3),
-            "first_window_0.8": first_window_reaching(curve)}
+    return {
+        **at,
+        "mean": round(sum(curve) / len(curve), 3),
+        "last3": round(sum(curve[-3:]) / len(curve[-3:]), 3),
+        "first_window_0.8": first_window_reaching(curve),
+    }
 
 
 def plot(curves: dict[str, list[list[float]]], path: Path, title: str) -> bool:
@@ -65,10 +83,15 @@ def plot(curves: dict[str, list[list[float]]], path: Path, title: str) -> bool:
     for name, runs in curves.items():
         steps = range(min(len(run) for run in runs))
         mean = [sum(run[i] for run in runs) / len(runs) for i in steps]
-        line, = ax.plot(steps, mean, label=name, linewidth=1.6)
+        (line,) = ax.plot(steps, mean, label=name, linewidth=1.6)
         if len(runs) > 1:
-            ax.fill_between(steps, [min(run[i] for run in runs) for i in steps],
-                            [max(run[i] for run in runs) for i in steps], color=line.get_color(), alpha=0.15)
+            ax.fill_between(
+                steps,
+                [min(run[i] for run in runs) for i in steps],
+                [max(run[i] for run in runs) for i in steps],
+                color=line.get_color(),
+                alpha=0.15,
+            )
     ax.set_xlabel("GRPO iteration (4 prompts x 8 samples)")
     ax.set_ylabel("mean progress reward R_P")
     ax.set_ylim(0, 1)
@@ -101,8 +124,12 @@ def main() -> None:
 
     start = time.perf_counter()
     curves: dict[str, list[list[float]]] = {name: [] for name in names}
-    summary = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "seeds": seeds,
-               "warmup": {}, "variants": {name: {"runs": {}} for name in names}}
+    summary = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "seeds": seeds,
+        "warmup": {},
+        "variants": {name: {"runs": {}} for name in names},
+    }
     with open(args.out / "curves.jsonl", "w") as jsonl:
         for seed in seeds:
             base = [f"run.seed={seed}", f"run.model.seed={seed}"]
@@ -115,12 +142,19 @@ def main() -> None:
                 recipe = load_synthetic_recipe(base + VARIANTS[name])
 
                 def show(step: int, record: dict, name=name, seed=seed) -> None:
-                    row = {"seed": seed, "variant": name, "step": step,
-                           **{k: record[k] for k in KEPT_METRICS if k in record}}
+                    row = {
+                        "seed": seed,
+                        "variant": name,
+                        "step": step,
+                        **{k: record[k] for k in KEPT_METRICS if k in record},
+                    }
                     jsonl.write(json.dumps(row) + "\n")
                     jsonl.flush()
-                    print(f"seed {seed} {name:>24} {step:3d}  R_P {record['progress_reward_mean']:.3f}  "
-                          f"trained-on reward {record['reward_mean']:.3f}  {record['step_s']:.1f} s", flush=True)
+                    print(
+                        f"seed {seed} {name:>24} {step:3d}  R_P {record['progress_reward_mean']:.3f}  "
+                        f"trained-on reward {record['reward_mean']:.3f}  {record['step_s']:.1f} s",
+                        flush=True,
+                    )
 
                 result = grpo(recipe, warmed, on_step=show)
                 curve = [r["progress_reward_mean"] for r in result.history]
@@ -133,12 +167,16 @@ def main() -> None:
                 summary["variants"][name][f"{key}_over_seeds"] = round(sum(run[key] for run in runs) / len(runs), 3)
     summary["total_s"] = round(time.perf_counter() - start, 1)
     if "default" in curves:
-        summary["learning_png"] = plot({"default (hints, progress reward)": curves["default"][:1]},
-                                       args.out / "learning.png", "Synthetic task: tiny Qwen3, GRPO (seed %d)" % seeds[0])
+        summary["learning_png"] = plot(
+            {"default (hints, progress reward)": curves["default"][:1]},
+            args.out / "learning.png",
+            "Synthetic task: tiny Qwen3, GRPO (seed %d)" % seeds[0],
+        )
     if len(curves) > 1:
         seeds_text = ", ".join(map(str, seeds))
-        summary["ablation_png"] = plot(curves, args.out / "ablation.png",
-                                       f"Hints and progress reward, same warm-up per seed (seeds {seeds_text})")
+        summary["ablation_png"] = plot(
+            curves, args.out / "ablation.png", f"Hints and progress reward, same warm-up per seed (seeds {seeds_text})"
+        )
     print(json.dumps(summary))
 
 

@@ -18,6 +18,7 @@ Messages are OpenAI-style dicts: {"role": "user" | "tool", "content": str} (tool
 "name": the called tool). `tools()` is the tool-doc list for the system prompt; it does not change
 during an episode (tools withheld at first arrive inside a later user message, as in BFCL).
 """
+
 from __future__ import annotations
 
 import abc

@@ -5,6 +5,7 @@ the V3 multi-turn data). Tool docs get the same description suffix as the offici
 withheld in miss_func entries do not (the official loader removes them before adding the suffix).
 Loading warns (does not fail) when the installed bfcl-eval is not the pinned version.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -151,7 +152,10 @@ def _load_category(category: str) -> tuple[BfclEntry, ...]:
     data_dir = _package_data_dir()
     short = category.removeprefix("multi_turn_")
     raw_entries = _read_jsonl(data_dir / f"BFCL_v4_multi_turn_{short}.json")
-    answers = {a["id"]: a["ground_truth"] for a in _read_jsonl(data_dir / "possible_answer" / f"BFCL_v4_multi_turn_{short}.json")}
+    answers = {
+        a["id"]: a["ground_truth"]
+        for a in _read_jsonl(data_dir / "possible_answer" / f"BFCL_v4_multi_turn_{short}.json")
+    }
     entries = []
     for raw in raw_entries:
         entry_id = raw["id"]

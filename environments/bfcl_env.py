@@ -9,12 +9,14 @@ on top of the official result strings; the strings used for checking are never a
 With a per-call time limit (the default) the backend lives in this process's tool process, which is
 killed at the limit (`envtune_jax.environments.hosted_backend`); without one it lives here (the reference path).
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 from typing import Any, Callable, Sequence
 
+from envtune_jax.chat.parse import parse_tool_calls
 from envtune_jax.environments.base import ToolCall, ToolCallLike
 from envtune_jax.environments.bfcl_data import BfclEntry, shared_offered_tool_docs
 from envtune_jax.environments.config import EnvironmentConfig
@@ -26,7 +28,6 @@ from envtune_jax.environments.hosted_backend import open_backend
 from envtune_jax.environments.protocol import decode_official_step
 from envtune_jax.environments.rewards import Verdict
 from envtune_jax.environments.tool_backend import BackendSpec
-from envtune_jax.chat.parse import parse_tool_calls
 from envtune_jax.untrusted_text import echo
 
 # bfcl_eval.constants.default_prompts: the user message of a miss_func hold-out turn (prompting mode,
@@ -82,8 +83,13 @@ class BfclEpisode(TurnBasedEpisode):
         unoffered = ()
         if self.config.execute_withheld_tools:
             unoffered = tuple(d["name"] for docs in self._withheld_docs.values() for d in docs)
-        spec = BackendSpec(tuple(entry.involved_classes), entry.initial_config, entry.long_context,
-                           tuple(d["name"] for d in self._tool_docs), unoffered)
+        spec = BackendSpec(
+            tuple(entry.involved_classes),
+            entry.initial_config,
+            entry.long_context,
+            tuple(d["name"] for d in self._tool_docs),
+            unoffered,
+        )
         if getattr(self, "_backend", None) is not None:
             self._backend.close()  # reset() of a used episode: its old state is not needed any more
         self._backend = open_backend(spec, self.config.call_time_limit_s)

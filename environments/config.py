@@ -4,6 +4,7 @@ Loadable from YAML like every config (`envtune_jax.config.load(EnvironmentConfig
 Presets: `evaluation()` is the official protocol (20 tool steps per turn, no augmentation);
 `training(augmented=...)` is the paper's (5 steps per turn, hints/feedback/warnings switchable per stage).
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -9,12 +9,19 @@ to the next user message). Subclasses supply the task: opening messages, executi
 What the environment writes around the model's output (format feedback, hints, the echoed tool name) is
 bounded (`envtune_jax.untrusted_text`); tool results themselves are the official strings, unchanged.
 """
+
 from __future__ import annotations
 
 import abc
 from typing import Any, Callable, Sequence
 
-from envtune_jax.environments.base import EpisodeFinishedError, EpisodeOutcome, StepResult, ToolCallLike, ToolEnvironment
+from envtune_jax.environments.base import (
+    EpisodeFinishedError,
+    EpisodeOutcome,
+    StepResult,
+    ToolCallLike,
+    ToolEnvironment,
+)
 from envtune_jax.environments.config import EnvironmentConfig
 from envtune_jax.environments.executor import ExecutedCall
 from envtune_jax.environments.rewards import Verdict, progress_reward, syntax_reward, turn_reward
@@ -79,8 +86,18 @@ class TurnBasedEpisode(ToolEnvironment):
         self._warn_next_turn = False
         self._log: list[list[str]] = [[]]
         self._counters = dict(
-            steps=0, tool_calls=0, valid_calls=0, invalid_calls=0, tool_errors=0, format_errors=0,
-            format_error_steps=0, hints=0, blocked_calls=0, turns_completed=0, force_quit=0, truncated=0,
+            steps=0,
+            tool_calls=0,
+            valid_calls=0,
+            invalid_calls=0,
+            tool_errors=0,
+            format_errors=0,
+            format_error_steps=0,
+            hints=0,
+            blocked_calls=0,
+            turns_completed=0,
+            force_quit=0,
+            truncated=0,
         )
         return self._opening_messages(0)
 
@@ -101,8 +118,11 @@ class TurnBasedEpisode(ToolEnvironment):
         if format_errors:
             self._counters["format_errors"] += len(format_errors)
             self._counters["format_error_steps"] += 1
-        feedback = ([{"role": "tool", "content": bounded_message(str(error))} for error in format_errors]
-                    if self.config.format_feedback else [])
+        feedback = (
+            [{"role": "tool", "content": bounded_message(str(error))} for error in format_errors]
+            if self.config.format_feedback
+            else []
+        )
 
         if calls and self.config.empty_turn_warning and not self._expects_calls(self._turn):
             self._counters["blocked_calls"] += len(calls)
@@ -206,13 +226,20 @@ class TurnBasedEpisode(ToolEnvironment):
         correct = self._done and closed_pass and not self._unreached_turns
         progress = progress_reward(turn_rewards, self.num_turns)
         syntax = syntax_reward(
-            self._counters["steps"], self._counters["format_error_steps"],
-            self._counters["valid_calls"], self._counters["invalid_calls"],
+            self._counters["steps"],
+            self._counters["format_error_steps"],
+            self._counters["valid_calls"],
+            self._counters["invalid_calls"],
         )
         binary = 1.0 if correct else 0.0
         chosen = {"progress": progress, "syntax": syntax, "binary": binary}[self.config.reward]
         return EpisodeOutcome(
-            entry_id=self.episode_id, turn_rewards=turn_rewards, progress_reward=progress,
-            syntax_reward=syntax, binary_reward=binary, reward=chosen, correct=correct,
+            entry_id=self.episode_id,
+            turn_rewards=turn_rewards,
+            progress_reward=progress,
+            syntax_reward=syntax,
+            binary_reward=binary,
+            reward=chosen,
+            correct=correct,
             counters=dict(self._counters),
         )

@@ -11,6 +11,7 @@ same folder, so that the same run started again with that folder skips what was 
 once the results are written).
 Replay input (official result files, or the folder this module writes) is read by environments/replay_files.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,11 +19,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from envtune_jax.atomic_files import write_text_atomic
 from envtune_jax.environments.base import EpisodeOutcome
 from envtune_jax.environments.bfcl_data import CATEGORIES
 from envtune_jax.environments.evaluation import EpisodeRecord
 from envtune_jax.environments.replay_files import ReplayFileError, load_recorded_outputs  # noqa: F401 - replay input, re-exported
-from envtune_jax.atomic_files import write_text_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,21 +56,27 @@ def markdown_table(rows: Sequence[TableRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(out_dir: str | Path, rows: Sequence[TableRow], records: Sequence[EpisodeRecord],
-                  metadata: dict[str, Any]) -> dict[str, Path]:
+def write_results(
+    out_dir: str | Path, rows: Sequence[TableRow], records: Sequence[EpisodeRecord], metadata: dict[str, Any]
+) -> dict[str, Path]:
     """Writes model_results.jsonl, eval_results.md and eval_results.json (last) into out_dir, each replaced
     whole (atomically); returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "eval_results.json", "markdown": out / "eval_results.md", "layout": out / "model_results.jsonl"}
+    paths = {
+        "json": out / "eval_results.json",
+        "markdown": out / "eval_results.md",
+        "layout": out / "model_results.jsonl",
+    }
     payload = {
         **metadata,
         "table": [dataclasses.asdict(row) for row in rows],
         "overall_accuracy": rows[-1].accuracy,
         "entries": [record.to_json() for record in records],
     }
-    layout_lines = (json.dumps({"id": record.episode_id, "result": record.official_result()}) + "\n"
-                    for record in records)
+    layout_lines = (
+        json.dumps({"id": record.episode_id, "result": record.official_result()}) + "\n" for record in records
+    )
     write_text_atomic(paths["layout"], "".join(layout_lines))
     write_text_atomic(paths["markdown"], markdown_table(rows))
     write_text_atomic(paths["json"], json.dumps(payload, indent=1) + "\n")
@@ -116,17 +123,25 @@ class EvalProgress:
     def _load(self, lines: list[str]) -> None:
         header = _header(lines[0])
         if header is None:
-            raise EvalProgressMismatchError(f"{self.path} is not an evaluation's progress (its first line names no "
-                                            "evaluation): choose another --out, or delete the file to start over")
+            raise EvalProgressMismatchError(
+                f"{self.path} is not an evaluation's progress (its first line names no "
+                "evaluation): choose another --out, or delete the file to start over"
+            )
         if header.get("run") != self.run:
             raise EvalProgressMismatchError(
                 f"{self.path} holds the progress of another evaluation ({header.get('run')}), not of this one "
-                f"({self.run}): choose another --out, or delete the file to start over")
+                f"({self.run}): choose another --out, or delete the file to start over"
+            )
         for line in lines[1:]:
             try:
                 item = json.loads(line)
-                record = EpisodeRecord(item["id"], item["category"], EpisodeOutcome(**item["outcome"]), item["steps"],
-                                       item.get("inference_error", ""))
+                record = EpisodeRecord(
+                    item["id"],
+                    item["category"],
+                    EpisodeOutcome(**item["outcome"]),
+                    item["steps"],
+                    item.get("inference_error", ""),
+                )
             except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a kill
                 continue
             self.done[record.episode_id] = record
@@ -149,5 +164,10 @@ def _header(line: str) -> dict[str, Any] | None:
 
 
 def _record_line(record: EpisodeRecord) -> dict[str, Any]:
-    return {"id": record.episode_id, "category": record.category, "outcome": dataclasses.asdict(record.outcome),
-            "steps": record.steps, "inference_error": record.inference_error}
+    return {
+        "id": record.episode_id,
+        "category": record.category,
+        "outcome": dataclasses.asdict(record.outcome),
+        "steps": record.steps,
+        "inference_error": record.inference_error,
+    }

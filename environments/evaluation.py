@@ -12,6 +12,7 @@ in play answers one step per round), or hands the episodes to an `EpisodePlayer`
 engine, rl/model_policy.py, whose episode runner schedules them on its slots).
 `evaluate_bfcl` does this for a list of entries, optionally split across worker processes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,15 +29,17 @@ from envtune_jax.environments.policies import Policy, PolicyState, PolicyStep, R
 from envtune_jax.environments.pool import map_in_chunks
 from envtune_jax.environments.protocol import history_message, history_renders_officially
 
-
 INFERENCE_ERROR_PREFIX = "Error during inference: "  # the official result of an entry whose inference failed
-UNRENDERABLE_HISTORY = ("the official prompt formatter cannot render the tool calls kept from a step "
-                        "(a <tool_call> block holding JSON that is not a call with a string name and arguments)")
+UNRENDERABLE_HISTORY = (
+    "the official prompt formatter cannot render the tool calls kept from a step "
+    "(a <tool_call> block holding JSON that is not a call with a string name and arguments)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class LiveEpisode:
     """Where an episode in play stands (for progress displays): 0-based turn and step within the turn."""
+
     episode_id: str
     turn: int
     step: int
@@ -59,8 +62,11 @@ class EpisodeRecord:
     def to_json(self) -> dict[str, Any]:
         outcome = self.outcome
         fields = {
-            "id": self.episode_id, "category": self.category, "correct": outcome.correct,
-            "progress_reward": outcome.progress_reward, "turn_rewards": outcome.turn_rewards,
+            "id": self.episode_id,
+            "category": self.category,
+            "correct": outcome.correct,
+            "progress_reward": outcome.progress_reward,
+            "turn_rewards": outcome.turn_rewards,
             "counters": outcome.counters,
         }
         return fields | {"inference_error": self.inference_error} if self.inference_error else fields
@@ -73,8 +79,15 @@ class EpisodeRecord:
 def _failed_by_inference_error(outcome: EpisodeOutcome) -> EpisodeOutcome:
     """An entry the official harness stops with an error: nothing scores."""
     return dataclasses.replace(
-        outcome, turn_rewards=[0.0] * len(outcome.turn_rewards), progress_reward=0.0, syntax_reward=0.0,
-        binary_reward=0.0, reward=0.0, correct=False, counters={**outcome.counters, "inference_error": 1})
+        outcome,
+        turn_rewards=[0.0] * len(outcome.turn_rewards),
+        progress_reward=0.0,
+        syntax_reward=0.0,
+        binary_reward=0.0,
+        reward=0.0,
+        correct=False,
+        counters={**outcome.counters, "inference_error": 1},
+    )
 
 
 class EvaluationEpisodes:
@@ -86,8 +99,14 @@ class EvaluationEpisodes:
     `bfcl_prompt.history_renders_officially`) ends its episode unless the episode ended with it: the official
     harness would fail at its next query, and the entry is recorded as an inference error."""
 
-    def __init__(self, episodes: Sequence[ToolEnvironment], player_name: str, keep_history: bool = True,
-                 on_record: Callable[[EpisodeRecord], None] | None = None, on_round: OnRound | None = None):
+    def __init__(
+        self,
+        episodes: Sequence[ToolEnvironment],
+        player_name: str,
+        keep_history: bool = True,
+        on_record: Callable[[EpisodeRecord], None] | None = None,
+        on_round: OnRound | None = None,
+    ):
         self.episodes, self.player_name, self.keep_history = list(episodes), player_name, keep_history
         self.on_record, self.on_round = on_record, on_round
         self.records: list[EpisodeRecord | None] = [None] * len(self.episodes)
@@ -113,8 +132,9 @@ class EvaluationEpisodes:
 
     def state(self, i: int) -> PolicyState:
         env = self.episodes[i]
-        return PolicyState(env.episode_id, self._turn[i], self._step[i], self._messages[i], self._tools[i],
-                           env.call_syntax)
+        return PolicyState(
+            env.episode_id, self._turn[i], self._step[i], self._messages[i], self._tools[i], env.call_syntax
+        )
 
     def take(self, i: int, step: PolicyStep | None) -> bool:
         """Plays the player's step of episode i (None: the player stops it); False once the episode has ended
@@ -155,9 +175,18 @@ class EvaluationEpisodes:
     def report(self) -> None:
         """Tells `on_round` where the episodes in play stand (after a round)."""
         if self.on_round is not None:
-            self.on_round([LiveEpisode(self.episodes[i].episode_id, self._turn[i], self._step[i],
-                                       getattr(self.episodes[i], "num_turns", None)) for i in self.live],
-                          self.steps_taken)
+            self.on_round(
+                [
+                    LiveEpisode(
+                        self.episodes[i].episode_id,
+                        self._turn[i],
+                        self._step[i],
+                        getattr(self.episodes[i], "num_turns", None),
+                    )
+                    for i in self.live
+                ],
+                self.steps_taken,
+            )
 
 
 class EpisodePlayer(Protocol):
@@ -169,9 +198,14 @@ class EpisodePlayer(Protocol):
     def play(self, episodes: EvaluationEpisodes) -> None: ...
 
 
-def run_episodes(episodes: Sequence[ToolEnvironment], policy: Policy | EpisodePlayer, keep_history: bool = True,
-                 max_live: int | None = None, on_record: Callable[[EpisodeRecord], None] | None = None,
-                 on_round: OnRound | None = None) -> list[EpisodeRecord]:
+def run_episodes(
+    episodes: Sequence[ToolEnvironment],
+    policy: Policy | EpisodePlayer,
+    keep_history: bool = True,
+    max_live: int | None = None,
+    on_record: Callable[[EpisodeRecord], None] | None = None,
+    on_round: OnRound | None = None,
+) -> list[EpisodeRecord]:
     """Plays every episode to the end; records are in the order of `episodes`.
 
     A `Policy` answers one step of every episode in play per round; at most `max_live` are in play at once
@@ -213,17 +247,32 @@ def _play_rounds(episodes: EvaluationEpisodes, policy: Policy, max_live: int) ->
         episodes.report()
 
 
-def _evaluate_chunk(entries: list[BfclEntry], policy: Policy | EpisodePlayer, config: EnvironmentConfig,
-                    keep_history: bool, on_record: Callable[[EpisodeRecord], None] | None = None,
-                    on_round: OnRound | None = None) -> list[EpisodeRecord]:
-    return run_episodes([BfclEpisode(entry, config) for entry in entries], policy, keep_history=keep_history,
-                        on_record=on_record, on_round=on_round)
+def _evaluate_chunk(
+    entries: list[BfclEntry],
+    policy: Policy | EpisodePlayer,
+    config: EnvironmentConfig,
+    keep_history: bool,
+    on_record: Callable[[EpisodeRecord], None] | None = None,
+    on_round: OnRound | None = None,
+) -> list[EpisodeRecord]:
+    return run_episodes(
+        [BfclEpisode(entry, config) for entry in entries],
+        policy,
+        keep_history=keep_history,
+        on_record=on_record,
+        on_round=on_round,
+    )
 
 
-def evaluate_bfcl(entries: Sequence[BfclEntry], policy: Policy | EpisodePlayer, config: EnvironmentConfig | None = None,
-                  workers: int = 1, keep_history: bool = True,
-                  on_record: Callable[[EpisodeRecord], None] | None = None,
-                  on_round: OnRound | None = None) -> list[EpisodeRecord]:
+def evaluate_bfcl(
+    entries: Sequence[BfclEntry],
+    policy: Policy | EpisodePlayer,
+    config: EnvironmentConfig | None = None,
+    workers: int = 1,
+    keep_history: bool = True,
+    on_record: Callable[[EpisodeRecord], None] | None = None,
+    on_round: OnRound | None = None,
+) -> list[EpisodeRecord]:
     """Records for `entries` (in order). workers > 1 splits the entries across processes; the policy
     must then be picklable (oracle, replay and do-nothing are; a model player runs with workers=1).
     Workers are spawned, not forked: forking a process that runs JAX threads can deadlock.
@@ -241,8 +290,9 @@ def evaluate_bfcl(entries: Sequence[BfclEntry], policy: Policy | EpisodePlayer, 
     return records
 
 
-def replay_bfcl(entries: Sequence[BfclEntry], recorded: dict[str, list[list[str]]],
-                workers: int = 1) -> list[EpisodeRecord]:
+def replay_bfcl(
+    entries: Sequence[BfclEntry], recorded: dict[str, list[list[str]]], workers: int = 1
+) -> list[EpisodeRecord]:
     """Scores recorded outputs as the official evaluation does (no step cap; an entry whose recording
     has a different number of turns than its ground truth, or is missing, is force-terminated: wrong)."""
     policy = ReplayPolicy(recorded)

@@ -11,6 +11,7 @@ without running. Error strings that quote the model's output are bounded (`envtu
 Every call runs inside the executor's `guard`, which may refuse it (`CallRefused`): the tool process
 uses it to time calls and to refuse, on replay, a call that ran past its limit (`envtune_jax.environments.tool_host`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -174,8 +175,9 @@ class SafeExecutor:
 
     `guard(name)` wraps each call (method and result formatting) and may refuse it with CallRefused."""
 
-    def __init__(self, instances: Mapping[str, Any], tool_docs: Iterable[Mapping[str, Any]],
-                 guard: CallGuard = no_guard):
+    def __init__(
+        self, instances: Mapping[str, Any], tool_docs: Iterable[Mapping[str, Any]], guard: CallGuard = no_guard
+    ):
         self.instances = dict(instances)
         self.guard = guard
         self.owner_of = {name: cls for cls in self.instances for name in public_method_names(cls)}
@@ -224,13 +226,19 @@ class SafeExecutor:
         if too_deep_for_python(kept):  # the official executor's eval fails to parse before anything else
             return ExecutedCall(str(name), kept, error_result(python_nesting_error()), False, True, False)
         if not isinstance(name, str) or not (name in self.offered or name in self.callable_unoffered):
-            return ExecutedCall(str(name), kept, error_result(f"name '{echo(str(name))}' is not defined"), False, True, False)
+            return ExecutedCall(
+                str(name), kept, error_result(f"name '{echo(str(name))}' is not defined"), False, True, False
+            )
         if not isinstance(arguments, Mapping):
-            return ExecutedCall(name, {}, error_result(f"arguments of {name} must be a JSON object"), False, True, False)
+            return ExecutedCall(
+                name, {}, error_result(f"arguments of {name} must be a JSON object"), False, True, False
+            )
         valid = self.arguments_valid(name, kept)
         non_finite = _first_non_finite(kept)
         if non_finite is not None:
-            return ExecutedCall(name, kept, error_result(f"name '{abs(non_finite)!r}' is not defined"), False, True, False)
+            return ExecutedCall(
+                name, kept, error_result(f"name '{abs(non_finite)!r}' is not defined"), False, True, False
+            )
         method = getattr(self.instances[self.owner_of[name]], name)
         try:
             with self.guard(name):

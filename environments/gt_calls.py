@@ -4,6 +4,7 @@ Parsed with `ast` and `ast.literal_eval` only (never eval). Positional arguments
 (the official checker evaluates the string, so `f('x')` binds positionally) and also mapped to their
 parameter names through the method signature, giving a JSON-ready `ToolCall` for the oracle policy.
 """
+
 from __future__ import annotations
 
 import ast

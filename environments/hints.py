@@ -14,6 +14,7 @@ from the offered tool docs (all already in the conversation), and they never say
 - authentication failures in any class (point to that class's login tool);
 - a call to a tool that is not offered (hallucinated, or withheld in miss_func).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,8 @@ class HintContext:
     def login_tools(self, class_name: str) -> list[str]:
         """The offered tools of the class that log in (`*login`, `authenticate*`; not `*_get_login_status`)."""
         return sorted(
-            n for n, c in self.owner_of_offered.items()
+            n
+            for n, c in self.owner_of_offered.items()
             if c == class_name and (n.endswith("login") or n.startswith("authenticate"))
         )
 
@@ -54,23 +56,30 @@ def _file_system_rule(call: ExecutedCall, ctx: HintContext) -> str | None:
     result = call.result
     path_args = [a for a in FS_NAME_ARGUMENTS if isinstance(call.arguments.get(a), str) and "/" in call.arguments[a]]
     if call.name == "cd" and "Unsupported path" in result:
-        return ("cd moves one folder level per call: call cd once for each folder on the way, "
-                "then continue from there.")
-    if path_args and ("Invalid character" in result or "No such file" in result or "path not allowed" in result
-                      or "Not a directory" in result):
+        return "cd moves one folder level per call: call cd once for each folder on the way, then continue from there."
+    if path_args and (
+        "Invalid character" in result
+        or "No such file" in result
+        or "path not allowed" in result
+        or "Not a directory" in result
+    ):
         bad = ", ".join(repr(call.arguments[a]) for a in path_args)
-        return (f"paths are not accepted here ({bad}): give the plain name of an item in the current "
-                "directory. To work in another folder, cd into it one level at a time and call again.")
+        return (
+            f"paths are not accepted here ({bad}): give the plain name of an item in the current "
+            "directory. To work in another folder, cd into it one level at a time and call again."
+        )
     if "Invalid character" in result:
         return f"names cannot contain any of the characters {FORBIDDEN_NAME_CHARACTERS}; use a plain name."
     if "Is a directory" in result:
         name = call.arguments.get("file_name")
-        return (f"{name!r} is a folder, not a file: cd into it and use ls to list the files it holds.")
+        return f"{name!r} is a folder, not a file: cd into it and use ls to list the files it holds."
     if "No such file" in result or "No such directory" in result:
         finders = [t for t in ("ls", "pwd", "find") if ctx.offered(t)]
         how = f" Use {', '.join(finders)} to see where you are and where it lives," if finders else ""
-        return (f"that name is not in the current directory (only the current directory is searched).{how} "
-                "then cd into the folder that holds it.")
+        return (
+            f"that name is not in the current directory (only the current directory is searched).{how} "
+            "then cd into the folder that holds it."
+        )
     if "Directory not empty" in result:
         return "rmdir only removes empty folders: move or remove what is inside first."
     return None
@@ -86,15 +95,21 @@ def _travel_rule(call: ExecutedCall, ctx: HintContext) -> str | None:
         doc = ctx.docs.get(call.name, {})
         enum = re.search(r"\[Enum\]: ([A-Z, ]+)", str(doc.get("parameters", {})))
         listed = f" Supported currencies: {enum.group(1).strip()}." if enum else ""
-        return ("rates exist only between USD and one other currency; for any other pair convert to USD "
-                f"first, then from USD.{listed}")
+        return (
+            "rates exist only between USD and one other currency; for any other pair convert to USD "
+            f"first, then from USD.{listed}"
+        )
     return None
 
 
 def _vehicle_rule(call: ExecutedCall, ctx: HintContext) -> str | None:
     result = call.result
     if call.name == "estimate_distance" and "distance not found" in result:
-        helper = " Get each city's zipcode with get_zipcode_based_on_city first." if ctx.offered("get_zipcode_based_on_city") else ""
+        helper = (
+            " Get each city's zipcode with get_zipcode_based_on_city first."
+            if ctx.offered("get_zipcode_based_on_city")
+            else ""
+        )
         return f"estimate_distance takes zipcodes (cityA, cityB), not city names.{helper}"
     if call.name == "get_outside_temperature_from_weather_com" and "404" in result:
         if ctx.offered("get_outside_temperature_from_google"):
@@ -114,8 +129,16 @@ def _vehicle_rule(call: ExecutedCall, ctx: HintContext) -> str | None:
 
 def _authentication_rule(call: ExecutedCall, ctx: HintContext) -> str | None:
     lowered = call.result.lower()
-    if not any(s in lowered for s in ("not authenticated", "no user is currently logged in", "token expired",
-                                       "invalid access token", "token not initialized")):
+    if not any(
+        s in lowered
+        for s in (
+            "not authenticated",
+            "no user is currently logged in",
+            "token expired",
+            "invalid access token",
+            "token not initialized",
+        )
+    ):
         return None
     logins = ctx.login_tools(ctx.owner_of_offered.get(call.name, ""))
     if not logins:
@@ -132,8 +155,10 @@ def hint_for(call: ExecutedCall, ctx: HintContext) -> str | None:
     if call.name not in ctx.owner_of_offered:
         if not call.result.endswith("is not defined"):
             return None  # a withheld tool the config lets run: it worked, nothing to hint
-        return (f"{HINT_PREFIX}{call.name!r} is not one of the available tools: call only tools from the list "
-                "you were given, or tell the user what is missing.")
+        return (
+            f"{HINT_PREFIX}{call.name!r} is not one of the available tools: call only tools from the list "
+            "you were given, or tell the user what is missing."
+        )
     for rule in RULES:
         hint = rule(call, ctx)
         if hint:

@@ -22,6 +22,7 @@ finishes in time is refused in turn (each round refuses one more call, so recove
 A `HostedBackend` pickles as its history and is rebuilt in the tool process of whichever process
 unpickles it, so episodes can still be shipped to worker processes.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -138,8 +139,12 @@ class ToolHostClient:
         record_file.truncate(tool_host.RECORD_BYTES)
         fds = (theirs.fileno(), record_file.fileno())
         path = os.pathsep.join(entry for entry in sys.path if entry)
-        process = subprocess.Popen([sys.executable, "-m", "envtune_jax.environments.tool_host", *map(str, fds)], pass_fds=fds,
-                                   env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "envtune_jax.environments.tool_host", *map(str, fds)],
+            pass_fds=fds,
+            env={**os.environ, "PYTHONPATH": path},
+            stdin=subprocess.DEVNULL,
+        )
         theirs.close()
         self._process, self._connection = process, Connection(ours.detach())
         self._readable = selectors.DefaultSelector()  # kept for the process's life (Connection.poll makes one per call)
@@ -265,7 +270,7 @@ class ToolHostClient:
                 else:
                     reply = self._await_reply()
                 if reply is _UNEXPLAINED_STOP:  # start over once (a process may die with the thread that
-                    unexplained_stops += 1      # started it, see tool_host); twice is a fault of ours
+                    unexplained_stops += 1  # started it, see tool_host); twice is a fault of ours
                     if unexplained_stops > 1:
                         raise ToolHostError("the tool process ended twice outside any tool call")
                     continue
@@ -280,7 +285,7 @@ class ToolHostClient:
         for backend_id, (start, verdicts) in updates.items():
             backend = self._live.get(backend_id)
             if backend is not None and self._held(backend):
-                backend.verdicts[start:start + len(verdicts)] = verdicts
+                backend.verdicts[start : start + len(verdicts)] = verdicts
 
     def _drop_later(self, backend_id: int, token: object) -> None:
         if token is self._token:  # a garbage-collected handle: free its backend with the next message

@@ -9,17 +9,18 @@ Built in: the oracle (plays the ground truth through the text protocol), do-noth
 recorded outputs. A model is not a `Policy` but an `evaluation.EpisodePlayer`, which schedules the episodes
 itself on the generation engine; the caller (the command line, the trainer) builds it and passes it in.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+from envtune_jax.chat.official_decode import split_reasoning
 from envtune_jax.environments.base import ToolCall
 from envtune_jax.environments.bfcl_data import BfclEntry
 from envtune_jax.environments.gt_calls import ground_truth_tool_calls
 from envtune_jax.environments.protocol import decode_official_step, render_calls
 from envtune_jax.environments.synthetic import SyntheticTask
-from envtune_jax.chat.official_decode import split_reasoning
 
 ORACLE_REPLY = "Done."
 

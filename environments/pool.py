@@ -2,9 +2,11 @@
 
 Episodes are independent and picklable: `step_batch` ships each chunk of (episode, action) pairs to a
 worker, steps them there and returns the advanced episodes with their step results (an episode whose
-calls run in a tool process travels as its history and is rebuilt in the worker's own tool process). The caller keeps the returned episodes,
+calls run in a tool process travels as its history and is rebuilt in the worker's own tool process). The caller
+keeps the returned episodes,
 which replace the ones it sent. `map_in_chunks` runs any picklable function over chunks of items.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +29,9 @@ class StepAction:
 
     @classmethod
     def of(cls, assistant_text: str, calls: Sequence[ToolCallLike], format_errors: Sequence[str] = ()) -> "StepAction":
-        return cls(assistant_text, tuple(ToolCall(c.name, dict(c.arguments)) for c in calls), tuple(map(str, format_errors)))
+        return cls(
+            assistant_text, tuple(ToolCall(c.name, dict(c.arguments)) for c in calls), tuple(map(str, format_errors))
+        )
 
 
 def split_evenly(items: Sequence[Item], num_chunks: int) -> list[list[Item]]:
@@ -42,8 +46,9 @@ def split_evenly(items: Sequence[Item], num_chunks: int) -> list[list[Item]]:
     return [chunk for chunk in chunks if chunk]
 
 
-def map_in_chunks(pool: Executor, function: Callable[[list[Item]], list[Out]], items: Sequence[Item],
-                  num_chunks: int) -> list[Out]:
+def map_in_chunks(
+    pool: Executor, function: Callable[[list[Item]], list[Out]], items: Sequence[Item], num_chunks: int
+) -> list[Out]:
     """`function` applied to contiguous chunks in the pool; results concatenated in item order."""
     futures = [pool.submit(function, chunk) for chunk in split_evenly(items, num_chunks)]
     return [out for future in futures for out in future.result()]
@@ -56,8 +61,9 @@ def _step_chunk(pairs: list[tuple[ToolEnvironment, StepAction]]) -> list[tuple[T
     return results
 
 
-def step_batch(pool: Executor, episodes: Sequence[ToolEnvironment], actions: Sequence[StepAction],
-               num_chunks: int) -> tuple[list[ToolEnvironment], list[StepResult]]:
+def step_batch(
+    pool: Executor, episodes: Sequence[ToolEnvironment], actions: Sequence[StepAction], num_chunks: int
+) -> tuple[list[ToolEnvironment], list[StepResult]]:
     """Steps every episode with its action across the pool; returns (advanced episodes, results)."""
     if len(episodes) != len(actions):
         raise ValueError(f"{len(episodes)} episodes but {len(actions)} actions")

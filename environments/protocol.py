@@ -6,13 +6,15 @@ the same rule training parses with); `decode_official_step` is that rule for rec
 The assistant message kept in the history is the official handler's (`history_message`), and rendering
 calls as text (the oracle) uses the chat renderer; the synthetic task uses its compact syntax.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from envtune_jax.environments.base import ToolCall, ToolCallLike
-from envtune_jax.chat.bfcl_prompt import bfcl_history_assistant_message, history_renders_officially as _renders
+from envtune_jax.chat.bfcl_prompt import bfcl_history_assistant_message
+from envtune_jax.chat.bfcl_prompt import history_renders_officially as _renders
 from envtune_jax.chat.official_decode import decode_calls, split_reasoning
+from envtune_jax.environments.base import ToolCall, ToolCallLike
 
 __all__ = ["decode_official_step", "history_message", "history_renders_officially", "render_calls", "split_reasoning"]
 

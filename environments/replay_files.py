@@ -10,6 +10,7 @@ when inference failed; it scores as force-terminated, as the official evaluation
 recorded twice with the same result. In a folder, every *.json / *.jsonl file is read except the
 summary `envtune eval` writes beside its records (eval_results.json).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ class ReplayFileError(ValueError):
 @dataclasses.dataclass
 class Recordings:
     """Recorded steps by entry id, where each came from, and what was accepted but is worth a word."""
+
     steps: dict[str, list[list[str]]] = dataclasses.field(default_factory=dict)  # id -> per turn, per step
     where: dict[str, str] = dataclasses.field(default_factory=dict)  # id -> "file:line"
     failed_inference: list[str] = dataclasses.field(default_factory=list)  # ids whose result is an error text
@@ -51,8 +53,9 @@ def load_recorded_outputs(paths: Iterable[str | Path]) -> dict[str, list[list[st
     return load_recordings(paths).steps
 
 
-def unscored_recordings(recordings: Recordings, entries: Sequence[BfclEntry], split: str,
-                        limit: int | None = None) -> dict[str, list[str]]:
+def unscored_recordings(
+    recordings: Recordings, entries: Sequence[BfclEntry], split: str, limit: int | None = None
+) -> dict[str, list[str]]:
     """What is not scored as recorded, by reason -> entry ids: "missing" (evaluated entries without a
     recording), "failed_inference", "turn_count" (another number of turns than the entry: wrong, as the
     official checker scores it), "repeated", and recorded ids outside the evaluated entries, by why."""
@@ -61,8 +64,11 @@ def unscored_recordings(recordings: Recordings, entries: Sequence[BfclEntry], sp
     found: dict[str, list[str]] = {
         "missing": [entry.id for entry in entries if entry.id not in recordings.steps],
         "failed_inference": [i for i in recordings.failed_inference if i in by_id],
-        "turn_count": [i for i, steps in recordings.steps.items()
-                       if i in by_id and i not in recordings.failed_inference and len(steps) != by_id[i].num_turns],
+        "turn_count": [
+            i
+            for i, steps in recordings.steps.items()
+            if i in by_id and i not in recordings.failed_inference and len(steps) != by_id[i].num_turns
+        ],
         "repeated": list(dict.fromkeys(recordings.repeated)),
     }
     outside = f"not among the evaluated entries (--split {split}{' with --limit' if limit else ''})"
@@ -83,8 +89,13 @@ def unscored_recordings(recordings: Recordings, entries: Sequence[BfclEntry], sp
 def _result_files(path: Path) -> list[Path]:
     if not path.is_dir():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".jsonl") and p.is_file()
-                   and not (p.name == EVAL_SUMMARY_FILE and (p.parent / "model_results.jsonl").exists()))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.suffix in (".json", ".jsonl")
+        and p.is_file()
+        and not (p.name == EVAL_SUMMARY_FILE and (p.parent / "model_results.jsonl").exists())
+    )
     if not files:
         raise ReplayFileError(f"--replay {path}: no result files (*.json, *.jsonl) in this folder")
     return files
@@ -110,29 +121,38 @@ def _records_in_file(path: Path) -> Iterator[tuple[str, Any]]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
-            hint = " (an `envtune eval` summary? pass its folder or model_results.jsonl)" if number == 1 and \
-                line.strip() == "{" else ""
+            hint = (
+                " (an `envtune eval` summary? pass its folder or model_results.jsonl)"
+                if number == 1 and line.strip() == "{"
+                else ""
+            )
             raise ReplayFileError(f"{path}:{number}: not valid JSON ({exc.msg}){hint}") from None
         yield f"{path}:{number}", item
 
 
 def _add(recordings: Recordings, item: Any, where: str) -> None:
     if not isinstance(item, dict) or not isinstance(item.get("id"), str) or "result" not in item:
-        raise ReplayFileError(f"{where}: a record needs a string 'id' and a 'result' (per turn, per step, the "
-                              "raw text), as the official result files hold")
+        raise ReplayFileError(
+            f"{where}: a record needs a string 'id' and a 'result' (per turn, per step, the "
+            "raw text), as the official result files hold"
+        )
     entry_id, result = item["id"], item["result"]
     if isinstance(result, str):  # the official harness's text for a failed inference
         steps, failed = [], True
-    elif isinstance(result, list) and all(isinstance(turn, list) and all(isinstance(step, str) for step in turn)
-                                          for turn in result):
+    elif isinstance(result, list) and all(
+        isinstance(turn, list) and all(isinstance(step, str) for step in turn) for turn in result
+    ):
         steps, failed = result, False
     else:
-        raise ReplayFileError(f"{where}: 'result' of {entry_id} must be a list of turns, each a list of step "
-                              f"texts (or the error text of a failed inference), got {_shape(result)}")
+        raise ReplayFileError(
+            f"{where}: 'result' of {entry_id} must be a list of turns, each a list of step "
+            f"texts (or the error text of a failed inference), got {_shape(result)}"
+        )
     if entry_id in recordings.steps:
         if recordings.steps[entry_id] != steps:
-            raise ReplayFileError(f"{entry_id} is recorded twice with different results: {recordings.where[entry_id]} "
-                                  f"and {where}")
+            raise ReplayFileError(
+                f"{entry_id} is recorded twice with different results: {recordings.where[entry_id]} and {where}"
+            )
         recordings.repeated.append(entry_id)
         return
     recordings.steps[entry_id] = steps

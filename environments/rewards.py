@@ -7,6 +7,7 @@
 - R1 = I_tool * (R_format + R_tool), R_format = (N - steps with format errors) / N over the N steps,
   R_tool = valid calls / (valid + invalid calls), I_tool = 1 iff a tool call was attempted.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -14,6 +14,7 @@ Rule (stable across Python/NumPy versions; nothing but SHA-256):
 - `stage1_easy`: the base-category train entries with the fewest ground-truth calls, `EASY_PER_BLOCK`
   per block (ties broken by fewer turns, then by index): 19 x 4 = 76 entries, the paper's "~75".
 """
+
 from __future__ import annotations
 
 import collections
@@ -77,9 +78,7 @@ def _easy_entries(entries: list[BfclEntry], seed: str) -> list[BfclEntry]:
     return sorted(chosen, key=lambda e: e.scenario_index)
 
 
-def split_entries(
-    split: str, categories: Iterable[str] = CATEGORIES, seed: str = SPLIT_SEED
-) -> list[BfclEntry]:
+def split_entries(split: str, categories: Iterable[str] = CATEGORIES, seed: str = SPLIT_SEED) -> list[BfclEntry]:
     """Entries of `split` (one of SPLITS) restricted to `categories`, in category then scenario order."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {list(SPLITS)}")

@@ -18,6 +18,7 @@ call. R_P = mean over all T turns. A uniformly random model over the Qwen vocabu
 Hints (config.hints) name the constraint without the answer: wrong device, value not as requested,
 value outside the allowed list (the list is in the tool's description).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,7 +93,9 @@ def tool_docs(config: SyntheticConfig) -> list[dict[str, Any]]:
     if config.doc_style in ("system", "none"):
         return []
     if config.doc_style == "short":
-        return [{"name": name, "description": f"Sets the {name}: {', '.join(values)}."} for name, values in config.devices]
+        return [
+            {"name": name, "description": f"Sets the {name}: {', '.join(values)}."} for name, values in config.devices
+        ]
     return [
         {
             "name": name,
@@ -130,8 +133,12 @@ def user_request(tool: str, value: str) -> str:
 class SyntheticEpisode(TurnBasedEpisode):
     call_syntax = "compact"
 
-    def __init__(self, task: SyntheticTask, config: SyntheticConfig = SyntheticConfig(),
-                 env_config: EnvironmentConfig | None = None):
+    def __init__(
+        self,
+        task: SyntheticTask,
+        config: SyntheticConfig = SyntheticConfig(),
+        env_config: EnvironmentConfig | None = None,
+    ):
         super().__init__(env_config or EnvironmentConfig.training(augmented=False))
         self.task, self.task_config = task, config
         self._allowed = {name: values for name, values in config.devices}

@@ -10,6 +10,7 @@ Works without TensorFlow: writing and `as_data_source` reading only need numpy a
     builder.download_and_prepare()         # reads the installed bfcl-eval package, writes array_record
     entries = load_split_entries("test")   # prepares if needed, then reads via as_data_source
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,12 +47,14 @@ class BfclMultiTurn(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "id": tfds.features.Text(),
-                "category": tfds.features.Text(),
-                "scenario_index": tfds.features.Scalar(dtype=np.int32),
-                "entry_json": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "id": tfds.features.Text(),
+                    "category": tfds.features.Text(),
+                    "scenario_index": tfds.features.Scalar(dtype=np.int32),
+                    "entry_json": tfds.features.Text(),
+                }
+            ),
             homepage="https://gorilla.cs.berkeley.edu/leaderboard.html",
         )
 
@@ -60,12 +63,15 @@ class BfclMultiTurn(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: str):
         for entry in split_entries(split):
-            yield entry.id, {
-                "id": entry.id,
-                "category": entry.category,
-                "scenario_index": entry.scenario_index,
-                "entry_json": entry.to_json(),
-            }
+            yield (
+                entry.id,
+                {
+                    "id": entry.id,
+                    "category": entry.category,
+                    "scenario_index": entry.scenario_index,
+                    "entry_json": entry.to_json(),
+                },
+            )
 
 
 def bfcl_builder(data_dir: str | os.PathLike | None = None) -> BfclMultiTurn:
@@ -90,8 +96,9 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def load_split_entries(split: str, categories: Iterable[str] = CATEGORIES,
-                       data_dir: str | os.PathLike | None = None) -> list[BfclEntry]:
+def load_split_entries(
+    split: str, categories: Iterable[str] = CATEGORIES, data_dir: str | os.PathLike | None = None
+) -> list[BfclEntry]:
     """Entries of `split` ("all" = train + test) read through TFDS, sorted by category then scenario."""
     categories = tuple(categories)
     splits = ("train", "test") if split == "all" else (split,)

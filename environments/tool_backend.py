@@ -9,6 +9,7 @@ all the agent's results so far). It is deterministic: the same requests in the s
 answers, which is what lets the tool process rebuild it (`envtune_jax.environments.tool_host`). BfclEpisode keeps
 everything else (protocol, hints, rewards).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,6 @@ import functools
 from typing import Any, Mapping, Sequence
 
 from envtune_jax.environments.bfcl_data import func_docs
-
 from envtune_jax.environments.executor import CallGuard, ExecutedCall, SafeExecutor, create_instances, no_guard
 from envtune_jax.environments.gt_calls import GroundTruthCall
 from envtune_jax.environments.rewards import Verdict, responses_contained

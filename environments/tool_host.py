@@ -14,6 +14,7 @@ call ordinal) is running and since when, on the monotonic clock; after the call 
 backend's `refused` calls (ordinal -> reason) are answered with an error string instead of running: that
 is how a backend replayed after a kill skips the call that ran too long.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -113,7 +114,7 @@ def _new_verdicts(states: dict[int, HostedState]) -> dict[int, tuple[int, list[V
     updates = {}
     for backend_id, state in list(states.items()):
         if state.sent < len(state.verdicts):
-            updates[backend_id] = (state.sent, state.verdicts[state.sent:])
+            updates[backend_id] = (state.sent, state.verdicts[state.sent :])
             state.sent = len(state.verdicts)
         if state.backend is None:  # dropped, now that its last verdicts are on their way
             del states[backend_id]
@@ -150,8 +151,9 @@ def serve(connection, record) -> None:
         try:
             connection.send(reply)
         except Exception as exc:  # an unpicklable exception or result
-            connection.send(("raise", RuntimeError(f"tool process reply could not be sent: {exc!r}"),
-                             traceback.format_exc()))
+            connection.send(
+                ("raise", RuntimeError(f"tool process reply could not be sent: {exc!r}"), traceback.format_exc())
+            )
 
 
 def _end_with_parent() -> None:

@@ -4,4 +4,5 @@ Core shared by every layer: typed configs, mesh and sharding rules, checkpointin
 protocol and the `envtune` command line. Models live in `models/`, RL in `rl/`, tool
 environments in `environments/`.
 """
+
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ answers EINVAL/ENOSYS/ENOTSUP, e.g. some network file systems) it falls back to 
 records nothing in between — `recover_dir` (called before every publish) puts the previous folder back
 if a kill fell between them.
 """
+
 from __future__ import annotations
 
 import ctypes

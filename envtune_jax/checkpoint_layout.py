@@ -5,6 +5,7 @@ and the command line's checks that run before anything heavy is imported.
     <ckpt>/params/             Orbax PyTree checkpoint of the parameters
     <ckpt>/tokenizer/          the source's tokenizer files, when it had them
 """
+
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"

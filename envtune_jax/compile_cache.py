@@ -7,6 +7,7 @@ $ENVTUNE_COMPILATION_CACHE if set ("off" disables the cache), else $XDG_CACHE_HO
 ~/.cache/envtune/xla. `envtune bench` leaves it off unless the variable names a folder, since compile
 seconds are part of what it reports.
 """
+
 from __future__ import annotations
 
 import os

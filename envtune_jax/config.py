@@ -13,6 +13,7 @@ again with the override keys, so a command-line override that would change nothi
 it repeats the default. (A YAML file may spell out a default that its mode ignores: recipes document
 the paper's settings that way, and removing the line would change nothing.)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -155,7 +156,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             value = "on" if value else "off"
         if value in args:
             return value
-        raise ConfigError(f"{where}: {value!r} is not one of {list(args)}.{_suggest(str(value), [str(a) for a in args])}")
+        raise ConfigError(
+            f"{where}: {value!r} is not one of {list(args)}.{_suggest(str(value), [str(a) for a in args])}"
+        )
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
@@ -164,7 +167,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return from_dict(annotation, value, where)
     if origin in (list, tuple, Sequence):
         if isinstance(value, str):
-            value = parse_yaml(value, where, in_file=False) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = (
+                parse_yaml(value, where, in_file=False)
+                if value.strip().startswith("[")
+                else [v for v in value.split(",") if v]
+            )
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_type = args[0] if args else Any
@@ -253,7 +260,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{key}' is not a section")
         parsed = parse_yaml(raw, f"override '{item}'", in_file=False) if raw.strip() else ""
-        node[keys[-1]] = raw if isinstance(parsed, (dict, list)) and not raw.strip()[:1] in "[{" else parsed
+        node[keys[-1]] = raw if isinstance(parsed, (dict, list)) and raw.strip()[:1] not in "[{" else parsed
     return data
 
 
@@ -335,8 +342,9 @@ def _deep_merge(into: dict[str, Any], update: Mapping[str, Any]) -> None:
             into[key] = value
 
 
-def load(cls: type[T], yaml_path: str | Path | None = None, overrides: Sequence[str] = (),
-         path_fields: Sequence[str] = ()) -> T:
+def load(
+    cls: type[T], yaml_path: str | Path | None = None, overrides: Sequence[str] = (), path_fields: Sequence[str] = ()
+) -> T:
     """Loads `cls` from an optional YAML file plus `key=value` overrides (`path_fields`: see
     `load_yaml_with_includes`)."""
     data = load_yaml_with_includes(yaml_path, path_fields) if yaml_path else {}

@@ -1,11 +1,13 @@
 """Physical limits of the device a program runs on: copy bandwidth and bf16 matmul rate.
 
-Benchmarks report their speed as a fraction of these; training reports its MFU against them. Known device kinds take figures measured on
+Benchmarks report their speed as a fraction of these; training reports its MFU against them. Known device kinds
+take figures measured on
 single-GPU machines (docs/benchmarks-gpu.md lists them with their dates); any other device, or
 `probe=True`, gets a quick measurement: a device-to-device copy (bytes read + written) and a square
 matmul in bf16 (float32 on CPU, where bf16 matmuls are emulated). `DeviceLimits.source` says which
 was used.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +45,9 @@ def _best_time(fn, *args, repeats: int) -> float:
     return best
 
 
-def probe_device(device=None, copy_bytes: int | None = None, matmul_size: int | None = None,
-                 repeats: int = 5) -> tuple[float, float, str]:
+def probe_device(
+    device=None, copy_bytes: int | None = None, matmul_size: int | None = None, repeats: int = 5
+) -> tuple[float, float, str]:
     """(copy bandwidth B/s, matmul FLOP/s, description) of one device, measured now."""
     device = device or jax.devices()[0]
     on_cpu = device.platform == "cpu"

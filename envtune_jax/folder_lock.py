@@ -17,6 +17,7 @@ multi-host run share its run directory) and tells every process, in one broadcas
 it, so that all of them stop together. Child processes started with fork share the lock (fork copies
 the descriptor); exec'd ones do not (close-on-exec).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -93,8 +94,10 @@ class FolderLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             kernel_lock = True
         except BlockingIOError:
-            raise FolderInUse(f"{self.folder}: this {self.what} is in use by another envtune process "
-                              f"({_describe(_read_record(fd))}); wait for it to end or stop it") from None
+            raise FolderInUse(
+                f"{self.folder}: this {self.what} is in use by another envtune process "
+                f"({_describe(_read_record(fd))}); wait for it to end or stop it"
+            ) from None
         except OSError as exc:
             if exc.errno not in _NO_FLOCK:
                 raise
@@ -110,19 +113,26 @@ class FolderLock:
             if previous.get("host") != host:
                 raise FolderInUse(
                     f"{self.folder}: this {self.what} is locked by {_describe(previous)}; this host ({host}) cannot "
-                    f"tell whether that process still runs: if it does not, delete {self.path} and run again")
+                    f"tell whether that process still runs: if it does not, delete {self.path} and run again"
+                )
             if not kernel_lock and previous.get("pid") != os.getpid() and _pid_alive(int(previous.get("pid", -1))):
-                raise FolderInUse(f"{self.folder}: this {self.what} is in use by another envtune process "
-                                  f"({_describe(previous)}); wait for it to end or stop it")
-        record = {"pid": os.getpid(), "host": host,
-                  "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                  "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+                raise FolderInUse(
+                    f"{self.folder}: this {self.what} is in use by another envtune process "
+                    f"({_describe(previous)}); wait for it to end or stop it"
+                )
+        record = {
+            "pid": os.getpid(),
+            "host": host,
+            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         os.fsync(fd)
         if previous:
-            return (f"{self.folder}: took over the lock left by a process that is no longer running "
-                    f"({_describe(previous)})")
+            return (
+                f"{self.folder}: took over the lock left by a process that is no longer running ({_describe(previous)})"
+            )
         return None
 
     def release(self) -> None:
@@ -169,8 +179,9 @@ def _is_multiprocess() -> bool:
 
 
 @contextlib.contextmanager
-def hold_folder(folder: str | os.PathLike, what: str = "folder",
-                log: Callable[[str], None] | None = None) -> Iterator[FolderLock | None]:
+def hold_folder(
+    folder: str | os.PathLike, what: str = "folder", log: Callable[[str], None] | None = None
+) -> Iterator[FolderLock | None]:
     """Holds `folder`'s lock for the block: in a multi-process run, process 0 takes it and all processes
     raise FolderInUse together when it could not; yields the lock (None on processes other than 0)."""
     multiprocess = _is_multiprocess()

@@ -18,6 +18,7 @@ Nothing else needs unwinding: what envtune writes survives a kill at any point (
 line-flushed logs, run checkpoints that count only once finalised), so ending here loses at most the step in
 progress, and the same command resumes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -127,8 +128,10 @@ def _watch(reader: socket.socket, writer: socket.socket) -> None:
         busy = _busy()
         if busy:
             if not announced:
-                _print(f"\ninterrupted: waiting for {' and '.join(busy)} to finish "
-                       "(Ctrl-C again to stop now; the run then resumes from the checkpoint before)")
+                _print(
+                    f"\ninterrupted: waiting for {' and '.join(busy)} to finish "
+                    "(Ctrl-C again to stop now; the run then resumes from the checkpoint before)"
+                )
                 announced = True
             deadline = time.monotonic() + POLL_S
             continue

@@ -4,6 +4,7 @@
 call `initialize_distributed()` first (auto-detected on TPU pods, SLURM, or from env variables);
 fake multi-device meshes on CPU come from `XLA_FLAGS=--xla_force_host_platform_device_count=8`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,10 @@ def resolve_mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int, 
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ConfigError(f"mesh data={config.data}, fsdp={config.fsdp}, tensor={config.tensor} needs a multiple "
-                              f"of {known} devices, have {num_devices}")
+            raise ConfigError(
+                f"mesh data={config.data}, fsdp={config.fsdp}, tensor={config.tensor} needs a multiple "
+                f"of {known} devices, have {num_devices}"
+            )
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
         raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {num_devices}")

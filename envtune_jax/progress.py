@@ -10,6 +10,7 @@ every REFRESH_S when the text changed (and, on a terminal, every second anyway, 
 moves while the main thread sits in a compilation or a device call); callers only set the text, which
 costs nothing per decode round.
 """
+
 from __future__ import annotations
 
 import threading
@@ -21,11 +22,13 @@ COMPILE_SHOWN_S = 0.5  # shorter compilations (many small programs) are not wort
 TICK_S = 1.0
 
 # jax._src.dispatch's compile-stage events (a scalar at the start of each, a duration at its end)
-COMPILE_EVENTS = frozenset({
-    "/jax/core/compile/jaxpr_trace_duration",
-    "/jax/core/compile/jaxpr_to_mlir_module_duration",
-    "/jax/core/compile/backend_compile_duration",
-})
+COMPILE_EVENTS = frozenset(
+    {
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    }
+)
 
 
 class OnPhase(Protocol):
@@ -125,9 +128,15 @@ def _listen(on_start: Callable, on_end: Callable) -> Callable[[], None] | None:
     import jax
 
     monitoring = jax.monitoring
-    if not all(hasattr(monitoring, name) for name in (
-            "register_scalar_listener", "unregister_scalar_listener",
-            "register_event_duration_secs_listener", "unregister_event_duration_listener")):
+    if not all(
+        hasattr(monitoring, name)
+        for name in (
+            "register_scalar_listener",
+            "unregister_scalar_listener",
+            "register_event_duration_secs_listener",
+            "unregister_event_duration_listener",
+        )
+    ):
         return None
     monitoring.register_scalar_listener(on_start)
     monitoring.register_event_duration_secs_listener(on_end)

@@ -6,6 +6,7 @@ mesh. `logical_to_spec` turns a tuple of logical names into a PartitionSpec, dro
 already used by an earlier dimension (collision) or one whose size does not divide the dimension
 (so e.g. 8 kv heads on a tensor axis of 16 stay replicated instead of failing).
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence

@@ -19,6 +19,7 @@ The depth of a text is measured without recursion and in linear time: escape seq
 string literals, then the brackets that remain are counted; the depth of a decoded value is measured
 with an explicit stack.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -11,6 +11,7 @@ Two rules, applied wherever the project writes such text into a message or turns
   produces for bytes that are not UTF-8: the two directions treat invalid text alike. The messages
   themselves keep the text as written (the official harness echoes it the same way).
 """
+
 from __future__ import annotations
 
 import re
@@ -37,7 +38,7 @@ def clip_middle(text: str, limit: int) -> str:
             break
         cut = len(text) - kept
     head = kept - kept // 3
-    return text[:head] + marker + text[len(text) - (kept - head):]
+    return text[:head] + marker + text[len(text) - (kept - head) :]
 
 
 def echo(text: str) -> str:

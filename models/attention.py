@@ -19,6 +19,7 @@ that reads each sequence's filled slots only; Pallas interpret mode off GPU, for
 Masks come from the caller as positions and segment ids, so padded and packed batches work:
 query t may attend to key s iff same segment, key segment ≠ 0, and key position ≤ query position.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,8 +61,10 @@ class MaskInfo:
 
 
 jax.tree_util.register_dataclass(
-    MaskInfo, data_fields=["q_positions", "q_segments", "kv_positions", "kv_segments", "q_branches", "kv_branches"],
-    meta_fields=["self_attention", "plain_causal", "row_layout"])
+    MaskInfo,
+    data_fields=["q_positions", "q_segments", "kv_positions", "kv_segments", "q_branches", "kv_branches"],
+    meta_fields=["self_attention", "plain_causal", "row_layout"],
+)
 
 
 # Below this many queries, attention against the cache is the reference einsum on the cache layout. A
@@ -80,7 +83,7 @@ def reference_attention(q_btnh, k, v, mask_info: MaskInfo, kv_layout: str = "BSK
     kv = k.shape[kv_layout.index("K")]
     q_btkgh = q_btnh.reshape(b, t, kv, n // kv, h)
     scores = jnp.einsum(f"BTKGH,{kv_layout}->BKGTS", q_btkgh, k, preferred_element_type=jnp.float32)
-    scores = scores * (h ** -0.5)
+    scores = scores * (h**-0.5)
     mask_bts = mask_info.dense()
     scores = jnp.where(mask_bts[:, None, None, :, :], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -106,8 +109,15 @@ def chunked_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo, chunk: int = 
     @jax.checkpoint
     def one(args):
         q_chunk, positions, segments, branches = args
-        info = MaskInfo(positions, segments, mask_info.kv_positions, mask_info.kv_segments, mask_info.self_attention,
-                        q_branches=branches, kv_branches=mask_info.kv_branches)
+        info = MaskInfo(
+            positions,
+            segments,
+            mask_info.kv_positions,
+            mask_info.kv_segments,
+            mask_info.self_attention,
+            q_branches=branches,
+            kv_branches=mask_info.kv_branches,
+        )
         return reference_attention(q_chunk, k_bskh, v_bskh, info)
 
     branches = None if mask_info.q_branches is None else blocks(mask_info.q_branches)
@@ -141,12 +151,20 @@ def _splash_kernel(num_heads: int, seq_len: int, interpret: bool, layout: Packed
         head_mask = sm.CausalMask((seq_len, seq_len))
     else:
         from envtune_jax.models.splash_masks import PackedRowMask
+
         head_mask = PackedRowMask(layout, seq_len)
     mask = sm.MultiHeadMask([head_mask] * num_heads)
     block = SPLASH_BLOCK
-    sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
-                          block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-                          block_q_dq=block, block_kv_dq=block)
+    sizes = sk.BlockSizes(
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
+    )
     with jax.ensure_compile_time_eval():  # its mask tables would otherwise be tracers of the first program
         return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
@@ -162,13 +180,17 @@ def splash_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo) -> jax.Array:
     layout = mask_info.row_layout
     _, t, n, h = q_btnh.shape
     if mask_info.q_branches is not None and layout is None:
-        raise ValueError("splash attention runs shared-prefix rows (branch ids) only with their static layout "
-                         "(MaskInfo.row_layout): its mask is fixed when the kernel is built, and branch ids are "
-                         "traced values; pass the rows' PackedRowLayout, or use 'reference', 'chunked', 'xla' "
-                         "or 'cudnn', or two-level attention")
+        raise ValueError(
+            "splash attention runs shared-prefix rows (branch ids) only with their static layout "
+            "(MaskInfo.row_layout): its mask is fixed when the kernel is built, and branch ids are "
+            "traced values; pass the rows' PackedRowLayout, or use 'reference', 'chunked', 'xla' "
+            "or 'cudnn', or two-level attention"
+        )
     if layout is not None and (mask_info.q_branches is None or t != layout.row_width):
-        raise ValueError(f"a row layout needs branch ids and rows of its width {layout.row_width} "
-                         f"(got {t} tokens{'' if mask_info.q_branches is not None else ', no branch ids'})")
+        raise ValueError(
+            f"a row layout needs branch ids and rows of its width {layout.row_width} "
+            f"(got {t} tokens{'' if mask_info.q_branches is not None else ', no branch ids'})"
+        )
     width = -(-t // SPLASH_BLOCK) * SPLASH_BLOCK
     kernel = _splash_kernel(n, width, jax.default_backend() != "tpu", layout)
     group = n // k_bskh.shape[2]
@@ -176,12 +198,13 @@ def splash_attention(q_btnh, k_bskh, v_bskh, mask_info: MaskInfo) -> jax.Array:
     def heads_first(x_btxh):  # [B, T, X, H] -> [B, X, width, H], padded with zeros
         return jnp.pad(jnp.swapaxes(x_btxh, 1, 2), [(0, 0), (0, 0), (0, width - t), (0, 0)])
 
-    q = heads_first(q_btnh) * (h ** -0.5)  # [B, N, width, H]
+    q = heads_first(q_btnh) * (h**-0.5)  # [B, N, width, H]
     k = jnp.repeat(heads_first(k_bskh), group, axis=1)
     v = jnp.repeat(heads_first(v_bskh), group, axis=1)
     pad_segments = [(0, 0), (0, width - t)]  # segment 0: padding sees only padding
-    segments = sk.SegmentIds(q=jnp.pad(mask_info.q_segments, pad_segments),
-                             kv=jnp.pad(mask_info.kv_segments, pad_segments))
+    segments = sk.SegmentIds(
+        q=jnp.pad(mask_info.q_segments, pad_segments), kv=jnp.pad(mask_info.kv_segments, pad_segments)
+    )
     out = jax.vmap(kernel)(q, k, v, segment_ids=segments)  # [B, N, width, H]
     return jnp.swapaxes(out[:, :, :t], 1, 2).astype(q_btnh.dtype)
 
@@ -239,25 +262,38 @@ def pallas_decode_attention(q_bnh, k_bksh, v_bksh, kv_lengths_b) -> jax.Array:
 
     def local(q, k, v, lengths):
         block_k, k_splits = decode_kernel_blocks(capacity, q.shape[0], k.shape[1])
-        out = decode_attention.gqa(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), None, lengths,
-                                   block_k=block_k, k_splits=k_splits, interpret=interpret)
+        out = decode_attention.gqa(
+            q,
+            jnp.swapaxes(k, 1, 2),
+            jnp.swapaxes(v, 1, 2),
+            None,
+            lengths,
+            block_k=block_k,
+            k_splits=k_splits,
+            interpret=interpret,
+        )
         return out.astype(q.dtype)  # its final normalisation promotes 16-bit outputs to fp32
 
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty or mesh.size == 1:
         return local(q_bnh, k_bksh, v_bksh, kv_lengths_b)
-    from envtune_jax.sharding import logical_to_spec
     from envtune_jax.models.kv_cache import CACHE_AXES
+    from envtune_jax.sharding import logical_to_spec
 
     cache_spec = logical_to_spec(CACHE_AXES, k_bksh.shape, mesh)
     batch_axes, head_axes = cache_spec[0], cache_spec[1]
     q_spec = jax.sharding.PartitionSpec(batch_axes, head_axes, None)  # N = K x G, K-major: groups follow K
-    return jax.shard_map(local, in_specs=(q_spec, cache_spec, cache_spec, jax.sharding.PartitionSpec(batch_axes)),
-                         out_specs=q_spec, check_vma=False)(q_bnh, k_bksh, v_bksh, kv_lengths_b)
+    return jax.shard_map(
+        local,
+        in_specs=(q_spec, cache_spec, cache_spec, jax.sharding.PartitionSpec(batch_axes)),
+        out_specs=q_spec,
+        check_vma=False,
+    )(q_bnh, k_bksh, v_bksh, kv_lengths_b)
 
 
-def attend_cache(q_btnh, k_bksh, v_bksh, mask_info: MaskInfo, impl: str = "reference", decode: str = "reference",
-                 kv_lengths_b=None) -> jax.Array:
+def attend_cache(
+    q_btnh, k_bksh, v_bksh, mask_info: MaskInfo, impl: str = "reference", decode: str = "reference", kv_lengths_b=None
+) -> jax.Array:
     """Queries [B, T, N, H] against a KV cache [B, K, S, H]. Returns [B, T, N, H].
 
     decode="pallas" with T = 1 and kv_lengths_b [B] (filled slots per sequence, the query's own
@@ -268,8 +304,12 @@ def attend_cache(q_btnh, k_bksh, v_bksh, mask_info: MaskInfo, impl: str = "refer
     b, t, _, _ = q_btnh.shape
     if decode not in ("reference", "pallas"):
         raise ValueError(f"unknown decode attention '{decode}' (reference, pallas)")
-    if (decode == "pallas" and t == 1 and kv_lengths_b is not None
-            and decode_kernel_blocks(k_bksh.shape[2], b, k_bksh.shape[1]) is not None):
+    if (
+        decode == "pallas"
+        and t == 1
+        and kv_lengths_b is not None
+        and decode_kernel_blocks(k_bksh.shape[2], b, k_bksh.shape[1]) is not None
+    ):
         return pallas_decode_attention(q_btnh[:, 0], k_bksh, v_bksh, kv_lengths_b)[:, None]
     if impl in ("xla", "cudnn") and t >= CACHE_KERNEL_MIN_QUERIES:
         return xla_attention(q_btnh, jnp.swapaxes(k_bksh, 1, 2), jnp.swapaxes(v_bksh, 1, 2), mask_info, impl)

@@ -8,6 +8,7 @@ Restoring builds the model abstractly and asks Orbax for each array directly in 
 sharding, so a checkpoint written on one mesh loads onto another. Training runs' resumable
 checkpoints (optimizer state, KL reference, run record) are rl/run_checkpoint.py's.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,11 +22,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from envtune_jax.checkpoint_layout import MODEL_CONFIG_FILE
-from envtune_jax.sharding import named_sharding
 from envtune_jax.models.config import Qwen3Config
 from envtune_jax.models.hf_io import TOKENIZER_FILES, CheckpointError, staged_dir
 from envtune_jax.models.qwen3 import Qwen3
-
+from envtune_jax.sharding import named_sharding
 
 
 class CheckpointNotFound(FileNotFoundError):
@@ -70,8 +70,9 @@ def model_from_dict(cfg: Qwen3Config, params: dict) -> Qwen3:
     return nnx.merge(graphdef, state)
 
 
-def save_model(model: Qwen3, ckpt_dir: str | Path, tokenizer_dir: str | Path | None = None,
-               metadata: dict | None = None) -> Path:
+def save_model(
+    model: Qwen3, ckpt_dir: str | Path, tokenizer_dir: str | Path | None = None, metadata: dict | None = None
+) -> Path:
     """Writes a model checkpoint (params + config + tokenizer files), replacing `ckpt_dir` only once it
     is complete: all is written into a temporary sibling folder renamed into place at the end, so a
     failure leaves an existing `ckpt_dir` intact and no partial folder. Every process calls this."""
@@ -100,7 +101,9 @@ def copy_tokenizer_files(source: Path, dest: Path) -> list[str]:
 def read_model_config(ckpt_dir: str | Path, **runtime: Any) -> Qwen3Config:
     path = Path(ckpt_dir) / MODEL_CONFIG_FILE
     if not path.is_file():
-        raise CheckpointNotFound(f"{path}: not found; is {ckpt_dir} an envtune model checkpoint (from `envtune convert`)?")
+        raise CheckpointNotFound(
+            f"{path}: not found; is {ckpt_dir} an envtune model checkpoint (from `envtune convert`)?"
+        )
     try:
         fields = json.loads(path.read_text(encoding="utf-8"))["model"]
         fields.update(runtime)
@@ -109,8 +112,9 @@ def read_model_config(ckpt_dir: str | Path, **runtime: Any) -> Qwen3Config:
         raise CheckpointError(f"{path}: not an envtune model config ({type(exc).__name__}: {exc})") from None
 
 
-def load_model(ckpt_dir: str | Path, mesh=None, dtype: str | None = None, compute_dtype: str | None = None,
-               **runtime: Any) -> Qwen3:
+def load_model(
+    ckpt_dir: str | Path, mesh=None, dtype: str | None = None, compute_dtype: str | None = None, **runtime: Any
+) -> Qwen3:
     """Restores a model checkpoint, each array directly into its sharding on `mesh` (if given)."""
     ckpt_dir = Path(ckpt_dir).absolute()
     overrides = dict(runtime)

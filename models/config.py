@@ -4,6 +4,7 @@ Architecture fields mirror the HF names (vocab, hidden, intermediate, layers, he
 head_dim — independent of hidden/heads —, rope_theta, rms_norm_eps, tied embeddings, max
 positions). Runtime fields (param/compute dtypes, attention implementation, decode attention, remat policy) are ours.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,9 @@ class Qwen3Config:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         self.remat_policies()  # validates
         if self.decode_attention not in DecodeAttention.__args__:  # type: ignore[attr-defined]
-            raise ValueError(f"unknown decode_attention '{self.decode_attention}'; choose from "
-                             f"{DecodeAttention.__args__}")  # type: ignore[attr-defined]
+            raise ValueError(
+                f"unknown decode_attention '{self.decode_attention}'; choose from {DecodeAttention.__args__}"
+            )  # type: ignore[attr-defined]
 
     def remat_policies(self) -> tuple[str, ...]:
         """The remat policy of each layer."""
@@ -105,8 +107,16 @@ def _rope_theta(hf: dict[str, Any]) -> float | None:
     return params.get("rope_theta")
 
 
-_POSITIVE_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                        "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")
+_POSITIVE_INT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+)
 
 
 def _field_error(source: str, name: str, value: Any, expected: str) -> NotAQwen3Checkpoint:
@@ -120,11 +130,15 @@ def _check_computation(hf: dict[str, Any], source: str) -> None:
     if act != "silu":
         raise NotAQwen3Checkpoint(f"{source}: hidden_act={act!r}; envtune-jax's Qwen3 MLP uses silu only")
     if hf.get("attention_bias", False) is not False:
-        raise NotAQwen3Checkpoint(f"{source}: attention_bias={hf['attention_bias']!r}; envtune-jax's Qwen3 has no "
-                                  "biases on the attention projections")
+        raise NotAQwen3Checkpoint(
+            f"{source}: attention_bias={hf['attention_bias']!r}; envtune-jax's Qwen3 has no "
+            "biases on the attention projections"
+        )
     if hf.get("use_sliding_window", False) is not False:
-        raise NotAQwen3Checkpoint(f"{source}: use_sliding_window={hf['use_sliding_window']!r} (sliding_window="
-                                  f"{hf.get('sliding_window')!r}); envtune-jax supports full attention only")
+        raise NotAQwen3Checkpoint(
+            f"{source}: use_sliding_window={hf['use_sliding_window']!r} (sliding_window="
+            f"{hf.get('sliding_window')!r}); envtune-jax supports full attention only"
+        )
     layer_types = hf.get("layer_types")
     if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
         other = sorted({str(kind) for kind in layer_types if kind != "full_attention"})
@@ -137,8 +151,9 @@ def _check_computation(hf: dict[str, Any], source: str) -> None:
             raise _field_error(source, name, rope, "an object or null")
         kind = rope.get("rope_type", rope.get("type"))
         if kind is None and not (name == "rope_parameters" and set(rope) <= {"rope_theta"}):
-            raise NotAQwen3Checkpoint(f"{source}: {name} {rope} names no rope_type; envtune-jax supports default "
-                                      "RoPE only (no scaling)")
+            raise NotAQwen3Checkpoint(
+                f"{source}: {name} {rope} names no rope_type; envtune-jax supports default RoPE only (no scaling)"
+            )
         if kind not in (None, "default"):
             raise NotAQwen3Checkpoint(f"{source}: {name} of rope_type {kind!r} is not supported (default RoPE only)")
 
@@ -157,8 +172,10 @@ def _check_field_types(kwargs: dict[str, Any], source: str) -> None:
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise _field_error(source, hf_name, value, "a positive number")
     if kwargs["num_heads"] % kwargs["num_kv_heads"]:
-        raise NotAQwen3Checkpoint(f"{source}: num_attention_heads {kwargs['num_heads']} is not a multiple of "
-                                  f"num_key_value_heads {kwargs['num_kv_heads']}")
+        raise NotAQwen3Checkpoint(
+            f"{source}: num_attention_heads {kwargs['num_heads']} is not a multiple of "
+            f"num_key_value_heads {kwargs['num_kv_heads']}"
+        )
 
 
 def from_hf_dict(hf: dict[str, Any], source: str = "config.json", **runtime: Any) -> Qwen3Config:
@@ -172,7 +189,8 @@ def from_hf_dict(hf: dict[str, Any], source: str = "config.json", **runtime: Any
     if model_type != "qwen3" or (archs and "Qwen3ForCausalLM" not in archs):
         raise NotAQwen3Checkpoint(
             f"{source}: model_type={model_type!r}, architectures={archs}; envtune-jax loads dense Qwen3 "
-            "(model_type 'qwen3', Qwen3ForCausalLM) only")
+            "(model_type 'qwen3', Qwen3ForCausalLM) only"
+        )
     _check_computation(hf, source)
     kwargs: dict[str, Any] = {}
     for hf_name, ours in _HF_FIELDS.items():
@@ -199,7 +217,9 @@ def load_hf_config(hf_dir: str | Path, **runtime: Any) -> Qwen3Config:
     except UnicodeDecodeError:
         raise NotAQwen3Checkpoint(f"{path}: not a text file") from None
     except json.JSONDecodeError as exc:
-        raise NotAQwen3Checkpoint(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise NotAQwen3Checkpoint(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
     return from_hf_dict(hf, str(path), **runtime)
 
 
@@ -226,32 +246,88 @@ def to_hf_dict(config: Qwen3Config) -> dict[str, Any]:
 
 
 PRESETS: dict[str, Qwen3Config] = {
-    "qwen3-0.6b": Qwen3Config(hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16,
-                              num_kv_heads=8, head_dim=128, tie_word_embeddings=True),
-    "qwen3-1.7b": Qwen3Config(hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
-                              num_kv_heads=8, head_dim=128, tie_word_embeddings=True),
-    "qwen3-4b": Qwen3Config(hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32,
-                            num_kv_heads=8, head_dim=128, tie_word_embeddings=True),
-    "qwen3-4b-instruct-2507": Qwen3Config(hidden_size=2560, intermediate_size=9728, num_layers=36,
-                                          num_heads=32, num_kv_heads=8, head_dim=128,
-                                          tie_word_embeddings=True, rope_theta=5_000_000.0,
-                                          max_position_embeddings=262144),
-    "qwen3-8b": Qwen3Config(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32,
-                            num_kv_heads=8, head_dim=128, tie_word_embeddings=False),
+    "qwen3-0.6b": Qwen3Config(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_layers=28,
+        num_heads=16,
+        num_kv_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-1.7b": Qwen3Config(
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_layers=28,
+        num_heads=16,
+        num_kv_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-4b": Qwen3Config(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_layers=36,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-4b-instruct-2507": Qwen3Config(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_layers=36,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+        rope_theta=5_000_000.0,
+        max_position_embeddings=262144,
+    ),
+    "qwen3-8b": Qwen3Config(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_layers=36,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        tie_word_embeddings=False,
+    ),
     # CPU demo/tests: the real vocabulary, tiny everything else (head_dim != hidden/heads on purpose).
-    "tiny": Qwen3Config(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                        num_kv_heads=2, head_dim=32, tie_word_embeddings=True, max_position_embeddings=32768),
+    "tiny": Qwen3Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        tie_word_embeddings=True,
+        max_position_embeddings=32768,
+    ),
     # The synthetic learning run's model: Qwen's BPE cut to its first 8,192 ranks + 26 added tokens, padded to
     # 8,320 rows (`model.bpe_ranks: 8192`); hidden 64 (hidden 32 does not learn even a supervised copy of the
     # request in 100 steps).
-    "tiny-8k": Qwen3Config(vocab_size=8320, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                           num_kv_heads=1, head_dim=16, tie_word_embeddings=False, max_position_embeddings=4096),
+    "tiny-8k": Qwen3Config(
+        vocab_size=8320,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=1,
+        head_dim=16,
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+    ),
 }
 
 
 def preset(name: str, **runtime: Any) -> Qwen3Config:
     if name not in PRESETS:
         import difflib
+
         close = difflib.get_close_matches(name, PRESETS, n=1)
-        raise KeyError(f"unknown preset '{name}'" + (f"; did you mean '{close[0]}'?" if close else f"; choose from {sorted(PRESETS)}"))
+        raise KeyError(
+            f"unknown preset '{name}'"
+            + (f"; did you mean '{close[0]}'?" if close else f"; choose from {sorted(PRESETS)}")
+        )
     return PRESETS[name].replace(**runtime)

@@ -2,7 +2,7 @@
 
 | use | parameters | compute | who |
 |---|---|---|---|
-| train | float32 | bfloat16 | `envtune train`, the synthetic run, `envtune bench rollout` (recipes: `model.param_dtype`, `model.dtype`) |
+| train | float32 | bfloat16 | `envtune train`, the synthetic run, `envtune bench rollout` (recipe `model:` section) |
 | inference | bfloat16 | bfloat16 | `envtune generate`, `envtune eval`, `envtune bench generate / prefill / extend` |
 | convert | float32 | float32 | `envtune convert`, `envtune export`, the demo's conversion |
 
@@ -13,6 +13,7 @@ alone (`--dtype`) sets the compute dtype too, and outside training a compute dty
 too (weights and compute are one setting there). The source of the weights (HF folder, envtune checkpoint,
 random) never changes the result. JAX-free: the command line and the recipe dataclasses read it.
 """
+
 from __future__ import annotations
 
 import dataclasses

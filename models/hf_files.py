@@ -10,6 +10,7 @@ one set of checks, one wording per fault, one error type.
 - `check_files(hf_dir)`: both, for every file, without reading any tensor data.
 - `open_safetensors(file)`: the safetensors handle the loader reads tensors through, after `read_header`.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,11 @@ def read_header(file: Path) -> dict[str, Any]:
             raise _unreadable(file, f"truncated: {size} bytes")
         (header_len,) = struct.unpack("<Q", head)
         if header_len > size - HEADER_LENGTH_BYTES:
-            raise _unreadable(file, f"truncated or garbage: its header length says {header_len} bytes, "
-                                    f"the file holds {size - HEADER_LENGTH_BYTES}")
+            raise _unreadable(
+                file,
+                f"truncated or garbage: its header length says {header_len} bytes, "
+                f"the file holds {size - HEADER_LENGTH_BYTES}",
+            )
         try:
             header = json.loads(handle.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -51,8 +55,11 @@ def read_header(file: Path) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise _unreadable(file, "its header is not a JSON object")
     data_bytes = size - HEADER_LENGTH_BYTES - header_len
-    ends = [entry.get("data_offsets", [0, 0])[1] for name, entry in header.items()
-            if name != "__metadata__" and isinstance(entry, dict)]
+    ends = [
+        entry.get("data_offsets", [0, 0])[1]
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict)
+    ]
     if ends and max(ends) > data_bytes:
         raise _unreadable(file, f"truncated: its tensors need {max(ends)} bytes of data, the file holds {data_bytes}")
     return header
@@ -85,12 +92,13 @@ def tensor_files(hf_dir: str | Path) -> dict[str, Path]:
     hf_dir = Path(hf_dir)
     index_path = hf_dir / INDEX_FILE
     if index_path.is_file():
-        files = {name: _indexed_file(hf_dir, index_path, name, file)
-                 for name, file in _read_index(index_path).items()}
+        files = {name: _indexed_file(hf_dir, index_path, name, file) for name, file in _read_index(index_path).items()}
         missing = sorted({str(file.relative_to(hf_dir)) for file in files.values() if not file.is_file()})
         if missing:
-            raise CheckpointError(f"{index_path}: lists {missing[0]}, which is missing"
-                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            raise CheckpointError(
+                f"{index_path}: lists {missing[0]}, which is missing"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            )
         return files
     single = hf_dir / SINGLE_FILE
     if single.is_file():

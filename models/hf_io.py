@@ -13,6 +13,7 @@ renamed into place at the end (`staged_dir`), so a failure leaves nothing half-w
 Which file holds each tensor, and whether every file is whole, is models/hf_files.py's (JAX-free, so the
 command line runs the same checks before it imports JAX).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,17 +32,31 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from envtune_jax.atomic_files import publish_dir, recover_dir
-from envtune_jax.sharding import named_sharding
 from envtune_jax.models.config import NotAQwen3Checkpoint, Qwen3Config, load_hf_config, to_hf_dict
 from envtune_jax.models.hf_files import CheckpointError, check_files, open_safetensors
 from envtune_jax.models.qwen3 import Qwen3
 from envtune_jax.models.weights import expected_hf_shape, hf_read_plan, hf_to_ours, ours_to_hf
+from envtune_jax.sharding import named_sharding
 
 MAX_SHARD_BYTES = 5 * 1000**3
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
-DEFAULT_GENERATION_CONFIG = {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643,
-                             "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+DEFAULT_GENERATION_CONFIG = {
+    "bos_token_id": 151643,
+    "eos_token_id": [151645, 151643],
+    "pad_token_id": 151643,
+    "do_sample": True,
+    "temperature": 0.7,
+    "top_p": 0.8,
+    "top_k": 20,
+}
 
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # stored dtypes the loader casts to param_dtype
@@ -71,8 +86,14 @@ def _read_slice(handle, name: str, hf_index: tuple[slice, ...]) -> np.ndarray:
     return handle.get_slice(name)[hf_index]
 
 
-def load_pretrained(hf_dir: str | os.PathLike, dtype: str = "float32", mesh=None, compute_dtype: str | None = None,
-                    progress: bool = True, **runtime) -> Qwen3:
+def load_pretrained(
+    hf_dir: str | os.PathLike,
+    dtype: str = "float32",
+    mesh=None,
+    compute_dtype: str | None = None,
+    progress: bool = True,
+    **runtime,
+) -> Qwen3:
     """Loads an HF Qwen3 checkpoint into an NNX model (params in `dtype`, optionally sharded on `mesh`)."""
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
@@ -102,13 +123,16 @@ def load_weights(hf_dir: Path, cfg: Qwen3Config, mesh=None, progress: bool = Tru
             want_hf = expected_hf_shape(meta["hf_layout"], meta["layout"], shape)
             stored = tuple(handle.get_slice(name).get_shape())
             if stored != want_hf:
-                raise CheckpointError(f"{index[name]}: tensor '{name}' has shape {stored}, config.json implies "
-                                      f"{want_hf}")
+                raise CheckpointError(
+                    f"{index[name]}: tensor '{name}' has shape {stored}, config.json implies {want_hf}"
+                )
             stored_dtype = handle.get_slice(name).get_dtype()
             if stored_dtype not in FLOAT_DTYPES:
-                raise CheckpointError(f"{index[name]}: tensor '{name}' is stored as {stored_dtype}; Qwen3 weights are "
-                                      f"floating point ({', '.join(FLOAT_DTYPES)}), quantized or integer checkpoints "
-                                      "are not supported")
+                raise CheckpointError(
+                    f"{index[name]}: tensor '{name}' is stored as {stored_dtype}; Qwen3 weights are "
+                    f"floating point ({', '.join(FLOAT_DTYPES)}), quantized or integer checkpoints "
+                    "are not supported"
+                )
             try:
                 var.set_value(_load_tensor(handle, name, meta, shape, dtype, mesh))
             except SafetensorError as exc:
@@ -142,6 +166,7 @@ def _load_tensor(handle, name: str, meta, shape: tuple[int, ...], dtype, mesh) -
 def _to_host(value: jax.Array) -> np.ndarray:
     if isinstance(value, jax.Array) and not value.is_fully_addressable:
         from jax.experimental import multihost_utils
+
         value = multihost_utils.process_allgather(value, tiled=True)
     return np.asarray(jax.device_get(value))
 
@@ -156,8 +181,14 @@ def export_tensors(model: Qwen3, dtype: str | None = None) -> Iterator[tuple[str
         yield meta["hf_key"], ours_to_hf(host, meta["hf_layout"], meta["layout"])
 
 
-def save_pretrained(model: Qwen3, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
-                    dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES, progress: bool = True) -> Path:
+def save_pretrained(
+    model: Qwen3,
+    out_dir: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike | None = None,
+    dtype: str | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    progress: bool = True,
+) -> Path:
     """Writes an HF-layout checkpoint (loadable by transformers). Only process 0 writes."""
     out_dir = Path(out_dir)
     cfg = model.config
@@ -214,6 +245,7 @@ def staged_dir(out_dir: Path, all_processes: bool = True) -> Iterator[Path]:
 def _barrier(all_processes: bool, name: str) -> None:
     if all_processes and jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
 
 
@@ -222,8 +254,9 @@ def _write_checkpoint(model: Qwen3, out: Path, dtype, max_shard_bytes: int, prog
     sizes = [0]
     total = 0
     flat = _flat_params(model)
-    for name, array in tqdm(export_tensors(model, dtype), total=len(flat), desc="exporting", unit="tensor",
-                            disable=not progress):
+    for name, array in tqdm(
+        export_tensors(model, dtype), total=len(flat), desc="exporting", unit="tensor", disable=not progress
+    ):
         if sizes[-1] and sizes[-1] + array.nbytes > max_shard_bytes:
             _flush(shards, out, len(shards))
             shards.append({})

@@ -11,6 +11,7 @@ beyond `lengths[b]` are empty. Appending T new tokens (ragged: `num_new[b]` ≤ 
 writes slots lengths[b] .. lengths[b]+T-1 and advances lengths by num_new, so pad tokens written
 past the new length are simply overwritten later.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,7 +45,9 @@ def cache_shape(batch: int, num_kv_heads: int, max_len: int, head_dim: int) -> t
     return (batch, num_kv_heads, max_len, head_dim)
 
 
-def write_kv(cache_bksh: jax.Array, new_btkh: jax.Array, starts_b: jax.Array, rows_b: jax.Array | None = None) -> jax.Array:
+def write_kv(
+    cache_bksh: jax.Array, new_btkh: jax.Array, starts_b: jax.Array, rows_b: jax.Array | None = None
+) -> jax.Array:
     """Writes new [B', T, K, H] into cache [B, K, S, H] at slots starts[b] + t (dropped past S).
 
     Row b of new goes to cache row rows_b[b] (default b; an index ≥ B drops the row).
@@ -63,8 +66,9 @@ def read_window(cache_bksh: jax.Array, starts_b: jax.Array, width: int) -> jax.A
     return cache_bksh.at[batch_bt, :, slots_bt, :].get(mode="fill", fill_value=0)
 
 
-def write_positions(per_position_bs: jax.Array, new_bt: jax.Array, starts_b: jax.Array,
-                    rows_b: jax.Array | None = None) -> jax.Array:
+def write_positions(
+    per_position_bs: jax.Array, new_bt: jax.Array, starts_b: jax.Array, rows_b: jax.Array | None = None
+) -> jax.Array:
     """Writes new [B', T, ...] into a per-position array [B, S, ...] at starts[b] + t (dropped past S).
 
     Row b of new goes to row rows_b[b] (default b; an index ≥ B drops the row).

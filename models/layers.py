@@ -2,14 +2,15 @@
 
 Each block declares its weights once through `envtune_jax.models.weights.declare_weight`.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from envtune_jax.sharding import constrain
 from envtune_jax.models.weights import WeightSpec, declare_weight
+from envtune_jax.sharding import constrain
 
 
 class RMSNorm(nnx.Module):
@@ -47,12 +48,24 @@ class MLP(nnx.Module):
     """SwiGLU: down(silu(x·gate) * (x·up))."""
 
     def __init__(self, hidden: int, intermediate: int, prefix: str, param_dtype, dtype, rngs: nnx.Rngs):
-        self.gate = declare_weight(WeightSpec("D F", ("embed", "mlp"), f"{prefix}.gate_proj.weight", "F D"),
-                                   (hidden, intermediate), param_dtype, rngs)
-        self.up = declare_weight(WeightSpec("D F", ("embed", "mlp"), f"{prefix}.up_proj.weight", "F D"),
-                                 (hidden, intermediate), param_dtype, rngs)
-        self.down = declare_weight(WeightSpec("F D", ("mlp", "embed"), f"{prefix}.down_proj.weight", "D F"),
-                                   (intermediate, hidden), param_dtype, rngs)
+        self.gate = declare_weight(
+            WeightSpec("D F", ("embed", "mlp"), f"{prefix}.gate_proj.weight", "F D"),
+            (hidden, intermediate),
+            param_dtype,
+            rngs,
+        )
+        self.up = declare_weight(
+            WeightSpec("D F", ("embed", "mlp"), f"{prefix}.up_proj.weight", "F D"),
+            (hidden, intermediate),
+            param_dtype,
+            rngs,
+        )
+        self.down = declare_weight(
+            WeightSpec("F D", ("mlp", "embed"), f"{prefix}.down_proj.weight", "D F"),
+            (intermediate, hidden),
+            param_dtype,
+            rngs,
+        )
         self.dtype = dtype
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:

@@ -24,6 +24,7 @@ part run once for all samples of the group:
   is the reference the two-level path is tested against.
 Softmaxes are fp32; a query with no visible key in a part gets lse = -inf there (weight 0).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from envtune_jax.models.attention import MaskInfo, reference_attention
 from envtune_jax.models import prefix_kernels
+from envtune_jax.models.attention import MaskInfo, reference_attention
 from envtune_jax.models.prefix_parts import NEG_INF, lane_table, masked_softmax_lse, merge_partials, region_of
 from envtune_jax.models.row_layout import PackedRowLayout
 
@@ -48,7 +49,7 @@ def partial_attention(q_btnh: jax.Array, k, v, mask_bts: jax.Array, kv_layout: s
     b, t, n, h = q_btnh.shape
     kv = k.shape[kv_layout.index("K")]
     scores = jnp.einsum(f"BTKGH,{kv_layout}->BKGTS", _grouped(q_btnh, kv), k, preferred_element_type=jnp.float32)
-    probs, lse_bkgt = masked_softmax_lse(scores * (h ** -0.5), mask_bts[:, None, None, :, :])
+    probs, lse_bkgt = masked_softmax_lse(scores * (h**-0.5), mask_bts[:, None, None, :, :])
     out = jnp.einsum(f"BKGTS,{kv_layout}->BTKGH", probs.astype(v.dtype), v)
     return out.reshape(b, t, n, h).astype(jnp.float32), jnp.transpose(lse_bkgt, (0, 3, 1, 2)).reshape(b, t, n)
 
@@ -74,8 +75,10 @@ def blocked_partial_attention(q_btnh, k_bskh, v_bskh, mask_bts, block: int | Non
 
     one = jax.checkpoint(lambda args: partial_attention(args[0], k_bskh, v_bskh, args[1]))
     out, lse = jax.lax.map(one, (blocks(q_btnh), blocks(mask_bts)))
-    return (jnp.swapaxes(out, 0, 1).reshape(b, num * block, n, h)[:, :t],
-            jnp.swapaxes(lse, 0, 1).reshape(b, num * block, n)[:, :t])
+    return (
+        jnp.swapaxes(out, 0, 1).reshape(b, num * block, n, h)[:, :t],
+        jnp.swapaxes(lse, 0, 1).reshape(b, num * block, n)[:, :t],
+    )
 
 
 # ---------------------------------------------------------------- decode / extend against prefix regions
@@ -88,7 +91,7 @@ def _prefix_part_einsum(q_btnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, 
     q_rmtkgh = q_rmtkgh.reshape(r, lanes, t, kv, n // kv, h)
     scores = jnp.einsum("RMTKGH,RKPH->RKGMTP", q_rmtkgh, prefix_k_rkph, preferred_element_type=jnp.float32)
     visible_rp = jnp.arange(p, dtype=jnp.int32)[None, :] < prefix_lengths_r[:, None]
-    probs, lse_rkgmt = masked_softmax_lse(scores * (h ** -0.5), visible_rp[:, None, None, None, None, :])
+    probs, lse_rkgmt = masked_softmax_lse(scores * (h**-0.5), visible_rp[:, None, None, None, None, :])
     out = jnp.einsum("RKGMTP,RKPH->RMTKGH", probs.astype(prefix_v_rkph.dtype), prefix_v_rkph)
     out_lanes = out.reshape(r * lanes, t, n, h).astype(jnp.float32)
     lse_lanes = jnp.transpose(lse_rkgmt, (0, 3, 4, 1, 2)).reshape(r * lanes, t, n)
@@ -97,9 +100,19 @@ def _prefix_part_einsum(q_btnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, 
     return out_b, lse_b
 
 
-def shared_prefix_attention(q_btnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, lane_b, lanes: int,
-                            suffix_k_bksh, suffix_v_bksh, suffix_info: MaskInfo, decode: str = "reference",
-                            suffix_lengths_b=None) -> jax.Array:
+def shared_prefix_attention(
+    q_btnh,
+    prefix_k_rkph,
+    prefix_v_rkph,
+    prefix_lengths_r,
+    lane_b,
+    lanes: int,
+    suffix_k_bksh,
+    suffix_v_bksh,
+    suffix_info: MaskInfo,
+    decode: str = "reference",
+    suffix_lengths_b=None,
+) -> jax.Array:
     """Queries [B, T, N, H] of slots whose sequence is [prefix of region lane_b // lanes; own suffix].
 
     prefix_k/v [R, K, P, H] with prefix_lengths_r [R] filled slots; lane_b [B] (R·lanes: no prefix);
@@ -110,20 +123,43 @@ def shared_prefix_attention(q_btnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths
     Returns [B, T, N, H] in q's dtype.
     """
     if decode == "pallas" and q_btnh.shape[1] == 1 and suffix_lengths_b is not None:
-        fits = prefix_kernels.kernel_fits(prefix_k_rkph.shape[2], suffix_k_bksh.shape[2], prefix_k_rkph.shape[0], q_btnh.shape[0],
-                           prefix_k_rkph.shape[1])
+        fits = prefix_kernels.kernel_fits(
+            prefix_k_rkph.shape[2],
+            suffix_k_bksh.shape[2],
+            prefix_k_rkph.shape[0],
+            q_btnh.shape[0],
+            prefix_k_rkph.shape[1],
+        )
         mesh = jax.sharding.get_abstract_mesh()
         if fits and (mesh is None or mesh.empty or mesh.size == 1):
-            out = prefix_kernels.pallas_prefix_decode(q_btnh[:, 0], prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, lane_b,
-                                       lanes, suffix_k_bksh, suffix_v_bksh, suffix_lengths_b)
+            out = prefix_kernels.pallas_prefix_decode(
+                q_btnh[:, 0],
+                prefix_k_rkph,
+                prefix_v_rkph,
+                prefix_lengths_r,
+                lane_b,
+                lanes,
+                suffix_k_bksh,
+                suffix_v_bksh,
+                suffix_lengths_b,
+            )
             return out[:, None]
     out_p, lse_p = _prefix_part_einsum(q_btnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, lane_b, lanes)
     out_s, lse_s = partial_attention(q_btnh, suffix_k_bksh, suffix_v_bksh, suffix_info.dense(), "BKSH")
     return merge_partials([out_p, out_s], [lse_p, lse_s]).astype(q_btnh.dtype)
 
 
-def shared_prefix_attention_reference(q_btnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, lane_b, lanes: int,
-                                      suffix_k_bksh, suffix_v_bksh, suffix_info: MaskInfo) -> jax.Array:
+def shared_prefix_attention_reference(
+    q_btnh,
+    prefix_k_rkph,
+    prefix_v_rkph,
+    prefix_lengths_r,
+    lane_b,
+    lanes: int,
+    suffix_k_bksh,
+    suffix_v_bksh,
+    suffix_info: MaskInfo,
+) -> jax.Array:
     """The plain path: each slot's prefix gathered [B, K, P, H], concatenated before its suffix, one
     einsum over [B, K, P + S, H] with the dense mask. Same arguments and result as shared_prefix_attention."""
     b = q_btnh.shape[0]
@@ -134,10 +170,13 @@ def shared_prefix_attention_reference(q_btnh, prefix_k_rkph, prefix_v_rkph, pref
     prefix_lengths_b = jnp.take(prefix_lengths_r, region_b, mode="fill", fill_value=0)
     slots_bp = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None, :], (b, p))
     prefix_segments_bp = (slots_bp < prefix_lengths_b[:, None]).astype(jnp.int32)
-    info = MaskInfo(suffix_info.q_positions, jnp.ones_like(suffix_info.q_segments),
-                    jnp.concatenate([slots_bp, suffix_info.kv_positions], axis=1),
-                    jnp.concatenate([prefix_segments_bp, (suffix_info.kv_segments != 0).astype(jnp.int32)], axis=1),
-                    self_attention=False)
+    info = MaskInfo(
+        suffix_info.q_positions,
+        jnp.ones_like(suffix_info.q_segments),
+        jnp.concatenate([slots_bp, suffix_info.kv_positions], axis=1),
+        jnp.concatenate([prefix_segments_bp, (suffix_info.kv_segments != 0).astype(jnp.int32)], axis=1),
+        self_attention=False,
+    )
     return reference_attention(q_btnh, keys, values, info, kv_layout="BKSH")
 
 
@@ -147,8 +186,8 @@ def _blocks(x_bt, layout: PackedRowLayout):
     b = x_bt.shape[0]
     rest = x_bt.shape[2:]
     groups = x_bt.reshape(b * layout.groups, layout.group_width, *rest)
-    prompt = groups[:, :layout.prompt_width]
-    branches = groups[:, layout.prompt_width:].reshape(b * layout.groups, layout.branches, layout.branch_width, *rest)
+    prompt = groups[:, : layout.prompt_width]
+    branches = groups[:, layout.prompt_width :].reshape(b * layout.groups, layout.branches, layout.branch_width, *rest)
     return prompt, branches
 
 
@@ -160,7 +199,7 @@ def two_level_packed_attention(q_btnh, k_btkh, v_btkh, info: MaskInfo, layout: P
     b, t, n, h = q_btnh.shape
     if t != layout.row_width:
         raise ValueError(f"rows of {t} tokens do not match the layout's {layout.row_width}")
-    u, g, c, p = b * layout.groups, layout.branches, layout.branch_width, layout.prompt_width
+    u, g, c = b * layout.groups, layout.branches, layout.branch_width
     q_p, q_c = _blocks(q_btnh, layout)
     k_p, k_c = _blocks(k_btkh, layout)
     v_p, v_c = _blocks(v_btkh, layout)
@@ -175,9 +214,12 @@ def two_level_packed_attention(q_btnh, k_btkh, v_btkh, info: MaskInfo, layout: P
     pos_c_flat, seg_c_flat = pos_c.reshape(u, g * c), seg_c.reshape(u, g * c)
     out_a, lse_a = blocked_partial_attention(q_c_flat, k_p, v_p, mask(pos_c_flat, seg_c_flat, pos_p, seg_p))
     pos_own, seg_own = pos_c.reshape(u * g, c), seg_c.reshape(u * g, c)
-    out_b, lse_b = blocked_partial_attention(q_c.reshape(u * g, c, n, h), k_c.reshape(u * g, c, *k_c.shape[3:]),
-                                             v_c.reshape(u * g, c, *v_c.shape[3:]),
-                                             mask(pos_own, seg_own, pos_own, seg_own))
+    out_b, lse_b = blocked_partial_attention(
+        q_c.reshape(u * g, c, n, h),
+        k_c.reshape(u * g, c, *k_c.shape[3:]),
+        v_c.reshape(u * g, c, *v_c.shape[3:]),
+        mask(pos_own, seg_own, pos_own, seg_own),
+    )
     out_cont = merge_partials([out_a, out_b.reshape(u, g * c, n, h)], [lse_a, lse_b.reshape(u, g * c, n)])
     out = jnp.concatenate([out_prompt, out_cont], axis=1)  # [U, P + G·C, N, H]
     return out.reshape(b, t, n, h).astype(q_btnh.dtype)
@@ -189,6 +231,7 @@ class RowBranches:
     [B, T] (0 = its group's prompt, c ≥ 1 = continuation c), the rows' static layout (every back-end but
     splash can do without it: None), and whether attention runs two-level (needs the layout) or as one
     masked attention on the model's attention back-end (splash runs the layout's static mask)."""
+
     branches_bt: jax.Array
     layout: PackedRowLayout | None = None
     two_level: bool = False

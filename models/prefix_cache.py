@@ -7,6 +7,7 @@ sequence is its region's P_r prompt tokens followed by its own cached suffix, so
 slot s has position P_r + s. `attention` picks the two-level path ("two_level": the prompt read once per
 region, merged by log-sum-exp) or the plain concatenated einsum ("reference"); see prefix_attention.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,7 @@ from envtune_jax.models.prefix_parts import region_of
 @dataclasses.dataclass
 class PrefixLayer:
     """One layer's prefix keys/values [R, K, P, H] and the lanes of the rows that read them."""
+
     keys: jax.Array
     values: jax.Array
     lengths_r: jax.Array  # [R] int32
@@ -33,15 +35,25 @@ class PrefixLayer:
     def attend(self, q_btnh, suffix_k_bksh, suffix_v_bksh, suffix_info, decode: str, suffix_lengths_b) -> jax.Array:
         """Queries [B, T, N, H] against [prefix; own suffix]. Returns [B, T, N, H]."""
         dt = q_btnh.dtype
-        args = (q_btnh, self.keys.astype(dt), self.values.astype(dt), self.lengths_r, self.lane_b, self.lanes,
-                suffix_k_bksh, suffix_v_bksh, suffix_info)
+        args = (
+            q_btnh,
+            self.keys.astype(dt),
+            self.values.astype(dt),
+            self.lengths_r,
+            self.lane_b,
+            self.lanes,
+            suffix_k_bksh,
+            suffix_v_bksh,
+            suffix_info,
+        )
         if self.attention == "reference":
             return shared_prefix_attention_reference(*args)
         return shared_prefix_attention(*args, decode=decode, suffix_lengths_b=suffix_lengths_b)
 
 
-jax.tree_util.register_dataclass(PrefixLayer, data_fields=["keys", "values", "lengths_r", "lane_b"],
-                                 meta_fields=["lanes", "attention"])
+jax.tree_util.register_dataclass(
+    PrefixLayer, data_fields=["keys", "values", "lengths_r", "lane_b"], meta_fields=["lanes", "attention"]
+)
 
 
 @dataclasses.dataclass
@@ -64,8 +76,14 @@ class PrefixKV:
         return jnp.take(self.regions.lengths, region_of(self.lane_b, self.lanes), mode="fill", fill_value=0)
 
     def layer(self, index: int) -> PrefixLayer:
-        return PrefixLayer(self.regions.keys[index], self.regions.values[index], self.regions.lengths, self.lane_b,
-                           self.lanes, self.attention)
+        return PrefixLayer(
+            self.regions.keys[index],
+            self.regions.values[index],
+            self.regions.lengths,
+            self.lane_b,
+            self.lanes,
+            self.attention,
+        )
 
 
 jax.tree_util.register_dataclass(PrefixKV, data_fields=["regions", "lane_b"], meta_fields=["lanes", "attention"])

@@ -9,6 +9,7 @@ part runs per slot up to its own length. The two are merged by log-sum-exp (pref
 Off GPU the kernel runs in Pallas interpret mode (slow; for tests). One device only: on a mesh the
 einsum path runs (the engine refuses decode="pallas" with shared prefixes on a multi-device mesh).
 """
+
 from __future__ import annotations
 
 import jax
@@ -20,8 +21,10 @@ from envtune_jax.models.prefix_parts import lane_table, merge_partials
 
 def kernel_fits(prefix_capacity: int, suffix_capacity: int, num_regions: int, batch: int, num_kv_heads: int) -> bool:
     """Whether both caches split into the kernel's whole blocks (else the einsum path runs)."""
-    return (decode_kernel_blocks(prefix_capacity, num_regions, num_kv_heads) is not None
-            and decode_kernel_blocks(suffix_capacity, batch, num_kv_heads) is not None)
+    return (
+        decode_kernel_blocks(prefix_capacity, num_regions, num_kv_heads) is not None
+        and decode_kernel_blocks(suffix_capacity, batch, num_kv_heads) is not None
+    )
 
 
 def _gqa_with_lse(q_xnh, k_xksh, v_xksh, lengths_x):
@@ -29,16 +32,33 @@ def _gqa_with_lse(q_xnh, k_xksh, v_xksh, lengths_x):
     from jax.experimental.pallas.ops.gpu import decode_attention
 
     block_k, k_splits = decode_kernel_blocks(k_xksh.shape[2], q_xnh.shape[0], k_xksh.shape[1])
-    out, (total, top) = decode_attention.gqa(q_xnh, jnp.swapaxes(k_xksh, 1, 2), jnp.swapaxes(v_xksh, 1, 2), None,
-                                             lengths_x, block_k=block_k, k_splits=k_splits,
-                                             interpret=jax.default_backend() != "gpu", return_residuals=True)
+    out, (total, top) = decode_attention.gqa(
+        q_xnh,
+        jnp.swapaxes(k_xksh, 1, 2),
+        jnp.swapaxes(v_xksh, 1, 2),
+        None,
+        lengths_x,
+        block_k=block_k,
+        k_splits=k_splits,
+        interpret=jax.default_backend() != "gpu",
+        return_residuals=True,
+    )
     seen = total > 0
     lse = jnp.where(seen, top + jnp.log(jnp.where(seen, total, 1.0)), -jnp.inf)
     return out.astype(jnp.float32), lse
 
 
-def pallas_prefix_decode(q_bnh, prefix_k_rkph, prefix_v_rkph, prefix_lengths_r, lane_b, lanes: int,
-                         suffix_k_bksh, suffix_v_bksh, suffix_lengths_b) -> jax.Array:
+def pallas_prefix_decode(
+    q_bnh,
+    prefix_k_rkph,
+    prefix_v_rkph,
+    prefix_lengths_r,
+    lane_b,
+    lanes: int,
+    suffix_k_bksh,
+    suffix_v_bksh,
+    suffix_lengths_b,
+) -> jax.Array:
     """One query per slot [B, N, H] against its region's prefix and its own suffix (first suffix_lengths_b
     [B] slots, the query's own included). Returns [B, N, H] in q's dtype."""
     b, n, h = q_bnh.shape

@@ -6,6 +6,7 @@ The einsum path (prefix_attention.py) and the Pallas decode path (prefix_kernels
 attention over a prompt and over a sample's own tokens separately and merge the two here, so this file
 imports neither of them.
 """
+
 from __future__ import annotations
 
 import jax

@@ -4,13 +4,13 @@ Weights use our einsum layouts (q [D, N, H], o [N, H, D], gate/up [D, F], down [
 embeddings and lm_head [V, D]); each is declared once with its logical axes and HF name.
 Callers pass positions and segment ids (padding/packing), or a KVCache for incremental decoding.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from envtune_jax.sharding import constrain
 from envtune_jax.models import kv_cache as kv
 from envtune_jax.models.attention import MaskInfo, attend, attend_cache
 from envtune_jax.models.config import Qwen3Config
@@ -18,6 +18,7 @@ from envtune_jax.models.layers import MLP, RMSNorm, apply_rope, rope_cos_sin
 from envtune_jax.models.prefix_attention import RowBranches, two_level_packed_attention
 from envtune_jax.models.prefix_cache import PrefixKV, PrefixLayer
 from envtune_jax.models.weights import WeightSpec, declare_weight
+from envtune_jax.sharding import constrain
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute everything
@@ -31,10 +32,18 @@ class Attention(nnx.Module):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         pd = jnp.dtype(cfg.param_dtype)
         p = f"{prefix}.self_attn"
-        self.q = declare_weight(WeightSpec("D N H", ("embed", "q_heads", "head_dim"), f"{p}.q_proj.weight", "(N H) D"), (d, n, h), pd, rngs)
-        self.k = declare_weight(WeightSpec("D K H", ("embed", "kv_heads", "head_dim"), f"{p}.k_proj.weight", "(K H) D"), (d, k, h), pd, rngs)
-        self.v = declare_weight(WeightSpec("D K H", ("embed", "kv_heads", "head_dim"), f"{p}.v_proj.weight", "(K H) D"), (d, k, h), pd, rngs)
-        self.o = declare_weight(WeightSpec("N H D", ("q_heads", "head_dim", "embed"), f"{p}.o_proj.weight", "D (N H)"), (n, h, d), pd, rngs)
+        self.q = declare_weight(
+            WeightSpec("D N H", ("embed", "q_heads", "head_dim"), f"{p}.q_proj.weight", "(N H) D"), (d, n, h), pd, rngs
+        )
+        self.k = declare_weight(
+            WeightSpec("D K H", ("embed", "kv_heads", "head_dim"), f"{p}.k_proj.weight", "(K H) D"), (d, k, h), pd, rngs
+        )
+        self.v = declare_weight(
+            WeightSpec("D K H", ("embed", "kv_heads", "head_dim"), f"{p}.v_proj.weight", "(K H) D"), (d, k, h), pd, rngs
+        )
+        self.o = declare_weight(
+            WeightSpec("N H D", ("q_heads", "head_dim", "embed"), f"{p}.o_proj.weight", "D (N H)"), (n, h, d), pd, rngs
+        )
         self.q_norm = RMSNorm(h, cfg.rms_norm_eps, f"{p}.q_norm.weight", "H", "norm", pd, rngs)
         self.k_norm = RMSNorm(h, cfg.rms_norm_eps, f"{p}.k_norm.weight", "H", "norm", pd, rngs)
         self.dtype = jnp.dtype(cfg.dtype)
@@ -43,8 +52,16 @@ class Attention(nnx.Module):
         self.impl = cfg.attention_impl
         self.decode = cfg.decode_attention
 
-    def __call__(self, x_btd, positions_bt, segments_bt, cache_kv=None, cache_lengths_b=None,
-                 prefix: PrefixLayer | None = None, branches: RowBranches | None = None):
+    def __call__(
+        self,
+        x_btd,
+        positions_bt,
+        segments_bt,
+        cache_kv=None,
+        cache_lengths_b=None,
+        prefix: PrefixLayer | None = None,
+        branches: RowBranches | None = None,
+    ):
         """Returns (out [B, T, D], (new_keys, new_values) or None). `prefix`: the shared prompts the cached
         rows continue; `branches`: shared-prefix training rows (models/prefix_attention.py)."""
         dt = self.dtype
@@ -60,9 +77,17 @@ class Attention(nnx.Module):
             if plain_causal:
                 segments_bt = jnp.ones(positions_bt.shape, jnp.int32)
             row_branches = None if branches is None else branches.branches_bt
-            info = MaskInfo(positions_bt, segments_bt, positions_bt, segments_bt, self_attention=True,
-                            plain_causal=plain_causal, q_branches=row_branches, kv_branches=row_branches,
-                            row_layout=None if branches is None else branches.layout)
+            info = MaskInfo(
+                positions_bt,
+                segments_bt,
+                positions_bt,
+                segments_bt,
+                self_attention=True,
+                plain_causal=plain_causal,
+                q_branches=row_branches,
+                kv_branches=row_branches,
+                row_layout=None if branches is None else branches.layout,
+            )
             if branches is not None and branches.two_level:
                 out = two_level_packed_attention(q, k, v, info, branches.layout)
             else:
@@ -78,12 +103,20 @@ class Attention(nnx.Module):
             filled = (slots < kv_lengths_b[:, None]).astype(jnp.int32)
             if prefix is None:
                 info = MaskInfo(positions_bt, jnp.ones_like(segments_bt), slots, filled, self_attention=False)
-                out = attend_cache(q, keys_bksh.astype(dt), values_bksh.astype(dt), info, self.impl, self.decode,
-                                   kv_lengths_b=kv_lengths_b)
+                out = attend_cache(
+                    q,
+                    keys_bksh.astype(dt),
+                    values_bksh.astype(dt),
+                    info,
+                    self.impl,
+                    self.decode,
+                    kv_lengths_b=kv_lengths_b,
+                )
             else:  # slot s holds position P + s (P: the row's prefix length; positions_bt already include it)
                 suffix_positions = slots + (positions_bt[:, :1] - cache_lengths_b[:, None])
-                info = MaskInfo(positions_bt, jnp.ones_like(segments_bt), suffix_positions, filled,
-                                self_attention=False)
+                info = MaskInfo(
+                    positions_bt, jnp.ones_like(segments_bt), suffix_positions, filled, self_attention=False
+                )
                 out = prefix.attend(q, keys_bksh.astype(dt), values_bksh.astype(dt), info, self.decode, kv_lengths_b)
             new_cache = (keys_bksh, values_bksh)
         out = constrain(out, ("act_batch", "act_seq", "act_q_heads", None))
@@ -94,15 +127,21 @@ class DecoderLayer(nnx.Module):
     def __init__(self, cfg: Qwen3Config, index: int, rngs: nnx.Rngs):
         prefix = f"model.layers.{index}"
         pd = jnp.dtype(cfg.param_dtype)
-        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, f"{prefix}.input_layernorm.weight", "D", "norm", pd, rngs)
+        self.input_norm = RMSNorm(
+            cfg.hidden_size, cfg.rms_norm_eps, f"{prefix}.input_layernorm.weight", "D", "norm", pd, rngs
+        )
         self.attn = Attention(cfg, prefix, rngs)
-        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, f"{prefix}.post_attention_layernorm.weight", "D", "norm", pd, rngs)
+        self.post_attn_norm = RMSNorm(
+            cfg.hidden_size, cfg.rms_norm_eps, f"{prefix}.post_attention_layernorm.weight", "D", "norm", pd, rngs
+        )
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, f"{prefix}.mlp", pd, jnp.dtype(cfg.dtype), rngs)
 
-    def __call__(self, x_btd, positions_bt, segments_bt, cache_kv=None, cache_lengths_b=None, prefix=None,
-                 branches=None):
-        attn_out, new_cache = self.attn(self.input_norm(x_btd), positions_bt, segments_bt, cache_kv, cache_lengths_b,
-                                        prefix, branches)
+    def __call__(
+        self, x_btd, positions_bt, segments_bt, cache_kv=None, cache_lengths_b=None, prefix=None, branches=None
+    ):
+        attn_out, new_cache = self.attn(
+            self.input_norm(x_btd), positions_bt, segments_bt, cache_kv, cache_lengths_b, prefix, branches
+        )
         x_btd = x_btd + attn_out
         x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
         return constrain(x_btd, ("act_batch", "act_seq", "act_embed")), new_cache
@@ -114,20 +153,36 @@ class Qwen3(nnx.Module):
     def __init__(self, cfg: Qwen3Config, rngs: nnx.Rngs):
         self.config = cfg
         pd = jnp.dtype(cfg.param_dtype)
-        self.embed = declare_weight(WeightSpec("V D", ("vocab", "embed"), "model.embed_tokens.weight", "V D"),
-                                    (cfg.vocab_size, cfg.hidden_size), pd, rngs)
+        self.embed = declare_weight(
+            WeightSpec("V D", ("vocab", "embed"), "model.embed_tokens.weight", "V D"),
+            (cfg.vocab_size, cfg.hidden_size),
+            pd,
+            rngs,
+        )
         self.layers = nnx.List([DecoderLayer(cfg, i, rngs) for i in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "model.norm.weight", "D", "norm", pd, rngs)
         if not cfg.tie_word_embeddings:
-            self.lm_head = declare_weight(WeightSpec("V D", ("vocab", "embed"), "lm_head.weight", "V D"),
-                                          (cfg.vocab_size, cfg.hidden_size), pd, rngs)
+            self.lm_head = declare_weight(
+                WeightSpec("V D", ("vocab", "embed"), "lm_head.weight", "V D"),
+                (cfg.vocab_size, cfg.hidden_size),
+                pd,
+                rngs,
+            )
 
     def unembedding(self) -> jax.Array:
         """The output projection [V, D] (the embedding itself when tied)."""
         return (self.embed if self.config.tie_word_embeddings else self.lm_head)[...]
 
-    def hidden_states(self, tokens_bt, positions_bt=None, segment_ids_bt=None, cache: kv.KVCache | None = None,
-                      num_new_b=None, prefix: PrefixKV | None = None, branches: RowBranches | None = None):
+    def hidden_states(
+        self,
+        tokens_bt,
+        positions_bt=None,
+        segment_ids_bt=None,
+        cache: kv.KVCache | None = None,
+        num_new_b=None,
+        prefix: PrefixKV | None = None,
+        branches: RowBranches | None = None,
+    ):
         """Final-normed hidden states [B, T, D] and the updated cache (or None).
 
         Without a cache: positions default to 0..T-1, segment ids to all ones (0 marks padding);

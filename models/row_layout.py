@@ -12,6 +12,7 @@ padding: `PackedRowLayout.visible` is that index pattern, which a kernel taking 
 TPU) runs with segment ids excluding the padding. The layout is a frozen dataclass so it can be a static
 part of a program (a pytree meta field, a cache key).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,7 @@ import dataclasses
 class PackedRowLayout:
     """Where things sit in a shared-prefix training row: `groups` times [prompt block of `prompt_width`
     tokens, then `branches` continuation blocks of `branch_width` tokens]. Static (part of the program)."""
+
     groups: int  # n: groups per row
     prompt_width: int  # P
     branches: int  # G: continuation blocks per group

@@ -8,6 +8,7 @@ kernel then computes only the tiles the shared-prefix pattern keeps (each prompt
 continuation against its group's prompt and itself), and the caller's segment ids exclude padding.
 Imported only when a splash kernel is built (the Pallas TPU modules are not needed otherwise).
 """
+
 from __future__ import annotations
 
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm

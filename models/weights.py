@@ -5,6 +5,7 @@ the code derives from it: sharding (`logical_axes` → envtune_jax.sharding), HF
 (`hf_key`, `hf_layout`, `layout`), abstract initialisation (nnx.eval_shape). Layouts are einops
 patterns over the einsum letters, e.g. ours "D N H" ⇄ HF "(N H) D" for q_proj.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +36,9 @@ def _sizes(layout: str, shape: tuple[int, ...]) -> dict[str, int]:
     return {letter.lower(): size for letter, size in zip(letters, shape)}
 
 
-def declare_weight(spec: WeightSpec, shape: tuple[int, ...], param_dtype, rngs: nnx.Rngs, init_std: float = 0.02) -> nnx.Param:
+def declare_weight(
+    spec: WeightSpec, shape: tuple[int, ...], param_dtype, rngs: nnx.Rngs, init_std: float = 0.02
+) -> nnx.Param:
     """Creates the parameter described by `spec` with the given shape (letters of spec.layout)."""
     _sizes(spec.layout, shape)  # validates rank
     if spec.init == "normal":
@@ -47,8 +50,9 @@ def declare_weight(spec: WeightSpec, shape: tuple[int, ...], param_dtype, rngs: 
         value = jnp.ones(shape, dtype=param_dtype)
     else:
         value = jnp.zeros(shape, dtype=param_dtype)
-    return nnx.Param(value, logical_axes=spec.logical_axes, hf_key=spec.hf_key,
-                     hf_layout=spec.hf_layout, layout=spec.layout)
+    return nnx.Param(
+        value, logical_axes=spec.logical_axes, hf_key=spec.hf_key, hf_layout=spec.hf_layout, layout=spec.layout
+    )
 
 
 def hf_to_ours(hf_array: np.ndarray, hf_layout: str, layout: str, our_shape: tuple[int, ...]) -> np.ndarray:
@@ -64,8 +68,9 @@ def ours_to_hf(array: np.ndarray, hf_layout: str, layout: str) -> np.ndarray:
     return np.ascontiguousarray(einops.rearrange(array, pattern))
 
 
-def hf_read_plan(hf_layout: str, layout: str, our_shape: tuple[int, ...],
-                 our_index: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[int, ...], tuple[slice, ...]]:
+def hf_read_plan(
+    hf_layout: str, layout: str, our_shape: tuple[int, ...], our_index: tuple[slice, ...]
+) -> tuple[tuple[slice, ...], tuple[int, ...], tuple[slice, ...]]:
     """How to read box `our_index` of our array from the stored HF tensor without reading the rest.
 
     Returns (hf_index, block_shape, rest_index): `hf_to_ours(hf[hf_index], ..., block_shape)[rest_index]`

@@ -7,6 +7,7 @@ equal (including a group of one sample) gets advantage exactly 0, even where flo
 rounding would leave a tiny non-zero std; the std uses `ddof` (1 = unbiased, as torch.std in verl).
 Config fields: LossConfig.scale_advantages_by_std / advantage_eps / advantage_std_ddof.
 """
+
 from __future__ import annotations
 
 import chex
@@ -16,8 +17,13 @@ import numpy as np
 
 
 def _normalise(
-    centred: jax.Array, squared_sum: jax.Array, count: jax.Array, identical: jax.Array,
-    scale_by_std: bool, eps: float, ddof: int,
+    centred: jax.Array,
+    squared_sum: jax.Array,
+    count: jax.Array,
+    identical: jax.Array,
+    scale_by_std: bool,
+    eps: float,
+    ddof: int,
 ) -> jax.Array:
     """Shared tail: divide by (std + eps) when asked; identical groups give 0."""
     if scale_by_std:
@@ -40,8 +46,13 @@ def group_advantages(
 
 
 def group_advantages_from_ids(
-    rewards_b: jax.Array, group_ids_b: jax.Array, num_groups: int, *,
-    scale_by_std: bool = True, eps: float = 1e-6, ddof: int = 1,
+    rewards_b: jax.Array,
+    group_ids_b: jax.Array,
+    num_groups: int,
+    *,
+    scale_by_std: bool = True,
+    eps: float = 1e-6,
+    ddof: int = 1,
 ) -> jax.Array:
     """Advantages [B] from rewards [B] and group ids [B] in [0, num_groups) (static int).
 

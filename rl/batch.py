@@ -9,6 +9,7 @@ Multi-host: `process_batch` builds the global batch from each process's own rows
 hold under the batch sharding, `process_rows`), with T and K agreed across processes, via
 `jax.make_array_from_process_local_data`; no process hands JAX rows that another process's devices hold.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from envtune_jax.sharding import named_sharding
 from envtune_jax.models.generation.buckets import round_up
+from envtune_jax.sharding import named_sharding
 
 TOKEN_BUCKETS = tuple(16 * 2**i for i in range(16))
 K_BUCKETS = tuple(8 * 2**i for i in range(16))
@@ -38,11 +39,20 @@ class TrainBatch:
 
 
 jax.tree_util.register_dataclass(
-    TrainBatch, data_fields=["tokens_bt", "target_index_bk", "mask_bk", "old_logprobs_bk", "advantages_b"], meta_fields=[])
+    TrainBatch,
+    data_fields=["tokens_bt", "target_index_bk", "mask_bk", "old_logprobs_bk", "advantages_b"],
+    meta_fields=[],
+)
 
 
-def pack_batch(tokens: list[np.ndarray], loss_masks: list[np.ndarray], logprobs: list[np.ndarray],
-               advantages: np.ndarray, pad_id: int = 0, min_length: int = 0) -> TrainBatch:
+def pack_batch(
+    tokens: list[np.ndarray],
+    loss_masks: list[np.ndarray],
+    logprobs: list[np.ndarray],
+    advantages: np.ndarray,
+    pad_id: int = 0,
+    min_length: int = 0,
+) -> TrainBatch:
     """Builds a TrainBatch from per-trajectory arrays (ids [T_i], mask [T_i], sampler log-probs [T_i]).
 
     T and K are rounded up to buckets so a run compiles the train step a bounded number of times.
@@ -59,18 +69,23 @@ def pack_batch(tokens: list[np.ndarray], loss_masks: list[np.ndarray], logprobs:
     mask_bk = np.zeros((b, k), np.float32)
     old_bk = np.zeros((b, k), np.float32)
     for row, (ids, where, lp) in enumerate(zip(tokens, picked, logprobs)):
-        tokens_bt[row, :len(ids)] = ids
-        index_bk[row, :len(where)] = where
-        mask_bk[row, :len(where)] = 1.0
-        old_bk[row, :len(where)] = np.asarray(lp, np.float32)[where]
+        tokens_bt[row, : len(ids)] = ids
+        index_bk[row, : len(where)] = where
+        mask_bk[row, : len(where)] = 1.0
+        old_bk[row, : len(where)] = np.asarray(lp, np.float32)[where]
     return TrainBatch(tokens_bt, index_bk, mask_bk, old_bk, np.asarray(advantages, np.float32))
 
 
-def dense_to_packed(tokens_bt: np.ndarray, mask_bt: np.ndarray, old_logprobs_bt: np.ndarray,
-                    advantages_b: np.ndarray) -> TrainBatch:
+def dense_to_packed(
+    tokens_bt: np.ndarray, mask_bt: np.ndarray, old_logprobs_bt: np.ndarray, advantages_b: np.ndarray
+) -> TrainBatch:
     """Convenience for tests: the packed batch of dense [B, T] arrays."""
-    return pack_batch(list(np.asarray(tokens_bt)), list(np.asarray(mask_bt)), list(np.asarray(old_logprobs_bt)),
-                      np.asarray(advantages_b))
+    return pack_batch(
+        list(np.asarray(tokens_bt)),
+        list(np.asarray(mask_bt)),
+        list(np.asarray(old_logprobs_bt)),
+        np.asarray(advantages_b),
+    )
 
 
 def process_rows(mesh: jax.sharding.Mesh, global_rows: int) -> tuple[int, int]:
@@ -95,12 +110,21 @@ def _pack_agreed(tokens, loss_masks, logprobs, advantages) -> TrainBatch:
     t_global, k_global = np.asarray(multihost_utils.process_allgather(sizes)).reshape(-1, 2).max(0)
     packed = pack_batch(tokens, loss_masks, logprobs, advantages, min_length=int(t_global))
     pad_k = ((0, 0), (0, int(k_global) - packed.mask_bk.shape[1]))  # index 0 / mask 0 is padding
-    return dataclasses.replace(packed, target_index_bk=np.pad(packed.target_index_bk, pad_k),
-                               mask_bk=np.pad(packed.mask_bk, pad_k), old_logprobs_bk=np.pad(packed.old_logprobs_bk, pad_k))
+    return dataclasses.replace(
+        packed,
+        target_index_bk=np.pad(packed.target_index_bk, pad_k),
+        mask_bk=np.pad(packed.mask_bk, pad_k),
+        old_logprobs_bk=np.pad(packed.old_logprobs_bk, pad_k),
+    )
 
 
-def process_batch(mesh: jax.sharding.Mesh, tokens: list[np.ndarray], loss_masks: list[np.ndarray],
-                  logprobs: list[np.ndarray], advantages: np.ndarray) -> tuple[TrainBatch, tuple[int, int]]:
+def process_batch(
+    mesh: jax.sharding.Mesh,
+    tokens: list[np.ndarray],
+    loss_masks: list[np.ndarray],
+    logprobs: list[np.ndarray],
+    advantages: np.ndarray,
+) -> tuple[TrainBatch, tuple[int, int]]:
     """(the global TrainBatch: tokens [B, T], the rest [B, K] and [B], sharded over the batch mesh axes;
     this process's rows (start, stop)). Of the B per-trajectory entries given, this process packs and
     hands JAX only rows process_rows(mesh, B); the other processes supply the rest."""
@@ -113,7 +137,7 @@ def process_batch(mesh: jax.sharding.Mesh, tokens: list[np.ndarray], loss_masks:
 
     def to_global(local_array: np.ndarray) -> jax.Array:
         shape = (global_rows, *local_array.shape[1:])
-        sharding = named_sharding(mesh, ("act_batch", "act_seq")[:local_array.ndim], shape)
+        sharding = named_sharding(mesh, ("act_batch", "act_seq")[: local_array.ndim], shape)
         return jax.make_array_from_process_local_data(sharding, local_array, shape)
 
     return jax.tree.map(to_global, local), (start, stop)

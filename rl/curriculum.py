@@ -9,6 +9,7 @@ the gradient norm is stable (coefficient of variation over the last `grad_norm_w
 `grad_norm_cv_max`); the decision and its reason are logged. `check_plateau_can_fire` rejects a
 stage whose budget ends before the plateau rule could first fire.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,9 +17,9 @@ import math
 import statistics
 from typing import ClassVar, Literal, Optional, Sequence
 
-from envtune_jax.environments.config import EnvironmentConfig
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.config import ConfigError, ReadOnlyWhen, check_field_use, require_at_least
+from envtune_jax.environments.config import EnvironmentConfig
 
 DataSubset = Literal["stage1_easy", "base_train", "train", "validation"]
 
@@ -36,7 +37,8 @@ class AdvanceRule:
 
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = tuple(
         ReadOnlyWhen(name, _PLATEAU_ONLY, lambda c: c.kind == "plateau")
-        for name in ("patience", "min_delta", "grad_norm_window", "grad_norm_cv_max", "min_steps"))
+        for name in ("patience", "min_delta", "grad_norm_window", "grad_norm_cv_max", "min_steps")
+    )
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "patience", "grad_norm_window")
@@ -48,7 +50,8 @@ class AdvanceRule:
 
 @dataclasses.dataclass
 class StageRolloutLimits:
-    """A stage's own rollout limits; None keeps the recipe's `rollout:` value (envtune_jax.rl.rollout_config.RolloutConfig)."""
+    """A stage's own rollout limits; None keeps the recipe's `rollout:` value
+    (envtune_jax.rl.rollout_config.RolloutConfig)."""
 
     max_prompt_tokens: Optional[int] = None
     max_response_tokens: Optional[int] = None  # the paper: 10,000 in stage 1, 24,576 later
@@ -81,8 +84,9 @@ class StageConfig:
     export_hf: bool = True  # write HF safetensors when the stage ends
 
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
-        ReadOnlyWhen("validation_entries", "the stage never validates (validation_every is 0)",
-                     lambda c: c.validation_every > 0),
+        ReadOnlyWhen(
+            "validation_entries", "the stage never validates (validation_every is 0)", lambda c: c.validation_every > 0
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -91,11 +95,13 @@ class StageConfig:
         require_at_least(self, 1, "max_steps", "prompts_per_step")  # max_steps None: the epoch budget alone
         require_at_least(self, 0, "validation_every", "validation_entries")
         if self.samples_per_prompt < 2:
-            raise ValueError(f"samples_per_prompt must be ≥ 2 (GRPO compares the samples of a prompt), "
-                             f"got {self.samples_per_prompt}")
+            raise ValueError(
+                f"samples_per_prompt must be ≥ 2 (GRPO compares the samples of a prompt), got {self.samples_per_prompt}"
+            )
         if self.advance.kind == "plateau" and self.validation_every == 0:
-            raise ConfigError("advance.kind 'plateau' needs validation (validation_every > 0): the rule watches "
-                              "validation accuracy")
+            raise ConfigError(
+                "advance.kind 'plateau' needs validation (validation_every > 0): the rule watches validation accuracy"
+            )
         check_field_use(self)
 
 
@@ -140,7 +146,8 @@ def check_plateau_can_fire(stage: StageConfig, budget: StageBudget) -> None:
             f"stage {stage.name}: the plateau rule can first advance after {first} steps (validation_every "
             f"{stage.validation_every} x (patience {stage.advance.patience} + 1), grad_norm_window "
             f"{stage.advance.grad_norm_window}, min_steps {stage.advance.min_steps}) but the budget ({setting}) "
-            f"ends the stage after {budget.steps}: raise {setting} or validate more often")
+            f"ends the stage after {budget.steps}: raise {setting} or validate more often"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +156,13 @@ class AdvanceDecision:
     reason: str
 
 
-def decide_advance(stage: StageConfig, budget_steps: int, step_in_stage: int, validation_accuracy: Sequence[float],
-                   grad_norms: Sequence[float]) -> AdvanceDecision:
+def decide_advance(
+    stage: StageConfig,
+    budget_steps: int,
+    step_in_stage: int,
+    validation_accuracy: Sequence[float],
+    grad_norms: Sequence[float],
+) -> AdvanceDecision:
     """Whether the stage is finished after `step_in_stage` of its `budget_steps` optimizer steps, with the reason."""
     rule = stage.advance
     if step_in_stage >= budget_steps:
@@ -159,16 +171,17 @@ def decide_advance(stage: StageConfig, budget_steps: int, step_in_stage: int, va
         return AdvanceDecision(False, f"step {step_in_stage}/{budget_steps}")
     if len(validation_accuracy) <= rule.patience:
         return AdvanceDecision(False, f"only {len(validation_accuracy)} validation runs so far")
-    best_before = max(validation_accuracy[:-rule.patience])
-    recent_best = max(validation_accuracy[-rule.patience:])
+    best_before = max(validation_accuracy[: -rule.patience])
+    recent_best = max(validation_accuracy[-rule.patience :])
     if recent_best >= best_before + rule.min_delta:
         return AdvanceDecision(False, f"validation still improving ({best_before:.3f} → {recent_best:.3f})")
-    window = list(grad_norms[-rule.grad_norm_window:])
+    window = list(grad_norms[-rule.grad_norm_window :])
     if len(window) < rule.grad_norm_window:
         return AdvanceDecision(False, "validation plateaued, waiting for a full gradient-norm window")
     mean = statistics.fmean(window)
     cv = statistics.pstdev(window) / mean if mean > 0 else float("inf")
     if cv > rule.grad_norm_cv_max:
         return AdvanceDecision(False, f"validation plateaued but gradient norm unstable (cv {cv:.2f})")
-    return AdvanceDecision(True, f"validation plateaued at {recent_best:.3f} for {rule.patience} runs, "
-                                 f"gradient norm stable (cv {cv:.2f})")
+    return AdvanceDecision(
+        True, f"validation plateaued at {recent_best:.3f} for {rule.patience} runs, gradient norm stable (cv {cv:.2f})"
+    )

@@ -36,6 +36,7 @@ What the runner owns:
   once at the start), `on_phase("environment", done, count)` before every round of ended steps.
 The runner reads no text: parsing a step's calls is the protocol's, through its environment.
 """
+
 from __future__ import annotations
 
 import collections
@@ -46,9 +47,9 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 import jax
 import numpy as np
 
-from envtune_jax.progress import OnPhase
 from envtune_jax.models.generation.engine import GenerationEngine
 from envtune_jax.models.generation.sampling import SamplingParams
+from envtune_jax.progress import OnPhase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,15 +124,22 @@ class EpisodeRunner:
     budget). `reuse_cache=False` prefills every request in full (the plain path the cache reuse is tested
     against)."""
 
-    def __init__(self, engine: GenerationEngine, sampling: SamplingParams, decode_chunk: int = 128,
-                 reuse_cache: bool = True):
+    def __init__(
+        self, engine: GenerationEngine, sampling: SamplingParams, decode_chunk: int = 128, reuse_cache: bool = True
+    ):
         if decode_chunk < 0:
             raise ValueError(f"decode_chunk must be ≥ 0 (0: decode whole steps), got {decode_chunk}")
         self.engine, self.sampling, self.reuse_cache = engine, sampling, reuse_cache
         self.max_steps = decode_chunk if decode_chunk > 0 and engine.compacts_rows else None
 
-    def run(self, protocol: EpisodeProtocol, count: int, rng: int | jax.Array = 0, stats: RunnerStats | None = None,
-            on_phase: OnPhase | None = None) -> RunnerStats:
+    def run(
+        self,
+        protocol: EpisodeProtocol,
+        count: int,
+        rng: int | jax.Array = 0,
+        stats: RunnerStats | None = None,
+        on_phase: OnPhase | None = None,
+    ) -> RunnerStats:
         """Plays episodes 0..count-1 to their ends; returns the statistics (`stats`, updated, if given)."""
         self.protocol, self.count = protocol, count
         self.stats = stats if stats is not None else RunnerStats()
@@ -240,7 +248,7 @@ class EpisodeRunner:
         self.stats.slot_steps += self.engine.batch_size * int(result.num_tokens[live].max(initial=0))
         ended = []
         for s in live:
-            tokens = result.tokens[s, :result.num_tokens[s]].tolist()
+            tokens = result.tokens[s, : result.num_tokens[s]].tolist()
             slot = self.slots[s]
             slot.step += tokens
             slot.cached += tokens
@@ -267,8 +275,10 @@ class EpisodeRunner:
                 def read() -> SamplerRow:
                     nonlocal history
                     history = history or self.engine.history(self.state)
-                    return SamplerRow(history.tokens[s], history.logprobs[s], history.sampled[s],
-                                      int(history.lengths[s]))
+                    return SamplerRow(
+                        history.tokens[s], history.logprobs[s], history.sampled[s], int(history.lengths[s])
+                    )
+
                 return read
 
             for s in finished:

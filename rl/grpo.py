@@ -7,6 +7,7 @@ its metrics (reward statistics per category, rollout counters, the prompt tokens
 group's prompt once when its samples share it), loss parts, timings, and the step's
 model TFLOP/s = 6·params·tokens/s with its MFU on devices of envtune_jax/device_limits' table).
 """
+
 from __future__ import annotations
 
 import collections
@@ -18,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from envtune_jax.environments.base import ToolEnvironment
-from envtune_jax.device_limits import MEASURED
 from envtune_jax.chat.chat_config import ChatConfig
-from envtune_jax.progress import OnPhase
+from envtune_jax.device_limits import MEASURED
+from envtune_jax.environments.base import ToolEnvironment
 from envtune_jax.models.generation.sampling import SamplingParams
+from envtune_jax.progress import OnPhase
 from envtune_jax.rl.advantages import group_advantages
 from envtune_jax.rl.batch import pack_batch, process_batch
 from envtune_jax.rl.prefix_packing import pack_shared_prefix
@@ -64,35 +65,68 @@ class PolicyLearner:
         self.state, self.ref_params = state, ref_params
         nnx.update(self.model, state.params)
 
-    def rollout(self, groups: Sequence[Sequence[ToolEnvironment]], chat: ChatConfig, sampling: SamplingParams,
-                rollout_cfg: RolloutConfig, rng, stats: RolloutStats | None = None, keep_text: bool = False,
-                on_phase: OnPhase | None = None) -> list[Trajectory]:
+    def rollout(
+        self,
+        groups: Sequence[Sequence[ToolEnvironment]],
+        chat: ChatConfig,
+        sampling: SamplingParams,
+        rollout_cfg: RolloutConfig,
+        rng,
+        stats: RolloutStats | None = None,
+        keep_text: bool = False,
+        on_phase: OnPhase | None = None,
+    ) -> list[Trajectory]:
         episodes = [episode for group in groups for episode in group]
         group_ids = [g for g, group in enumerate(groups) for _ in group]
-        return run_rollouts(self.engine, self.tokenizer, chat, episodes, group_ids, sampling, rollout_cfg, rng,
-                            keep_text=keep_text, stats=stats, on_phase=on_phase)
+        return run_rollouts(
+            self.engine,
+            self.tokenizer,
+            chat,
+            episodes,
+            group_ids,
+            sampling,
+            rollout_cfg,
+            rng,
+            keep_text=keep_text,
+            stats=stats,
+            on_phase=on_phase,
+        )
 
     def _train_batch(self, trajectories: Sequence[Trajectory], advantages_b: np.ndarray):
         """(packed batch, rows this process supplied); across several processes, each supplies only the
         rows its devices hold (rl/batch.process_batch)."""
-        columns = ([t.token_ids for t in trajectories], [t.loss_mask for t in trajectories],
-                   [t.sampler_logprobs for t in trajectories], advantages_b)
+        columns = (
+            [t.token_ids for t in trajectories],
+            [t.loss_mask for t in trajectories],
+            [t.sampler_logprobs for t in trajectories],
+            advantages_b,
+        )
         step_cfg = self.trainer.step_cfg
         if step_cfg.shared_prefix != "off":  # each group's prompt once per row (rl/prefix_packing.py)
             if jax.process_count() > 1:
                 raise ValueError("train_step.shared_prefix runs on one process only (multi-host: 'off')")
-            return pack_shared_prefix(*columns, [t.group for t in trajectories],
-                                      groups_per_row=step_cfg.prefix_groups_per_row,
-                                      rows_multiple=max(step_cfg.micro_batch_size, 1),
-                                      two_level=step_cfg.shared_prefix == "two_level"), len(trajectories)
+            return pack_shared_prefix(
+                *columns,
+                [t.group for t in trajectories],
+                groups_per_row=step_cfg.prefix_groups_per_row,
+                rows_multiple=max(step_cfg.micro_batch_size, 1),
+                two_level=step_cfg.shared_prefix == "two_level",
+            ), len(trajectories)
         mesh = getattr(self.engine, "mesh", None)
         if mesh is None or jax.process_count() == 1:
             return pack_batch(*columns), len(trajectories)
         batch, (start, stop) = process_batch(mesh, *columns)
         return batch, stop - start
 
-    def iterate(self, groups: Sequence[Sequence[ToolEnvironment]], chat: ChatConfig, sampling: SamplingParams,
-                rollout_cfg: RolloutConfig, rng, on_phase: OnPhase | None = None) -> tuple[dict, list[Trajectory]]:
+    def iterate(
+        self,
+        groups: Sequence[Sequence[ToolEnvironment]],
+        chat: ChatConfig,
+        sampling: SamplingParams,
+        rollout_cfg: RolloutConfig,
+        rng,
+        on_phase: OnPhase | None = None,
+    ) -> tuple[dict, list[Trajectory]]:
         """One rollout + optimizer step. All groups must have the same number of samples G. `on_phase` hears
         the rollout's progress (episodes done / total), then "update" (envtune_jax/progress.py)."""
         sizes = {len(group) for group in groups}
@@ -105,8 +139,14 @@ class PolicyLearner:
         rollout_s = time.perf_counter() - t0
         prompt_prefilled = prompt_tokens_prefilled(self.engine, prefilled_before, stats)
         rewards_pg = np.asarray([t.reward for t in trajectories], np.float32).reshape(len(groups), -1)
-        advantages = np.asarray(group_advantages(jnp.asarray(rewards_pg), scale_by_std=self.loss_cfg.scale_advantages_by_std,
-                                                 eps=self.loss_cfg.advantage_eps, ddof=self.loss_cfg.advantage_std_ddof))
+        advantages = np.asarray(
+            group_advantages(
+                jnp.asarray(rewards_pg),
+                scale_by_std=self.loss_cfg.scale_advantages_by_std,
+                eps=self.loss_cfg.advantage_eps,
+                ddof=self.loss_cfg.advantage_std_ddof,
+            )
+        )
         batch, local_rows = self._train_batch(trajectories, advantages.reshape(-1))
         if on_phase is not None:
             on_phase("update")
@@ -118,11 +158,19 @@ class PolicyLearner:
         metrics = summarize(trajectories)
         metrics.update(train_metrics)
         total_tokens = int(sum(len(t.token_ids) for t in trajectories))
-        metrics.update(rollout_s=rollout_s, generation_s=stats.generation_s, environment_s=stats.environment_s,
-                       train_s=train_s, tokens=total_tokens, train_tokens_per_s=total_tokens / max(train_s, 1e-9),
-                       sampled_tokens=stats.sampled_tokens, decode_calls=stats.decode_calls,
-                       slot_occupancy=stats.slot_occupancy, prompt_tokens_prefilled=prompt_prefilled,
-                       train_rows_supplied=local_rows)
+        metrics.update(
+            rollout_s=rollout_s,
+            generation_s=stats.generation_s,
+            environment_s=stats.environment_s,
+            train_s=train_s,
+            tokens=total_tokens,
+            train_tokens_per_s=total_tokens / max(train_s, 1e-9),
+            sampled_tokens=stats.sampled_tokens,
+            decode_calls=stats.decode_calls,
+            slot_occupancy=stats.slot_occupancy,
+            prompt_tokens_prefilled=prompt_prefilled,
+            train_rows_supplied=local_rows,
+        )
         train_flops_per_s = 6 * self.model.config.num_params * total_tokens / max(train_s, 1e-9)
         metrics["train_tflops"] = train_flops_per_s / 1e12
         if self.peak_flops is not None:
@@ -145,10 +193,13 @@ def prompt_tokens_prefilled(engine, prefilled_before: int, stats: RolloutStats) 
 def summarize(trajectories: Sequence[Trajectory]) -> dict:
     """Reward mean/std (overall and per category), accuracy and rollout counters."""
     rewards = np.asarray([t.reward for t in trajectories], np.float64)
-    metrics = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-               "accuracy": float(np.mean([t.outcome.correct for t in trajectories])),
-               "progress_reward_mean": float(np.mean([t.outcome.progress_reward for t in trajectories])),
-               "truncated_frac": float(np.mean([t.truncated for t in trajectories]))}
+    metrics = {
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "accuracy": float(np.mean([t.outcome.correct for t in trajectories])),
+        "progress_reward_mean": float(np.mean([t.outcome.progress_reward for t in trajectories])),
+        "truncated_frac": float(np.mean([t.truncated for t in trajectories])),
+    }
     by_category = collections.defaultdict(list)
     for t in trajectories:
         by_category[t.category].append(t.reward)

@@ -13,6 +13,7 @@ per-step callback (`EachStep`), profiling (the benchmark's).
 `build_learner` makes the PolicyLearner every GRPO run uses (tokenizer checked against the model and the
 sampler's stop ids, trainer, engine); `stage_settings` what one stage's iterations use.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,12 +23,12 @@ from typing import Callable, Iterable, Sequence
 import jax
 from flax import nnx
 
-from envtune_jax.environments.base import ToolEnvironment
 from envtune_jax import config as config_lib
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.tokenizer import check_tokenizer_fits_model, stop_token_ids
-from envtune_jax.progress import OnPhase, PhaseDisplay
+from envtune_jax.environments.base import ToolEnvironment
 from envtune_jax.models.generation.sampling import SamplingParams
+from envtune_jax.progress import OnPhase, PhaseDisplay
 from envtune_jax.rl.curriculum import StageConfig
 from envtune_jax.rl.grpo import PolicyLearner
 from envtune_jax.rl.metrics_log import MetricsWriter
@@ -58,9 +59,15 @@ class GrpoHook:
         """After the optimizer step; `metrics` may be added to."""
 
 
-def run_grpo(learner: PolicyLearner, steps: Iterable[int], groups_for: Callable[[int], Groups],
-             settings: StepSettings, key: jax.Array, hooks: Sequence[GrpoHook] = (),
-             on_phase: OnPhase | None = None) -> int:
+def run_grpo(
+    learner: PolicyLearner,
+    steps: Iterable[int],
+    groups_for: Callable[[int], Groups],
+    settings: StepSettings,
+    key: jax.Array,
+    hooks: Sequence[GrpoHook] = (),
+    on_phase: OnPhase | None = None,
+) -> int:
     """Runs one GRPO iteration per index of `steps`; returns how many ran."""
     done = 0
     for step in steps:
@@ -68,10 +75,14 @@ def run_grpo(learner: PolicyLearner, steps: Iterable[int], groups_for: Callable[
             hook.before_step(step)
         groups = groups_for(step)
         start = time.perf_counter()
-        metrics, trajectories = learner.iterate(groups, settings.chat, settings.sampling, settings.rollout,
-                                                jax.random.fold_in(key, step), on_phase=on_phase)
-        metrics.update(step_s=time.perf_counter() - start, engine_compilations=learner.engine.num_compilations,
-                       train_compilations=learner.trainer.compiled_variants())
+        metrics, trajectories = learner.iterate(
+            groups, settings.chat, settings.sampling, settings.rollout, jax.random.fold_in(key, step), on_phase=on_phase
+        )
+        metrics.update(
+            step_s=time.perf_counter() - start,
+            engine_compilations=learner.engine.num_compilations,
+            train_compilations=learner.trainer.compiled_variants(),
+        )
         for hook in hooks:
             hook.after_step(step, metrics, trajectories)
         done += 1
@@ -117,7 +128,8 @@ def check_tokenizer(tokenizer, model_vocab_size: int, sampler_stop_ids) -> None:
     if im_end not in tuple(sampler_stop_ids):
         raise config_lib.ConfigError(
             f"sampler.stop_token_ids {list(sampler_stop_ids)} lack this tokenizer's <|im_end|> id {im_end}; "
-            f"set sampler.stop_token_ids=[{im_end},{end_of_text}]")
+            f"set sampler.stop_token_ids=[{im_end},{end_of_text}]"
+        )
 
 
 def build_learner(cfg: RunConfig, loaded: LoadedModel, mesh) -> PolicyLearner:
@@ -127,15 +139,17 @@ def build_learner(cfg: RunConfig, loaded: LoadedModel, mesh) -> PolicyLearner:
     model, tokenizer = loaded.model, loaded.tokenizer
     check_tokenizer(tokenizer, model.config.vocab_size, cfg.sampler.stop_token_ids)
     graphdef, _ = nnx.split(model, nnx.Param)
-    trainer = Trainer(graphdef, cfg.loss, cfg.optimizer,
-                      dataclasses.replace(cfg.train_step, temperature=cfg.sampler.temperature))
+    trainer = Trainer(
+        graphdef, cfg.loss, cfg.optimizer, dataclasses.replace(cfg.train_step, temperature=cfg.sampler.temperature)
+    )
     return PolicyLearner(model, cfg.sampler.build_engine(model, mesh), trainer, tokenizer, cfg.loss)
 
 
 def stage_sampling(cfg: RunConfig, stage: StageConfig) -> SamplingParams:
     """The sampler's settings with the stage's per-step token budget."""
-    return dataclasses.replace(cfg.sampler.sampling_params(),
-                               max_new_tokens=stage_rollout(cfg, stage).max_new_tokens_per_step)
+    return dataclasses.replace(
+        cfg.sampler.sampling_params(), max_new_tokens=stage_rollout(cfg, stage).max_new_tokens_per_step
+    )
 
 
 def stage_settings(cfg: RunConfig, stage: StageConfig) -> StepSettings:

@@ -18,6 +18,7 @@ Conventions the sampler and the trainer must share (or importance ratios are bia
 - targets outside [0, V) give log p = NaN (entropy stays defined): put any valid id (e.g. the pad
   id) at padding positions and mask them out of the loss.
 """
+
 from __future__ import annotations
 
 import functools
@@ -70,13 +71,20 @@ def _token_chunk(hidden_btd, targets_bt, unembed_kdv, *, temperature, vocab, chu
     start = jnp.full((batch, tokens), _NEG_LOGIT, jnp.float32)
     zeros = jnp.zeros((batch, tokens), jnp.float32)
     step = jax.checkpoint(
-        functools.partial(_vocab_step, hidden_btd=hidden_btd, targets_bt=targets_bt, temperature=temperature,
-                          vocab=vocab, chunk_size_v=chunk_size_v),
+        functools.partial(
+            _vocab_step,
+            hidden_btd=hidden_btd,
+            targets_bt=targets_bt,
+            temperature=temperature,
+            vocab=vocab,
+            chunk_size_v=chunk_size_v,
+        ),
         prevent_cse=False,
     )
     v_starts_k = jnp.arange(unembed_kdv.shape[0]) * chunk_size_v
     (max_bt, sum_exp_bt, sum_exp_logit_bt, target_logit_bt), _ = jax.lax.scan(
-        step, (start, zeros, zeros, zeros), (unembed_kdv, v_starts_k))
+        step, (start, zeros, zeros, zeros), (unembed_kdv, v_starts_k)
+    )
     logsumexp_bt = max_bt + jnp.log(sum_exp_bt)
     entropy_bt = logsumexp_bt - sum_exp_logit_bt / sum_exp_bt
     in_range_bt = (targets_bt >= 0) & (targets_bt < vocab)
@@ -125,8 +133,9 @@ def _chunked(hidden_btd, unembed_dv, targets_bt, temperature, chunk_size_t, chun
     unembed_kdv = unembed_kdv.reshape(model_dim, num_v, chunk_v).transpose(1, 0, 2)
 
     chunk_fn = jax.checkpoint(
-        functools.partial(_token_chunk, unembed_kdv=unembed_kdv, temperature=temperature, vocab=vocab,
-                          chunk_size_v=chunk_v),
+        functools.partial(
+            _token_chunk, unembed_kdv=unembed_kdv, temperature=temperature, vocab=vocab, chunk_size_v=chunk_v
+        ),
         prevent_cse=False,
     )
     logp_nbc, entropy_nbc = jax.lax.map(lambda xs: chunk_fn(*xs), (hidden_nbcd, targets_nbc))

@@ -5,6 +5,7 @@ Sign convention: every loss here is to be MINIMISED. Shapes use B (batch of traj
 environment/tool/user tokens and padding (they do not). Registries (`KL_ESTIMATORS`,
 `AGGREGATIONS`, `RATIOS`) map config names to functions; `lookup` fails with the closest name.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Mapping, NamedTuple, TypeVar
@@ -55,8 +56,9 @@ def seq_mean_token_sum_norm(loss_bt: jax.Array, mask_bt: jax.Array, norm_length:
     constant (the maximum response length) and B counts every sequence of the batch, empty ones too, so
     neither the padded length nor the number of non-empty sequences changes the scale between steps."""
     if norm_length is None:
-        raise ConfigError("seq-mean-token-sum-norm needs norm_length (LossConfig.seq_sum_norm_length): the "
-                          "maximum response length")
+        raise ConfigError(
+            "seq-mean-token-sum-norm needs norm_length (LossConfig.seq_sum_norm_length): the maximum response length"
+        )
     sums_b, _ = _masked_sums_b(loss_bt, mask_bt)
     return jnp.sum(sums_b) / float(norm_length) / max(loss_bt.shape[0], 1)
 
@@ -148,8 +150,9 @@ RATIOS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = {
 }
 
 
-def sampler_mismatch_sums(logp_bt: jax.Array, sampler_logp_bt: jax.Array, mask_bt: jax.Array, eps_low: float,
-                          eps_high: float) -> tuple[jax.Array, jax.Array]:
+def sampler_mismatch_sums(
+    logp_bt: jax.Array, sampler_logp_bt: jax.Array, mask_bt: jax.Array, eps_low: float, eps_high: float
+) -> tuple[jax.Array, jax.Array]:
     """How far the sampler's log-probs are from the trainer's on the counted tokens: (sum of |logp - sampler
     logp|, number of tokens whose ratio exp(logp - sampler logp) lies outside [1 - eps_low, 1 + eps_high])."""
     counted_bt = mask_bt > 0

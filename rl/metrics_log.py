@@ -7,6 +7,7 @@ events from the next step on (a SessionLog.START "purge" event), so each step ap
 Every step's line and events are flushed before `write` returns: a process killed after a step loses
 nothing of it.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,9 @@ class _EventsFile:
         # (the writer names files by host and second; the suffix keeps a quick restart from truncating one)
         self._writer = EventsWriter(str(directory / "events"), filename_suffix=f".{os.getpid()}.{time.time_ns()}")
         if purge_step is not None:  # TensorBoard drops the earlier events of steps >= purge_step
-            self._writer.write_event(Event(step=purge_step, wall_time=time.time(),
-                                           session_log=SessionLog(status=SessionLog.START)))
+            self._writer.write_event(
+                Event(step=purge_step, wall_time=time.time(), session_log=SessionLog(status=SessionLog.START))
+            )
         self._writer.flush()
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -92,9 +94,14 @@ class MetricsWriter:
             self._jsonl.flush()
             os.fsync(self._jsonl.fileno())
             if self._tb is not None:
-                self._tb.write(int(step), {key: float(value) for key, value in record.items()
-                                           if isinstance(value, (int, float)) and not isinstance(value, bool)
-                                           and key != "step"})
+                self._tb.write(
+                    int(step),
+                    {
+                        key: float(value)
+                        for key, value in record.items()
+                        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step"
+                    },
+                )
         return record
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ with random weights -> the model, its tokenizer and where that tokenizer came fr
 - Placement: on a mesh every weight lies in the sharding its logical axes give (envtune_jax/sharding.py);
   HF and envtune checkpoints are read shard by shard into it (models/hf_io.py, models/checkpointing.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,15 +25,19 @@ from typing import Any, Mapping, Optional
 import jax
 from flax import nnx
 
-from envtune_jax.models import checkpointing
-from envtune_jax.chat.tokenizer import (check_tokenizer_fits_model, checkpoint_tokenizer, compact_qwen_tokenizer,
-                                        has_tokenizer)
+from envtune_jax.chat.tokenizer import (
+    check_tokenizer_fits_model,
+    checkpoint_tokenizer,
+    compact_qwen_tokenizer,
+    has_tokenizer,
+)
 from envtune_jax.config import ConfigError
-from envtune_jax.sharding import named_sharding
-from envtune_jax.models import hf_io
-from envtune_jax.models.config import Qwen3Config, preset as preset_config
+from envtune_jax.models import checkpointing, hf_io
+from envtune_jax.models.config import Qwen3Config
+from envtune_jax.models.config import preset as preset_config
 from envtune_jax.models.dtype_rule import Use, model_dtypes
 from envtune_jax.models.qwen3 import Qwen3, init_model
+from envtune_jax.sharding import named_sharding
 
 SOURCES = ("hf", "ckpt", "preset")
 
@@ -53,7 +58,9 @@ class LoadedModel:
     def tokenizer(self):
         """The model's tokenizer (read on first use), checked against its vocabulary."""
         if self.source == "preset":
-            tokenizer = checkpoint_tokenizer(None, None) if self.bpe_ranks is None else compact_qwen_tokenizer(self.bpe_ranks)
+            tokenizer = (
+                checkpoint_tokenizer(None, None) if self.bpe_ranks is None else compact_qwen_tokenizer(self.bpe_ranks)
+            )
         else:
             tokenizer = checkpoint_tokenizer(self.tokenizer_dir, self.location)
         check_tokenizer_fits_model(tokenizer, self.model.config.vocab_size)
@@ -68,10 +75,21 @@ class LoadedModel:
         return f"the bundled Qwen3 tokenizer{cut}"
 
 
-def load_model(*, use: Use, hf: str | Path | None = None, ckpt: str | Path | None = None, preset: str | None = None,
-               param_dtype: str | None = None, dtype: str | None = None, mesh: jax.sharding.Mesh | None = None,
-               seed: int = 0, bpe_ranks: int | None = None, preset_changes: Mapping[str, Any] | None = None,
-               progress: bool = True, **kernels: Any) -> LoadedModel:
+def load_model(
+    *,
+    use: Use,
+    hf: str | Path | None = None,
+    ckpt: str | Path | None = None,
+    preset: str | None = None,
+    param_dtype: str | None = None,
+    dtype: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    seed: int = 0,
+    bpe_ranks: int | None = None,
+    preset_changes: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    **kernels: Any,
+) -> LoadedModel:
     """The model of exactly one source: `hf` (an HF folder), `ckpt` (an envtune checkpoint) or `preset` (random
     weights from `seed`, with `preset_changes` to its Qwen3Config fields), in the dtypes of `use` unless
     `param_dtype` / `dtype` are given, on `mesh` if given. `kernels`: attention_impl, decode_attention, remat.
@@ -83,23 +101,35 @@ def load_model(*, use: Use, hf: str | Path | None = None, ckpt: str | Path | Non
         raise ConfigError("bpe_ranks cuts the bundled tokenizer of random weights (a preset); a checkpoint has its own")
     dtypes = model_dtypes(use, param_dtype, dtype)
     if hf is not None:
-        model = hf_io.load_pretrained(hf, dtype=dtypes.param, compute_dtype=dtypes.compute, mesh=mesh,
-                                      progress=progress, **kernels)
+        model = hf_io.load_pretrained(
+            hf, dtype=dtypes.param, compute_dtype=dtypes.compute, mesh=mesh, progress=progress, **kernels
+        )
         return LoadedModel(model, "hf", str(hf), Path(hf))
     if ckpt is not None:
         model = checkpointing.load_model(ckpt, mesh=mesh, dtype=dtypes.param, compute_dtype=dtypes.compute, **kernels)
         return LoadedModel(model, "ckpt", str(ckpt), checkpointing.tokenizer_dir(ckpt))
-    cfg = preset_config(preset, **{**(preset_changes or {}), "param_dtype": dtypes.param, "dtype": dtypes.compute,
-                                   **kernels})
+    cfg = preset_config(
+        preset, **{**(preset_changes or {}), "param_dtype": dtypes.param, "dtype": dtypes.compute, **kernels}
+    )
     return LoadedModel(random_weights(cfg, mesh, seed), "preset", preset, None, bpe_ranks)
 
 
 def load_run_model(source, mesh: jax.sharding.Mesh | None, use: Use = "train") -> LoadedModel:
     """`load_model` of a recipe's `model:` section (envtune_jax.rl.run_config.ModelSourceConfig)."""
-    return load_model(use=use, hf=source.hf, ckpt=source.ckpt, preset=source.preset, param_dtype=source.param_dtype,
-                      dtype=source.dtype, mesh=mesh, seed=source.seed, bpe_ranks=source.bpe_ranks,
-                      attention_impl=source.attention_impl, decode_attention=source.decode_attention,
-                      remat=source.remat)
+    return load_model(
+        use=use,
+        hf=source.hf,
+        ckpt=source.ckpt,
+        preset=source.preset,
+        param_dtype=source.param_dtype,
+        dtype=source.dtype,
+        mesh=mesh,
+        seed=source.seed,
+        bpe_ranks=source.bpe_ranks,
+        attention_impl=source.attention_impl,
+        decode_attention=source.decode_attention,
+        remat=source.remat,
+    )
 
 
 def random_weights(cfg: Qwen3Config, mesh: jax.sharding.Mesh | None = None, seed: int = 0) -> Qwen3:
@@ -108,7 +138,10 @@ def random_weights(cfg: Qwen3Config, mesh: jax.sharding.Mesh | None = None, seed
     if mesh is None:
         return init_model(cfg, seed)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: init_model(cfg, seed)))
-    shardings = jax.tree.map(lambda v: named_sharding(mesh, v.get_metadata()["logical_axes"], v.shape), abstract,
-                             is_leaf=lambda x: isinstance(x, nnx.Variable))
+    shardings = jax.tree.map(
+        lambda v: named_sharding(mesh, v.get_metadata()["logical_axes"], v.shape),
+        abstract,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
     state = jax.jit(lambda: nnx.state(init_model(cfg, seed)), out_shardings=shardings)()
     return nnx.merge(graphdef, state)

@@ -3,7 +3,8 @@
 Like the official harness, every step re-renders the whole conversation with the Qwen FC template (tools in
 the system prompt, earlier steps as the official harness keeps them) and generates greedily (the harness's
 temperature 0.001) up to `max_new_tokens` (4096); the step's whole text goes back to the evaluation's
-episodes (`envtune_jax.environments.evaluation.EvaluationEpisodes`), which keep the history as the official handler does.
+episodes (`envtune_jax.environments.evaluation.EvaluationEpisodes`), which keep the history as the official handler
+does.
 
 This module is the re-render protocol of the episode runner (rl/episode_runner.py): each request is the
 official prompt, rendered and tokenized afresh from the kept conversation. The runner plays the live
@@ -14,15 +15,16 @@ tail is prefilled (`replace_tail`). Greedy tokens depend on their position alone
 kept caches change a step. Each evaluation starts from an empty engine state: cached keys and values never
 outlive the weights that computed them.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Callable
 
-from envtune_jax.environments.evaluation import EvaluationEpisodes
-from envtune_jax.environments.policies import PolicyStep
 from envtune_jax.chat.render import render_messages
 from envtune_jax.chat.tokenizer import encode_text, stop_token_ids
+from envtune_jax.environments.evaluation import EvaluationEpisodes
+from envtune_jax.environments.policies import PolicyStep
 from envtune_jax.models.generation.sampling import SamplingParams
 from envtune_jax.rl.episode_runner import EpisodeRunner, RunnerStats, SamplerRow, StepRequest
 
@@ -60,12 +62,20 @@ class ModelPolicy:
 
     name = "model"
 
-    def __init__(self, engine, tokenizer, max_new_tokens: int = 4096, style: str = "qwen_fc", decode_chunk: int = 128,
-                 reuse_cache: bool = True):
+    def __init__(
+        self,
+        engine,
+        tokenizer,
+        max_new_tokens: int = 4096,
+        style: str = "qwen_fc",
+        decode_chunk: int = 128,
+        reuse_cache: bool = True,
+    ):
         self.engine, self.tokenizer, self.style = engine, tokenizer, style
         self.decode_chunk, self.reuse_cache = decode_chunk, reuse_cache
-        self.sampling = SamplingParams(greedy=True, max_new_tokens=max_new_tokens,
-                                       stop_token_ids=stop_token_ids(tokenizer))
+        self.sampling = SamplingParams(
+            greedy=True, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tokenizer)
+        )
         self.stats = RunnerStats()
         self._warned = False
 
@@ -83,9 +93,11 @@ class ModelPolicy:
     def _warn_too_long(self) -> None:
         if not self._warned:
             self._warned = True
-            print(f"warning: a conversation outgrew the {self.engine.max_cache_len}-token context "
-                  f"(max_cache_len, capped by the model's max_position_embeddings); it counts as a force-quit",
-                  file=sys.stderr)
+            print(
+                f"warning: a conversation outgrew the {self.engine.max_cache_len}-token context "
+                f"(max_cache_len, capped by the model's max_position_embeddings); it counts as a force-quit",
+                file=sys.stderr,
+            )
 
     def _policy_step(self, ids: list[int]) -> PolicyStep:
         # The official harness reads the server's completion text, which leaves out special tokens (vLLM's
@@ -94,10 +106,19 @@ class ModelPolicy:
         return PolicyStep(self.tokenizer.decode(ids, skip_special_tokens=True))
 
 
-def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, batch_size: int = 16,
-                       max_cache_len: int = 32768, max_new_tokens: int = 4096, dtype: str | None = None,
-                       mesh=None, attention_impl: str = "reference", decode_attention: str = "reference",
-                       decode_chunk: int = 128) -> ModelPolicy:
+def build_model_policy(
+    *,
+    ckpt: str | None = None,
+    hf_dir: str | None = None,
+    batch_size: int = 16,
+    max_cache_len: int = 32768,
+    max_new_tokens: int = 4096,
+    dtype: str | None = None,
+    mesh=None,
+    attention_impl: str = "reference",
+    decode_attention: str = "reference",
+    decode_chunk: int = 128,
+) -> ModelPolicy:
     """Loads the model (HF dir or envtune checkpoint) and wraps it in a ModelPolicy.
 
     attention_impl serves prompt and tool-response chunks of ≥ 64 tokens (`cudnn` on GPU keeps long
@@ -108,8 +129,15 @@ def build_model_policy(*, ckpt: str | None = None, hf_dir: str | None = None, ba
 
     if hf_dir is None and ckpt is None:
         raise ValueError("build_model_policy needs ckpt or hf_dir")
-    loaded = load_model(use="inference", hf=hf_dir, ckpt=ckpt, param_dtype=dtype, mesh=mesh,
-                        attention_impl=attention_impl, decode_attention=decode_attention)
+    loaded = load_model(
+        use="inference",
+        hf=hf_dir,
+        ckpt=ckpt,
+        param_dtype=dtype,
+        mesh=mesh,
+        attention_impl=attention_impl,
+        decode_attention=decode_attention,
+    )
     model, tokenizer = loaded.model, loaded.tokenizer
     max_cache_len = min(max_cache_len, model.config.max_position_embeddings)
     engine = GenerationEngine(model, batch_size=batch_size, max_cache_len=max_cache_len, mesh=mesh)

@@ -2,6 +2,7 @@
 
 Kept apart from `make_optimizer` (rl/optimizer.py, optax) so that a recipe loads and is checked without JAX.
 """
+
 from __future__ import annotations
 
 import dataclasses

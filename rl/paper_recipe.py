@@ -9,6 +9,7 @@ from it. A figure of None means the paper does not say; the card then shows the 
 must match it) or sized to the model and hardware ("scale": the paper-size recipes must match it, a
 smoke recipe may shrink it). `scope` says whether a recipe sets it per stage or once for the whole run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,32 +46,67 @@ def _all(value: Any) -> tuple[Any, Any, Any, Any]:
 
 
 PAPER_SETTINGS: tuple[PaperSetting, ...] = (
-    PaperSetting("data", "data", "training entries", ("stage1_easy", "base_train", "train", "train"),
-                 note="an easy subset; the 100 base-category training entries; all 400 (4 categories)"),
-    PaperSetting("data_size", "data", "entries", (75, 100, 400, 400), kind="scale", approx=(True, False, False, False),
-                 note="stage 1: '~75'"),
+    PaperSetting(
+        "data",
+        "data",
+        "training entries",
+        ("stage1_easy", "base_train", "train", "train"),
+        note="an easy subset; the 100 base-category training entries; all 400 (4 categories)",
+    ),
+    PaperSetting(
+        "data_size",
+        "data",
+        "entries",
+        (75, 100, 400, 400),
+        kind="scale",
+        approx=(True, False, False, False),
+        note="stage 1: '~75'",
+    ),
     PaperSetting("epochs", "budget", "epochs (budget)", _all(20), note="up to 20 epochs per stage"),
     PaperSetting("steps", "budget", "optimizer steps", _all(None), note="derived: epochs x entries / prompts"),
-    PaperSetting("advance", "budget", "stage switch", _all("plateau"), kind="scale",
-                 note="validation accuracy plateaued and gradient norm stable"),
+    PaperSetting(
+        "advance",
+        "budget",
+        "stage switch",
+        _all("plateau"),
+        kind="scale",
+        note="validation accuracy plateaued and gradient norm stable",
+    ),
     PaperSetting("validation_every", "budget", "validate every (steps)", _all(None)),
-    PaperSetting("reward", "reward", "reward", ("syntax", "progress", "progress", "progress"),
-                 note="R1 = I_tool (R_format + R_tool); R_P"),
+    PaperSetting(
+        "reward",
+        "reward",
+        "reward",
+        ("syntax", "progress", "progress", "progress"),
+        note="R1 = I_tool (R_format + R_tool); R_P",
+    ),
     PaperSetting("hints", "feedback", "actionable hints", (False, True, True, False)),
     PaperSetting("format_feedback", "feedback", "format errors returned", (False, True, True, False)),
     PaperSetting("empty_turn_warning", "feedback", "missing-function warning", (False, True, True, False)),
     PaperSetting("max_steps_per_turn", "feedback", "steps per turn", _all(5)),
-    PaperSetting("prompt_style", "prompt", "prompt format", _all(None),
-                 note="the paper names no format; the recipe trains in the one evaluation uses"),
-    PaperSetting("stage34_instructions", "prompt", "stage 3/4 instructions", (False, False, True, True),
-                 note="be resourceful; ask rather than invent arguments"),
+    PaperSetting(
+        "prompt_style",
+        "prompt",
+        "prompt format",
+        _all(None),
+        note="the paper names no format; the recipe trains in the one evaluation uses",
+    ),
+    PaperSetting(
+        "stage34_instructions",
+        "prompt",
+        "stage 3/4 instructions",
+        (False, False, True, True),
+        note="be resourceful; ask rather than invent arguments",
+    ),
     PaperSetting("max_prompt_tokens", "limits", "max prompt tokens", _all(8192), kind="scale"),
-    PaperSetting("max_response_tokens", "limits", "max response tokens (episode)", (10000, 24576, 24576, 24576),
-                 kind="scale"),
+    PaperSetting(
+        "max_response_tokens", "limits", "max response tokens (episode)", (10000, 24576, 24576, 24576), kind="scale"
+    ),
     PaperSetting("max_context_tokens", "limits", "context tokens", _all(32768), kind="scale"),
     PaperSetting("max_new_tokens_per_step", "limits", "tokens per step", _all(None)),
-    PaperSetting("prompts_per_step", "batch", "prompts per step", (16, 32, 32, None), kind="scale",
-                 note="stage 4 not stated"),
+    PaperSetting(
+        "prompts_per_step", "batch", "prompts per step", (16, 32, 32, None), kind="scale", note="stage 4 not stated"
+    ),
     PaperSetting("samples_per_prompt", "batch", "rollouts per prompt", _all(16), kind="scale"),
     PaperSetting("updates_per_batch", "batch", "optimizer steps per batch", _all(1), scope="run"),
     PaperSetting("temperature", "sampling", "temperature", _all(1.0), scope="run"),
@@ -86,16 +122,36 @@ PAPER_SETTINGS: tuple[PaperSetting, ...] = (
     PaperSetting("kl_reference", "loss", "KL reference", _all("reset each stage"), scope="run"),
     PaperSetting("entropy_coef", "loss", "entropy bonus", _all(0.001), scope="run"),
     PaperSetting("loss_agg_mode", "loss", "aggregation", _all("token-mean"), scope="run"),
-    PaperSetting("loss_weighting", "loss", "micro-batch weighting", _all(None),
-                 note="verl averages per-micro-batch means; its micro-batch size is not reported", scope="run"),
+    PaperSetting(
+        "loss_weighting",
+        "loss",
+        "micro-batch weighting",
+        _all(None),
+        note="verl averages per-micro-batch means; its micro-batch size is not reported",
+        scope="run",
+    ),
     PaperSetting("advantage", "loss", "advantage", _all("(R - mean) / (std + 1e-06)"), scope="run"),
-    PaperSetting("advantage_std_ddof", "loss", "group std ddof", _all(1), source="verl 0.4.1",
-                 note="torch.std: the sample std", scope="run"),
+    PaperSetting(
+        "advantage_std_ddof",
+        "loss",
+        "group std ddof",
+        _all(1),
+        source="verl 0.4.1",
+        note="torch.std: the sample std",
+        scope="run",
+    ),
     PaperSetting("learning_rate", "optimizer", "learning rate", _all(1e-6), kind="scale", scope="run"),
     PaperSetting("lr_schedule", "optimizer", "schedule", _all("constant"), scope="run"),
     PaperSetting("betas", "optimizer", "AdamW betas", _all((0.9, 0.999)), scope="run"),
     PaperSetting("weight_decay", "optimizer", "weight decay", _all(0.01), scope="run"),
     PaperSetting("grad_clip", "optimizer", "gradient clip", _all(1.0), scope="run"),
-    PaperSetting("old_logprobs", "old log-probs", "old log-probs", _all("recompute"), source="verl 0.4.1",
-                 note="the actor recomputes them before the update", scope="run"),
+    PaperSetting(
+        "old_logprobs",
+        "old log-probs",
+        "old log-probs",
+        _all("recompute"),
+        source="verl 0.4.1",
+        note="the actor recomputes them before the update",
+        scope="run",
+    ),
 )

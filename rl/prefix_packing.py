@@ -23,6 +23,7 @@ its sampled tokens; `predecessors_rt` gives, for each row index, the index of th
 its own sequence (a continuation's first token follows its prompt's last), whose hidden state
 predicts it. The reference-model and recompute passes of the train step run on the same rows.
 """
+
 from __future__ import annotations
 
 import collections
@@ -46,6 +47,7 @@ BLOCK_BUCKETS = geometric_ladder(16, 2**20)  # prompt and continuation widths: 1
 @dataclasses.dataclass
 class PrefixRows:
     """Shared-prefix rows [R, T] (TrainBatch.tokens_bt in shared-prefix mode)."""
+
     tokens_rt: jax.Array  # int32 token ids (padding: 0)
     positions_rt: jax.Array  # int32 position in its own sequence
     segments_rt: jax.Array  # int32 group within the row, 1..n (0 = padding)
@@ -60,8 +62,10 @@ class PrefixRows:
 
 
 jax.tree_util.register_dataclass(
-    PrefixRows, data_fields=["tokens_rt", "positions_rt", "segments_rt", "branches_rt", "predecessors_rt"],
-    meta_fields=["layout", "two_level"])
+    PrefixRows,
+    data_fields=["tokens_rt", "positions_rt", "segments_rt", "branches_rt", "predecessors_rt"],
+    meta_fields=["layout", "two_level"],
+)
 
 
 def _common_prefix_length(sequences: Sequence[np.ndarray]) -> int:
@@ -73,9 +77,18 @@ def _common_prefix_length(sequences: Sequence[np.ndarray]) -> int:
     return int(shortest if same.all() else np.argmin(same))
 
 
-def pack_shared_prefix(tokens: list[np.ndarray], loss_masks: list[np.ndarray], logprobs: list[np.ndarray],
-                       advantages: np.ndarray, groups: Sequence[int], *, groups_per_row: int = 1,
-                       rows_multiple: int = 1, two_level: bool = True, pad_id: int = 0) -> TrainBatch:
+def pack_shared_prefix(
+    tokens: list[np.ndarray],
+    loss_masks: list[np.ndarray],
+    logprobs: list[np.ndarray],
+    advantages: np.ndarray,
+    groups: Sequence[int],
+    *,
+    groups_per_row: int = 1,
+    rows_multiple: int = 1,
+    two_level: bool = True,
+    pad_id: int = 0,
+) -> TrainBatch:
     """A TrainBatch whose tokens_bt is PrefixRows and whose [B, K] / [B] fields are per sample (see the module
     docstring). groups[i]: the group of trajectory i. R is rounded up to a multiple of `rows_multiple`
     (the micro-batch count). A sampled token at index 0 has no prefix to predict it from and is dropped."""
@@ -89,8 +102,12 @@ def pack_shared_prefix(tokens: list[np.ndarray], loss_masks: list[np.ndarray], l
     order = list(members.values())  # groups in order of first appearance
     shared = [_common_prefix_length([np.asarray(tokens[i]) for i in group]) for group in order]
     longest_cont = max(len(tokens[i]) - shared[g] for g, group in enumerate(order) for i in group)
-    layout = PackedRowLayout(groups_per_row, round_up(max(max(shared), 1), BLOCK_BUCKETS),
-                             max(len(group) for group in order), round_up(max(longest_cont, 1), BLOCK_BUCKETS))
+    layout = PackedRowLayout(
+        groups_per_row,
+        round_up(max(max(shared), 1), BLOCK_BUCKETS),
+        max(len(group) for group in order),
+        round_up(max(longest_cont, 1), BLOCK_BUCKETS),
+    )
     needed_rows = -(-len(order) // groups_per_row)
     rows = -(-needed_rows // rows_multiple) * rows_multiple
     places = groups_per_row * layout.branches  # M
@@ -118,16 +135,16 @@ def pack_shared_prefix(tokens: list[np.ndarray], loss_masks: list[np.ndarray], l
             cont = slice(start, start + own)
             tokens_rt[row, cont], positions_rt[row, cont] = ids[length:], length + np.arange(own)
             segments_rt[row, cont] = slot + 1
-            branches_rt[row, start:start + layout.branch_width] = c + 1
+            branches_rt[row, start : start + layout.branch_width] = c + 1
             predecessors_rt[row, cont] = np.arange(start, start + own) - 1
             if own and length:
                 predecessors_rt[row, start] = base + length - 1
             where = picked[i]
             in_row = np.where(where < length, base + where, start + where - length)
             sample = (slot * layout.branches + c) * rows + row
-            index_bk[sample, :len(where)] = in_row
-            mask_bk[sample, :len(where)] = 1.0
-            old_bk[sample, :len(where)] = np.asarray(logprobs[i], np.float32)[where]
+            index_bk[sample, : len(where)] = in_row
+            mask_bk[sample, : len(where)] = 1.0
+            old_bk[sample, : len(where)] = np.asarray(logprobs[i], np.float32)[where]
             advantages_b[sample] = advantages[i]
     rows_data = PrefixRows(tokens_rt, positions_rt, segments_rt, branches_rt, predecessors_rt, layout, two_level)
     return TrainBatch(rows_data, index_bk, mask_bk, old_bk, advantages_b)
@@ -148,8 +165,15 @@ def sample_order(groups: Sequence[int], batch: TrainBatch, groups_per_row: int) 
     return np.asarray(out)
 
 
-def packed_sampled_logprobs(graphdef: nnx.GraphDef, params: nnx.State, rows: PrefixRows, target_index_bk: jax.Array,
-                            temperature: float, chunk_t: int, chunk_v: int) -> tuple[jax.Array, jax.Array]:
+def packed_sampled_logprobs(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    rows: PrefixRows,
+    target_index_bk: jax.Array,
+    temperature: float,
+    chunk_t: int,
+    chunk_v: int,
+) -> tuple[jax.Array, jax.Array]:
     """(logp_bk, entropy_bk) of each sample's sampled tokens, from one forward over the shared-prefix rows.
     Sample b reads row b mod R. Differentiable in `params`."""
     model = nnx.merge(graphdef, params)

@@ -5,6 +5,7 @@ stage's budget from its data size, its rollout limits, the prompt it renders, ..
 the paper's figure: "same", "differs", "paper silent" (no figure) or "no paper stage" (a stage the paper's
 curriculum does not have). `render_card` lays the rows out as text for `envtune recipe show`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,17 +42,21 @@ class CardRow:
 def _steps(view: StageView) -> tuple[Any, str]:
     budget, stage = view.budget, view.stage
     cap = stage.max_steps if stage.max_steps is not None else "unset"
-    return budget.steps, (f"{budget.steps} ({budget.binding} binds: {stage.epochs:g} epochs x {budget.data_size} "
-                          f"entries / {stage.prompts_per_step} = {budget.epoch_steps}; max_steps {cap})")
+    return budget.steps, (
+        f"{budget.steps} ({budget.binding} binds: {stage.epochs:g} epochs x {budget.data_size} "
+        f"entries / {stage.prompts_per_step} = {budget.epoch_steps}; max_steps {cap})"
+    )
 
 
 def _advance(view: StageView) -> tuple[Any, str]:
     rule = view.stage.advance
     if rule.kind == "fixed":
         return "fixed", "fixed (the budget alone)"
-    return "plateau", (f"plateau (patience {rule.patience}, min_delta {rule.min_delta:g}, grad-norm cv <= "
-                       f"{rule.grad_norm_cv_max:g} over {rule.grad_norm_window} steps; earliest at step "
-                       f"{plateau_first_step(view.stage)})")
+    return "plateau", (
+        f"plateau (patience {rule.patience}, min_delta {rule.min_delta:g}, grad-norm cv <= "
+        f"{rule.grad_norm_cv_max:g} over {rule.grad_norm_window} steps; earliest at step "
+        f"{plateau_first_step(view.stage)})"
+    )
 
 
 def _instructions(view: StageView) -> tuple[Any, str]:
@@ -85,6 +90,7 @@ def _plain(read: Callable[[StageView], Any], detail: Callable[[StageView], str] 
     def value(view: StageView) -> tuple[Any, str]:
         raw = read(view)
         return raw, detail(view) if detail else _format(raw)
+
     return value
 
 
@@ -106,9 +112,14 @@ READERS: dict[str, Callable[[StageView], tuple[Any, str]]] = {
     "epochs": _plain(lambda v: v.stage.epochs),
     "steps": _steps,
     "advance": _advance,
-    "validation_every": _plain(lambda v: v.stage.validation_every,
-                               lambda v: "never" if not v.stage.validation_every else
-                               f"{v.stage.validation_every} ({v.stage.validation_entries or 'all'} entries, greedy)"),
+    "validation_every": _plain(
+        lambda v: v.stage.validation_every,
+        lambda v: (
+            "never"
+            if not v.stage.validation_every
+            else f"{v.stage.validation_every} ({v.stage.validation_entries or 'all'} entries, greedy)"
+        ),
+    ),
     "reward": _plain(lambda v: v.stage.environment.reward),
     "hints": _plain(lambda v: v.stage.environment.hints),
     "format_feedback": _plain(lambda v: v.stage.environment.format_feedback),
@@ -160,8 +171,11 @@ def _format(value: Any) -> str:
 
 def _matches(value: Any, figure: Any, approx: bool) -> bool:
     if isinstance(figure, tuple):
-        return isinstance(value, tuple) and len(value) == len(figure) and all(
-            _matches(v, f, approx) for v, f in zip(value, figure))
+        return (
+            isinstance(value, tuple)
+            and len(value) == len(figure)
+            and all(_matches(v, f, approx) for v, f in zip(value, figure))
+        )
     if isinstance(figure, bool) or isinstance(value, bool) or isinstance(figure, str) or isinstance(value, str):
         return value == figure
     if isinstance(figure, (int, float)) and isinstance(value, (int, float)):
@@ -195,8 +209,12 @@ def paper_text(setting: PaperSetting, stage_name: str) -> str:
     return text if setting.source == "paper" else f"{text} [{setting.source}]"
 
 
-MARKS: dict[Status, str] = {"same": "=", "differs": "DIFFERS", "paper silent": "paper silent",
-                            "no paper stage": "no paper stage"}
+MARKS: dict[Status, str] = {
+    "same": "=",
+    "differs": "DIFFERS",
+    "paper silent": "paper silent",
+    "no paper stage": "no paper stage",
+}
 
 
 def _mark(row: CardRow, status: Status) -> str:
@@ -216,8 +234,11 @@ def _table(rows: Sequence[CardRow], stage_name: str, status_of: Callable[[CardRo
 def render_card(run: RunConfig, stages: Sequence[StageConfig], title: str) -> str:
     """The card as text: per stage its own settings, then the run-wide ones once, then the paper's notes."""
     rows = card_rows(run, stages)
-    lines = [f"recipe card: {title}", "paper: Lu et al., arXiv 2510.10197, and verl 0.4.1 (the authors' stack) "
-             "where marked; docs/recipe-fidelity.md", ""]
+    lines = [
+        f"recipe card: {title}",
+        "paper: Lu et al., arXiv 2510.10197, and verl 0.4.1 (the authors' stack) where marked; docs/recipe-fidelity.md",
+        "",
+    ]
     for stage in stages:
         lines.append(f"== {stage.name}")
         stage_rows = [r for r in rows if r.stage == stage.name and r.setting.scope == "stage"]

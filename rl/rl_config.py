@@ -6,6 +6,7 @@ entropy bonus 0.001, token-mean aggregation, std-normalised group advantages. Th
 (hashable) so it can be a static argument of `jax.jit`; load it from YAML with
 `envtune_jax.config.load(LossConfig, path, overrides)`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,12 +68,21 @@ class LossConfig:
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
         ReadOnlyWhen("kl_estimator", "the KL term is off (kl_coef is 0)", lambda c: c.kl_coef > 0),
         ReadOnlyWhen("kl_clamp", "the KL term is off (kl_coef is 0)", lambda c: c.kl_coef > 0),
-        ReadOnlyWhen("seq_sum_norm_length", f"only loss_agg_mode '{SUM_NORM_MODE}' divides by it",
-                     lambda c: c.loss_agg_mode == SUM_NORM_MODE),
-        ReadOnlyWhen("advantage_eps", "advantages are not divided by the group std (scale_advantages_by_std is false)",
-                     lambda c: c.scale_advantages_by_std),
-        ReadOnlyWhen("advantage_std_ddof", "advantages are not divided by the group std (scale_advantages_by_std "
-                     "is false)", lambda c: c.scale_advantages_by_std),
+        ReadOnlyWhen(
+            "seq_sum_norm_length",
+            f"only loss_agg_mode '{SUM_NORM_MODE}' divides by it",
+            lambda c: c.loss_agg_mode == SUM_NORM_MODE,
+        ),
+        ReadOnlyWhen(
+            "advantage_eps",
+            "advantages are not divided by the group std (scale_advantages_by_std is false)",
+            lambda c: c.scale_advantages_by_std,
+        ),
+        ReadOnlyWhen(
+            "advantage_std_ddof",
+            "advantages are not divided by the group std (scale_advantages_by_std is false)",
+            lambda c: c.scale_advantages_by_std,
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -94,6 +104,8 @@ class LossConfig:
         check_name(AGGREGATION_NAMES, self.loss_agg_mode, "loss_agg_mode")
         check_name(RATIO_NAMES, self.ratio_level, "ratio_level")
         if self.loss_agg_mode == SUM_NORM_MODE and self.seq_sum_norm_length is None:
-            raise ConfigError(f"loss_agg_mode '{SUM_NORM_MODE}' divides by a constant: set seq_sum_norm_length "
-                              "to the maximum response length (Dr. GRPO), e.g. 24576")
+            raise ConfigError(
+                f"loss_agg_mode '{SUM_NORM_MODE}' divides by a constant: set seq_sum_norm_length "
+                "to the maximum response length (Dr. GRPO), e.g. 24576"
+            )
         check_field_use(self)

@@ -12,6 +12,7 @@ episode's response budget (`max_response_tokens`, model and environment tokens a
 context (`max_context_tokens`, at most the engine's cache), so a step may be cut short to end exactly at the
 cap; an episode is truncated (and scored over all its turns) only once nothing remains.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,12 +22,12 @@ import jax
 import numpy as np
 from tokenizers import Tokenizer
 
-from envtune_jax.environments.base import EpisodeOutcome, ToolEnvironment
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import TokenConversation
-from envtune_jax.progress import OnPhase
+from envtune_jax.environments.base import EpisodeOutcome, ToolEnvironment
 from envtune_jax.models.generation.engine import GenerationEngine
 from envtune_jax.models.generation.sampling import SamplingParams
+from envtune_jax.progress import OnPhase
 from envtune_jax.rl.episode_runner import EpisodeRunner, RunnerStats, SamplerRow, StepRequest
 from envtune_jax.rl.rollout_config import RolloutConfig
 
@@ -66,9 +67,19 @@ def read_last_step(episode: ToolEnvironment, conversation: TokenConversation):
 class TokenEpisodes:
     """The token-level protocol: conversations of exact token ids, environment tokens appended."""
 
-    def __init__(self, episodes: Sequence[ToolEnvironment], groups: Sequence[int], tokenizer: Tokenizer,
-                 chat: ChatConfig, config: RolloutConfig, step_max: int, context_cap: int, vocab_size: int,
-                 stats: RolloutStats, keep_text: bool):
+    def __init__(
+        self,
+        episodes: Sequence[ToolEnvironment],
+        groups: Sequence[int],
+        tokenizer: Tokenizer,
+        chat: ChatConfig,
+        config: RolloutConfig,
+        step_max: int,
+        context_cap: int,
+        vocab_size: int,
+        stats: RolloutStats,
+        keep_text: bool,
+    ):
         self.episodes, self.groups, self.tokenizer, self.chat, self.config = episodes, groups, tokenizer, chat, config
         self.step_max, self.context_cap, self.vocab_size = step_max, context_cap, vocab_size
         self.stats, self.keep_text = stats, keep_text
@@ -80,8 +91,11 @@ class TokenEpisodes:
     def _budget(self, i: int) -> int:
         """The per-step budget clipped to what remains of episode i's response and context budgets."""
         length = len(self.conversations[i])
-        return min(self.step_max, self.config.max_response_tokens - (length - self.prompt_lengths[i]),
-                   self.context_cap - length)
+        return min(
+            self.step_max,
+            self.config.max_response_tokens - (length - self.prompt_lengths[i]),
+            self.context_cap - length,
+        )
 
     def _truncate(self, i: int, reason: str) -> None:
         self.episodes[i].truncate(reason)
@@ -109,21 +123,34 @@ class TokenEpisodes:
         budget = self._budget(i)
         if budget < 1:
             used = len(conversation) - self.prompt_lengths[i]
-            self._truncate(i, f"token budget: {used} of {self.config.max_response_tokens} response tokens used, "
-                              f"{len(conversation)} of {self.context_cap} context tokens")
+            self._truncate(
+                i,
+                f"token budget: {used} of {self.config.max_response_tokens} response tokens used, "
+                f"{len(conversation)} of {self.context_cap} context tokens",
+            )
             return None
         self.stats.environment_tokens += segment.end - segment.start
         return StepRequest(conversation.ids, budget)
 
     def finish(self, i: int, sampler_row: Callable[[], SamplerRow] | None) -> None:
-        self.trajectories[i] = _trajectory(self.episodes[i], self.conversations[i], self.groups[i], self.truncated[i],
-                                           sampler_row, self.keep_text)
+        self.trajectories[i] = _trajectory(
+            self.episodes[i], self.conversations[i], self.groups[i], self.truncated[i], sampler_row, self.keep_text
+        )
 
 
-def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfig, episodes: Sequence[ToolEnvironment],
-                 groups: Sequence[int], sampling: SamplingParams, config: RolloutConfig, rng: int | jax.Array = 0,
-                 keep_text: bool = False, stats: RolloutStats | None = None,
-                 on_phase: OnPhase | None = None) -> list[Trajectory]:
+def run_rollouts(
+    engine: GenerationEngine,
+    tokenizer: Tokenizer,
+    chat: ChatConfig,
+    episodes: Sequence[ToolEnvironment],
+    groups: Sequence[int],
+    sampling: SamplingParams,
+    config: RolloutConfig,
+    rng: int | jax.Array = 0,
+    keep_text: bool = False,
+    stats: RolloutStats | None = None,
+    on_phase: OnPhase | None = None,
+) -> list[Trajectory]:
     """Plays every episode to its end; returns one Trajectory per episode (same order).
 
     Episodes start in order as the runner's slots free up, decoded `config.decode_chunk` tokens per call;
@@ -134,14 +161,21 @@ def run_rollouts(engine: GenerationEngine, tokenizer: Tokenizer, chat: ChatConfi
     stats = stats if stats is not None else RolloutStats()
     step_max = min(_max_budget(sampling), config.max_new_tokens_per_step)
     context_cap = min(config.max_context_tokens, engine.max_cache_len)
-    protocol = TokenEpisodes(episodes, groups, tokenizer, chat, config, step_max, context_cap, engine.config.vocab_size,
-                             stats, keep_text)
+    protocol = TokenEpisodes(
+        episodes, groups, tokenizer, chat, config, step_max, context_cap, engine.config.vocab_size, stats, keep_text
+    )
     EpisodeRunner(engine, sampling, config.decode_chunk).run(protocol, len(episodes), rng, stats, on_phase)
     return protocol.trajectories
 
 
-def _trajectory(episode: ToolEnvironment, conversation: TokenConversation, group: int, truncated: bool,
-                sampler_row: Callable[[], SamplerRow] | None, keep_text: bool) -> Trajectory:
+def _trajectory(
+    episode: ToolEnvironment,
+    conversation: TokenConversation,
+    group: int,
+    truncated: bool,
+    sampler_row: Callable[[], SamplerRow] | None,
+    keep_text: bool,
+) -> Trajectory:
     """The finished episode's trajectory, its sampler log-probs read from its slot's history."""
     ids, mask = conversation.arrays()
     logprobs = np.zeros(len(ids), np.float32)
@@ -153,8 +187,17 @@ def _trajectory(episode: ToolEnvironment, conversation: TokenConversation, group
         if not np.all(row.sampled_s[:n][mask[:n] > 0]):
             raise RuntimeError(f"episode {episode.episode_id}: sampled tokens were prefilled again")
         logprobs[:n] = np.where(mask[:n] > 0, row.logprobs_s[:n], 0.0)
-    return Trajectory(episode.episode_id, episode.category, group, ids, mask, logprobs, episode.outcome(), truncated,
-                      conversation.text() if keep_text else "")
+    return Trajectory(
+        episode.episode_id,
+        episode.category,
+        group,
+        ids,
+        mask,
+        logprobs,
+        episode.outcome(),
+        truncated,
+        conversation.text() if keep_text else "",
+    )
 
 
 def _max_budget(sampling: SamplingParams) -> int:

@@ -2,6 +2,7 @@
 
 Kept apart from the rollout driver (rl/rollout.py) so that a recipe loads and is checked without JAX.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +24,8 @@ class RolloutConfig:
     FIELD_USE: ClassVar[tuple] = ()  # every field is read whatever the settings (decode_chunk: see RunConfig)
 
     def __post_init__(self):
-        require_at_least(self, 1, "max_prompt_tokens", "max_response_tokens", "max_context_tokens",
-                         "max_new_tokens_per_step")
+        require_at_least(
+            self, 1, "max_prompt_tokens", "max_response_tokens", "max_context_tokens", "max_new_tokens_per_step"
+        )
         if self.decode_chunk < 0:
             raise ValueError(f"decode_chunk must be ≥ 0 (0: decode whole steps), got {self.decode_chunk}")

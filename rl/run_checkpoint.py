@@ -7,6 +7,7 @@ a run killed mid-save resumes from the previous complete one. A finalised checkp
 restore (a file truncated or damaged afterwards) is moved aside to `unreadable_checkpoints/<step>` next
 to the checkpoints folder, and the run resumes from the newest one that does (`restore_newest_readable`).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -18,7 +19,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from envtune_jax.models.hf_io import CheckpointError
-
 from envtune_jax.rl.train_step import TrainState
 
 
@@ -30,20 +30,24 @@ class RunCheckpointer:
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("params", "opt_state", "ref_params", "record"))
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("params", "opt_state", "ref_params", "record")
+        )
 
     def save(self, step: int, state: TrainState, ref_params, record: dict[str, Any]) -> None:
         """Saves `step`, replacing a checkpoint of the same step (Orbax would skip the save silently)."""
         if step in self.manager.all_steps():
             self.manager.wait_until_finished()
             self.manager.delete(step)
-        self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params),
-            opt_state=ocp.args.StandardSave(state.opt_state),
-            ref_params=ocp.args.StandardSave(ref_params),
-            record=ocp.args.JsonSave(record),
-        ))
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(state.params),
+                opt_state=ocp.args.StandardSave(state.opt_state),
+                ref_params=ocp.args.StandardSave(ref_params),
+                record=ocp.args.JsonSave(record),
+            ),
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -53,12 +57,15 @@ class RunCheckpointer:
         step = self.manager.latest_step() if step is None else step
         if step is None:
             return None
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(like_state.params)),
-            opt_state=ocp.args.StandardRestore(_abstract(like_state.opt_state)),
-            ref_params=ocp.args.StandardRestore(_abstract(like_ref)),
-            record=ocp.args.JsonRestore(),
-        ))
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(_abstract(like_state.params)),
+                opt_state=ocp.args.StandardRestore(_abstract(like_state.opt_state)),
+                ref_params=ocp.args.StandardRestore(_abstract(like_ref)),
+                record=ocp.args.JsonRestore(),
+            ),
+        )
         opt_state = jax.tree.unflatten(jax.tree.structure(like_state.opt_state), jax.tree.leaves(restored.opt_state))
         params = jax.tree.unflatten(jax.tree.structure(like_state.params), jax.tree.leaves(restored.params))
         ref = jax.tree.unflatten(jax.tree.structure(like_ref), jax.tree.leaves(restored.ref_params))
@@ -83,15 +90,18 @@ class RunCheckpointer:
             if _everywhere(reason is None):
                 if failures:
                     self._set_aside(failures)
-                    log(f"checkpoint{'s' if len(failures) > 1 else ''} "
+                    log(
+                        f"checkpoint{'s' if len(failures) > 1 else ''} "
                         f"{', '.join(f'step {s} ({why})' for s, why in failures)} could not be restored and "
                         f"{'were' if len(failures) > 1 else 'was'} moved to {self._aside_dir()}; resuming from "
-                        f"step {step}, the newest that restores")
+                        f"step {step}, the newest that restores"
+                    )
                 return restored
             failures.append((step, reason or "it failed to restore on another process"))
         if failures:
-            raise CheckpointError(f"{self.directory}: no checkpoint restores: "
-                                  + "; ".join(f"step {s}: {why}" for s, why in failures))
+            raise CheckpointError(
+                f"{self.directory}: no checkpoint restores: " + "; ".join(f"step {s}: {why}" for s, why in failures)
+            )
         return None
 
     def _aside_dir(self) -> Path:

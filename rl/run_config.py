@@ -9,6 +9,7 @@ stage's `rollout:` limits replace the recipe's (`stage_rollout`).
 (envtune_jax/config.py), the recipe-level table `RECIPE_FIELD_USE` (fields that only some stage setting
 reads), each stage's budget against its plateau rule, and the context limit against the sampler's cache.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,18 @@ import typing
 from pathlib import Path
 from typing import Callable, ClassVar, Literal, Optional, Sequence
 
-from envtune_jax.config import (ConfigError, IgnoredFieldError, ReadOnlyWhen, check_field_use, check_name,
-                                field_is_set, get_path, load, override_paths, require_at_least)
+from envtune_jax.config import (
+    ConfigError,
+    IgnoredFieldError,
+    ReadOnlyWhen,
+    check_field_use,
+    check_name,
+    field_is_set,
+    get_path,
+    load,
+    override_paths,
+    require_at_least,
+)
 from envtune_jax.mesh import MeshConfig
 from envtune_jax.models.config import PRESETS, AttentionImpl, DecodeAttention
 from envtune_jax.models.dtype_rule import DTYPE_RULE, DTYPES
@@ -46,10 +57,14 @@ class ModelSourceConfig:
     remat: str = "none"
 
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
-        ReadOnlyWhen("seed", "only random weights (model.preset) are drawn from a seed",
-                     lambda c: c.preset is not None),
-        ReadOnlyWhen("bpe_ranks", "only random weights (model.preset) take the bundled tokenizer; a checkpoint "
-                     "brings its own", lambda c: c.preset is not None),
+        ReadOnlyWhen(
+            "seed", "only random weights (model.preset) are drawn from a seed", lambda c: c.preset is not None
+        ),
+        ReadOnlyWhen(
+            "bpe_ranks",
+            "only random weights (model.preset) take the bundled tokenizer; a checkpoint brings its own",
+            lambda c: c.preset is not None,
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -74,9 +89,12 @@ class DataConfig:
 
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
         ReadOnlyWhen("data_dir", "only data.source 'tfds' reads a data directory", lambda c: c.source == "tfds"),
-        ReadOnlyWhen("shortest_prompts_first", "it only decides which entries a per-category limit keeps "
-                     "(set limit_per_category or validation_limit_per_category)",
-                     lambda c: c.limit_per_category is not None or c.validation_limit_per_category is not None),
+        ReadOnlyWhen(
+            "shortest_prompts_first",
+            "it only decides which entries a per-category limit keeps "
+            "(set limit_per_category or validation_limit_per_category)",
+            lambda c: c.limit_per_category is not None or c.validation_limit_per_category is not None,
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -124,12 +142,21 @@ class RunConfig:
     stage_overrides: list[str] = dataclasses.field(default_factory=list)
 
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
-        ReadOnlyWhen("train_step.temperature", "a run's train step takes sampler.temperature (its log-probs must "
-                     "be the sampler's)", lambda c: False),
-        ReadOnlyWhen("sampler.max_new_tokens", "a run's step budget is rollout.max_new_tokens_per_step (a stage "
-                     "may set its own)", lambda c: False),
-        ReadOnlyWhen("rollout.decode_chunk", "only an engine that compacts rows (sampler.compact_rows: true) "
-                     "decodes in chunks", lambda c: c.sampler.compact_rows),
+        ReadOnlyWhen(
+            "train_step.temperature",
+            "a run's train step takes sampler.temperature (its log-probs must be the sampler's)",
+            lambda c: False,
+        ),
+        ReadOnlyWhen(
+            "sampler.max_new_tokens",
+            "a run's step budget is rollout.max_new_tokens_per_step (a stage may set its own)",
+            lambda c: False,
+        ),
+        ReadOnlyWhen(
+            "rollout.decode_chunk",
+            "only an engine that compacts rows (sampler.compact_rows: true) decodes in chunks",
+            lambda c: c.sampler.compact_rows,
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -150,10 +177,15 @@ def _some_stage_keeps(limit: str) -> Callable[[RunConfig, Sequence[StageConfig]]
 
 
 RECIPE_FIELD_USE: tuple[RecipeFieldUse, ...] = (
-    RecipeFieldUse("data.validation_limit_per_category", "no stage validates (validation_every is 0 in all)",
-                   lambda run, stages: any(stage.validation_every > 0 for stage in stages)),
-    *(RecipeFieldUse(f"rollout.{limit}", f"every stage sets its own rollout.{limit}", _some_stage_keeps(limit))
-      for limit in ("max_prompt_tokens", "max_response_tokens", "max_context_tokens", "max_new_tokens_per_step")),
+    RecipeFieldUse(
+        "data.validation_limit_per_category",
+        "no stage validates (validation_every is 0 in all)",
+        lambda run, stages: any(stage.validation_every > 0 for stage in stages),
+    ),
+    *(
+        RecipeFieldUse(f"rollout.{limit}", f"every stage sets its own rollout.{limit}", _some_stage_keeps(limit))
+        for limit in ("max_prompt_tokens", "max_response_tokens", "max_context_tokens", "max_new_tokens_per_step")
+    ),
 )
 
 
@@ -181,8 +213,10 @@ def check_recipe(run: RunConfig, stages: Sequence[StageConfig], explicit: Sequen
         check_plateau_can_fire(stage, budget)
         limits = stage_rollout(run, stage)
         if limits.max_context_tokens > run.sampler.max_cache_len:
-            raise ConfigError(f"stage {stage.name}: rollout.max_context_tokens {limits.max_context_tokens} exceeds "
-                              f"sampler.max_cache_len {run.sampler.max_cache_len}, which would be the real cap")
+            raise ConfigError(
+                f"stage {stage.name}: rollout.max_context_tokens {limits.max_context_tokens} exceeds "
+                f"sampler.max_cache_len {run.sampler.max_cache_len}, which would be the real cap"
+            )
 
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[RunConfig, list[StageConfig]]:
@@ -198,8 +232,9 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Ru
             stages.append(load(StageConfig, full, cfg.stage_overrides))
         except ConfigError as exc:
             if str(exc).startswith("config file not found"):
-                raise ConfigError(f"{path}: stage file {stage_path} not found (stage paths are relative to the "
-                                  f"file that lists them)") from None
+                raise ConfigError(
+                    f"{path}: stage file {stage_path} not found (stage paths are relative to the file that lists them)"
+                ) from None
             with_overrides = f" with stage_overrides {cfg.stage_overrides}" if cfg.stage_overrides else ""
             raise ConfigError(f"{full}{with_overrides}: {exc}") from None
     try:
@@ -207,4 +242,3 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Ru
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return cfg, stages
-

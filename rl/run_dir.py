@@ -17,6 +17,7 @@ the keys in RUNTIME_KEYS (where files go, how often to save, the mesh and kernel
 freely. Each set of settings used is kept with the step it started at; those of steps that a resume
 discards (after the checkpoint it restored) are removed with those steps.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,18 @@ from envtune_jax.rl.run_config import RunConfig
 CONFIGS_DIR = "configs"
 FINISHED_FILE = "finished.json"
 # Settings that do not change what is trained: a resume may change them without being a "change".
-RUNTIME_KEYS = ("run_dir", "logging", "checkpoint.every_steps", "checkpoint.keep", "checkpoint.async_save", "mesh",
-                "model.attention_impl", "model.decode_attention", "model.remat", "data.data_dir")
+RUNTIME_KEYS = (
+    "run_dir",
+    "logging",
+    "checkpoint.every_steps",
+    "checkpoint.keep",
+    "checkpoint.async_save",
+    "mesh",
+    "model.attention_impl",
+    "model.decode_attention",
+    "model.remat",
+    "data.data_dir",
+)
 # The stage files' paths and overrides are compared through the stages they produce.
 _NOT_COMPARED = ("stages", "stage_overrides")
 _HISTORY_NAME = re.compile(r"^config\.step(\d+)\.yaml$")
@@ -85,8 +96,9 @@ def settings_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]
         old_flat, new_flat = _flatten(old_stage), _flatten(new_stage)
         for key in sorted(set(old_flat) | set(new_flat)):
             if old_flat.get(key) != new_flat.get(key):
-                changes.append(f"stage {new_stage.get('name')} {key}: {_show(old_flat.get(key))} → "
-                               f"{_show(new_flat.get(key))}")
+                changes.append(
+                    f"stage {new_stage.get('name')} {key}: {_show(old_flat.get(key))} → {_show(new_flat.get(key))}"
+                )
     return changes
 
 
@@ -146,8 +158,12 @@ def read_finished(run_dir: Path) -> dict[str, Any] | None:
 
 def mark_finished(run_dir: Path, step: int, stages: list[StageConfig]) -> None:
     """Records that the run is complete (call on process 0, after final/ is written)."""
-    record = {"step": step, "stages": [stage.name for stage in stages], "final": "final",
-              "finished_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    record = {
+        "step": step,
+        "stages": [stage.name for stage in stages],
+        "final": "final",
+        "finished_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
     write_text_atomic(Path(run_dir) / FINISHED_FILE, json.dumps(record, indent=1) + "\n")
 
 
@@ -158,13 +174,15 @@ def clear_finished(run_dir: Path) -> None:
 @dataclasses.dataclass(frozen=True)
 class RunStart:
     """How a command meets its run directory."""
+
     latest_checkpoint: int | None  # the newest checkpoint step (None: a fresh start)
     changes: tuple[str, ...]  # settings that differ from the run's (accepted: allow_change was given)
     finished: dict[str, Any] | None  # the finished record, when the run is complete under these settings
 
 
-def inspect_run_dir(run_dir: Path, cfg: RunConfig, stages: list[StageConfig], checkpoint_steps: list[int],
-                    allow_change: bool) -> RunStart:
+def inspect_run_dir(
+    run_dir: Path, cfg: RunConfig, stages: list[StageConfig], checkpoint_steps: list[int], allow_change: bool
+) -> RunStart:
     """Compares the command's settings with those of the run in `run_dir` (the set in force at its newest
     checkpoint); raises SettingsChanged for a difference unless `allow_change`."""
     run_dir = Path(run_dir)
@@ -180,5 +198,6 @@ def inspect_run_dir(run_dir: Path, cfg: RunConfig, stages: list[StageConfig], ch
         raise SettingsChanged(
             f"{run_dir} holds a run trained with other settings ({shown}): run it with its own settings (see "
             f"{run_dir / CONFIGS_DIR}), choose another run_dir, or pass --allow-config-change to continue this run "
-            "with the new ones")
+            "with the new ones"
+        )
     return RunStart(latest, changes, finished if not changes else None)

@@ -3,6 +3,7 @@ gradient norm against the optimizer step, with the stage boundaries marked (`env
 
 Needs matplotlib (the `plot` extra); it is imported only here, with the Agg back-end (no display).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,8 +58,15 @@ def plot_run(run_dir: str | Path, out: str | Path) -> Path:
         if len(series) > 1:
             axis.legend(fontsize=8)
     for step, name in starts:  # stage names along the top panel
-        label = axes[0].annotate(f" {name}", (step - 0.5, 0.97), xycoords=("data", "axes fraction"), fontsize=8,
-                                 va="top", color="dimgrey", annotation_clip=False)
+        label = axes[0].annotate(
+            f" {name}",
+            (step - 0.5, 0.97),
+            xycoords=("data", "axes fraction"),
+            fontsize=8,
+            va="top",
+            color="dimgrey",
+            annotation_clip=False,
+        )
         label.set_in_layout(False)  # a label left of a one-step run's axis must not squeeze the panels
     axes[-1].set_xlabel("optimizer step")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))

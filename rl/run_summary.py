@@ -4,6 +4,7 @@ Reads the run's `logs/metrics.jsonl` (one JSON line per optimizer step, `stage` 
 the run folder. A step logged more than once (a run resumed from an earlier checkpoint logs the steps after
 it again) counts once, with its last line; a line cut short by a kill is skipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,15 @@ def stage_table(records: Sequence[dict], stage_names: Sequence[str]) -> str:
     for index, name in enumerate(stage_names):
         mine = [r for r in records if r.get("stage") == index]
         validations = [v for v in (_number(r, "val/accuracy") for r in mine) if v is not None]
-        rows.append((name, str(len(mine)), _mean_first_last(mine, "reward_mean"), _mean_first_last(mine, "accuracy"),
-                     f"{validations[-1]:.3f}" if validations else "-"))
+        rows.append(
+            (
+                name,
+                str(len(mine)),
+                _mean_first_last(mine, "reward_mean"),
+                _mean_first_last(mine, "accuracy"),
+                f"{validations[-1]:.3f}" if validations else "-",
+            )
+        )
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)]
     return "\n".join(lines)
@@ -74,7 +82,9 @@ def written_files(run_dir: Path, stage_names: Sequence[str]) -> list[tuple[str, 
         found.append((str(checkpoints), f"resumable run state (latest: step {steps[-1]}); the same command resumes"))
     for name in stage_names:
         add(run / "export" / name, f"HF safetensors at the end of {name}")
-    add(run / "final", f"envtune checkpoint: envtune eval --ckpt {run / 'final'}, envtune export --ckpt {run / 'final'}")
+    add(
+        run / "final", f"envtune checkpoint: envtune eval --ckpt {run / 'final'}, envtune export --ckpt {run / 'final'}"
+    )
     return found
 
 
@@ -84,7 +94,12 @@ def run_summary(run_dir: str | Path, stage_names: Sequence[str]) -> str:
     records = load_step_metrics(run) if (run / METRICS_FILE).is_file() else []
     files = written_files(run, stage_names)
     width = max((len(path) for path, _ in files), default=0)
-    lines = [f"training finished: {len(records)} steps over {len(stage_names)} stages", "",
-             stage_table(records, stage_names), "", f"written in {run}:"]
+    lines = [
+        f"training finished: {len(records)} steps over {len(stage_names)} stages",
+        "",
+        stage_table(records, stage_names),
+        "",
+        f"written in {run}:",
+    ]
     lines += [f"  {path.ljust(width)}  {what}" for path, what in files]
     return "\n".join(lines)

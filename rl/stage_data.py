@@ -5,6 +5,7 @@ validation. The order is a seeded permutation per epoch, so a run resumed at dat
 exactly the prompts an uninterrupted run would have. `subset_size` counts a subset from the split rule
 alone (no data read), so budgets and recipe checks are known before anything loads.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,28 +14,45 @@ import numpy as np
 
 from envtune_jax.environments.bfcl_data import CATEGORIES, SCENARIOS_PER_CATEGORY, BfclEntry
 from envtune_jax.environments.split_sources import split_entries_from
-from envtune_jax.environments.splits import BLOCK_SIZE, EASY_PER_BLOCK, TEST_PER_BLOCK, VALIDATION_PER_BLOCK, first_per_category
+from envtune_jax.environments.splits import (
+    BLOCK_SIZE,
+    EASY_PER_BLOCK,
+    TEST_PER_BLOCK,
+    VALIDATION_PER_BLOCK,
+    first_per_category,
+)
 
-_SUBSETS = {"stage1_easy": ("stage1_easy", None), "base_train": ("train", "multi_turn_base"),
-            "train": ("train", None), "validation": ("validation", None)}
+_SUBSETS = {
+    "stage1_easy": ("stage1_easy", None),
+    "base_train": ("train", "multi_turn_base"),
+    "train": ("train", None),
+    "validation": ("validation", None),
+}
 
 
 def subset_size(subset: str, limit_per_category: int | None = None) -> int:
     """How many entries `load_subset(subset, limit_per_category=...)` returns, from the split rule alone."""
     blocks = SCENARIOS_PER_CATEGORY // BLOCK_SIZE
     train_per_category = blocks * (BLOCK_SIZE - TEST_PER_BLOCK)
-    per_category = {"stage1_easy": {"multi_turn_base": blocks * EASY_PER_BLOCK},
-                    "base_train": {"multi_turn_base": train_per_category},
-                    "train": dict.fromkeys(CATEGORIES, train_per_category),
-                    "validation": dict.fromkeys(CATEGORIES, blocks * VALIDATION_PER_BLOCK)}
+    per_category = {
+        "stage1_easy": {"multi_turn_base": blocks * EASY_PER_BLOCK},
+        "base_train": {"multi_turn_base": train_per_category},
+        "train": dict.fromkeys(CATEGORIES, train_per_category),
+        "validation": dict.fromkeys(CATEGORIES, blocks * VALIDATION_PER_BLOCK),
+    }
     if subset not in per_category:
         raise ValueError(f"unknown data subset '{subset}'; choose from {sorted(per_category)}")
     counts = per_category[subset].values()
     return sum(counts if limit_per_category is None else (min(count, limit_per_category) for count in counts))
 
 
-def load_subset(subset: str, source: str = "tfds", data_dir: str | None = None,
-                limit_per_category: int | None = None, prompt_length=None) -> list[BfclEntry]:
+def load_subset(
+    subset: str,
+    source: str = "tfds",
+    data_dir: str | None = None,
+    limit_per_category: int | None = None,
+    prompt_length=None,
+) -> list[BfclEntry]:
     """Entries of a stage's subset; with `prompt_length` (entry → tokens) and `limit_per_category`, the
     limit keeps each category's shortest prompts (CPU demos; sorted stably, shortest first)."""
     if subset not in _SUBSETS:

@@ -8,14 +8,15 @@ configs/synthetic/learning_run.yaml (`load_synthetic_recipe`); a field the run d
 checkpoints, validation, the stage's epochs or advance rule, ...) is an error, as in every config.
 JAX-free.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 from typing import ClassVar, Literal, Sequence
 
-from envtune_jax.environments.synthetic import SyntheticConfig
 from envtune_jax.config import ConfigError, ReadOnlyWhen, check_field_use, load, require_at_least
+from envtune_jax.environments.synthetic import SyntheticConfig
 from envtune_jax.rl.curriculum import StageConfig
 from envtune_jax.rl.run_config import RunConfig, stage_rollout
 
@@ -24,15 +25,20 @@ SYNTHETIC_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
 # Four settings per device; every device name (at the start of a reply) and every " value" is one token
 # of the cut tokenizer, so a call is two tokens. A policy that knows the device but guesses the value is
 # right on 1/4 of the turns.
-FOUR_VALUE_DEVICES = (("light", ("red", "green", "blue", "white")), ("window", ("open", "close", "half", "lock")),
-                      ("screen", ("dim", "dark", "normal", "full")))
+FOUR_VALUE_DEVICES = (
+    ("light", ("red", "green", "blue", "white")),
+    ("window", ("open", "close", "half", "lock")),
+    ("screen", ("dim", "dark", "normal", "full")),
+)
 
 
 @dataclasses.dataclass
 class SyntheticTasksConfig:
     count: int = 256  # tasks drawn once from the seed; each step samples its prompts from them
     num_turns: int = 2
-    doc_style: Literal["schema", "short", "system", "none"] = "none"  # envtune_jax.environments.synthetic.SyntheticConfig
+    doc_style: Literal["schema", "short", "system", "none"] = (
+        "none"  # envtune_jax.environments.synthetic.SyntheticConfig
+    )
 
     FIELD_USE: ClassVar[tuple] = ()
 
@@ -53,12 +59,15 @@ class WarmupConfig:
     learning_rate: float = 1e-2  # with the run's optimizer otherwise (Adam eps, no weight decay)
     device_accuracy: float = 1.0  # demonstrated turns that call the requested device
     value_accuracy: float = 1.0  # ... and set it to the requested value (else a random value of it)
-    syntax_accuracy: float = 0.05  # demonstrated calls spelt as the parser accepts (else envtune_jax.rl.warmup.MISSPELT_CALLS)
+    syntax_accuracy: float = (
+        0.05  # demonstrated calls spelt as the parser accepts (else envtune_jax.rl.warmup.MISSPELT_CALLS)
+    )
     attempts: int = 2  # attempts per demonstrated turn when format feedback answers a misspelt call
 
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = tuple(
         ReadOnlyWhen(name, "there is no warm-up (steps is 0)", lambda c: c.steps > 0)
-        for name in ("batch", "learning_rate", "device_accuracy", "value_accuracy", "syntax_accuracy", "attempts"))
+        for name in ("batch", "learning_rate", "device_accuracy", "value_accuracy", "syntax_accuracy", "attempts")
+    )
 
     def __post_init__(self) -> None:
         require_at_least(self, 0, "steps")
@@ -90,7 +99,8 @@ class SyntheticRecipe:
     warmup: WarmupConfig = dataclasses.field(default_factory=WarmupConfig)
 
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = tuple(
-        ReadOnlyWhen(name, reason, lambda c: False) for name, reason in _NOT_READ)
+        ReadOnlyWhen(name, reason, lambda c: False) for name, reason in _NOT_READ
+    )
 
     def __post_init__(self) -> None:
         # (stage.advance needs no row: any setting of it but kind is ignored under 'fixed', and 'plateau' needs
@@ -98,12 +108,16 @@ class SyntheticRecipe:
         if self.stage.max_steps is None:
             raise ConfigError("stage.max_steps: the synthetic run needs its number of GRPO iterations")
         if self.stage.validation_every:
-            raise ConfigError(f"stage.validation_every={self.stage.validation_every}: the synthetic run does not "
-                              "validate (set it to 0)")
+            raise ConfigError(
+                f"stage.validation_every={self.stage.validation_every}: the synthetic run does not "
+                "validate (set it to 0)"
+            )
         limits = stage_rollout(self.run, self.stage)
         if limits.max_context_tokens > self.run.sampler.max_cache_len:
-            raise ConfigError(f"run.rollout.max_context_tokens {limits.max_context_tokens} exceeds "
-                              f"run.sampler.max_cache_len {self.run.sampler.max_cache_len}, which would be the real cap")
+            raise ConfigError(
+                f"run.rollout.max_context_tokens {limits.max_context_tokens} exceeds "
+                f"run.sampler.max_cache_len {self.run.sampler.max_cache_len}, which would be the real cap"
+            )
         check_field_use(self)
 
 

@@ -11,6 +11,7 @@ episodes instead of BFCL entries, with a metrics log and a per-step callback as 
 (tests/rl/test_rl_learning.py checks both); the measured curves and the hints / progress-reward ablation over
 3 seeds are in docs/training.md, "Synthetic learning run". Used by the demo and benchmarks/synthetic_learning.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +25,9 @@ import jax.numpy as jnp
 from flax import nnx
 from tqdm.auto import tqdm
 
+from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.environments.config import EnvironmentConfig
 from envtune_jax.environments.synthetic import SyntheticEpisode, make_synthetic_tasks
-from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.mesh import make_mesh
 from envtune_jax.models.config import PRESETS
 from envtune_jax.rl.grpo_loop import EachStep, MetricsLog, build_learner, run_grpo, stage_settings
@@ -37,8 +38,16 @@ from envtune_jax.rl.synthetic_config import FOUR_VALUE_DEVICES, SyntheticRecipe,
 from envtune_jax.rl.train_step import Trainer, TrainStepConfig
 from envtune_jax.rl.warmup import demos_batch, weak_prior_demos
 
-__all__ = ["FOUR_VALUE_DEVICES", "SYNTHETIC_BPE_TOKENS", "TINY_SYNTHETIC_MODEL", "SyntheticRecipe",
-           "load_synthetic_recipe", "warm_up", "grpo", "run_synthetic"]
+__all__ = [
+    "FOUR_VALUE_DEVICES",
+    "SYNTHETIC_BPE_TOKENS",
+    "TINY_SYNTHETIC_MODEL",
+    "SyntheticRecipe",
+    "load_synthetic_recipe",
+    "warm_up",
+    "grpo",
+    "run_synthetic",
+]
 
 SYNTHETIC_BPE_TOKENS = 8192  # the recipe's model.bpe_ranks
 TINY_SYNTHETIC_MODEL = PRESETS["tiny-8k"]  # the recipe's model.preset
@@ -56,6 +65,7 @@ class SyntheticRunResult:
 @dataclasses.dataclass
 class WarmedUp:
     """A model after the warm-up, with what the GRPO phase needs to start from it (any number of times)."""
+
     loaded: LoadedModel  # the model (warmed up) and its tokenizer
     params: nnx.State  # the warmed-up weights (GRPO runs start from a copy)
     tasks: list
@@ -78,17 +88,28 @@ def warm_up(recipe: SyntheticRecipe, progress: bool = False) -> WarmedUp:
     demo_env = EnvironmentConfig.training(augmented=True)
     tasks = make_synthetic_tasks(recipe.tasks.count, task_cfg, seed=run.seed)
     graphdef, params = nnx.split(loaded.model, nnx.Param)
-    trainer = Trainer(graphdef, LossConfig(kl_coef=0.0, entropy_coef=0.0),
-                      dataclasses.replace(run.optimizer, learning_rate=warmup.learning_rate), TrainStepConfig())
+    trainer = Trainer(
+        graphdef,
+        LossConfig(kl_coef=0.0, entropy_coef=0.0),
+        dataclasses.replace(run.optimizer, learning_rate=warmup.learning_rate),
+        TrainStepConfig(),
+    )
     state = trainer.init(params)
     rng = random.Random(run.seed)
     metrics = {}
     bar = tqdm(total=warmup.steps, desc="warm-up", unit="step", disable=not progress)
     for _ in range(warmup.steps):
-        episodes = [SyntheticEpisode(tasks[rng.randrange(len(tasks))], task_cfg, demo_env)
-                    for _ in range(warmup.batch)]
-        demos = weak_prior_demos(episodes, tokenizer, chat, warmup.device_accuracy, warmup.value_accuracy, rng,
-                                 syntax_accuracy=warmup.syntax_accuracy, max_attempts=warmup.attempts)
+        episodes = [SyntheticEpisode(tasks[rng.randrange(len(tasks))], task_cfg, demo_env) for _ in range(warmup.batch)]
+        demos = weak_prior_demos(
+            episodes,
+            tokenizer,
+            chat,
+            warmup.device_accuracy,
+            warmup.value_accuracy,
+            rng,
+            syntax_accuracy=warmup.syntax_accuracy,
+            max_attempts=warmup.attempts,
+        )
         state, metrics = trainer.supervised_step(state, demos_batch(demos))
         if progress:  # wait for the step, so the bar shows real progress (steps are dispatched asynchronously)
             jax.block_until_ready(metrics)
@@ -101,8 +122,12 @@ def warm_up(recipe: SyntheticRecipe, progress: bool = False) -> WarmedUp:
     return WarmedUp(loaded, jax.tree.map(jnp.copy, state.params), tasks, info)
 
 
-def grpo(recipe: SyntheticRecipe, warmed: WarmedUp, out_dir: str | Path | None = None,
-         on_step: Callable[[int, dict], None] | None = None) -> SyntheticRunResult:
+def grpo(
+    recipe: SyntheticRecipe,
+    warmed: WarmedUp,
+    out_dir: str | Path | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> SyntheticRunResult:
     """`recipe.stage.max_steps` GRPO iterations from the warmed-up weights (reset to them first), in the
     stage's environment (hints on/off, reward kind); metrics to `out_dir`/metrics.jsonl, and
     `on_step(i, record)` after iteration i. The task draws and sampling keys depend only on run.seed."""
@@ -115,8 +140,9 @@ def grpo(recipe: SyntheticRecipe, warmed: WarmedUp, out_dir: str | Path | None =
 
     def groups_for(step: int):
         picked = [tasks[rng.randrange(len(tasks))] for _ in range(stage.prompts_per_step)]
-        return [[SyntheticEpisode(t, task_cfg, stage.environment) for _ in range(stage.samples_per_prompt)]
-                for t in picked]
+        return [
+            [SyntheticEpisode(t, task_cfg, stage.environment) for _ in range(stage.samples_per_prompt)] for t in picked
+        ]
 
     history: list[dict] = []
     hooks = [EachStep(lambda step, record: history.append(record))]
@@ -126,17 +152,27 @@ def grpo(recipe: SyntheticRecipe, warmed: WarmedUp, out_dir: str | Path | None =
     if on_step is not None:
         hooks.append(EachStep(on_step))
     try:
-        run_grpo(learner, range(stage.max_steps), groups_for, stage_settings(run, stage), jax.random.key(run.seed),
-                 hooks)
+        run_grpo(
+            learner, range(stage.max_steps), groups_for, stage_settings(run, stage), jax.random.key(run.seed), hooks
+        )
     finally:
         if writer is not None:
             writer.close()
-    return SyntheticRunResult(history, warmed.info, time.perf_counter() - start, learner.engine.num_compilations,
-                              learner.trainer.compiled_variants())
+    return SyntheticRunResult(
+        history,
+        warmed.info,
+        time.perf_counter() - start,
+        learner.engine.num_compilations,
+        learner.trainer.compiled_variants(),
+    )
 
 
-def run_synthetic(recipe: SyntheticRecipe | None = None, out_dir: str | Path | None = None,
-                  on_step: Callable[[int, dict], None] | None = None, progress: bool = False) -> SyntheticRunResult:
+def run_synthetic(
+    recipe: SyntheticRecipe | None = None,
+    out_dir: str | Path | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+    progress: bool = False,
+) -> SyntheticRunResult:
     """Warm-up (with a console bar if `progress`) then GRPO with `recipe` (default: load_synthetic_recipe());
     returns the per-iteration metrics (also JSONL in out_dir)."""
     recipe = recipe if recipe is not None else load_synthetic_recipe()

@@ -17,6 +17,7 @@ Loss weighting across micro-batches: "batch" aggregates over the whole batch wha
 into groups of `weighting_micro_batch_rows` rows (verl's per-GPU micro-batch), each is aggregated alone
 and the loss is the mean of the groups' losses (verl divides each micro-batch loss by the number of them).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from envtune_jax.sharding import constrain
 from envtune_jax.rl.advantages import token_advantages
 from envtune_jax.rl.batch import TrainBatch
 from envtune_jax.rl.logprobs import token_logprobs_and_entropy
@@ -36,6 +36,7 @@ from envtune_jax.rl.optimizer import OptimizerConfig, make_optimizer
 from envtune_jax.rl.prefix_packing import PrefixRows, packed_sampled_logprobs
 from envtune_jax.rl.rl_config import LossConfig
 from envtune_jax.rl.train_step_config import TrainStepConfig
+from envtune_jax.sharding import constrain
 
 
 @dataclasses.dataclass
@@ -48,8 +49,15 @@ class TrainState:
 jax.tree_util.register_dataclass(TrainState, data_fields=["params", "opt_state", "step"], meta_fields=[])
 
 
-def sampled_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_bt: jax.Array, target_index_bk: jax.Array,
-                     temperature: float, chunk_t: int, chunk_v: int) -> tuple[jax.Array, jax.Array]:
+def sampled_logprobs(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens_bt: jax.Array,
+    target_index_bk: jax.Array,
+    temperature: float,
+    chunk_t: int,
+    chunk_v: int,
+) -> tuple[jax.Array, jax.Array]:
     """(logp_bk, entropy_bk): log-prob of token tokens[b, target_index[b, k]] given its prefix, and the
     policy entropy at the position predicting it. Differentiable in `params`. tokens_bt may be shared-prefix
     rows (PrefixRows: sample b in row b mod R)."""
@@ -64,8 +72,9 @@ def sampled_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_bt: jax.A
     return token_logprobs_and_entropy(hidden_bkd, unembed_dv, targets_bk, temperature, chunk_t, chunk_v)
 
 
-def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_bt: jax.Array, temperature: float,
-                      chunk_t: int, chunk_v: int) -> tuple[jax.Array, jax.Array]:
+def sequence_logprobs(
+    graphdef: nnx.GraphDef, params: nnx.State, tokens_bt: jax.Array, temperature: float, chunk_t: int, chunk_v: int
+) -> tuple[jax.Array, jax.Array]:
     """(logp_bt, entropy_bt) of every token given its prefix (0 at t = 0): the dense reference form."""
     b, t = tokens_bt.shape
     index_bk = jnp.broadcast_to(jnp.arange(1, t, dtype=jnp.int32)[None], (b, t - 1))
@@ -77,6 +86,7 @@ def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_bt: jax.
 def _split_micro(x: jax.Array, num_micro: int) -> jax.Array:
     """[B, ...] → [M, B/M, ...], micro-batch m taking rows m, m+M, ... (keeps data-parallel shards local); x may
     be a pytree of such arrays (shared-prefix rows)."""
+
     def split(a):
         return jnp.swapaxes(a.reshape(a.shape[0] // num_micro, num_micro, *a.shape[1:]), 0, 1)
 
@@ -105,12 +115,15 @@ class Trainer:
 
     def _sampled(self, params, tokens_bt, index_bk):
         cfg = self.step_cfg
-        return sampled_logprobs(self.graphdef, params, tokens_bt, index_bk, cfg.temperature,
-                                cfg.logprob_chunk_t, cfg.logprob_chunk_v)
+        return sampled_logprobs(
+            self.graphdef, params, tokens_bt, index_bk, cfg.temperature, cfg.logprob_chunk_t, cfg.logprob_chunk_v
+        )
 
     def _dense_logprobs(self, params, tokens_bt):
         cfg = self.step_cfg
-        return sequence_logprobs(self.graphdef, params, tokens_bt, cfg.temperature, cfg.logprob_chunk_t, cfg.logprob_chunk_v)
+        return sequence_logprobs(
+            self.graphdef, params, tokens_bt, cfg.temperature, cfg.logprob_chunk_t, cfg.logprob_chunk_v
+        )
 
     def logprobs(self, params: nnx.State, tokens_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(logp_bt, entropy_bt) of every token, without gradients (for tests and analysis)."""
@@ -121,8 +134,10 @@ class Trainer:
         if ref_params is None and self.loss_cfg.kl_coef > 0:
             raise ValueError("kl_coef > 0 needs the reference parameters (ref_params)")
         if (self.step_cfg.shared_prefix != "off") != isinstance(batch.tokens_bt, PrefixRows):
-            raise ValueError(f"train_step.shared_prefix is '{self.step_cfg.shared_prefix}' but the batch is "
-                             f"{'not ' if self.step_cfg.shared_prefix != 'off' else ''}packed with shared prefixes")
+            raise ValueError(
+                f"train_step.shared_prefix is '{self.step_cfg.shared_prefix}' but the batch is "
+                f"{'not ' if self.step_cfg.shared_prefix != 'off' else ''}packed with shared prefixes"
+            )
         return self._step(state, ref_params, batch)
 
     def supervised_step(self, state: TrainState, batch: TrainBatch) -> tuple[TrainState, dict]:
@@ -148,7 +163,9 @@ class Trainer:
         num_micro = b // micro
         group_rows = cfg.weighting_micro_batch_rows if cfg.loss_weighting == "per_micro_batch" else 0
         if group_rows and micro % group_rows:
-            raise ValueError(f"micro-batch of {micro} rows is not a multiple of weighting_micro_batch_rows {group_rows}")
+            raise ValueError(
+                f"micro-batch of {micro} rows is not a multiple of weighting_micro_batch_rows {group_rows}"
+            )
         mask_bk = batch.mask_bk.astype(jnp.float32)
         ref_bk = None
         if ref_params is not None and loss_cfg.kl_coef > 0:
@@ -160,16 +177,20 @@ class Trainer:
         adv_bk = token_advantages(batch.advantages_b, mask_bk)
         # The denominator that makes the micro-batch sum the batch's loss: the aggregation's weight of the whole
         # batch, or (per_micro_batch) the number of weighting groups, each of which then counts once.
-        total_weight = jnp.float32(b // group_rows) if group_rows else aggregation_weight(mask_bk, loss_cfg.loss_agg_mode)
+        total_weight = (
+            jnp.float32(b // group_rows) if group_rows else aggregation_weight(mask_bk, loss_cfg.loss_agg_mode)
+        )
 
         def micro_loss(params, tokens, index, mask, old, sampler, ref, adv):
             logp, entropy = self._sampled(params, tokens, index)
             if group_rows:  # [micro, K] -> [groups, group_rows, K]: one aggregate per group
+
                 def grouped(x):
                     return None if x is None else x.reshape(-1, group_rows, x.shape[-1])
 
                 losses_n, metrics_n = jax.vmap(lambda *args: policy_loss(*args, loss_cfg))(
-                    grouped(logp), grouped(old), grouped(ref), grouped(adv), grouped(entropy), grouped(mask))
+                    grouped(logp), grouped(old), grouped(ref), grouped(adv), grouped(entropy), grouped(mask)
+                )
                 loss_sum = jnp.sum(losses_n)
                 metric_sums = {k: jnp.sum(v) for k, v in metrics_n.items()}
             else:
@@ -177,29 +198,44 @@ class Trainer:
                 weight = aggregation_weight(mask, loss_cfg.loss_agg_mode)
                 loss_sum = loss * weight
                 metric_sums = {k: v * weight for k, v in metrics.items()}
-            mismatch = sampler_mismatch_sums(jax.lax.stop_gradient(logp), sampler, mask, loss_cfg.eps_low,
-                                             loss_cfg.eps_high)
+            mismatch = sampler_mismatch_sums(
+                jax.lax.stop_gradient(logp), sampler, mask, loss_cfg.eps_low, loss_cfg.eps_high
+            )
             return loss_sum / jnp.maximum(total_weight, 1.0), (metric_sums, mismatch)
 
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
         ref_or_zero = ref_bk if ref_bk is not None else jnp.zeros_like(old_bk)
-        parts = [_split_micro(x, num_micro)
-                 for x in (batch.tokens_bt, batch.target_index_bk, mask_bk, old_bk, sampler_bk, ref_or_zero, adv_bk)]
+        parts = [
+            _split_micro(x, num_micro)
+            for x in (batch.tokens_bt, batch.target_index_bk, mask_bk, old_bk, sampler_bk, ref_or_zero, adv_bk)
+        ]
 
         def accumulate(carry, xs):
             grads, loss_sum, metric_sums, mismatch_sums = carry
             tokens, index, mask, old, sampler, ref, adv = xs
             tokens = constrain(tokens, ("act_batch", "act_seq"))
-            (loss, (metrics, mismatch)), g = grad_fn(state.params, tokens, index, mask, old, sampler,
-                                                     ref if ref_bk is not None else None, adv)
+            (loss, (metrics, mismatch)), g = grad_fn(
+                state.params, tokens, index, mask, old, sampler, ref if ref_bk is not None else None, adv
+            )
             grads = jax.tree.map(jnp.add, grads, g)
             metric_sums = {k: metric_sums[k] + v for k, v in metrics.items()}
             mismatch_sums = tuple(a + m for a, m in zip(mismatch_sums, mismatch))
             return (grads, loss_sum + loss, metric_sums, mismatch_sums), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        metric_zeros = {k: jnp.zeros((), jnp.float32) for k in
-                        ("pg_loss", "kl", "entropy", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "ratio_mean", "approx_kl")}
+        metric_zeros = {
+            k: jnp.zeros((), jnp.float32)
+            for k in (
+                "pg_loss",
+                "kl",
+                "entropy",
+                "clip_frac_low",
+                "clip_frac_high",
+                "dual_clip_frac",
+                "ratio_mean",
+                "approx_kl",
+            )
+        }
         carry = (zeros, jnp.zeros(()), metric_zeros, (jnp.zeros(()), jnp.zeros(())))
         (grads, loss, metric_sums, (abs_diff_sum, outside_sum)), _ = jax.lax.scan(accumulate, carry, parts)
         grad_norm = optax.tree.norm(grads)
@@ -207,6 +243,11 @@ class Trainer:
         params = optax.apply_updates(state.params, updates)
         metrics = {k: v / jnp.maximum(total_weight, 1.0) for k, v in metric_sums.items()}
         tokens = jnp.maximum(mask_bk.sum(), 1.0)
-        metrics.update(loss=loss, grad_norm=grad_norm, model_tokens=mask_bk.sum(),
-                       sampler_logp_abs_diff=abs_diff_sum / tokens, sampler_ratio_outside_clip=outside_sum / tokens)
+        metrics.update(
+            loss=loss,
+            grad_norm=grad_norm,
+            model_tokens=mask_bk.sum(),
+            sampler_logp_abs_diff=abs_diff_sum / tokens,
+            sampler_ratio_outside_clip=outside_sum / tokens,
+        )
         return TrainState(params, opt_state, state.step + 1), metrics

@@ -2,6 +2,7 @@
 
 Kept apart from the jit-compiled step (rl/train_step.py) so that a recipe loads and is checked without JAX.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,10 +26,16 @@ class TrainStepConfig:
     prefix_groups_per_row: int = 1  # groups packed in one shared-prefix row
 
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
-        ReadOnlyWhen("weighting_micro_batch_rows", "only loss_weighting 'per_micro_batch' cuts the batch into "
-                     "weighting groups", lambda c: c.loss_weighting == "per_micro_batch"),
-        ReadOnlyWhen("prefix_groups_per_row", "trajectories are not packed (shared_prefix is off)",
-                     lambda c: c.shared_prefix != "off"),
+        ReadOnlyWhen(
+            "weighting_micro_batch_rows",
+            "only loss_weighting 'per_micro_batch' cuts the batch into weighting groups",
+            lambda c: c.loss_weighting == "per_micro_batch",
+        ),
+        ReadOnlyWhen(
+            "prefix_groups_per_row",
+            "trajectories are not packed (shared_prefix is off)",
+            lambda c: c.shared_prefix != "off",
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -41,8 +48,10 @@ class TrainStepConfig:
         if self.loss_weighting == "per_micro_batch":
             rows, micro = self.weighting_micro_batch_rows, self.micro_batch_size
             if rows <= 0:
-                raise ConfigError("loss_weighting 'per_micro_batch' needs weighting_micro_batch_rows > 0 (the rows of "
-                                  "one verl micro-batch, ppo_micro_batch_size_per_gpu)")
+                raise ConfigError(
+                    "loss_weighting 'per_micro_batch' needs weighting_micro_batch_rows > 0 (the rows of "
+                    "one verl micro-batch, ppo_micro_batch_size_per_gpu)"
+                )
             if micro and micro % rows:
                 raise ConfigError(f"weighting_micro_batch_rows {rows} must divide micro_batch_size {micro}")
         check_field_use(self)

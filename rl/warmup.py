@@ -15,6 +15,7 @@ this tiny model did not do in the attempts docs/training.md reports.)
 
 Every demonstration is stepped through a real episode, so it follows the protocol exactly.
 """
+
 from __future__ import annotations
 
 import random
@@ -22,10 +23,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from envtune_jax.environments.synthetic import SyntheticEpisode, parse_compact_calls
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import TokenConversation
 from envtune_jax.chat.tokenizer import encode_text
+from envtune_jax.environments.synthetic import SyntheticEpisode, parse_compact_calls
 from envtune_jax.rl.batch import TrainBatch, pack_batch
 
 # Spellings of a call that the compact parser rejects as format errors (first word a tool name, not
@@ -34,8 +35,9 @@ from envtune_jax.rl.batch import TrainBatch, pack_batch
 MISSPELT_CALLS = ("{tool} {value} please", "{tool} {value} now")
 
 
-def demonstration(episode: SyntheticEpisode, tokenizer, chat: ChatConfig,
-                  call_for_turn: Callable[[int], str], max_attempts: int = 2) -> TokenConversation:
+def demonstration(
+    episode: SyntheticEpisode, tokenizer, chat: ChatConfig, call_for_turn: Callable[[int], str], max_attempts: int = 2
+) -> TokenConversation:
     """The episode played turn by turn: an attempt `call_for_turn(turn)`; when the environment answers
     a misspelt call with format feedback (the turn goes on), another attempt, up to `max_attempts`;
     after a call that ran, or when attempts are used up, an empty reply, which ends the turn. A call
@@ -62,17 +64,27 @@ def demonstration(episode: SyntheticEpisode, tokenizer, chat: ChatConfig,
     return conversation
 
 
-def weak_prior_demos(episodes: Sequence[SyntheticEpisode], tokenizer, chat: ChatConfig, device_accuracy: float,
-                     value_accuracy: float, rng: random.Random, syntax_accuracy: float = 1.0,
-                     max_attempts: int = 2) -> list[TokenConversation]:
+def weak_prior_demos(
+    episodes: Sequence[SyntheticEpisode],
+    tokenizer,
+    chat: ChatConfig,
+    device_accuracy: float,
+    value_accuracy: float,
+    rng: random.Random,
+    syntax_accuracy: float = 1.0,
+    max_attempts: int = 2,
+) -> list[TokenConversation]:
     """One demonstration per episode. Each attempt calls the requested device with probability
     `device_accuracy` (otherwise a uniformly random device), sets it to the requested value with
     probability `value_accuracy` when the device is right (otherwise a uniformly random value of the
     called device), and spells the call as the parser accepts it (`light red`) with probability
     `syntax_accuracy`, otherwise in one of `MISSPELT_CALLS` (a format error). Turns that request
     nothing get an empty reply. See `demonstration` for retries after format feedback."""
-    for name, value in (("device_accuracy", device_accuracy), ("value_accuracy", value_accuracy),
-                        ("syntax_accuracy", syntax_accuracy)):
+    for name, value in (
+        ("device_accuracy", device_accuracy),
+        ("value_accuracy", value_accuracy),
+        ("syntax_accuracy", syntax_accuracy),
+    ):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {value}")
     demos = []
@@ -98,4 +110,6 @@ def demos_batch(demos: Sequence[TokenConversation]) -> TrainBatch:
     """Packs demonstrations for `Trainer.supervised_step` (loss on the demonstrated assistant tokens)."""
     arrays = [demo.arrays() for demo in demos]
     zeros = [np.zeros(len(ids), np.float32) for ids, _ in arrays]
-    return pack_batch([ids for ids, _ in arrays], [mask for _, mask in arrays], zeros, np.zeros(len(arrays), np.float32))
+    return pack_batch(
+        [ids for ids, _ in arrays], [mask for _, mask in arrays], zeros, np.zeros(len(arrays), np.float32)
+    )

@@ -10,6 +10,7 @@ Which of the two a step reads depends on the decode attention: the einsum ("refe
 allocated, whole; JAX's Pallas kernel ("pallas") stops at each row's length, so it reads the live tokens
 (rounded up to its blocks). The live count is what the device limit of a step is computed from.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,16 @@ class CacheLayout:
     region_capacity: int = 0  # P_cap
 
 
-def decode_reads(config, cache_bytes: int, batch: int, prompt_len: int, new_tokens: int, group: int | None,
-                 layout: CacheLayout, decode_attention: str) -> dict:
+def decode_reads(
+    config,
+    cache_bytes: int,
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    group: int | None,
+    layout: CacheLayout,
+    decode_attention: str,
+) -> dict:
     """The counts of the module docstring for one run; `group`: G, or None without shared prompts."""
     per_token = kv_bytes_per_token(config, cache_bytes)
     own = new_tokens / 2
@@ -38,6 +47,11 @@ def decode_reads(config, cache_bytes: int, batch: int, prompt_len: int, new_toke
         live = (batch // group) * prompt_len + batch * own
         allocated = layout.regions * layout.region_capacity + batch * layout.slot_capacity
     read = live if decode_attention == "pallas" else allocated
-    return {"kv_bytes_per_token": per_token, "live_tokens_per_step": live, "allocated_tokens": allocated,
-            "kv_bytes_live_per_step": live * per_token, "kv_bytes_allocated": allocated * per_token,
-            "kv_bytes_read_per_step": read * per_token}
+    return {
+        "kv_bytes_per_token": per_token,
+        "live_tokens_per_step": live,
+        "allocated_tokens": allocated,
+        "kv_bytes_live_per_step": live * per_token,
+        "kv_bytes_allocated": allocated * per_token,
+        "kv_bytes_read_per_step": read * per_token,
+    }

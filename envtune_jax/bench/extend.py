@@ -14,6 +14,7 @@ the tokens before them, 4·layers·N·H per pair: what the prefill benchmark cal
 the device's matmul rate.
 Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tail", type=int, default=128, help="tokens each of B - 1 slots appends")
     parser.add_argument("--prompt-len", type=int, default=4096, help="the new episode's prompt in the last slot")
     parser.add_argument("--chunk", type=int, default=512, help="widest prefill chunk (tokens per forward pass)")
-    parser.add_argument("--dtype", default=DTYPE_RULE["inference"].param, choices=["bfloat16", "float32"],
-                        help="weights and compute (default: the loader's rule for inference)")
+    parser.add_argument(
+        "--dtype",
+        default=DTYPE_RULE["inference"].param,
+        choices=["bfloat16", "float32"],
+        help="weights and compute (default: the loader's rule for inference)",
+    )
     parser.add_argument("--cache-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--attention", default="reference", choices=["reference", "xla", "cudnn"])
     parser.add_argument("--repeats", type=int, default=3)
@@ -72,8 +77,10 @@ def time_round(engine, contexts, tails, prompt) -> tuple[float, int]:
 def round_flops(cfg, args) -> float:
     """FLOPs the round's appended tokens need: layer matmuls + attention to every earlier token."""
     appended = (args.batch - 1) * args.tail + args.prompt_len
-    pairs = ((args.batch - 1) * args.tail * (args.context + (args.tail + 1) / 2)  # each tail token sees its past
-             + args.prompt_len * (args.prompt_len + 1) / 2)  # the new prompt, causal
+    pairs = (
+        (args.batch - 1) * args.tail * (args.context + (args.tail + 1) / 2)  # each tail token sees its past
+        + args.prompt_len * (args.prompt_len + 1) / 2
+    )  # the new prompt, causal
     return 2.0 * cfg.layer_params * appended + 4.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * pairs
 
 
@@ -81,9 +88,9 @@ def run(args) -> dict:
     import jax
     import numpy as np
 
-    from envtune_jax.device_limits import device_limits
     from envtune_jax.bench.generate import CompileTimer, build_model
     from envtune_jax.cli.common import parse_mesh, print_json
+    from envtune_jax.device_limits import device_limits
     from envtune_jax.models.generation.buckets import BucketConfig
     from envtune_jax.models.generation.engine import GenerationEngine
 
@@ -99,30 +106,55 @@ def run(args) -> dict:
     timer = CompileTimer()
     modes = {}
     for name, compact in (("compacted", True), ("all_slots", False)):
-        buckets = BucketConfig(min_cache_len=capacity, min_chunk_len=min(16, args.chunk), prefill_chunk=args.chunk,
-                               compact_rows=compact)
-        engine = GenerationEngine(model, batch_size=args.batch, max_cache_len=capacity, mesh=mesh,
-                                  cache_dtype=args.cache_dtype, buckets=buckets)
+        buckets = BucketConfig(
+            min_cache_len=capacity, min_chunk_len=min(16, args.chunk), prefill_chunk=args.chunk, compact_rows=compact
+        )
+        engine = GenerationEngine(
+            model,
+            batch_size=args.batch,
+            max_cache_len=capacity,
+            mesh=mesh,
+            cache_dtype=args.cache_dtype,
+            buckets=buckets,
+        )
         with timer.measure():
             time_round(engine, contexts, tails, prompt)
         compile_s = timer.seconds
         runs = [time_round(engine, contexts, tails, prompt) for _ in range(args.repeats)]
-        modes[name] = {"round_s": statistics.median(s for s, _ in runs), "round_s_min": min(s for s, _ in runs),
-                       "token_rows": runs[0][1], "compile_s": compile_s, "compilations": dict(engine.trace_counts)}
+        modes[name] = {
+            "round_s": statistics.median(s for s, _ in runs),
+            "round_s_min": min(s for s, _ in runs),
+            "token_rows": runs[0][1],
+            "compile_s": compile_s,
+            "compilations": dict(engine.trace_counts),
+        }
     devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
     limits = device_limits(probe=args.probe, devices=devices)
     appended = (args.batch - 1) * args.tail + args.prompt_len
     floor_s = round_flops(cfg, args) / limits.matmul_flops_per_s
     record = {
-        "benchmark": "extend", "model": args.preset or str(args.hf), "params": cfg.num_params,
-        "batch": args.batch, "context": args.context, "tail": args.tail, "prompt_len": args.prompt_len,
-        "chunk": args.chunk, "dtype": args.dtype, "cache_dtype": args.cache_dtype, "attention": cfg.attention_impl,
-        "repeats": args.repeats, "appended_tokens": appended, **modes,
+        "benchmark": "extend",
+        "model": args.preset or str(args.hf),
+        "params": cfg.num_params,
+        "batch": args.batch,
+        "context": args.context,
+        "tail": args.tail,
+        "prompt_len": args.prompt_len,
+        "chunk": args.chunk,
+        "dtype": args.dtype,
+        "cache_dtype": args.cache_dtype,
+        "attention": cfg.attention_impl,
+        "repeats": args.repeats,
+        "appended_tokens": appended,
+        **modes,
         "speedup": modes["all_slots"]["round_s"] / modes["compacted"]["round_s"],
         "token_rows_ratio": modes["all_slots"]["token_rows"] / modes["compacted"]["token_rows"],
-        "floor_s": floor_s, "fraction_of_matmul_rate": floor_s / modes["compacted"]["round_s"],
+        "floor_s": floor_s,
+        "fraction_of_matmul_rate": floor_s / modes["compacted"]["round_s"],
         "all_slots_fraction_of_matmul_rate": floor_s / modes["all_slots"]["round_s"],
-        "limits": limits.as_dict(), "device_kind": devices[0].device_kind, "num_devices": len(devices),
+        "limits": limits.as_dict(),
+        "device_kind": devices[0].device_kind,
+        "num_devices": len(devices),
         "jax": jax.__version__,
     }
     print_json(record)

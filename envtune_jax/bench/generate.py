@@ -22,6 +22,7 @@ tokens for the Pallas kernel, the allocated cache for the einsum) and takes its 
 bytes; the shared line adds `vs_unshared`: its speed-ups, the KV read ratio, and how many greedy rows
 and tokens equal the plain engine's (bf16 near-ties may part rows late; a bug parts them at once).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,19 +37,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--shapes", default=None, metavar="BxPxN,...",
-                        help="several (batch, prompt-len, new-tokens) shapes with one model, one JSON line each "
-                             "(replaces --batch, --prompt-len, --new-tokens)")
-    parser.add_argument("--tokens-out", default=None, metavar="FILE.npz",
-                        help="save each shape's generated tokens [B, N] under the key BxPxN")
+    parser.add_argument(
+        "--shapes",
+        default=None,
+        metavar="BxPxN,...",
+        help="several (batch, prompt-len, new-tokens) shapes with one model, one JSON line each "
+        "(replaces --batch, --prompt-len, --new-tokens)",
+    )
+    parser.add_argument(
+        "--tokens-out",
+        default=None,
+        metavar="FILE.npz",
+        help="save each shape's generated tokens [B, N] under the key BxPxN",
+    )
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights and compute")
     parser.add_argument("--cache-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--attention", default="reference", choices=["reference", "xla", "cudnn"])
-    parser.add_argument("--decode-attention", default="reference", choices=["reference", "pallas"],
-                        help="one-token decode steps: the einsum on the cache, or JAX's Pallas GPU decode kernel")
-    parser.add_argument("--shared-prefix", type=int, default=None, metavar="G",
-                        help="GRPO groups of G slots (B/G distinct prompts, each given to G slots): measure each "
-                             "shape with each group's prompt held once, then without, in this process")
+    parser.add_argument(
+        "--decode-attention",
+        default="reference",
+        choices=["reference", "pallas"],
+        help="one-token decode steps: the einsum on the cache, or JAX's Pallas GPU decode kernel",
+    )
+    parser.add_argument(
+        "--shared-prefix",
+        type=int,
+        default=None,
+        metavar="G",
+        help="GRPO groups of G slots (B/G distinct prompts, each given to G slots): measure each "
+        "shape with each group's prompt held once, then without, in this process",
+    )
     parser.add_argument("--prefill-chunk", type=int, default=256, help="widest prefill chunk (tokens)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--probe", action="store_true", help="measure bandwidth/matmul rate instead of the table")
@@ -63,8 +81,13 @@ def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--preset", help="model shapes (qwen3-4b, qwen3-0.6b, tiny, ...); needs --random-weights")
     source.add_argument("--hf", help="a Hugging Face Qwen3 checkpoint directory")
     parser.add_argument("--random-weights", action="store_true", help="random weights created on device")
-    parser.add_argument("--model-config", action="append", default=[], metavar="FIELD=VALUE",
-                        help="change a field of the preset's Qwen3Config (repeatable), e.g. vocab_size=1000")
+    parser.add_argument(
+        "--model-config",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a field of the preset's Qwen3Config (repeatable), e.g. vocab_size=1000",
+    )
 
 
 def model_config_changes(items) -> dict:
@@ -116,7 +139,6 @@ def check_model_source(args) -> None:
 def check_arguments(args) -> list[tuple[int, int, int]]:
     """The (B, P, N) shapes to measure; ConfigError (one line, exit 2) before any model loads."""
     from envtune_jax.cli import validate as check
-
     from envtune_jax.config import ConfigError
 
     check_model_source(args)
@@ -127,19 +149,25 @@ def check_arguments(args) -> list[tuple[int, int, int]]:
     if group is not None:
         uneven = [f"{b}x{p}x{n}" for b, p, n in shapes if b % group]
         if uneven:
-            raise ConfigError(f"--shared-prefix {group}: the batch must be a multiple of the group size, got "
-                              f"{', '.join(uneven)}")
+            raise ConfigError(
+                f"--shared-prefix {group}: the batch must be a multiple of the group size, got {', '.join(uneven)}"
+            )
         if args.decode_attention == "pallas" and args.mesh:
-            raise ConfigError("--shared-prefix with --decode-attention pallas runs on one device: drop --mesh or "
-                              "use --decode-attention reference")
+            raise ConfigError(
+                "--shared-prefix with --decode-attention pallas runs on one device: drop --mesh or "
+                "use --decode-attention reference"
+            )
     return shapes
 
 
 class CompileTimer:
     """Sums jax.monitoring's tracing / lowering / backend-compile durations while active."""
 
-    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-              "/jax/core/compile/backend_compile_duration")
+    EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
 
     def __init__(self):
         import jax
@@ -167,10 +195,18 @@ def build_model(args, mesh):
 
     kernels = dict(attention_impl=args.attention, decode_attention=getattr(args, "decode_attention", "reference"))
     if args.hf:
-        return load_model(use="inference", hf=args.hf, param_dtype=args.dtype, mesh=mesh, progress=False,
-                          **kernels).model
-    return load_model(use="inference", preset=args.preset, param_dtype=args.dtype, mesh=mesh, seed=args.seed,
-                      preset_changes=model_config_changes(getattr(args, "model_config", [])), **kernels).model
+        return load_model(
+            use="inference", hf=args.hf, param_dtype=args.dtype, mesh=mesh, progress=False, **kernels
+        ).model
+    return load_model(
+        use="inference",
+        preset=args.preset,
+        param_dtype=args.dtype,
+        mesh=mesh,
+        seed=args.seed,
+        preset_changes=model_config_changes(getattr(args, "model_config", [])),
+        **kernels,
+    ).model
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
@@ -210,26 +246,34 @@ def one_run(engine, prompts, sampling, capacity, timer):
         start = time.perf_counter()
         state, result = engine.decode(state, sampling)  # returns after pulling the tokens to the host
         decode_s = time.perf_counter() - start
-    layout = CacheLayout(state.capacity) if state.prefix is None else \
-        CacheLayout(state.capacity, state.prefix.num_regions, state.prefix.capacity)
+    layout = (
+        CacheLayout(state.capacity)
+        if state.prefix is None
+        else CacheLayout(state.capacity, state.prefix.num_regions, state.prefix.capacity)
+    )
     return prefill_s, decode_s, prefill_compile, timer.seconds, int(result.num_tokens.sum()), result.tokens, layout
 
 
-def limits_report(cfg, limits, reads: dict, batch, prompt_len, new_tokens, prefill_s, decode_s,
-                  distinct_prompts: int) -> dict:
+def limits_report(
+    cfg, limits, reads: dict, batch, prompt_len, new_tokens, prefill_s, decode_s, distinct_prompts: int
+) -> dict:
     """The run's fractions of the device limits; `reads`: decode_reads.decode_reads of the run (the step's
     floor takes its live KV bytes). The prefill floor counts each distinct prompt once (an engine prefills a
     prompt given to several slots once, shared or not)."""
     import jax.numpy as jnp
 
     weight_bytes = cfg.num_params * jnp.dtype(cfg.param_dtype).itemsize
-    step_floor = max((weight_bytes + reads["kv_bytes_live_per_step"]) / limits.bandwidth_bytes_per_s,
-                     2 * cfg.num_params * batch / limits.matmul_flops_per_s)
+    step_floor = max(
+        (weight_bytes + reads["kv_bytes_live_per_step"]) / limits.bandwidth_bytes_per_s,
+        2 * cfg.num_params * batch / limits.matmul_flops_per_s,
+    )
     prefill_floor = 2 * cfg.num_params * distinct_prompts * prompt_len / limits.matmul_flops_per_s
     end_to_end_floor = prefill_floor + new_tokens * step_floor
     return {
-        "weight_bytes": weight_bytes, **reads,
-        "decode_step_floor_ms": 1e3 * step_floor, "decode_floor_tok_s": batch / step_floor,
+        "weight_bytes": weight_bytes,
+        **reads,
+        "decode_step_floor_ms": 1e3 * step_floor,
+        "decode_floor_tok_s": batch / step_floor,
         "decode_fraction_of_limit": step_floor / (decode_s / new_tokens),
         "prefill_floor_s": prefill_floor,
         "end_to_end_floor_tok_s": batch * new_tokens / end_to_end_floor,
@@ -245,8 +289,8 @@ def run(args) -> list[dict]:
     import jax
     import numpy as np
 
-    from envtune_jax.device_limits import device_limits
     from envtune_jax.cli.common import parse_mesh, print_json
+    from envtune_jax.device_limits import device_limits
 
     shapes = check_arguments(args)
     mesh = parse_mesh(args.mesh)
@@ -258,11 +302,10 @@ def run(args) -> list[dict]:
     for batch, prompt_len, new_tokens in shapes:
         shape = f"{batch}x{prompt_len}x{new_tokens}"
         measured: dict[int | None, tuple[dict, np.ndarray]] = {}
-        for sharing in ((group, None) if group else (None,)):  # shared first: its peak memory is its own
+        for sharing in (group, None) if group else (None,):  # shared first: its peak memory is its own
             try:
                 extra = {} if group is None else {"group": group, "shared": sharing is not None}
-                measured[sharing] = measure(model, mesh, devices, limits, args, batch, prompt_len, new_tokens,
-                                            **extra)
+                measured[sharing] = measure(model, mesh, devices, limits, args, batch, prompt_len, new_tokens, **extra)
             except Exception as exc:  # noqa: BLE001 - one failure (e.g. out of memory) must not hide the others
                 traceback.print_exc()
                 first_line = (str(exc).splitlines() or [""])[0]
@@ -280,8 +323,9 @@ def run(args) -> list[dict]:
             np.savez(args.tokens_out, **tokens)
     if failed:
         total = len(shapes) * (2 if group else 1)
-        raise RuntimeError(f"{len(failed)} of {total} {'measurements' if group else 'shapes'} failed: "
-                           + "; ".join(failed))
+        raise RuntimeError(
+            f"{len(failed)} of {total} {'measurements' if group else 'shapes'} failed: " + "; ".join(failed)
+        )
     return records
 
 
@@ -296,13 +340,24 @@ def compare_to_unshared(shared: dict, shared_bn, unshared: dict, unshared_bn) ->
         "end_to_end_speedup": shared["end_to_end_tok_s"] / unshared["end_to_end_tok_s"],
         "kv_bytes_read_ratio": unshared["kv_bytes_read_per_step"] / shared["kv_bytes_read_per_step"],
         "kv_bytes_live_ratio": unshared["kv_bytes_live_per_step"] / shared["kv_bytes_live_per_step"],
-        "rows_identical": int(same_bn.all(axis=1).sum()), "rows": int(same_bn.shape[0]),
+        "rows_identical": int(same_bn.all(axis=1).sum()),
+        "rows": int(same_bn.shape[0]),
         "tokens_equal_fraction": float(same_bn.mean()),
     }
 
 
-def measure(model, mesh, devices, limits, args, batch: int, prompt_len: int, new_tokens: int,
-            group: int | None = None, shared: bool = False):
+def measure(
+    model,
+    mesh,
+    devices,
+    limits,
+    args,
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    group: int | None = None,
+    shared: bool = False,
+):
     """(record, generated tokens [B, N]) of one shape: a warm-up run, then `args.repeats` timed runs.
 
     `group`: G slots per prompt (B/G distinct prompts; None: B distinct prompts); `shared`: each group's
@@ -320,11 +375,15 @@ def measure(model, mesh, devices, limits, args, batch: int, prompt_len: int, new
     cfg = model.config
     capacity = prompt_len + new_tokens
     distinct = batch if group is None else batch // group
-    engine = GenerationEngine(model, batch_size=batch, max_cache_len=capacity, mesh=mesh,
-                              cache_dtype=args.cache_dtype,
-                              buckets=BucketConfig(min_chunk_len=min(16, args.prefill_chunk),
-                                                   prefill_chunk=args.prefill_chunk),
-                              shared_prefix=SharedPrefixConfig(lanes=group, regions=distinct) if shared else None)
+    engine = GenerationEngine(
+        model,
+        batch_size=batch,
+        max_cache_len=capacity,
+        mesh=mesh,
+        cache_dtype=args.cache_dtype,
+        buckets=BucketConfig(min_chunk_len=min(16, args.prefill_chunk), prefill_chunk=args.prefill_chunk),
+        shared_prefix=SharedPrefixConfig(lanes=group, regions=distinct) if shared else None,
+    )
     distinct_bp = np.random.RandomState(args.seed).randint(0, cfg.vocab_size, (distinct, prompt_len))
     prompts = [distinct_bp[b * distinct // batch].tolist() for b in range(batch)]  # G consecutive slots per prompt
     sampling = SamplingParams(greedy=True, max_new_tokens=new_tokens, stop_token_ids=())
@@ -340,32 +399,52 @@ def measure(model, mesh, devices, limits, args, batch: int, prompt_len: int, new
     prefill_s = statistics.median(r[0] for r in runs)
     decode_s = statistics.median(r[1] for r in runs)
     layout = runs[-1][6]
-    reads = decode_reads(cfg, engine.cache_dtype.itemsize, batch, prompt_len, new_tokens, group if shared else None,
-                         layout, cfg.decode_attention)
+    reads = decode_reads(
+        cfg,
+        engine.cache_dtype.itemsize,
+        batch,
+        prompt_len,
+        new_tokens,
+        group if shared else None,
+        layout,
+        cfg.decode_attention,
+    )
     stats = devices[0].memory_stats() or {}
     record = {
-        "benchmark": "generate", "model": args.preset or str(args.hf), "params": cfg.num_params,
-        "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
-        "shared_prefix": group if shared else None, "distinct_prompts": distinct,
-        "dtype": args.dtype, "cache_dtype": args.cache_dtype, "attention": cfg.attention_impl,
+        "benchmark": "generate",
+        "model": args.preset or str(args.hf),
+        "params": cfg.num_params,
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "shared_prefix": group if shared else None,
+        "distinct_prompts": distinct,
+        "dtype": args.dtype,
+        "cache_dtype": args.cache_dtype,
+        "attention": cfg.attention_impl,
         "decode_attention": cfg.decode_attention,
         # (block_k, k_splits) of the Pallas decode kernel (over the own caches when shared); null: the einsum ran
         # (not asked, or no block divides the capacities)
         "decode_kernel_blocks": kernel_blocks(cfg, layout, batch),
         "cache_layout": dataclasses.asdict(layout),
-        "prefill_chunk": args.prefill_chunk, "repeats": args.repeats,
+        "prefill_chunk": args.prefill_chunk,
+        "repeats": args.repeats,
         "decode_tok_s": batch * new_tokens / decode_s,
         "ms_per_decode_step": 1e3 * decode_s / new_tokens,
         "prefill_tok_s": batch * prompt_len / prefill_s,
         "end_to_end_tok_s": batch * new_tokens / (prefill_s + decode_s),
-        "prefill_s": prefill_s, "decode_s": decode_s,
+        "prefill_s": prefill_s,
+        "decode_s": decode_s,
         "compile_s": {"prefill": warm[2], "decode": warm[3]},
         "first_run_s": {"prefill": warm[0], "decode": warm[1]},
-        "compilations": dict(engine.trace_counts), "profile_dir": args.profile,
+        "compilations": dict(engine.trace_counts),
+        "profile_dir": args.profile,
         **limits_report(cfg, limits, reads, batch, prompt_len, new_tokens, prefill_s, decode_s, distinct),
         "limits": limits.as_dict(),
         "peak_memory_bytes": stats.get("peak_bytes_in_use"),
-        "jax": jax.__version__, "device": str(devices[0]), "device_kind": devices[0].device_kind,
+        "jax": jax.__version__,
+        "device": str(devices[0]),
+        "device_kind": devices[0].device_kind,
         "num_devices": len(devices),
     }
     return record, np.asarray(runs[-1][5], np.int32)
@@ -378,15 +457,17 @@ def kernel_blocks(cfg, layout, batch: int):
 
     if cfg.decode_attention != "pallas":
         return None
-    if layout.regions and not kernel_fits(layout.region_capacity, layout.slot_capacity, layout.regions, batch,
-                                          cfg.num_kv_heads):
+    if layout.regions and not kernel_fits(
+        layout.region_capacity, layout.slot_capacity, layout.regions, batch, cfg.num_kv_heads
+    ):
         return None
     return decode_kernel_blocks(layout.slot_capacity, batch, cfg.num_kv_heads)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench_generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     run(parser.parse_args(argv))
     return 0

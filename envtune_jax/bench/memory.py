@@ -19,6 +19,7 @@ group's prompt once), and both figures (and the fit of each, with their ratio) a
 The figures are the compiler's for the backend it ran on: a CPU compile plans CPU buffers (no cuDNN
 attention, other fusions), so plan GPU batches from a GPU run. Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program", required=True, choices=["decode", "train"])
     parser.add_argument("--batch", type=int, default=1, help="slots (decode) or rows (train)")
     parser.add_argument("--context", type=int, default=8192, help="tokens per sequence (cache capacity / row length)")
-    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
-                        help="compute dtype (default: bfloat16, the loader's rule for both programs)")
-    parser.add_argument("--param-dtype", default=None, choices=["bfloat16", "float32"],
-                        help="weights (default: the loader's rule, docs/models.md: --dtype for decode, float32 "
-                             "for train as the recipes)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["bfloat16", "float32"],
+        help="compute dtype (default: bfloat16, the loader's rule for both programs)",
+    )
+    parser.add_argument(
+        "--param-dtype",
+        default=None,
+        choices=["bfloat16", "float32"],
+        help="weights (default: the loader's rule, docs/models.md: --dtype for decode, float32 "
+        "for train as the recipes)",
+    )
     parser.add_argument("--cache-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--attention", default="reference", help="attention implementation compiled")
     parser.add_argument("--remat", default="full", choices=REMAT_CHOICES)
@@ -46,10 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kl-coef", type=float, default=0.0, help="> 0 adds the frozen reference weights (train)")
     parser.add_argument("--fit", action="store_true", help="find the largest batch that fits")
     parser.add_argument("--memory-gb", type=float, default=None, help="device memory to fit in (default: the device's)")
-    parser.add_argument("--fraction", type=float, default=0.90, help="usable share of it (XLA and the runtime keep some)")
+    parser.add_argument(
+        "--fraction", type=float, default=0.90, help="usable share of it (XLA and the runtime keep some)"
+    )
     parser.add_argument("--max-batch", type=int, default=4096, help="upper end of the --fit search")
-    parser.add_argument("--shared-prefix", action="store_true",
-                        help="decode: also with each group's prompt held once (prefix regions), side by side")
+    parser.add_argument(
+        "--shared-prefix",
+        action="store_true",
+        help="decode: also with each group's prompt held once (prefix regions), side by side",
+    )
     parser.add_argument("--prompt", type=int, default=None, help="prompt tokens of a group (--shared-prefix)")
     parser.add_argument("--group", type=int, default=16, help="samples per prompt (--shared-prefix)")
 
@@ -74,8 +88,9 @@ def model_config(args):
     from envtune_jax.models.dtype_rule import model_dtypes
 
     dtypes = model_dtypes("inference" if args.program == "decode" else "train", args.param_dtype, args.dtype)
-    return preset(args.preset, param_dtype=dtypes.param, dtype=dtypes.compute, attention_impl=args.attention,
-                  remat=args.remat)
+    return preset(
+        args.preset, param_dtype=dtypes.param, dtype=dtypes.compute, attention_impl=args.attention, remat=args.remat
+    )
 
 
 def _abstract(tree):
@@ -91,15 +106,15 @@ def _analysis(compiled) -> dict:
     return fields
 
 
-def decode_memory(cfg, batch: int, context: int, cache_dtype: str, prompt: int | None = None,
-                  group: int | None = None) -> dict:
+def decode_memory(
+    cfg, batch: int, context: int, cache_dtype: str, prompt: int | None = None, group: int | None = None
+) -> dict:
     """Bytes of the engine's decode loop for `batch` slots of `context` tokens (with `prompt` and `group`: each
     group's prompt held once, the slots holding context - prompt own tokens)."""
     return _analysis(lower_decode(cfg, batch, context, cache_dtype, prompt, group).compile())
 
 
-def lower_decode(cfg, batch: int, context: int, cache_dtype: str, prompt: int | None = None,
-                 group: int | None = None):
+def lower_decode(cfg, batch: int, context: int, cache_dtype: str, prompt: int | None = None, group: int | None = None):
     """The engine's decode loop (sampling, not greedy) for `batch` slots of `context` tokens, lowered from
     shapes alone (jax `Lowered`: `.compile()` it for XLA's buffer assignment or optimised HLO). With
     `prompt` and `group`: ceil(batch / group) prefix regions of `prompt` tokens, slots of context - prompt."""
@@ -117,23 +132,41 @@ def lower_decode(cfg, batch: int, context: int, cache_dtype: str, prompt: int | 
 
     model = nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
     shared = None if prompt is None else SharedPrefixConfig(lanes=group, regions=-(-batch // group))
-    engine = GenerationEngine(model, batch_size=batch, max_cache_len=context, cache_dtype=cache_dtype,
-                              shared_prefix=shared)
+    engine = GenerationEngine(
+        model, batch_size=batch, max_cache_len=context, cache_dtype=cache_dtype, shared_prefix=shared
+    )
     params = _abstract(nnx.state(model))
 
     def empty():
         if shared is None:
             return engine._empty_state(context)
-        own = empty_state(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, batch, context - prompt,
-                          engine.cache_dtype, jnp.dtype(cfg.dtype))
+        own = empty_state(
+            cfg.num_layers,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.hidden_size,
+            batch,
+            context - prompt,
+            engine.cache_dtype,
+            jnp.dtype(cfg.dtype),
+        )
         return dataclasses.replace(own, prefix=engine.prefix_slots.empty_prefix(prompt, jnp.dtype(cfg.dtype)))
 
     state = jax.eval_shape(empty)
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
-    lowered = engine._decode.lower(params, state, jax.ShapeDtypeStruct((batch,), bool),
-                                   jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((MAX_STOP_TOKENS,), jnp.int32),
-                                   scalar, scalar, jax.ShapeDtypeStruct((), jnp.int32),
-                                   greedy=False, top_k=0, use_top_p=False)
+    lowered = engine._decode.lower(
+        params,
+        state,
+        jax.ShapeDtypeStruct((batch,), bool),
+        jax.ShapeDtypeStruct((batch,), jnp.int32),
+        jax.ShapeDtypeStruct((MAX_STOP_TOKENS,), jnp.int32),
+        scalar,
+        scalar,
+        jax.ShapeDtypeStruct((), jnp.int32),
+        greedy=False,
+        top_k=0,
+        use_top_p=False,
+    )
     return lowered
 
 
@@ -152,16 +185,22 @@ def train_memory(cfg, batch: int, context: int, micro_batch: int, kl_coef: float
     model = nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(model, nnx.Param)
     params = _abstract(params)
-    trainer = Trainer(graphdef, LossConfig(kl_coef=kl_coef), OptimizerConfig(),
-                      TrainStepConfig(micro_batch_size=micro_batch, old_logprobs="sampler"))
+    trainer = Trainer(
+        graphdef,
+        LossConfig(kl_coef=kl_coef),
+        OptimizerConfig(),
+        TrainStepConfig(micro_batch_size=micro_batch, old_logprobs="sampler"),
+    )
     state = jax.eval_shape(trainer.init, params)
     ref = params if kl_coef > 0 else None
     k = context - 1  # every token after the first is in the loss (the worst case; rollouts have fewer)
-    abstract_batch = TrainBatch(tokens_bt=jax.ShapeDtypeStruct((batch, context), np.int32),
-                                target_index_bk=jax.ShapeDtypeStruct((batch, k), np.int32),
-                                mask_bk=jax.ShapeDtypeStruct((batch, k), np.float32),
-                                old_logprobs_bk=jax.ShapeDtypeStruct((batch, k), np.float32),
-                                advantages_b=jax.ShapeDtypeStruct((batch,), np.float32))
+    abstract_batch = TrainBatch(
+        tokens_bt=jax.ShapeDtypeStruct((batch, context), np.int32),
+        target_index_bk=jax.ShapeDtypeStruct((batch, k), np.int32),
+        mask_bk=jax.ShapeDtypeStruct((batch, k), np.float32),
+        old_logprobs_bk=jax.ShapeDtypeStruct((batch, k), np.float32),
+        advantages_b=jax.ShapeDtypeStruct((batch,), np.float32),
+    )
     return _analysis(trainer._step.lower(state, ref, abstract_batch).compile())
 
 
@@ -205,12 +244,14 @@ def run(args) -> dict:
     if args.batch < 1 or args.context < 2:
         raise ConfigError(f"--batch must be ≥ 1 and --context ≥ 2, got {args.batch} and {args.context}")
     cfg = model_config(args)
-    if args.shared_prefix and (args.program != "decode" or args.prompt is None
-                               or not 1 <= args.prompt < args.context or args.group < 1):
+    if args.shared_prefix and (
+        args.program != "decode" or args.prompt is None or not 1 <= args.prompt < args.context or args.group < 1
+    ):
         raise ConfigError("--shared-prefix needs --program decode, 1 ≤ --prompt < --context and --group ≥ 1")
     if not args.shared_prefix and args.prompt is not None:
         raise ConfigError("--prompt is set but --shared-prefix is not")
     if args.program == "decode":
+
         def measure(b):
             return decode_memory(cfg, b, args.context, args.cache_dtype)
 
@@ -222,36 +263,64 @@ def run(args) -> dict:
 
         def measure(b):  # with --fit, B rows in one micro-batch: the most a step can hold at once
             return train_memory(cfg, b, args.context, 0 if args.fit else args.micro_batch, args.kl_coef)
+
     start = time.perf_counter()
-    record = {"benchmark": "memory", "program": args.program, "model": args.preset, "params": cfg.num_params,
-              "context": args.context, "dtype": str(cfg.dtype), "param_dtype": str(cfg.param_dtype),
-              "cache_dtype": args.cache_dtype if args.program == "decode" else None,
-              "remat": args.remat if args.program == "train" else None,
-              "micro_batch": args.micro_batch if args.program == "train" else None, "kl_coef": args.kl_coef,
-              "attention": args.attention, "backend": jax.default_backend(),
-              "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__}
+    record = {
+        "benchmark": "memory",
+        "program": args.program,
+        "model": args.preset,
+        "params": cfg.num_params,
+        "context": args.context,
+        "dtype": str(cfg.dtype),
+        "param_dtype": str(cfg.param_dtype),
+        "cache_dtype": args.cache_dtype if args.program == "decode" else None,
+        "remat": args.remat if args.program == "train" else None,
+        "micro_batch": args.micro_batch if args.program == "train" else None,
+        "kl_coef": args.kl_coef,
+        "attention": args.attention,
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+    }
     if args.fit:
         capacity = args.memory_gb * 1e9 if args.memory_gb else device_memory_bytes()
         if capacity is None:
             raise ConfigError("this device does not report its memory: pass --memory-gb")
         limit = capacity * args.fraction
         batch, analysis = largest_fitting_batch(measure, limit, args.max_batch)
-        record.update(fit=True, memory_bytes=capacity, limit_bytes=limit, largest_batch=batch,
-                      tokens=batch * args.context, **{f"{k}_bytes": v for k, v in analysis.items()})
+        record.update(
+            fit=True,
+            memory_bytes=capacity,
+            limit_bytes=limit,
+            largest_batch=batch,
+            tokens=batch * args.context,
+            **{f"{k}_bytes": v for k, v in analysis.items()},
+        )
         if args.shared_prefix:
             shared_batch, analysis = largest_fitting_batch(measure_shared, limit, args.max_batch)
-            record["shared_prefix"] = {"prompt": args.prompt, "group": args.group, "largest_batch": shared_batch,
-                                       "batch_ratio": shared_batch / max(batch, 1),
-                                       **{f"{k}_bytes": v for k, v in analysis.items()}}
+            record["shared_prefix"] = {
+                "prompt": args.prompt,
+                "group": args.group,
+                "largest_batch": shared_batch,
+                "batch_ratio": shared_batch / max(batch, 1),
+                **{f"{k}_bytes": v for k, v in analysis.items()},
+            }
     else:
         analysis = measure(args.batch)
-        record.update(fit=False, batch=args.batch, tokens=args.batch * args.context,
-                      **{f"{k}_bytes": v for k, v in analysis.items()})
+        record.update(
+            fit=False,
+            batch=args.batch,
+            tokens=args.batch * args.context,
+            **{f"{k}_bytes": v for k, v in analysis.items()},
+        )
         if args.shared_prefix:
             shared = measure_shared(args.batch)
-            record["shared_prefix"] = {"prompt": args.prompt, "group": args.group,
-                                       "peak_ratio": analysis["peak"] / shared["peak"],
-                                       **{f"{k}_bytes": v for k, v in shared.items()}}
+            record["shared_prefix"] = {
+                "prompt": args.prompt,
+                "group": args.group,
+                "peak_ratio": analysis["peak"] / shared["peak"],
+                **{f"{k}_bytes": v for k, v in shared.items()},
+            }
     record["compile_s"] = time.perf_counter() - start
     print_json(record)
     return record

@@ -15,6 +15,7 @@ compiles; then `--repeats` timed runs, reporting the median:
 - compile seconds (tracing + lowering + XLA compile, from jax.monitoring) apart from the runs.
 Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="prompts (B)")
     parser.add_argument("--prompt-len", type=int, default=2048, help="tokens per prompt (P)")
     parser.add_argument("--chunk", type=int, default=2048, help="widest prefill chunk (tokens per forward pass)")
-    parser.add_argument("--dtype", default=DTYPE_RULE["inference"].param, choices=["bfloat16", "float32"],
-                        help="weights and compute (default: the loader's rule for inference)")
+    parser.add_argument(
+        "--dtype",
+        default=DTYPE_RULE["inference"].param,
+        choices=["bfloat16", "float32"],
+        help="weights and compute (default: the loader's rule for inference)",
+    )
     parser.add_argument("--cache-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--attention", default="reference", choices=ATTENTION_CHOICES)
     parser.add_argument("--repeats", type=int, default=3)
@@ -49,8 +54,9 @@ def check_arguments(args) -> None:
     from envtune_jax.config import ConfigError
 
     if args.batch < 1 or args.prompt_len < 1 or args.repeats < 1:
-        raise ConfigError(f"--batch, --prompt-len and --repeats must be ≥ 1, got {args.batch}, {args.prompt_len}, "
-                          f"{args.repeats}")
+        raise ConfigError(
+            f"--batch, --prompt-len and --repeats must be ≥ 1, got {args.batch}, {args.prompt_len}, {args.repeats}"
+        )
     check_chunk(args.chunk)
     check_model_source(args)
     check.mesh_spec(args.mesh)
@@ -88,10 +94,10 @@ def run(args) -> dict:
     import jax
     import numpy as np
 
-    from envtune_jax.device_limits import device_limits
     from envtune_jax.bench.generate import CompileTimer, build_model
     from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.cli.common import parse_mesh, print_json
+    from envtune_jax.device_limits import device_limits
     from envtune_jax.models.generation.buckets import BucketConfig
     from envtune_jax.models.generation.engine import GenerationEngine
 
@@ -99,9 +105,14 @@ def run(args) -> dict:
     mesh = parse_mesh(args.mesh)
     model = build_model(args, mesh)
     cfg = model.config
-    engine = GenerationEngine(model, batch_size=args.batch, max_cache_len=args.prompt_len, mesh=mesh,
-                              cache_dtype=args.cache_dtype,
-                              buckets=BucketConfig(min_chunk_len=min(16, args.chunk), prefill_chunk=args.chunk))
+    engine = GenerationEngine(
+        model,
+        batch_size=args.batch,
+        max_cache_len=args.prompt_len,
+        mesh=mesh,
+        cache_dtype=args.cache_dtype,
+        buckets=BucketConfig(min_chunk_len=min(16, args.chunk), prefill_chunk=args.chunk),
+    )
     prompts = np.random.RandomState(args.seed).randint(0, cfg.vocab_size, (args.batch, args.prompt_len)).tolist()
     timer = CompileTimer()
     with timer.measure():  # compiles the cache allocation and the extend program(s)
@@ -118,20 +129,35 @@ def run(args) -> dict:
     model_flops, executed_flops = prefill_flops(cfg, args.batch, args.prompt_len)
     stats = devices[0].memory_stats() or {}
     record = {
-        "benchmark": "prefill", "model": args.preset or str(args.hf), "params": cfg.num_params,
-        "batch": args.batch, "prompt_len": args.prompt_len, "chunk": args.chunk, "dtype": args.dtype,
-        "cache_dtype": args.cache_dtype, "attention": cfg.attention_impl, "repeats": args.repeats,
-        "tok_s": args.batch * args.prompt_len / seconds, "prefill_s": seconds, "prefill_s_min": min(times),
+        "benchmark": "prefill",
+        "model": args.preset or str(args.hf),
+        "params": cfg.num_params,
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "chunk": args.chunk,
+        "dtype": args.dtype,
+        "cache_dtype": args.cache_dtype,
+        "attention": cfg.attention_impl,
+        "repeats": args.repeats,
+        "tok_s": args.batch * args.prompt_len / seconds,
+        "prefill_s": seconds,
+        "prefill_s_min": min(times),
         "model_tflops_per_s": model_flops / seconds / 1e12,
         "executed_tflops_per_s": executed_flops / seconds / 1e12,
         "fraction_of_matmul_rate": executed_flops / seconds / limits.matmul_flops_per_s,
         "floor_s": model_flops / limits.matmul_flops_per_s,
         "limit_tok_s": args.batch * args.prompt_len * limits.matmul_flops_per_s / model_flops,
         "fraction_of_limit": model_flops / limits.matmul_flops_per_s / seconds,
-        "compile_s": compile_s, "first_run_s": first_s, "profiled_run_s": profiled_s, "profile_dir": args.profile,
+        "compile_s": compile_s,
+        "first_run_s": first_s,
+        "profiled_run_s": profiled_s,
+        "profile_dir": args.profile,
         "compilations": dict(engine.trace_counts),
-        "limits": limits.as_dict(), "peak_memory_bytes": stats.get("peak_bytes_in_use"),
-        "device_kind": devices[0].device_kind, "num_devices": len(devices), "jax": jax.__version__,
+        "limits": limits.as_dict(),
+        "peak_memory_bytes": stats.get("peak_bytes_in_use"),
+        "device_kind": devices[0].device_kind,
+        "num_devices": len(devices),
+        "jax": jax.__version__,
     }
     print_json(record)
     return record

@@ -21,6 +21,7 @@ continuation blocks; two-level attention), after one warm-up step each, `--steps
 alternating; the ratio of the mean step times is printed, of wall time and of the process's CPU time
 (all threads; steadier than wall time on a machine shared with other work).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--live-own", type=int, default=750, help="own tokens per sample so far (decode step)")
     parser.add_argument("--max-own", type=int, default=2000, help="own-token capacity per sample (memory)")
     parser.add_argument("--train-own", type=int, default=1500, help="own tokens per sample (train step)")
-    parser.add_argument("--train-sampled", type=int, default=None,
-                        help="model-sampled tokens per sample in training (default: all own tokens)")
+    parser.add_argument(
+        "--train-sampled",
+        type=int,
+        default=None,
+        help="model-sampled tokens per sample in training (default: all own tokens)",
+    )
     parser.add_argument("--long-own", type=int, default=24576, help="own capacity one long episode forces")
     parser.add_argument("--decode-groups", type=int, default=4, help="groups in the decode step with weights")
     parser.add_argument("--memory-gb", type=float, default=80.0, help="device memory (GB, 1e9 bytes)")
@@ -94,27 +99,50 @@ def counted(args) -> dict:
 
     flops = {shared: acc.train_flops(train, cfg, sampled, shared) for shared in (False, True)}
     return {
-        "model": args.preset, "kv_bytes_per_token": kv, "weight_bytes": weights,
-        "shapes": {"prompt": args.prompt, "group": args.group, "live_own": args.live_own, "max_own": args.max_own,
-                   "train_own": args.train_own, "train_sampled": sampled, "long_own": args.long_own},
+        "model": args.preset,
+        "kv_bytes_per_token": kv,
+        "weight_bytes": weights,
+        "shapes": {
+            "prompt": args.prompt,
+            "group": args.group,
+            "live_own": args.live_own,
+            "max_own": args.max_own,
+            "train_own": args.train_own,
+            "train_sampled": sampled,
+            "long_own": args.long_own,
+        },
         "decode_step_kv_bytes_per_group": _both(lambda s: acc.decode_step_kv_bytes(live, kv, s)),
         "decode_step_bytes_with_weights": {"groups": args.decode_groups, **_both(step_with_weights)},
         "kv_bytes_per_group": _both(lambda s: acc.group_kv_bytes(held, kv, s)),
         "largest_decode_batch": {"memory_bytes": memory, **_both(largest(held), gain=True)},
         "one_capacity_long_episode": {
-            "own_capacity": args.long_own, "kv_bytes_per_group": _both(lambda s: acc.group_kv_bytes(long, kv, s)),
+            "own_capacity": args.long_own,
+            "kv_bytes_per_group": _both(lambda s: acc.group_kv_bytes(long, kv, s)),
             "largest_decode_batch": _both(largest(long), gain=True),
-            "largest_decode_batch_per_slot_capacities": _both(largest(held, long_slot_extra), gain=True)},
+            "largest_decode_batch_per_slot_capacities": _both(largest(held, long_slot_extra), gain=True),
+        },
         "train_tokens_per_group": _both(train.tokens),
-        "train_flops_per_group": {"unshared": flops[False], "shared": flops[True],
-                                  "ratio": acc.ratio(flops[False]["total"], flops[True]["total"])},
+        "train_flops_per_group": {
+            "unshared": flops[False],
+            "shared": flops[True],
+            "ratio": acc.ratio(flops[False]["total"], flops[True]["total"]),
+        },
         "train_attention_pairs_per_group": _both(lambda s: acc.attention_pairs(train, s)),
     }
 
 
 # the tiny preset with these changes, in float32 (random weights from the model loader)
-TIMING_MODEL = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
-                    num_kv_heads=1, head_dim=16, tie_word_embeddings=True, max_position_embeddings=40960)
+TIMING_MODEL = dict(
+    vocab_size=4096,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    tie_word_embeddings=True,
+    max_position_embeddings=40960,
+)
 
 
 def _batches(args, vocab: int):
@@ -133,8 +161,10 @@ def _batches(args, vocab: int):
         masks.append(np.concatenate([np.zeros(args.prompt), np.ones(args.train_own)]).astype(np.int32))
         logprobs.append(np.where(masks[-1] > 0, -np.log(vocab), 0.0).astype(np.float32))
     advantages = rng.randn(args.group).astype(np.float32)
-    return (pack_batch(tokens, masks, logprobs, advantages),
-            pack_shared_prefix(tokens, masks, logprobs, advantages, [0] * args.group))
+    return (
+        pack_batch(tokens, masks, logprobs, advantages),
+        pack_shared_prefix(tokens, masks, logprobs, advantages, [0] * args.group),
+    )
 
 
 def time_train(args) -> dict:
@@ -147,8 +177,15 @@ def time_train(args) -> dict:
     from envtune_jax.rl.rl_config import LossConfig
     from envtune_jax.rl.train_step import Trainer, TrainStepConfig
 
-    model = load_model(use="train", preset="tiny", preset_changes=TIMING_MODEL, param_dtype="float32",
-                       dtype="float32", seed=0, attention_impl="chunked").model
+    model = load_model(
+        use="train",
+        preset="tiny",
+        preset_changes=TIMING_MODEL,
+        param_dtype="float32",
+        dtype="float32",
+        seed=0,
+        attention_impl="chunked",
+    ).model
     cfg = model.config
     graphdef, params = nnx.split(model, nnx.Param)
     unshared_batch, shared_batch = _batches(args, cfg.vocab_size)
@@ -159,8 +196,14 @@ def time_train(args) -> dict:
         start = time.perf_counter()
         state, metrics = trainer.step(state, None, batch)
         jax.block_until_ready(metrics)
-        runs[name] = {"trainer": trainer, "state": state, "batch": batch, "times": [],
-                      "first_step_s": time.perf_counter() - start, "model_tokens": float(metrics["model_tokens"])}
+        runs[name] = {
+            "trainer": trainer,
+            "state": state,
+            "batch": batch,
+            "times": [],
+            "first_step_s": time.perf_counter() - start,
+            "model_tokens": float(metrics["model_tokens"]),
+        }
     for _ in range(args.steps):
         for run in runs.values():
             start, start_cpu = time.perf_counter(), time.process_time()
@@ -171,10 +214,17 @@ def time_train(args) -> dict:
     out = {"model": {k: v for k, v in TIMING_MODEL.items() if k != "max_position_embeddings"}, "steps": args.steps}
     for name, run in runs.items():
         rows = run["batch"].tokens_bt.shape
-        out[name] = {"step_s": statistics.mean(run["times"]), "step_times_s": run["times"],
-                     "step_cpu_s": statistics.mean(run["cpu_times"]), "step_cpu_times_s": run["cpu_times"],
-                     "first_step_s": run["first_step_s"], "rows": rows[0], "row_tokens": rows[1],
-                     "computed_tokens": rows[0] * rows[1], "model_tokens": run["model_tokens"]}
+        out[name] = {
+            "step_s": statistics.mean(run["times"]),
+            "step_times_s": run["times"],
+            "step_cpu_s": statistics.mean(run["cpu_times"]),
+            "step_cpu_times_s": run["cpu_times"],
+            "first_step_s": run["first_step_s"],
+            "rows": rows[0],
+            "row_tokens": rows[1],
+            "computed_tokens": rows[0] * rows[1],
+            "model_tokens": run["model_tokens"],
+        }
     out["speedup"] = out["unshared"]["step_s"] / out["shared"]["step_s"]
     out["speedup_cpu_time"] = out["unshared"]["step_cpu_s"] / out["shared"]["step_cpu_s"]
     return out

@@ -15,6 +15,7 @@ once per group (prefix region) and each sample holds and reads only its own toke
   tokens (the output layer, only where a token was sampled; equal in both layouts). Pairs are those the
   mask keeps (causal: a sequence of n has n(n+1)/2): what a kernel that skips masked blocks computes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,15 @@ def group_kv_bytes(group: GroupShape, kv_per_token: int, shared: bool) -> int:
     return group.tokens(shared) * kv_per_token
 
 
-def largest_decode_batch(group: GroupShape, kv_per_token: int, weight_bytes: int, memory_bytes: float,
-                         shared: bool, whole_groups: bool = True, reserved_bytes: float = 0) -> int:
+def largest_decode_batch(
+    group: GroupShape,
+    kv_per_token: int,
+    weight_bytes: int,
+    memory_bytes: float,
+    shared: bool,
+    whole_groups: bool = True,
+    reserved_bytes: float = 0,
+) -> int:
     """Most slots whose weights + KV fit in memory_bytes - reserved_bytes: slots of P + own tokens each, or
     (shared) slots of `own` tokens plus one prompt region per G slots (whole groups only when `whole_groups`)."""
     room = memory_bytes - weight_bytes - reserved_bytes
@@ -74,8 +82,7 @@ def train_flops(group: GroupShape, config, sampled_per_sample: int, shared: bool
     weights = 6 * config.layer_params * group.tokens(shared)
     attention = 12 * config.num_layers * config.num_heads * config.head_dim * attention_pairs(group, shared)
     output = 6 * config.vocab_size * config.hidden_size * group.samples * sampled_per_sample
-    return {"weights": weights, "attention": attention, "output_layer": output,
-            "total": weights + attention + output}
+    return {"weights": weights, "attention": attention, "output_layer": output, "total": weights + attention + output}
 
 
 def ratio(unshared: float, shared: float) -> float:

@@ -6,6 +6,7 @@ matmul on random data (bf16 on accelerators, float32 on CPU, where bf16 matmuls 
 each the best of `--repeats` timed runs after a warm-up. Also prints the table's figures for this
 device kind, if it has any, and the library versions. Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,15 @@ def run(args) -> dict:
 
     import jax
 
-    from envtune_jax.device_limits import MEASURED, probe_device
     from envtune_jax.cli.common import print_json
     from envtune_jax.config import ConfigError
+    from envtune_jax.device_limits import MEASURED, probe_device
 
-    if args.repeats < 1 or (args.copy_mib is not None and args.copy_mib < 1) or \
-            (args.matmul_size is not None and args.matmul_size < 1):
+    if (
+        args.repeats < 1
+        or (args.copy_mib is not None and args.copy_mib < 1)
+        or (args.matmul_size is not None and args.matmul_size < 1)
+    ):
         raise ConfigError("--repeats, --copy-mib and --matmul-size must be ≥ 1")
     device = jax.devices()[0]
     copy_bytes = args.copy_mib * 2**20 if args.copy_mib else None
@@ -40,10 +44,17 @@ def run(args) -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     record = {
-        "benchmark": "probe", "device": str(device), "device_kind": device.device_kind, "platform": device.platform,
-        "num_devices": len(jax.devices()), "copy_bandwidth_bytes_per_s": bandwidth, "matmul_flops_per_s": matmul,
-        "what": what, "table_bandwidth_bytes_per_s": table[0] if table else None,
-        "table_matmul_flops_per_s": table[1] if table else None, "versions": versions,
+        "benchmark": "probe",
+        "device": str(device),
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "num_devices": len(jax.devices()),
+        "copy_bandwidth_bytes_per_s": bandwidth,
+        "matmul_flops_per_s": matmul,
+        "what": what,
+        "table_bandwidth_bytes_per_s": table[0] if table else None,
+        "table_matmul_flops_per_s": table[1] if table else None,
+        "versions": versions,
     }
     print_json(record)
     return record

@@ -1,6 +1,7 @@
 """`--profile DIR` for the benchmarks: a jax.profiler trace (XPlane, viewable in TensorBoard's or
 XProf's profile plugin, or Perfetto) of one extra run after the timed ones, so tracing never slows
 the reported figures."""
+
 from __future__ import annotations
 
 import contextlib

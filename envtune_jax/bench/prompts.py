@@ -14,6 +14,7 @@ A three-level tree saves (group − tree) tokens over group sharing; the record 
 a batch holds with group sharing once each sample has its own tokens (`--own`, per sample), which is
 what a decode batch holds and a train step computes. Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,8 @@ def common_prefix(a, b) -> int:
 
 
 def prompt_ids(entries, stage, tokenizer) -> dict[str, list[int]]:
-    from envtune_jax.environments.bfcl_env import BfclEpisode
     from envtune_jax.chat.conversation import TokenConversation
+    from envtune_jax.environments.bfcl_env import BfclEpisode
 
     out = {}
     for entry in entries:
@@ -71,11 +72,18 @@ def batch_figures(picked, ids, samples: int, own: int) -> dict:
     classes_tree = group - sum(sum(map(len, ps)) - trie_tokens(ps) for ps in by_classes.values())
     system_blocks = [min(common_prefix(ps[0], p) for p in ps[1:]) for ps in by_classes.values() if len(ps) > 1]
     held = group + samples * len(prompts) * own  # group sharing, with the samples' own tokens
-    return {"prompts": len(prompts), "distinct_prompts": len({tuple(p) for p in prompts}),
-            "class_sets": len(by_classes), "unshared": unshared, "group": group, "tree": tree,
-            "classes_tree": classes_tree, "common_prefix_same_classes": system_blocks,
-            "tree_saves_of_prompt_tokens": (group - tree) / group,
-            "tree_saves_of_held_tokens": (group - tree) / held}
+    return {
+        "prompts": len(prompts),
+        "distinct_prompts": len({tuple(p) for p in prompts}),
+        "class_sets": len(by_classes),
+        "unshared": unshared,
+        "group": group,
+        "tree": tree,
+        "classes_tree": classes_tree,
+        "common_prefix_same_classes": system_blocks,
+        "tree_saves_of_prompt_tokens": (group - tree) / group,
+        "tree_saves_of_held_tokens": (group - tree) / held,
+    }
 
 
 def run(args) -> dict:
@@ -91,26 +99,49 @@ def run(args) -> dict:
     entries = load_subset(stage.data, source="package")
     ids = prompt_ids(entries, stage, default_tokenizer())
     lengths = sorted(len(v) for v in ids.values())
-    batches = [batch_figures(draw(entries, step * stage.prompts_per_step, stage.prompts_per_step, args.seed),
-                             ids, stage.samples_per_prompt, args.own) for step in range(args.batches)]
+    batches = [
+        batch_figures(
+            draw(entries, step * stage.prompts_per_step, stage.prompts_per_step, args.seed),
+            ids,
+            stage.samples_per_prompt,
+            args.own,
+        )
+        for step in range(args.batches)
+    ]
 
     def mean(key):
         return statistics.mean(b[key] for b in batches)
 
     blocks = [n for b in batches for n in b["common_prefix_same_classes"]]
-    record = {"benchmark": "prompts", "stage": stage.name, "data": stage.data, "entries": len(entries),
-              "prompts_per_step": stage.prompts_per_step, "samples_per_prompt": stage.samples_per_prompt,
-              "own_tokens_per_sample": args.own, "batches": args.batches,
-              "prompt_tokens": {"median": statistics.median(lengths), "p90": lengths[int(0.9 * (len(lengths) - 1))],
-                                "max": lengths[-1], "min": lengths[0]},
-              "per_batch_mean": {key: mean(key) for key in ("prompts", "distinct_prompts", "class_sets", "unshared",
-                                                            "group", "tree", "classes_tree")},
-              "group_saves_of_prompt_tokens": 1 - mean("group") / mean("unshared"),
-              "tree_saves_of_prompt_tokens_beyond_group": mean("tree_saves_of_prompt_tokens"),
-              "tree_saves_of_held_tokens_beyond_group": mean("tree_saves_of_held_tokens"),
-              "common_prefix_same_classes": {"pairs_of_batches": len(blocks),
-                                             "median": statistics.median(blocks) if blocks else 0,
-                                             "min": min(blocks, default=0), "max": max(blocks, default=0)},
-              "per_batch": [{k: v for k, v in b.items() if k != "common_prefix_same_classes"} for b in batches]}
+    record = {
+        "benchmark": "prompts",
+        "stage": stage.name,
+        "data": stage.data,
+        "entries": len(entries),
+        "prompts_per_step": stage.prompts_per_step,
+        "samples_per_prompt": stage.samples_per_prompt,
+        "own_tokens_per_sample": args.own,
+        "batches": args.batches,
+        "prompt_tokens": {
+            "median": statistics.median(lengths),
+            "p90": lengths[int(0.9 * (len(lengths) - 1))],
+            "max": lengths[-1],
+            "min": lengths[0],
+        },
+        "per_batch_mean": {
+            key: mean(key)
+            for key in ("prompts", "distinct_prompts", "class_sets", "unshared", "group", "tree", "classes_tree")
+        },
+        "group_saves_of_prompt_tokens": 1 - mean("group") / mean("unshared"),
+        "tree_saves_of_prompt_tokens_beyond_group": mean("tree_saves_of_prompt_tokens"),
+        "tree_saves_of_held_tokens_beyond_group": mean("tree_saves_of_held_tokens"),
+        "common_prefix_same_classes": {
+            "pairs_of_batches": len(blocks),
+            "median": statistics.median(blocks) if blocks else 0,
+            "min": min(blocks, default=0),
+            "max": max(blocks, default=0),
+        },
+        "per_batch": [{k: v for k, v in b.items() if k != "common_prefix_same_classes"} for b in batches],
+    }
     print_json(record)
     return record

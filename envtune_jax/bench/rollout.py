@@ -22,6 +22,7 @@ environment's share is the least it can be. Prints one JSON line; a progress bar
 iterations and shows what the current one is doing (rollout episodes done / total, environment, update,
 compiling).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,17 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="a recipe YAML (configs/recipes/...)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. sampler.batch_size=64")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. sampler.batch_size=64"
+    )
     parser.add_argument("--stage", default=None, help="stage name (default: the recipe's first)")
     parser.add_argument("--prompts", type=int, default=None, help="prompts per iteration (default: the stage's)")
     parser.add_argument("--samples", type=int, default=None, help="samples per prompt G (default: the stage's)")
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations after the first")
     parser.add_argument("--no-warmup", action="store_true", help="no untimed first iteration (smoke tests)")
-    parser.add_argument("--profile", default=None, metavar="DIR", help="write a jax.profiler trace of one extra iteration")
+    parser.add_argument(
+        "--profile", default=None, metavar="DIR", help="write a jax.profiler trace of one extra iteration"
+    )
 
 
 def check_arguments(args) -> None:
@@ -62,7 +67,11 @@ def choose_stage(stages, name: str | None):
 
 def iteration_shares(metrics: dict, wall_s: float) -> dict:
     """Fractions of one iteration's wall time in generation, environment, training and the rest."""
-    parts = {"generation": metrics["generation_s"], "environment": metrics["environment_s"], "train": metrics["train_s"]}
+    parts = {
+        "generation": metrics["generation_s"],
+        "environment": metrics["environment_s"],
+        "train": metrics["train_s"],
+    }
     shares = {name: seconds / wall_s for name, seconds in parts.items()}
     shares["other"] = max(0.0, 1.0 - sum(shares.values()))
     return shares
@@ -82,8 +91,9 @@ class IterationHook:
         from envtune_jax.bench.profiling import maybe_trace
 
         profiled = index > self.iterations
-        self.display.prefix = ("warm-up | " if index == 0 else "profiled | " if profiled
-                               else f"timed {index}/{self.iterations} | ")
+        self.display.prefix = (
+            "warm-up | " if index == 0 else "profiled | " if profiled else f"timed {index}/{self.iterations} | "
+        )
         if profiled:
             self._trace.enter_context(maybe_trace(self.profile_dir))
 
@@ -102,9 +112,9 @@ def run(args) -> dict:
 
     from envtune_jax.cli.common import print_json
     from envtune_jax.config import ConfigError
+    from envtune_jax.environments.bfcl_env import BfclEpisode
     from envtune_jax.mesh import make_mesh, resolve_mesh_shape
     from envtune_jax.progress import PhaseDisplay
-    from envtune_jax.environments.bfcl_env import BfclEpisode
     from envtune_jax.rl.grpo_loop import build_learner, run_grpo, stage_settings
     from envtune_jax.rl.model_loader import load_run_model
     from envtune_jax.rl.run_config import load_run_config
@@ -128,8 +138,11 @@ def run(args) -> dict:
     entries = load_subset(stage.data, cfg.data.source, cfg.data.data_dir, cfg.data.limit_per_category, length)
     settings = stage_settings(cfg, stage)
     rollout_cfg = settings.rollout
-    indices = ([] if args.no_warmup else [0]) + list(range(1, args.iterations + 1)) + \
-        ([args.iterations + 1] if args.profile else [])
+    indices = (
+        ([] if args.no_warmup else [0])
+        + list(range(1, args.iterations + 1))
+        + ([args.iterations + 1] if args.profile else [])
+    )
     bar = tqdm(total=len(indices), desc="bench rollout", unit="iteration", file=sys.stderr)
     display = PhaseDisplay(bar)
     hook = IterationHook(bar, display, args.iterations, args.profile)
@@ -146,32 +159,62 @@ def run(args) -> dict:
     bar.close()
     walls = [wall for _, wall in timed]
     wall = statistics.mean(walls)
-    mean = {k: statistics.mean(m[k] for m, _ in timed)
-            for k in ("generation_s", "environment_s", "train_s", "sampled_tokens", "tokens",
-                      "reward_mean", "train_tflops", "episode_tokens_mean", "turns_mean", "steps_mean",
-                      "decode_calls", "slot_occupancy")}
+    mean = {
+        k: statistics.mean(m[k] for m, _ in timed)
+        for k in (
+            "generation_s",
+            "environment_s",
+            "train_s",
+            "sampled_tokens",
+            "tokens",
+            "reward_mean",
+            "train_tflops",
+            "episode_tokens_mean",
+            "turns_mean",
+            "steps_mean",
+            "decode_calls",
+            "slot_occupancy",
+        )
+    }
     episodes = prompts * samples
     record = {
-        "benchmark": "rollout", "recipe": str(args.recipe), "overrides": list(args.overrides), "stage": stage.name,
-        "model": cfg.model.preset or cfg.model.hf or cfg.model.ckpt, "random_weights": bool(cfg.model.preset),
-        "params": model.config.num_params, "prompts": prompts, "samples_per_prompt": samples,
-        "episodes_per_iteration": episodes, "iterations": args.iterations,
-        "sampler_batch_size": cfg.sampler.batch_size, "max_new_tokens_per_step": rollout_cfg.max_new_tokens_per_step,
-        "episodes_per_min": 60.0 * episodes / wall, "iteration_s": wall,
+        "benchmark": "rollout",
+        "recipe": str(args.recipe),
+        "overrides": list(args.overrides),
+        "stage": stage.name,
+        "model": cfg.model.preset or cfg.model.hf or cfg.model.ckpt,
+        "random_weights": bool(cfg.model.preset),
+        "params": model.config.num_params,
+        "prompts": prompts,
+        "samples_per_prompt": samples,
+        "episodes_per_iteration": episodes,
+        "iterations": args.iterations,
+        "sampler_batch_size": cfg.sampler.batch_size,
+        "max_new_tokens_per_step": rollout_cfg.max_new_tokens_per_step,
+        "episodes_per_min": 60.0 * episodes / wall,
+        "iteration_s": wall,
         "shares": iteration_shares(mean, wall),
-        "generation_s": mean["generation_s"], "environment_s": mean["environment_s"], "train_s": mean["train_s"],
+        "generation_s": mean["generation_s"],
+        "environment_s": mean["environment_s"],
+        "train_s": mean["train_s"],
         "sampled_tok_s": mean["sampled_tokens"] / max(mean["generation_s"], 1e-9),
-        "sampled_tokens_per_iteration": mean["sampled_tokens"], "train_tokens_per_iteration": mean["tokens"],
-        "episode_tokens_mean": mean["episode_tokens_mean"], "turns_mean": mean["turns_mean"],
-        "steps_mean": mean["steps_mean"], "decode_calls": mean["decode_calls"],
+        "sampled_tokens_per_iteration": mean["sampled_tokens"],
+        "train_tokens_per_iteration": mean["tokens"],
+        "episode_tokens_mean": mean["episode_tokens_mean"],
+        "turns_mean": mean["turns_mean"],
+        "steps_mean": mean["steps_mean"],
+        "decode_calls": mean["decode_calls"],
         "slot_occupancy": mean["slot_occupancy"],
         "train_tflops_per_s": mean["train_tflops"],
         "mfu": statistics.mean(m["mfu"] for m, _ in timed) if "mfu" in timed[0][0] else None,
         "reward_mean": mean["reward_mean"],
         "first_iteration_s": first_wall,
         "first_iteration_shares": None if first is None else iteration_shares(first, first_wall),
-        "compilations": dict(learner.engine.trace_counts), "profile_dir": args.profile,
-        "device_kind": jax.devices()[0].device_kind, "num_devices": len(jax.devices()), "jax": jax.__version__,
+        "compilations": dict(learner.engine.trace_counts),
+        "profile_dir": args.profile,
+        "device_kind": jax.devices()[0].device_kind,
+        "num_devices": len(jax.devices()),
+        "jax": jax.__version__,
     }
     print_json(record)
     return record

@@ -13,6 +13,7 @@ Weights are random, in `--dtype` (default bfloat16 weights and compute, as the H
 float32 weights) and created on their devices by the model loader (rl/model_loader.py).
 Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,17 +29,28 @@ REMAT_CHOICES = RematPolicy.__args__  # type: ignore[attr-defined]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help="model shapes (qwen3-4b, qwen3-0.6b, tiny, ...)")
     parser.add_argument("--random-weights", action="store_true", help="random weights created on device (required)")
-    parser.add_argument("--model-config", action="append", default=[], metavar="FIELD=VALUE",
-                        help="change a field of the preset's Qwen3Config (repeatable), e.g. vocab_size=1000")
+    parser.add_argument(
+        "--model-config",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a field of the preset's Qwen3Config (repeatable), e.g. vocab_size=1000",
+    )
     parser.add_argument("--batch", type=int, default=8, help="sequences per step (B)")
     parser.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (L)")
-    parser.add_argument("--micro-batch", type=int, default=0, help="rows per gradient-accumulation micro-batch (0: all)")
+    parser.add_argument(
+        "--micro-batch", type=int, default=0, help="rows per gradient-accumulation micro-batch (0: all)"
+    )
     parser.add_argument("--remat", default="none", choices=REMAT_CHOICES, help="per-layer rematerialisation policy")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the warm-up step")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights and compute")
     parser.add_argument("--attention", default="reference", choices=ATTENTION_CHOICES)
-    parser.add_argument("--kl-coef", type=float, default=0.0,
-                        help="KL weight; > 0 adds a reference forward per step (not counted in model FLOPs)")
+    parser.add_argument(
+        "--kl-coef",
+        type=float,
+        default=0.0,
+        help="KL weight; > 0 adds a reference forward per step (not counted in model FLOPs)",
+    )
     parser.add_argument("--logprob-chunk-t", type=int, default=512, help="tokens per vocabulary-projection chunk")
     parser.add_argument("--logprob-chunk-v", type=int, default=16384, help="vocabulary columns per chunk")
     parser.add_argument("--probe", action="store_true", help="measure the matmul rate instead of the table")
@@ -77,8 +89,9 @@ def check_rows_split_over_mesh(batch: int, micro_batch: int, mesh) -> None:
     data_parallel = sizes.get("data", 1) * sizes.get("fsdp", 1)
     for name, rows in (("--batch", batch), ("--micro-batch", micro_batch or batch)):
         if rows % data_parallel:
-            raise ConfigError(f"{name} {rows} is not a multiple of the {data_parallel} data-parallel devices "
-                              f"(mesh {sizes})")
+            raise ConfigError(
+                f"{name} {rows} is not a multiple of the {data_parallel} data-parallel devices (mesh {sizes})"
+            )
 
 
 def synthetic_batch(batch: int, seq_len: int, vocab_size: int, seed: int):
@@ -105,15 +118,18 @@ def place_batch(batch, mesh):
     if mesh is None:
         return jax.device_put(batch)
     axes = ("act_batch", "act_seq")
-    return jax.tree.map(lambda x: jax.device_put(x, named_sharding(mesh, axes[:x.ndim], x.shape)), batch)
+    return jax.tree.map(lambda x: jax.device_put(x, named_sharding(mesh, axes[: x.ndim], x.shape)), batch)
 
 
 def model_flops_report(num_params: int, tokens_per_step: int, step_s: float, matmul_flops_per_s: float) -> dict:
     """tokens/s, model TFLOP/s (6·params·tokens/s) and MFU (its fraction of the matmul rate)."""
     tokens_per_s = tokens_per_step / step_s
     model_flops_per_s = 6 * num_params * tokens_per_s
-    return {"tokens_per_s": tokens_per_s, "model_tflops_per_s": model_flops_per_s / 1e12,
-            "mfu": model_flops_per_s / matmul_flops_per_s}
+    return {
+        "tokens_per_s": tokens_per_s,
+        "model_tflops_per_s": model_flops_per_s / 1e12,
+        "mfu": model_flops_per_s / matmul_flops_per_s,
+    }
 
 
 def run(args) -> dict:
@@ -122,10 +138,10 @@ def run(args) -> dict:
     import jax
     from flax import nnx
 
-    from envtune_jax.device_limits import device_limits
     from envtune_jax.bench.generate import CompileTimer, model_config_changes
     from envtune_jax.bench.profiling import maybe_trace
     from envtune_jax.cli.common import parse_mesh, print_json
+    from envtune_jax.device_limits import device_limits
     from envtune_jax.rl.model_loader import load_model
     from envtune_jax.rl.optimizer import OptimizerConfig
     from envtune_jax.rl.rl_config import LossConfig
@@ -134,16 +150,32 @@ def run(args) -> dict:
     check_arguments(args)
     mesh = parse_mesh(args.mesh)
     check_rows_split_over_mesh(args.batch, args.micro_batch, mesh)
-    model = load_model(use="train", preset=args.preset, param_dtype=args.dtype, dtype=args.dtype, mesh=mesh,
-                       seed=args.seed, preset_changes=model_config_changes(args.model_config),
-                       attention_impl=args.attention, remat=args.remat).model
+    model = load_model(
+        use="train",
+        preset=args.preset,
+        param_dtype=args.dtype,
+        dtype=args.dtype,
+        mesh=mesh,
+        seed=args.seed,
+        preset_changes=model_config_changes(args.model_config),
+        attention_impl=args.attention,
+        remat=args.remat,
+    ).model
     cfg = model.config
     graphdef, params = nnx.split(model, nnx.Param)
     del model
     loss_cfg = LossConfig(kl_coef=args.kl_coef)
-    trainer = Trainer(graphdef, loss_cfg, OptimizerConfig(),
-                      TrainStepConfig(micro_batch_size=args.micro_batch, logprob_chunk_t=args.logprob_chunk_t,
-                                      logprob_chunk_v=args.logprob_chunk_v, old_logprobs="sampler"))
+    trainer = Trainer(
+        graphdef,
+        loss_cfg,
+        OptimizerConfig(),
+        TrainStepConfig(
+            micro_batch_size=args.micro_batch,
+            logprob_chunk_t=args.logprob_chunk_t,
+            logprob_chunk_v=args.logprob_chunk_v,
+            old_logprobs="sampler",
+        ),
+    )
     on_mesh = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
     with on_mesh:
         ref_params = jax.tree.map(lambda x: x.copy(), params) if args.kl_coef > 0 else None
@@ -173,18 +205,33 @@ def run(args) -> dict:
     tokens_per_step = args.batch * args.seq_len
     stats = devices[0].memory_stats() or {}
     record = {
-        "benchmark": "train", "model": args.preset, "params": cfg.num_params,
-        "batch": args.batch, "seq_len": args.seq_len, "padded_shape": {"T": int(batch.tokens_bt.shape[1]),
-                                                                       "K": int(batch.mask_bk.shape[1])},
-        "micro_batch": args.micro_batch or args.batch, "remat": args.remat, "attention": args.attention,
-        "dtype": args.dtype, "kl_coef": args.kl_coef, "optimizer": "adamw (fp32 moments), clip 1.0",
-        "steps": args.steps, "tokens_per_step": tokens_per_step,
-        "step_s": step_s, "step_s_median": statistics.median(step_times), "step_s_min": min(step_times),
+        "benchmark": "train",
+        "model": args.preset,
+        "params": cfg.num_params,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "padded_shape": {"T": int(batch.tokens_bt.shape[1]), "K": int(batch.mask_bk.shape[1])},
+        "micro_batch": args.micro_batch or args.batch,
+        "remat": args.remat,
+        "attention": args.attention,
+        "dtype": args.dtype,
+        "kl_coef": args.kl_coef,
+        "optimizer": "adamw (fp32 moments), clip 1.0",
+        "steps": args.steps,
+        "tokens_per_step": tokens_per_step,
+        "step_s": step_s,
+        "step_s_median": statistics.median(step_times),
+        "step_s_min": min(step_times),
         **model_flops_report(cfg.num_params, tokens_per_step, step_s, limits.matmul_flops_per_s),
-        "compile_s": compile_s, "first_step_s": first_step_s,
-        "loss": metrics["loss"], "model_tokens": metrics["model_tokens"],
-        "limits": limits.as_dict(), "peak_memory_bytes": stats.get("peak_bytes_in_use"), "profile_dir": args.profile,
-        "device_kind": devices[0].device_kind, "num_devices": len(devices),
+        "compile_s": compile_s,
+        "first_step_s": first_step_s,
+        "loss": metrics["loss"],
+        "model_tokens": metrics["model_tokens"],
+        "limits": limits.as_dict(),
+        "peak_memory_bytes": stats.get("peak_bytes_in_use"),
+        "profile_dir": args.profile,
+        "device_kind": devices[0].device_kind,
+        "num_devices": len(devices),
         "mesh": dict(zip(mesh.axis_names, mesh.axis_sizes)) if mesh is not None else None,
         "jax": jax.__version__,
     }
@@ -196,8 +243,9 @@ def main(argv=None) -> int:
     """The plain-script entry point (benchmarks/bench_train.py)."""
     from envtune_jax.config import ConfigError
 
-    parser = argparse.ArgumentParser(prog="bench_train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     try:
         run(parser.parse_args(argv))

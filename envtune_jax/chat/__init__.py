@@ -1,5 +1,6 @@
 """The chat protocol: Qwen3 tokenizer, prompt rendering (qwen_fc / paper), tool-call parsing, and the
 token-level conversation builder. This package is the only place that knows Qwen's text format."""
+
 from envtune_jax.chat.bfcl_prompt import (
     bfcl_history_assistant_message,
     bfcl_holdout_turn_message,
@@ -25,9 +26,28 @@ from envtune_jax.chat.tokenizer import (
 )
 
 __all__ = [
-    "ChatConfig", "ConversationError", "MessageError", "PaperPromptVariant", "ParseResult", "PromptStyle",
-    "Segment", "TokenConversation", "TokenizerLoadError", "ToolCall", "bfcl_history_assistant_message",
-    "bfcl_holdout_turn_message", "bfcl_tool_docs_for_prompt", "bfcl_turn_messages", "default_tokenizer",
-    "encode_text", "load_tokenizer", "parse_tool_calls", "render_assistant_body", "render_environment_segment",
-    "render_messages", "render_tool_call", "save_tokenizer", "validate_messages",
+    "ChatConfig",
+    "ConversationError",
+    "MessageError",
+    "PaperPromptVariant",
+    "ParseResult",
+    "PromptStyle",
+    "Segment",
+    "TokenConversation",
+    "TokenizerLoadError",
+    "ToolCall",
+    "bfcl_history_assistant_message",
+    "bfcl_holdout_turn_message",
+    "bfcl_tool_docs_for_prompt",
+    "bfcl_turn_messages",
+    "default_tokenizer",
+    "encode_text",
+    "load_tokenizer",
+    "parse_tool_calls",
+    "render_assistant_body",
+    "render_environment_segment",
+    "render_messages",
+    "render_tool_call",
+    "save_tokenizer",
+    "validate_messages",
 ]

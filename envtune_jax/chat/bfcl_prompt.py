@@ -15,6 +15,7 @@ Facts reproduced here (bfcl_eval 2026.3.23, `utils.load_dataset_entry` and `Base
   `history_renders_officially` says whether the official formatter can render such a message: when it
   cannot, the harness fails at its next query, and the entry is an inference error.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,9 @@ def bfcl_holdout_turn_message(held_out_docs: Sequence[Mapping[str, Any]]) -> dic
     return {"role": "user", "content": f"{[dict(doc) for doc in held_out_docs]}\n{HOLDOUT_TURN_SENTENCE}"}
 
 
-def bfcl_turn_messages(question_turn: Sequence[Mapping[str, Any]],
-                       held_out_docs: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+def bfcl_turn_messages(
+    question_turn: Sequence[Mapping[str, Any]], held_out_docs: Sequence[Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """The messages that open a turn: the entry's own turn, or the hold-out message for an empty turn."""
     if question_turn:
         return [dict(message) for message in question_turn]

@@ -1,4 +1,5 @@
 """The chat protocol's configuration: which prompt style, and which curriculum prompt (stage 1/2 or 3/4)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,4 +32,5 @@ class ChatConfig:
             raise ValueError(f"chat.style must be one of {list(PROMPT_STYLES)}, got {self.style!r}")
         if self.paper_variant not in PAPER_PROMPT_VARIANTS:
             raise ValueError(
-                f"chat.paper_variant must be one of {list(PAPER_PROMPT_VARIANTS)}, got {self.paper_variant!r}")
+                f"chat.paper_variant must be one of {list(PAPER_PROMPT_VARIANTS)}, got {self.paper_variant!r}"
+            )

@@ -8,6 +8,7 @@ for any other output the sampled ids stay as they were, which keeps policy-gradi
 A sampled step that ends without <|im_end|> (length cut, <|endoftext|>) is closed by an <|im_end|>
 that the environment segment supplies with loss mask 0, and its segment is marked `unterminated`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -136,15 +137,17 @@ class TokenConversation:
 
     def sampled_text(self, segment: Segment) -> str:
         """The decoded text of one assistant segment without its <|im_end|> (what the parser reads)."""
-        ids = self._ids[segment.start:segment.end]
+        ids = self._ids[segment.start : segment.end]
         if ids and ids[-1] == self.im_end_id:
             ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def parse_last_step(self, offered_tool_names: Collection[str] | None,
-                        known_tool_names: Collection[str] | None = None) -> ParseResult:
+    def parse_last_step(
+        self, offered_tool_names: Collection[str] | None, known_tool_names: Collection[str] | None = None
+    ) -> ParseResult:
         """Parses the latest assistant segment with this conversation's style (calls by the official rule)."""
         if not self._segments or self._segments[-1].kind != "assistant":
             raise ConversationError("parse_last_step() needs an assistant segment at the end")
-        return parse_tool_calls(self.sampled_text(self._segments[-1]), offered_tool_names, self.config.style,
-                                known_tool_names)
+        return parse_tool_calls(
+            self.sampled_text(self._segments[-1]), offered_tool_names, self.config.style, known_tool_names
+        )

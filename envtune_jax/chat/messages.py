@@ -7,6 +7,7 @@ harness keeps whatever the model wrote) and `"reasoning_content": str`; a tool m
 (ignored).
 `validate_messages` rejects anything else with a `MessageError` that names the message and the field.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal, Mapping, Sequence

@@ -13,6 +13,7 @@ Reproduces bfcl_eval 2026.3.23 `QwenFCHandler` (`_parse_query_response_prompting
 - the history keeps the parsed JSON of every block of the whole output, reasoning included
   (`extract_json_blocks`); see `bfcl_prompt.bfcl_history_assistant_message`.
 """
+
 from __future__ import annotations
 
 import dataclasses

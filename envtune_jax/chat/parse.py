@@ -10,6 +10,7 @@ are not calls (which make the whole step undecodable), tags without their pair.
 - "paper": the step must be <think>…</think> then either <tool_call> blocks or one <answer>…</answer>,
   with nothing but whitespace around them; deviations are format errors, calls are still decoded.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,7 @@ import re
 from typing import Collection
 
 from envtune_jax.chat import parse_errors as pe
-from envtune_jax.chat.chat_config import PromptStyle, PROMPT_STYLES
+from envtune_jax.chat.chat_config import PROMPT_STYLES, PromptStyle
 from envtune_jax.chat.official_decode import CallBlock, ToolCall, calls_of_blocks, scan_blocks, split_reasoning
 
 _LOOSE_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
@@ -55,7 +56,7 @@ class ParseResult:
 def _gaps(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, str]]:
     """The pieces of `text` outside the given (sorted, disjoint) spans, in order, with their offsets."""
     cuts = [0, *(bound for span in spans for bound in span), len(text)]
-    return [(cuts[i], text[cuts[i]:cuts[i + 1]]) for i in range(0, len(cuts), 2)]
+    return [(cuts[i], text[cuts[i] : cuts[i + 1]]) for i in range(0, len(cuts), 2)]
 
 
 def _paper_layout_errors(matches: list[re.Match], gaps: list[str]) -> list[pe.ParseError]:
@@ -94,13 +95,19 @@ def _block_errors(visible: str, blocks: list[CallBlock], ordinal: dict[int, int]
         loose = list(_LOOSE_BLOCK.finditer(gap))
         found += [(offset + m.start(), pe.MalformedBlockError(ordinal[offset + m.start()])) for m in loose]
         for piece_offset, piece in _gaps(gap, [m.span() for m in loose]):
-            found += [(offset + piece_offset + m.start(), pe.UnmatchedTagError(tag=m.group()))
-                      for m in _CALL_TAG.finditer(piece)]
+            found += [
+                (offset + piece_offset + m.start(), pe.UnmatchedTagError(tag=m.group()))
+                for m in _CALL_TAG.finditer(piece)
+            ]
     return found
 
 
-def parse_tool_calls(text: str, offered_tool_names: Collection[str] | None = None, style: PromptStyle = "qwen_fc",
-                     known_tool_names: Collection[str] | None = None) -> ParseResult:
+def parse_tool_calls(
+    text: str,
+    offered_tool_names: Collection[str] | None = None,
+    style: PromptStyle = "qwen_fc",
+    known_tool_names: Collection[str] | None = None,
+) -> ParseResult:
     """Parses a model step. `offered_tool_names` None accepts any name; a name outside it is a
     ToolNotOfferedError if it is in `known_tool_names` (e.g. withheld this turn), else an UnknownToolError."""
     if style not in PROMPT_STYLES:
@@ -134,7 +141,9 @@ def parse_tool_calls(text: str, offered_tool_names: Collection[str] | None = Non
             continue
         if offered_tool_names is not None and call.name not in offered_tool_names:
             known = known_tool_names is not None and call.name in known_tool_names
-            errors.append((pe.ToolNotOfferedError if known else pe.UnknownToolError)(ordinal[block.start], name=call.name))
+            errors.append(
+                (pe.ToolNotOfferedError if known else pe.UnknownToolError)(ordinal[block.start], name=call.name)
+            )
             continue
         calls.append(call)
     return ParseResult(tuple(calls), tuple(errors), decoded, len(ordinal), reasoning, answer_text)

@@ -4,6 +4,7 @@
 protocol) or "tool" (a well-formed call to a tool that cannot be used this turn). `block_index` is the
 position of the offending <tool_call> block among the step's blocks, or None for step-level problems.
 """
+
 from __future__ import annotations
 
 import abc
@@ -114,8 +115,10 @@ class UndecodableStepError(ParseError):
 
     @property
     def message(self) -> str:
-        return ("None of the tool calls in your response were run: every <tool_call> block must hold "
-                '{"name": ..., "arguments": {...}}.')
+        return (
+            "None of the tool calls in your response were run: every <tool_call> block must hold "
+            '{"name": ..., "arguments": {...}}.'
+        )
 
 
 @dataclasses.dataclass(frozen=True)

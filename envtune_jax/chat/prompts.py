@@ -8,6 +8,7 @@ resourceful; ask the user rather than invent arguments or call unavailable tools
 the same two instructions, worded without the paper style's tags, are the leading system message (the
 official format puts a leading system message before its tools block).
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,9 @@ _ASK_RATHER_THAN_INVENT = (
     "ask the user {where} instead of guessing argument values or calling functions that do not exist."
 )
 PAPER_STAGE34_RULES = "# Guidelines\n\n" + _BE_RESOURCEFUL + _ASK_RATHER_THAN_INVENT.format(where="in your <answer>")
-QWEN_FC_STAGE34_INSTRUCTIONS = ("# Guidelines\n\n" + _BE_RESOURCEFUL
-                                + _ASK_RATHER_THAN_INVENT.format(where="in your reply"))
+QWEN_FC_STAGE34_INSTRUCTIONS = (
+    "# Guidelines\n\n" + _BE_RESOURCEFUL + _ASK_RATHER_THAN_INVENT.format(where="in your reply")
+)
 
 
 def qwen_fc_leading_instructions(variant: PaperPromptVariant) -> str | None:

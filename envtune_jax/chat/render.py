@@ -2,7 +2,8 @@
 
 "qwen_fc" reproduces, byte for byte, the official BFCL `QwenFCHandler._format_prompt` (Qwen3's chat
 template written out in Python), including its details: the system message is merged into the tools
-block (with paper_variant "stage34" the curriculum's stage 3/4 instructions open that system message); consecutive tool results share one user message; an assistant message after the last real user
+block (with paper_variant "stage34" the curriculum's stage 3/4 instructions open that system message); consecutive
+tool results share one user message; an assistant message after the last real user
 query shows its reasoning in <think> (always, if it is the last message); a tool call that equals the
 first call of its message gets a leading newline only when the message has text.
 "paper" uses the same ChatML frame and tool-result grouping, the paper system prompt, and renders an
@@ -11,12 +12,13 @@ assistant step as "<think>\\n…\\n</think>\\n" followed by its <tool_call> bloc
 `render_environment_segment` renders only what follows a sampled assistant message (which ends with
 <|im_end|>) up to the next generation prompt, so a token-level conversation can append it.
 """
+
 from __future__ import annotations
 
 import json
 from typing import Any, Mapping, Sequence
 
-from envtune_jax.chat.chat_config import PaperPromptVariant, PromptStyle, PROMPT_STYLES
+from envtune_jax.chat.chat_config import PROMPT_STYLES, PaperPromptVariant, PromptStyle
 from envtune_jax.chat.messages import Message, MessageError, validate_messages, validate_tools
 from envtune_jax.chat.prompts import paper_system_prompt, qwen_fc_leading_instructions, qwen_tools_block
 from envtune_jax.chat.special_tokens import IM_END, IM_START
@@ -82,8 +84,9 @@ def _paper_assistant_body(message: Message) -> str:
     return body + "<answer>\n" + content + "\n</answer>"
 
 
-def _system_header(messages: Sequence[Message], tools: Sequence[Message], style: PromptStyle,
-                   paper_variant: PaperPromptVariant) -> str:
+def _system_header(
+    messages: Sequence[Message], tools: Sequence[Message], style: PromptStyle, paper_variant: PaperPromptVariant
+) -> str:
     leading_system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
     if style == "qwen_fc":
         instructions = qwen_fc_leading_instructions(paper_variant)
@@ -126,9 +129,13 @@ def _check_style(style: str) -> None:
         raise ValueError(f"prompt style must be one of {list(PROMPT_STYLES)}, got {style!r}")
 
 
-def render_messages(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] = (),
-                    style: PromptStyle = "qwen_fc", add_generation_prompt: bool = True,
-                    paper_variant: PaperPromptVariant = "stage12") -> str:
+def render_messages(
+    messages: Sequence[Message],
+    tools: Sequence[Mapping[str, Any]] = (),
+    style: PromptStyle = "qwen_fc",
+    add_generation_prompt: bool = True,
+    paper_variant: PaperPromptVariant = "stage12",
+) -> str:
     """The full prompt text of a conversation; ends with '<|im_start|>assistant\\n' if add_generation_prompt."""
     _check_style(style)
     validate_messages(messages)
@@ -147,8 +154,9 @@ def render_assistant_body(message: Message, style: PromptStyle = "qwen_fc") -> s
     return _paper_assistant_body(message) if style == "paper" else _qwen_assistant_body(message, False, False)
 
 
-def render_environment_segment(messages: Sequence[Message], style: PromptStyle = "qwen_fc",
-                               add_generation_prompt: bool = True) -> str:
+def render_environment_segment(
+    messages: Sequence[Message], style: PromptStyle = "qwen_fc", add_generation_prompt: bool = True
+) -> str:
     """What follows a sampled assistant message's <|im_end|>: '\\n', the rendered `messages` (tool results,
     hints, the next user turn), then the generation prompt. Equal to the matching slice of render_messages."""
     _check_style(style)

@@ -4,6 +4,7 @@ The order and the `special` flags are those of Qwen3's `tokenizer_config.json` (
 Tokens flagged special=False (`<tool_call>`, `<think>`, ...) are still matched as single tokens in any
 input text; the flag only decides whether `decode(..., skip_special_tokens=True)` drops them.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -13,6 +13,7 @@ uses it so that a tiny model's output layer has ~8k rows instead of 151,936.
 `load_tokenizer(dir)` reads a checkpoint's `tokenizer.json`; `save_tokenizer(tok, dir)` writes
 `tokenizer.json` + `tokenizer_config.json` that transformers' `AutoTokenizer` loads unchanged.
 """
+
 from __future__ import annotations
 
 import base64
@@ -119,7 +120,8 @@ def build_qwen_tokenizer(ranks: dict[bytes, int], renumber_added: bool = False) 
     for spec in QWEN3_ADDED_TOKENS:
         if spec.token_id != next_id and not renumber_added:
             raise TokenizerLoadError(
-                f"added token {spec.content} must get id {spec.token_id}, the vocabulary gives it {next_id}")
+                f"added token {spec.content} must get id {spec.token_id}, the vocabulary gives it {next_id}"
+            )
         added = AddedToken(spec.content, special=spec.special, normalized=False, lstrip=False, rstrip=False)
         if spec.special:
             tokenizer.add_special_tokens([added])
@@ -141,7 +143,9 @@ def compact_qwen_tokenizer(num_bpe_tokens: int) -> Tokenizer:
     tokens at ids num_bpe_tokens.. (`<|im_end|>` at num_bpe_tokens + 2). Vocabulary: num_bpe_tokens + 26."""
     ranks = read_tiktoken_ranks(qwen_tiktoken_ranks_path())
     if not 256 <= num_bpe_tokens <= len(ranks):
-        raise ValueError(f"num_bpe_tokens must lie in [256, {len(ranks)}] (the single bytes at least), got {num_bpe_tokens}")
+        raise ValueError(
+            f"num_bpe_tokens must lie in [256, {len(ranks)}] (the single bytes at least), got {num_bpe_tokens}"
+        )
     kept = {token: rank for token, rank in ranks.items() if rank < num_bpe_tokens}
     return build_qwen_tokenizer(kept, renumber_added=True)
 
@@ -165,8 +169,10 @@ def check_tokenizer_fits_model(tokenizer: Tokenizer, vocab_size: int) -> None:
     with another model."""
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     if size > vocab_size:
-        raise TokenizerLoadError(f"the tokenizer has {size} ids but the model only {vocab_size} embedding rows: "
-                                 "are the tokenizer and the weights from the same model?")
+        raise TokenizerLoadError(
+            f"the tokenizer has {size} ids but the model only {vocab_size} embedding rows: "
+            "are the tokenizer and the weights from the same model?"
+        )
     stop_token_ids(tokenizer)
 
 
@@ -187,8 +193,10 @@ def has_tokenizer(tokenizer_dir: str | Path | None) -> bool:
 
 
 def no_tokenizer_note(checkpoint: str | Path) -> str:
-    return (f"{checkpoint} has no tokenizer files (tokenizer.json): the built-in Qwen3 tokenizer is used with it "
-            "(right for Qwen3 weights; otherwise copy the model's tokenizer files next to its weights)")
+    return (
+        f"{checkpoint} has no tokenizer files (tokenizer.json): the built-in Qwen3 tokenizer is used with it "
+        "(right for Qwen3 weights; otherwise copy the model's tokenizer files next to its weights)"
+    )
 
 
 _NOTED_CHECKPOINTS: set[str] = set()

@@ -1,4 +1,5 @@
 """Helpers shared by subcommands: mesh flags, the --hf / --ckpt model flags and their loading, JSON printing."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,12 @@ from envtune_jax.config import ConfigError
 
 
 def add_mesh_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
-                        help="device mesh sizes (one may be -1 = the rest); default: all devices on fsdp")
+    parser.add_argument(
+        "--mesh",
+        default=None,
+        metavar="data=D,fsdp=F,tensor=T",
+        help="device mesh sizes (one may be -1 = the rest); default: all devices on fsdp",
+    )
 
 
 def parse_mesh(spec: str | None):
@@ -35,8 +40,12 @@ def add_model_source(parser: argparse.ArgumentParser, required: bool = True) -> 
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--hf", type=Path, help="Hugging Face checkpoint directory (config.json + safetensors)")
     group.add_argument("--ckpt", type=Path, help="envtune model checkpoint (from `envtune convert`)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                        help="weights and compute (default: bfloat16, the rule for inference, docs/models.md)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="weights and compute (default: bfloat16, the rule for inference, docs/models.md)",
+    )
 
 
 def load_model_from_args(args, mesh=None, **kernels):

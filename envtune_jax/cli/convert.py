@@ -1,31 +1,40 @@
 """`envtune convert`: HF safetensors checkpoint → envtune (Orbax) model checkpoint."""
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from envtune_jax.cli import outputs, validate as check
+from envtune_jax.cli import outputs
+from envtune_jax.cli import validate as check
 from envtune_jax.cli.common import add_mesh_flag, parse_mesh
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "convert", help="HF checkpoint → envtune model checkpoint",
+        "convert",
+        help="HF checkpoint → envtune model checkpoint",
         description="Reads a Hugging Face Qwen3 checkpoint tensor by tensor (placing each shard on its "
-                    "devices) and writes an Orbax model checkpoint with the config and tokenizer files. "
-                    "An existing --out is replaced only when it is an earlier output of `envtune convert` "
-                    "(or with --overwrite); an --out that is the input, or lies inside it, is refused.",
+        "devices) and writes an Orbax model checkpoint with the config and tokenizer files. "
+        "An existing --out is replaced only when it is an earlier output of `envtune convert` "
+        "(or with --overwrite); an --out that is the input, or lies inside it, is refused.",
         epilog="examples:\n  envtune convert --hf ~/models/Qwen3-4B-Instruct-2507 --out ckpt/qwen3-4b-instruct-2507\n"
-               "  envtune convert --hf ~/models/Qwen3-4B-Instruct-2507 --out ckpt/qwen3-4b-bf16 --dtype bfloat16  "
-               "# only to evaluate or serve",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  envtune convert --hf ~/models/Qwen3-4B-Instruct-2507 --out ckpt/qwen3-4b-bf16 --dtype bfloat16  "
+        "# only to evaluate or serve",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--hf", type=Path, required=True, help="HF checkpoint directory")
     parser.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --out even if `envtune convert` did not write it")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                        help="stored parameter dtype (default: float32, which holds every stored float type exactly)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out even if `envtune convert` did not write it"
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="stored parameter dtype (default: float32, which holds every stored float type exactly)",
+    )
     add_mesh_flag(parser)
     parser.set_defaults(func=run, validate=validate)
 
@@ -39,8 +48,8 @@ def validate(args) -> None:
 def run(args) -> int:
     import jax
 
-    from envtune_jax.models import checkpointing
     from envtune_jax.chat.tokenizer import has_tokenizer, no_tokenizer_note
+    from envtune_jax.models import checkpointing
     from envtune_jax.rl.model_loader import load_model
 
     mesh = parse_mesh(args.mesh)

@@ -5,6 +5,7 @@ BFCL train entries → evaluation on the test split (a few entries per category)
 progress on the console and a summary of where everything was written. `--hf DIR` runs the same
 pipeline on a real checkpoint directory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,25 +18,37 @@ from pathlib import Path
 # that the learning test checks and docs/training.md plots (its time: docs/measurements.md).
 DEMO_SYNTHETIC_STEPS = 30
 
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="the whole pipeline on a tiny embedded default (CPU: 3-7 minutes on 2 cores, docs/measurements.md)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "demo",
+        help="the whole pipeline on a tiny embedded default (CPU: 3-7 minutes on 2 cores, docs/measurements.md)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  envtune demo\n  envtune demo --out runs/my-demo --eval-limit 2\n"
-               "  envtune demo --hf ~/models/Qwen3-0.6B")
+        "  envtune demo --hf ~/models/Qwen3-0.6B",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
-    parser.add_argument("--hf", type=Path, default=None, help="start from this HF checkpoint instead of a tiny random one")
+    parser.add_argument(
+        "--hf", type=Path, default=None, help="start from this HF checkpoint instead of a tiny random one"
+    )
     parser.add_argument("--eval-limit", type=int, default=1, help="test entries per category to evaluate (default 1)")
-    parser.add_argument("--synthetic-steps", type=int, default=DEMO_SYNTHETIC_STEPS,
-                        help="GRPO steps of the synthetic run (default %(default)s, as the learning test)")
+    parser.add_argument(
+        "--synthetic-steps",
+        type=int,
+        default=DEMO_SYNTHETIC_STEPS,
+        help="GRPO steps of the synthetic run (default %(default)s, as the learning test)",
+    )
     parser.add_argument("--skip-synthetic", action="store_true", help="skip the synthetic learning run")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into an existing --out that an earlier demo did not write")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into an existing --out that an earlier demo did not write"
+    )
     parser.set_defaults(func=run, validate=validate)
 
 
 def validate(args) -> None:
-    from envtune_jax.cli import outputs, validate as check
+    from envtune_jax.cli import outputs
+    from envtune_jax.cli import validate as check
     from envtune_jax.config import ConfigError
 
     check.at_least(args, 1, "eval_limit", "synthetic_steps")
@@ -53,8 +66,8 @@ def _banner(step: int, total: int, text: str) -> float:
 
 def write_tiny_checkpoint(out: Path) -> Path:
     """A tiny random Qwen3 in HF layout with the embedded Qwen3 tokenizer files."""
-    from envtune_jax.models import hf_io
     from envtune_jax.chat.tokenizer import save_tokenizer
+    from envtune_jax.models import hf_io
     from envtune_jax.rl.model_loader import load_model
 
     tokenizer_dir = out.parent / f"{out.name}-tokenizer"
@@ -65,26 +78,28 @@ def write_tiny_checkpoint(out: Path) -> Path:
 
 
 def run(args) -> int:
-    from envtune_jax.models import checkpointing, hf_io
-    from envtune_jax.environments.eval_report import category_table, markdown_table, write_results
+    from envtune_jax.cli import outputs
     from envtune_jax.environments.config import EnvironmentConfig
+    from envtune_jax.environments.eval_report import category_table, markdown_table, write_results
     from envtune_jax.environments.evaluation import evaluate_bfcl
     from envtune_jax.environments.splits import first_per_category, split_entries
+    from envtune_jax.models import checkpointing, hf_io
     from envtune_jax.rl.model_loader import load_model
     from envtune_jax.rl.model_policy import build_model_policy
     from envtune_jax.rl.run_config import load_run_config
     from envtune_jax.rl.synthetic_run import load_synthetic_recipe, run_synthetic
     from envtune_jax.rl.train_loop import train
 
-    from envtune_jax.cli import outputs
-
     out = args.out.absolute()
     out.mkdir(parents=True, exist_ok=True)
     outputs.mark(out, "demo", args.hf)  # a later demo may write here again
     started = time.perf_counter()
     total = 6
-    t = _banner(1, total, "tiny random Qwen3 checkpoint (HF layout, embedded Qwen3 tokenizer)" if args.hf is None
-                else f"using {args.hf}")
+    t = _banner(
+        1,
+        total,
+        "tiny random Qwen3 checkpoint (HF layout, embedded Qwen3 tokenizer)" if args.hf is None else f"using {args.hf}",
+    )
     hf_dir = args.hf or write_tiny_checkpoint(out / "hf-tiny")
     print(f"  {hf_dir} ({time.perf_counter() - t:.1f}s)")
 
@@ -95,7 +110,9 @@ def run(args) -> int:
 
     synthetic_summary = None
     if not args.skip_synthetic:
-        t = _banner(3, total, "synthetic multi-turn tool task: warm-up, then GRPO (docs/training.md: Synthetic learning run)")
+        t = _banner(
+            3, total, "synthetic multi-turn tool task: warm-up, then GRPO (docs/training.md: Synthetic learning run)"
+        )
         recipe = load_synthetic_recipe([f"stage.max_steps={args.synthetic_steps}"])
 
         def show(step, record):
@@ -104,8 +121,11 @@ def run(args) -> int:
         result = run_synthetic(recipe, out / "synthetic", on_step=show, progress=True)
         history = result.history
         synthetic_summary = (history[0]["reward_mean"], history[-1]["reward_mean"])
-        print(f"  reward {synthetic_summary[0]:.3f} → {synthetic_summary[1]:.3f}; curve: {out / 'synthetic' / 'metrics.jsonl'} "
-              f"({time.perf_counter() - t:.1f}s)")
+        print(
+            f"  reward {synthetic_summary[0]:.3f} → {synthetic_summary[1]:.3f}; "
+            f"curve: {out / 'synthetic' / 'metrics.jsonl'} "
+            f"({time.perf_counter() - t:.1f}s)"
+        )
 
     t = _banner(4, total, "4-stage curriculum on BFCL train entries (short prompts, 1 step per stage)")
     recipe = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "tiny_cpu.yaml"
@@ -118,8 +138,12 @@ def run(args) -> int:
     policy = build_model_policy(ckpt=str(run_dir / "final"), batch_size=4, max_cache_len=8192, max_new_tokens=32)
     records = evaluate_bfcl(entries, policy, EnvironmentConfig.evaluation())
     rows = category_table(records)
-    paths = write_results(out / "eval", rows, records, {"source": str(run_dir / "final"), "split": "test",
-                                                         "limit_per_category": args.eval_limit})
+    paths = write_results(
+        out / "eval",
+        rows,
+        records,
+        {"source": str(run_dir / "final"), "split": "test", "limit_per_category": args.eval_limit},
+    )
     table = markdown_table(rows)
     print(table)
     print(f"  ({time.perf_counter() - t:.1f}s)")
@@ -130,11 +154,16 @@ def run(args) -> int:
     print(f"  {exported} ({time.perf_counter() - t:.1f}s)")
 
     summary = {
-        "hf_checkpoint": str(hf_dir), "converted": str(ckpt), "synthetic_metrics": str(out / "synthetic" / "metrics.jsonl"),
-        "synthetic_reward_first_last": synthetic_summary, "train_run": str(run_dir),
-        "train_metrics": str(run_dir / "logs" / "metrics.jsonl"), "stage_exports": str(run_dir / "export"),
+        "hf_checkpoint": str(hf_dir),
+        "converted": str(ckpt),
+        "synthetic_metrics": str(out / "synthetic" / "metrics.jsonl"),
+        "synthetic_reward_first_last": synthetic_summary,
+        "train_run": str(run_dir),
+        "train_metrics": str(run_dir / "logs" / "metrics.jsonl"),
+        "stage_exports": str(run_dir / "export"),
         "eval": {name: str(path) for name, path in paths.items()},
-        "exported": str(exported), "seconds": round(time.perf_counter() - started, 1),
+        "exported": str(exported),
+        "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\nwritten:")

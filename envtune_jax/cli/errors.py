@@ -5,6 +5,7 @@ input (a config value, a missing or malformed file, a checkpoint of another mode
 errors up among the modules already imported, so that answering an error imports nothing heavy. Anything
 else is a bug and keeps its traceback. `--debug`, anywhere on the line, shows the traceback of a user error.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -7,6 +7,7 @@ eval_results.md and model_results.jsonl (official result layout) into --out. An 
 finished evaluation is refused unless --overwrite; an interrupted model or built-in policy run goes on
 when started again with the same --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,46 +25,92 @@ POLICY_CHOICES = ("oracle", "do-nothing")
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "eval", help="BFCL V3 multi-turn evaluation table (official protocol)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "eval",
+        help="BFCL V3 multi-turn evaluation table (official protocol)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  envtune eval --policy oracle --split all\n"
-               "  envtune eval --replay runs/eval-before/model_results.jsonl --split test\n"
-               "  envtune eval --hf ~/models/Qwen3-4B-Instruct-2507 --split test --categories base,miss_func")
+        "  envtune eval --replay runs/eval-before/model_results.jsonl --split test\n"
+        "  envtune eval --hf ~/models/Qwen3-4B-Instruct-2507 --split test --categories base,miss_func",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", type=Path, help="envtune model checkpoint")
     source.add_argument("--hf", type=Path, help="Hugging Face checkpoint directory")
-    source.add_argument("--replay", type=Path, nargs="+", metavar="FILE",
-                        help="recorded outputs in the official result layout (files or folders)")
+    source.add_argument(
+        "--replay",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="recorded outputs in the official result layout (files or folders)",
+    )
     source.add_argument("--policy", choices=POLICY_CHOICES, help="built-in policy")
-    parser.add_argument("--split", choices=SPLIT_CHOICES, default="test",
-                        help="entries to evaluate (scenario split, docs/environments.md); default: test")
-    parser.add_argument("--categories", default="all",
-                        help="comma-separated categories (base, long_context, miss_func, miss_param, or full "
-                             "names); default: all four")
+    parser.add_argument(
+        "--split",
+        choices=SPLIT_CHOICES,
+        default="test",
+        help="entries to evaluate (scenario split, docs/environments.md); default: test",
+    )
+    parser.add_argument(
+        "--categories",
+        default="all",
+        help="comma-separated categories (base, long_context, miss_func, miss_param, or full names); default: all four",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-<timestamp>)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a finished evaluation in --out (without it, such a folder is refused)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes for --policy/--replay runs (a model runs in this process)")
-    parser.add_argument("--data-source", choices=("tfds", "package"), default="tfds",
-                        help="read entries through the TFDS builder (default) or straight from the package")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished evaluation in --out (without it, such a folder is refused)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes for --policy/--replay runs (a model runs in this process)",
+    )
+    parser.add_argument(
+        "--data-source",
+        choices=("tfds", "package"),
+        default="tfds",
+        help="read entries through the TFDS builder (default) or straight from the package",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="TFDS data dir (default: user cache)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="evaluate only the first N entries of each category (quick checks; not comparable)")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate only the first N entries of each category (quick checks; not comparable)",
+    )
     model = parser.add_argument_group("model evaluation (--ckpt / --hf)")
     model.add_argument("--max-new-tokens", type=int, default=4096, help="per step (official: 4096)")
     model.add_argument("--batch-size", type=int, default=16, help="episodes generated together")
     model.add_argument("--max-cache-len", type=int, default=32768, help="longest conversation in tokens")
-    model.add_argument("--decode-chunk", type=int, default=128,
-                       help="tokens per decode call: a step that ends lets its episode move on while the others "
-                            "go on generating (0: every round waits for its longest step)")
-    model.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                       help="weights and compute (default: bfloat16, the rule for inference, docs/models.md)")
+    model.add_argument(
+        "--decode-chunk",
+        type=int,
+        default=128,
+        help="tokens per decode call: a step that ends lets its episode move on while the others "
+        "go on generating (0: every round waits for its longest step)",
+    )
+    model.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="weights and compute (default: bfloat16, the rule for inference, docs/models.md)",
+    )
     model.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T", help="device mesh")
-    model.add_argument("--attention", default="reference", choices=("reference", "xla", "cudnn"),
-                       help="attention for prompt / tool-response chunks (cudnn on GPU for long contexts)")
-    model.add_argument("--decode-attention", default="reference", choices=("reference", "pallas"),
-                       help="attention of one-token steps (pallas: JAX's Pallas GPU decode kernel)")
+    model.add_argument(
+        "--attention",
+        default="reference",
+        choices=("reference", "xla", "cudnn"),
+        help="attention for prompt / tool-response chunks (cudnn on GPU for long contexts)",
+    )
+    model.add_argument(
+        "--decode-attention",
+        default="reference",
+        choices=("reference", "pallas"),
+        help="attention of one-token steps (pallas: JAX's Pallas GPU decode kernel)",
+    )
     parser.set_defaults(func=run_locked, validate=validate)
 
 
@@ -119,8 +166,10 @@ def refuse_finished(out: Path, overwrite: bool) -> None:
 
     finished = (out / EVAL_SUMMARY_FILE).exists() and not (out / PROGRESS_FILE).exists()
     if finished and not overwrite:
-        raise ConfigError(f"--out {out} holds a finished evaluation ({EVAL_SUMMARY_FILE}); choose another --out, "
-                          "or pass --overwrite to replace it")
+        raise ConfigError(
+            f"--out {out} holds a finished evaluation ({EVAL_SUMMARY_FILE}); choose another --out, "
+            "or pass --overwrite to replace it"
+        )
 
 
 def run(args) -> int:
@@ -157,14 +206,22 @@ def run(args) -> int:
         records = [by_id[entry.id] for entry in entries]
     seconds = time.perf_counter() - started
     rows = category_table(records, categories)
-    metadata = {"source": source, "split": args.split, "categories": list(categories),
-                "protocol": "official (no hints, 20 tool steps per turn)", "seconds": round(seconds, 3), **extra}
+    metadata = {
+        "source": source,
+        "split": args.split,
+        "categories": list(categories),
+        "protocol": "official (no hints, 20 tool steps per turn)",
+        "seconds": round(seconds, 3),
+        **extra,
+    }
     inference_errors = sum(bool(record.inference_error) for record in records)
     if inference_errors:
         metadata["inference_errors"] = inference_errors
-        print(f"envtune eval: {inference_errors} entries kept a tool call the official prompt formatter cannot "
-              f"render, so the official harness would have stopped them with an error: they score 0",
-              file=sys.stderr)
+        print(
+            f"envtune eval: {inference_errors} entries kept a tool call the official prompt formatter cannot "
+            f"render, so the official harness would have stopped them with an error: they score 0",
+            file=sys.stderr,
+        )
     paths = write_results(out, rows, records, metadata)
     if progress is not None:
         progress.close()
@@ -183,9 +240,9 @@ def report_recordings(recordings, entries, args) -> dict:
     messages = {
         "missing": f"of {len(entries)} evaluated entries have no recording and count as wrong",
         "failed_inference": "recordings hold an error text instead of steps (a failed inference) and count as "
-                            "wrong, as in the official evaluation",
+        "wrong, as in the official evaluation",
         "turn_count": "recordings have another number of turns than their entry and count as wrong, as in the "
-                      "official evaluation",
+        "official evaluation",
         "repeated": "ids are recorded more than once with the same result (scored once)",
     }
     for reason, ids in found.items():
@@ -198,8 +255,13 @@ def report_recordings(recordings, entries, args) -> dict:
 
 def _run_identity(args, source: str, categories) -> dict:
     """What makes two evaluation runs the same run (an interrupted one resumes only into its own folder)."""
-    run = {"source": source, "split": args.split, "categories": list(categories), "limit": args.limit,
-           "data_source": args.data_source}
+    run = {
+        "source": source,
+        "split": args.split,
+        "categories": list(categories),
+        "limit": args.limit,
+        "data_source": args.data_source,
+    }
     if args.policy is None:  # a model: what changes its steps
         run |= {"max_new_tokens": args.max_new_tokens, "max_cache_len": args.max_cache_len, "dtype": args.dtype}
     return run
@@ -211,7 +273,9 @@ def live_text(live, steps: int, shown: int = 2) -> str:
     parts = []
     for episode in live[:shown]:
         turns = f"/{episode.num_turns}" if episode.num_turns else ""
-        parts.append(f"{episode.episode_id.removeprefix('multi_turn_')} turn {episode.turn + 1}{turns} step {episode.step + 1}")
+        parts.append(
+            f"{episode.episode_id.removeprefix('multi_turn_')} turn {episode.turn + 1}{turns} step {episode.step + 1}"
+        )
     more = f" (+{len(live) - shown} more)" if len(live) > shown else ""
     return f"{steps} steps | {', '.join(parts)}{more}" if parts else f"{steps} steps"
 
@@ -239,14 +303,24 @@ def _play(args, entries, progress, extra: dict, out: Path) -> list:
         from envtune_jax.cli.common import parse_mesh
         from envtune_jax.rl.model_policy import build_model_policy
 
-        policy = build_model_policy(ckpt=str(args.ckpt) if args.ckpt else None, hf_dir=str(args.hf) if args.hf else None,
-                                    batch_size=args.batch_size, max_cache_len=args.max_cache_len,
-                                    max_new_tokens=args.max_new_tokens, dtype=args.dtype, mesh=parse_mesh(args.mesh),
-                                    attention_impl=args.attention, decode_attention=args.decode_attention,
-                                    decode_chunk=args.decode_chunk)
+        policy = build_model_policy(
+            ckpt=str(args.ckpt) if args.ckpt else None,
+            hf_dir=str(args.hf) if args.hf else None,
+            batch_size=args.batch_size,
+            max_cache_len=args.max_cache_len,
+            max_new_tokens=args.max_new_tokens,
+            dtype=args.dtype,
+            mesh=parse_mesh(args.mesh),
+            attention_impl=args.attention,
+            decode_attention=args.decode_attention,
+            decode_chunk=args.decode_chunk,
+        )
         workers = 1
-        print(f"envtune eval: finished entries are saved as they end; if interrupted, run the same command with "
-              f"--out {out} to go on", file=sys.stderr)
+        print(
+            f"envtune eval: finished entries are saved as they end; if interrupted, run the same command with "
+            f"--out {out} to go on",
+            file=sys.stderr,
+        )
     bar = tqdm(total=done + len(entries), initial=done, desc="eval", unit="entry", file=sys.stderr)
     # a model's entries take many steps each: the bar shows the entries in play (turn, step) and compilations
     display = PhaseDisplay(bar) if args.policy is None else None
@@ -262,14 +336,25 @@ def _play(args, entries, progress, extra: dict, out: Path) -> list:
 
     keep_history = args.policy is None  # only a model reads the conversation
     try:
-        records = evaluate_bfcl(entries, policy, EnvironmentConfig.evaluation(), workers, keep_history=keep_history,
-                                on_record=on_record, on_round=on_round if display is not None else None)
+        records = evaluate_bfcl(
+            entries,
+            policy,
+            EnvironmentConfig.evaluation(),
+            workers,
+            keep_history=keep_history,
+            on_record=on_record,
+            on_round=on_round if display is not None else None,
+        )
     finally:
         if display is not None:
             display.close()
         bar.close()
     if args.policy is None:  # a model: how its generation went
         stats = policy.stats
-        extra["generation"] = {"decode_calls": stats.decode_calls, "slot_occupancy": round(stats.slot_occupancy, 4),
-                               "prompt_tokens": stats.prompt_tokens, "prefilled_tokens": stats.prefilled_tokens}
+        extra["generation"] = {
+            "decode_calls": stats.decode_calls,
+            "slot_occupancy": round(stats.slot_occupancy, 4),
+            "prompt_tokens": stats.prompt_tokens,
+            "prefilled_tokens": stats.prefilled_tokens,
+        }
     return records

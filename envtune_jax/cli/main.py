@@ -8,6 +8,7 @@ Bad input is answered with one line on stderr and exit status 2 (envtune_jax/cli
 anywhere on the line, shows the traceback instead. Heavy imports (jax, transformers) happen inside `func`
 so `envtune --help` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Environment Tuning for multi-turn tool-use agents (Qwen3, JAX/Flax NNX, BFCL V3).",
     )
     parser.add_argument("--version", action="version", version=f"envtune-jax {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error (accepted anywhere on the line)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (accepted anywhere on the line)"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in SUBCOMMANDS:
         module.register(subparsers)

@@ -5,6 +5,7 @@ Before anything is loaded, `check_replaceable` refuses an --out that is the inpu
 it, and an existing --out that is not an earlier output of the same command (a folder with other files, a
 plain file, another command's output), unless --overwrite. An empty folder is fine.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -33,19 +34,24 @@ def check_replaceable(out: Path, inputs: dict[str, Path], command: str, overwrit
     if overwrite:
         return
     if not out.is_dir() or out.is_symlink():
-        raise ConfigError(f"--out {out} exists and is not a folder; choose another --out, or pass --overwrite "
-                          "to replace it")
+        raise ConfigError(
+            f"--out {out} exists and is not a folder; choose another --out, or pass --overwrite to replace it"
+        )
     entries = sorted(entry.name for entry in out.iterdir())
     if not entries:
         return
     written_by = marker(out).get("command")
     if written_by == command:
         return
-    what = (f"the output of `envtune {written_by}`" if written_by
-            else f"{len(entries)} entries that `envtune {command}` did not write ({', '.join(entries[:3])}"
-                 f"{', ...' if len(entries) > 3 else ''})")
-    raise ConfigError(f"--out {out} exists and holds {what}; choose another --out, or pass --overwrite to "
-                      "replace the whole folder")
+    what = (
+        f"the output of `envtune {written_by}`"
+        if written_by
+        else f"{len(entries)} entries that `envtune {command}` did not write ({', '.join(entries[:3])}"
+        f"{', ...' if len(entries) > 3 else ''})"
+    )
+    raise ConfigError(
+        f"--out {out} exists and holds {what}; choose another --out, or pass --overwrite to replace the whole folder"
+    )
 
 
 def marker(out: Path) -> dict:
@@ -59,8 +65,11 @@ def marker(out: Path) -> dict:
 
 def mark(out: Path, command: str, source: Path | None) -> None:
     """Records that `out` is the output of `command` (call once it is completely written)."""
-    record = {"command": command, "source": str(Path(source).absolute()) if source is not None else None,
-              "written": datetime.datetime.now().isoformat(timespec="seconds")}
+    record = {
+        "command": command,
+        "source": str(Path(source).absolute()) if source is not None else None,
+        "written": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
     (out / MARKER_FILE).write_text(json.dumps(record, indent=1) + "\n")
 
 

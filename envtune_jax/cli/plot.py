@@ -1,4 +1,5 @@
 """`envtune plot RUN_DIR`: a training run's curves (reward, accuracy, KL, entropy, gradient norm) as a PNG."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,13 +11,18 @@ INSTALL_HINT = "pip install 'envtune-jax[plot]'"
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "plot", help="draw a training run's curves to a PNG (needs matplotlib: the plot extra)",
+        "plot",
+        help="draw a training run's curves to a PNG (needs matplotlib: the plot extra)",
         description="Reads RUN_DIR/logs/metrics.jsonl (what `envtune train` writes, also while it runs) and draws "
-                    "reward, train and validation accuracy, KL, entropy and gradient norm per optimizer step, "
-                    "with the stage boundaries marked.",
-        epilog="examples:\n  envtune plot runs/qwen3-4b-envtuning\n  envtune plot runs/qwen3-4b-envtuning --out curves.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder of `envtune train` (or its metrics.jsonl)")
+        "reward, train and validation accuracy, KL, entropy and gradient norm per optimizer step, "
+        "with the stage boundaries marked.",
+        epilog="examples:\n  envtune plot runs/qwen3-4b-envtuning\n"
+        "  envtune plot runs/qwen3-4b-envtuning --out curves.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a run folder of `envtune train` (or its metrics.jsonl)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="PNG to write (default: RUN_DIR/curves.png)")
     parser.set_defaults(func=run, validate=validate, uses_jax=False)
 

@@ -5,6 +5,7 @@ the value and what would be accepted, so that a bad command fails in well under 
 after minutes of imports and loading. Only light modules are imported here (the config dataclasses,
 `envtune_jax.models.config`, `envtune_jax.models.hf_files`, the chat message checks).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,13 @@ from typing import Any
 from envtune_jax.config import ConfigError, check_name
 from envtune_jax.mesh import MESH_AXES, MeshConfig, resolve_mesh_shape
 
-DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_STEP_NODELIST", "TPU_WORKER_HOSTNAMES",
-                   "MEGASCALE_COORDINATOR_ADDRESS", "ENVTUNE_DISTRIBUTED")
+DISTRIBUTED_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "SLURM_STEP_NODELIST",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+    "ENVTUNE_DISTRIBUTED",
+)
 
 
 def flag(dest: str) -> str:
@@ -38,8 +44,13 @@ def sampling_flags(args) -> None:
 
     at_least(args, 1, "max_new_tokens")
     try:
-        SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
-                       max_new_tokens=args.max_new_tokens)
+        SamplingParams(
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            greedy=args.greedy,
+            max_new_tokens=args.max_new_tokens,
+        )
     except ValueError as exc:  # "<field> must be ..."
         name, _, rest = str(exc).partition(" ")
         named = name in ("temperature", "top_k", "top_p", "max_new_tokens")
@@ -136,11 +147,15 @@ def recipe(path: Path, overrides: list[str]):
     source = cfg.model
     chosen = [name for name in ("hf", "ckpt", "preset") if getattr(source, name)]
     if not chosen:
-        raise ConfigError(f"{path} names no model: set model.hf, model.ckpt or model.preset, or run a recipe "
-                          "that extends it (`base:`) and names one")
+        raise ConfigError(
+            f"{path} names no model: set model.hf, model.ckpt or model.preset, or run a recipe "
+            "that extends it (`base:`) and names one"
+        )
     if len(chosen) != 1:
-        raise ConfigError(f"model: set exactly one of hf, ckpt, preset (got {', '.join(chosen) or 'none'}); e.g. "
-                          "model.ckpt=ckpt/qwen3-4b model.preset=null")
+        raise ConfigError(
+            f"model: set exactly one of hf, ckpt, preset (got {', '.join(chosen) or 'none'}); e.g. "
+            "model.ckpt=ckpt/qwen3-4b model.preset=null"
+        )
     if source.hf:
         hf_checkpoint(source.hf, "model.hf")
     elif source.ckpt:
@@ -160,7 +175,8 @@ def preset_name(name: str, what: str = "--preset") -> None:
 
 def hf_checkpoint(path: str | Path, what: str = "--hf") -> None:
     """`path` is a Hugging Face Qwen3 checkpoint whose config.json reads and whose safetensors files are
-    whole: the loader's own checks (envtune_jax.models.config.load_hf_config, envtune_jax.models.hf_files.check_files), which read
+    whole: the loader's own checks (envtune_jax.models.config.load_hf_config,
+    envtune_jax.models.hf_files.check_files), which read
     config.json and each file's header but no tensor data."""
     from envtune_jax.models.config import NotAQwen3Checkpoint, load_hf_config
     from envtune_jax.models.hf_files import check_files
@@ -188,8 +204,11 @@ def envtune_checkpoint(path: str | Path, what: str = "--ckpt") -> None:
         raise ConfigError(f"{what} {path}: not a directory" if path.exists() else f"{what} {path}: not found")
     record_file = path / MODEL_CONFIG_FILE
     if not record_file.is_file():
-        hint = (" (it holds a Hugging Face checkpoint: use --hf)" if (path / "config.json").is_file()
-                else " (expected an envtune model checkpoint, from `envtune convert`)")
+        hint = (
+            " (it holds a Hugging Face checkpoint: use --hf)"
+            if (path / "config.json").is_file()
+            else " (expected an envtune model checkpoint, from `envtune convert`)"
+        )
         raise ConfigError(f"{what} {path}: no {MODEL_CONFIG_FILE}{hint}")
     record = read_json(record_file)
     if not isinstance(record, dict) or not isinstance(record.get("model"), dict):
@@ -219,8 +238,9 @@ def tools_file(path: Path | None) -> list:
     if isinstance(tools, dict) and "tools" in tools:
         tools = tools["tools"]
     if not isinstance(tools, list):
-        raise ConfigError(f"--tools {path}: expected a JSON list of tools (or {{\"tools\": [...]}}), "
-                          f"got {type(tools).__name__}")
+        raise ConfigError(
+            f'--tools {path}: expected a JSON list of tools (or {{"tools": [...]}}), got {type(tools).__name__}'
+        )
     try:
         validate_tools(tools)
     except MessageError as exc:
@@ -228,6 +248,8 @@ def tools_file(path: Path | None) -> list:
     for index, tool in enumerate(tools):
         described = tool.get("function", tool)
         if not isinstance(described, dict) or not isinstance(described.get("name"), str):
-            raise ConfigError(f"--tools {path}: tool {index} has no 'name' (BFCL format) or 'function': "
-                              "{'name': ...} (OpenAI format)")
+            raise ConfigError(
+                f"--tools {path}: tool {index} has no 'name' (BFCL format) or 'function': "
+                "{'name': ...} (OpenAI format)"
+            )
     return tools

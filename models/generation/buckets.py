@@ -13,6 +13,7 @@ switches the 1.5 steps off). Chunk widths are powers of two: padding a chunk was
 compute, which matters less. Compiled programs are kept for the engine's lifetime, so across a
 training run each (capacity, chunk) pair compiles once at most.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -56,6 +57,7 @@ class BucketConfig:
     `compact_rows`: an extend of a few slots may run on those rows only (row counts 1, 4, 16, ... < B;
     see extend_plan.py); off, every extend call runs all B slots (fewer programs to compile).
     """
+
     min_cache_len: int = 64
     min_chunk_len: int = 16
     prefill_chunk: int = 512

@@ -3,6 +3,7 @@
 Load with `envtune_jax.config.load(SamplerConfig, path, overrides)`; `sampling_params()` and
 `build_engine(model, mesh)` turn it into the objects the engine takes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,10 @@ class SamplerConfig:
     FIELD_USE: ClassVar[tuple[ReadOnlyWhen, ...]] = (
         ReadOnlyWhen("top_k", "greedy decoding takes the argmax", lambda c: not c.greedy),
         ReadOnlyWhen("top_p", "greedy decoding takes the argmax", lambda c: not c.greedy),
-        *(ReadOnlyWhen(name, "prompts are held per slot (shared_prefix is off)", lambda c: c.shared_prefix)
-          for name in ("prefix_lanes", "prefix_regions", "prefix_attention")),
+        *(
+            ReadOnlyWhen(name, "prompts are held per slot (shared_prefix is off)", lambda c: c.shared_prefix)
+            for name in ("prefix_lanes", "prefix_regions", "prefix_attention")
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -55,12 +58,19 @@ class SamplerConfig:
         check_field_use(self)
 
     def sampling_params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, greedy=self.greedy,
-                              max_new_tokens=self.max_new_tokens, stop_token_ids=tuple(self.stop_token_ids))
+        return SamplingParams(
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            greedy=self.greedy,
+            max_new_tokens=self.max_new_tokens,
+            stop_token_ids=tuple(self.stop_token_ids),
+        )
 
     def buckets(self) -> BucketConfig:
-        return BucketConfig(self.min_cache_len, self.min_chunk_len, self.prefill_chunk, self.cache_half_steps,
-                            self.compact_rows)
+        return BucketConfig(
+            self.min_cache_len, self.min_chunk_len, self.prefill_chunk, self.cache_half_steps, self.compact_rows
+        )
 
     def prefix_config(self):
         """The engine's SharedPrefixConfig, or None when shared prefixes are off."""
@@ -73,6 +83,14 @@ class SamplerConfig:
 
     def build_engine(self, model, mesh=None, weight_rules=None):
         from envtune_jax.models.generation.engine import GenerationEngine
-        return GenerationEngine(model, batch_size=self.batch_size, max_cache_len=self.max_cache_len, mesh=mesh,
-                                cache_dtype=self.cache_dtype, buckets=self.buckets(), weight_rules=weight_rules,
-                                shared_prefix=self.prefix_config())
+
+        return GenerationEngine(
+            model,
+            batch_size=self.batch_size,
+            max_cache_len=self.max_cache_len,
+            mesh=mesh,
+            cache_dtype=self.cache_dtype,
+            buckets=self.buckets(),
+            weight_rules=weight_rules,
+            shared_prefix=self.prefix_config(),
+        )

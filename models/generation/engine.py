@@ -23,6 +23,7 @@ G samples of a GRPO group) prefill it once and copy the slot (`copy_slots`). Bot
 unsharded on the mesh (one device, or tensor-parallel decoding); with the batch split over devices every
 call runs all B slots, as each device computes its own rows anyway.
 """
+
 from __future__ import annotations
 
 import collections
@@ -41,10 +42,30 @@ from envtune_jax.models.generation.buckets import BucketConfig, round_up
 from envtune_jax.models.generation.extend_plan import ExtendCall, ExtendCosts, plan_extend, row_buckets
 from envtune_jax.models.generation.prefix_config import SharedPrefixConfig
 from envtune_jax.models.generation.prefix_engine import SharedPrefixSlots
-from envtune_jax.models.generation.requests import CacheFullError, GenerationInputError, active_mask, check_slot, check_tokens
-from envtune_jax.models.generation.results import DecodeResult, History, collect_decode, concat_results, history, to_host
+from envtune_jax.models.generation.requests import (
+    CacheFullError,
+    GenerationInputError,
+    active_mask,
+    check_slot,
+    check_tokens,
+)
+from envtune_jax.models.generation.results import (
+    DecodeResult,
+    History,
+    collect_decode,
+    concat_results,
+    history,
+    to_host,
+)
 from envtune_jax.models.generation.sampling import SamplingParams
-from envtune_jax.models.generation.state import GenerationState, copy_slots, empty_state, grow, reset_slots, rewind_slots
+from envtune_jax.models.generation.state import (
+    GenerationState,
+    copy_slots,
+    empty_state,
+    grow,
+    reset_slots,
+    rewind_slots,
+)
 from envtune_jax.models.generation.weights import SamplerWeights
 from envtune_jax.models.kv_cache import CACHE_AXES
 
@@ -62,10 +83,18 @@ def _as_key(rng: int | jax.Array) -> jax.Array:
 class GenerationEngine:
     """Sharded, jit-compiled generation for a Qwen3 model (see models/generation/__init__.py)."""
 
-    def __init__(self, model: nnx.Module, *, batch_size: int, max_cache_len: int, mesh: jax.sharding.Mesh | None = None,
-                 cache_dtype: str = "bfloat16", buckets: BucketConfig = BucketConfig(),
-                 weight_rules: Mapping[str, tuple[str, ...]] | None = None,
-                 shared_prefix: SharedPrefixConfig | None = None):
+    def __init__(
+        self,
+        model: nnx.Module,
+        *,
+        batch_size: int,
+        max_cache_len: int,
+        mesh: jax.sharding.Mesh | None = None,
+        cache_dtype: str = "bfloat16",
+        buckets: BucketConfig = BucketConfig(),
+        weight_rules: Mapping[str, tuple[str, ...]] | None = None,
+        shared_prefix: SharedPrefixConfig | None = None,
+    ):
         if batch_size < 1 or max_cache_len < 2:
             raise ValueError(f"need batch_size ≥ 1 and max_cache_len ≥ 2, got {batch_size}, {max_cache_len}")
         self.config = model.config
@@ -82,14 +111,19 @@ class GenerationEngine:
         self._costs = ExtendCosts.for_model(self.config, self.cache_dtype.itemsize)
         # token counts of extends: "appended" (real tokens), "computed" (rows x width of the calls run)
         self.extend_tokens: collections.Counter[str] = collections.Counter()
-        self._extend = jax.jit(self._traced("extend", functools.partial(steps.extend_chunk, self.weights.graphdef)),
-                               donate_argnums=(1,))
-        self._extend_rows = jax.jit(self._traced("extend_rows", functools.partial(steps.extend_rows,
-                                                                                  self.weights.graphdef)),
-                                    donate_argnums=(1,))
+        self._extend = jax.jit(
+            self._traced("extend", functools.partial(steps.extend_chunk, self.weights.graphdef)), donate_argnums=(1,)
+        )
+        self._extend_rows = jax.jit(
+            self._traced("extend_rows", functools.partial(steps.extend_rows, self.weights.graphdef)),
+            donate_argnums=(1,),
+        )
         self._copy_rows = jax.jit(self._traced("copy_rows", copy_slots), donate_argnums=(0,))
-        self._decode = jax.jit(self._traced("decode", functools.partial(steps.decode_loop, self.weights.graphdef)),
-                               donate_argnums=(1,), static_argnames=("greedy", "top_k", "use_top_p"))
+        self._decode = jax.jit(
+            self._traced("decode", functools.partial(steps.decode_loop, self.weights.graphdef)),
+            donate_argnums=(1,),
+            static_argnames=("greedy", "top_k", "use_top_p"),
+        )
         self._grow = jax.jit(self._traced("grow", grow), static_argnums=(1,))
         self._reset = jax.jit(self._traced("reset", reset_slots), donate_argnums=(0,))
         self._rewind = jax.jit(self._traced("rewind", rewind_slots), donate_argnums=(0,))
@@ -112,8 +146,16 @@ class GenerationEngine:
         """All slots empty, caches of `capacity` slots (shared prefixes: the regions; own caches start small)."""
         cfg = self.config
         own = capacity if self.prefix_slots is None else self._cache_buckets[0]
-        state = empty_state(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, self.batch_size,
-                            own, self.cache_dtype, jnp.dtype(cfg.dtype))
+        state = empty_state(
+            cfg.num_layers,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.hidden_size,
+            self.batch_size,
+            own,
+            self.cache_dtype,
+            jnp.dtype(cfg.dtype),
+        )
         if self.prefix_slots is None:
             return state
         return dataclasses.replace(state, prefix=self.prefix_slots.empty_prefix(capacity, jnp.dtype(cfg.dtype)))
@@ -127,6 +169,7 @@ class GenerationEngine:
         if self.mesh is None:
             return True
         from envtune_jax.sharding import logical_to_spec
+
         spec = logical_to_spec(CACHE_AXES, (self.batch_size, 1, 1, 1), self.mesh)[0]
         axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
         return int(np.prod([self.mesh.shape[axis] for axis in axes])) == 1
@@ -170,13 +213,17 @@ class GenerationEngine:
         longest = max((len(p) for p in prompts), default=1)
         return self.refill(self.new_state(longest), dict(enumerate(prompts)), rng)
 
-    def refill(self, state: GenerationState, prompts: Mapping[int, Sequence[int]],
-               rng: int | jax.Array = 0) -> GenerationState:
+    def refill(
+        self, state: GenerationState, prompts: Mapping[int, Sequence[int]], rng: int | jax.Array = 0
+    ) -> GenerationState:
         """Empties the given slots and prefills a new prompt in each (continuous batching).
 
         Slot s gets the PRNG key fold_in(rng, s): pass a fresh rng per refill for fresh samples.
         """
-        slots = {check_slot(s, self.batch_size): check_tokens(p, self.config.vocab_size, f"prompt for slot {s}") for s, p in prompts.items()}
+        slots = {
+            check_slot(s, self.batch_size): check_tokens(p, self.config.vocab_size, f"prompt for slot {s}")
+            for s, p in prompts.items()
+        }
         for slot, tokens in slots.items():
             if tokens.size == 0:
                 raise GenerationInputError(f"prompt for slot {slot} is empty (need ≥ 1 token to predict from)")
@@ -202,15 +249,18 @@ class GenerationEngine:
         with self._mesh_context():
             return self._reset(state, jnp.asarray(reset_b), jax.random.key_data(keys_b))
 
-    def fork(self, state: GenerationState, forks: Mapping[int, tuple[int, Sequence[int]]],
-             rng: int | jax.Array = 0) -> GenerationState:
+    def fork(
+        self, state: GenerationState, forks: Mapping[int, tuple[int, Sequence[int]]], rng: int | jax.Array = 0
+    ) -> GenerationState:
         """Starts slot t on a prompt that slot s already holds, for each t: (s, prompt) in `forks`, instead of
         prefilling it: s's first len(prompt) cached tokens must be the prompt. Slot t gets s's cache (copied,
         cut back to the prompt; its last token is run again for its hidden state) and the PRNG key
         fold_in(rng, t), as `refill` would give it. For samples of a prompt that start after another sample
         of it did (continuous batching): one prefill serves them all while one of them is live."""
-        targets = {check_slot(t, self.batch_size): (check_slot(s, self.batch_size), np.asarray(p, np.int32))
-                   for t, (s, p) in forks.items()}
+        targets = {
+            check_slot(t, self.batch_size): (check_slot(s, self.batch_size), np.asarray(p, np.int32))
+            for t, (s, p) in forks.items()
+        }
         if not targets:
             return state
         if self.prefix_slots is not None:
@@ -219,11 +269,13 @@ class GenerationEngine:
         held = {}  # source -> its token row, read once however many targets fork from it
         for target, (source, prompt) in targets.items():
             if not 1 <= prompt.size <= lengths_b[source]:
-                raise GenerationInputError(f"fork: slot {source} holds {lengths_b[source]} tokens, not a prompt of "
-                                           f"{prompt.size} for slot {target}")
+                raise GenerationInputError(
+                    f"fork: slot {source} holds {lengths_b[source]} tokens, not a prompt of "
+                    f"{prompt.size} for slot {target}"
+                )
             if source not in held:  # the whole row: one shape per capacity
                 held[source] = to_host(state.tokens_bs[source])
-            if not np.array_equal(held[source][:prompt.size], prompt):
+            if not np.array_equal(held[source][: prompt.size], prompt):
                 raise GenerationInputError(f"fork: slot {source} does not start with slot {target}'s prompt")
         state = self._reset_slots(state, targets, rng)
         state = self.copy_slots(state, {t: s for t, (s, _) in targets.items()})
@@ -242,7 +294,7 @@ class GenerationEngine:
         rows = round_up(len(pairs), row_buckets(self.batch_size))
         targets = np.full(rows, self.batch_size, np.int32)
         sources = np.zeros(rows, np.int32)
-        targets[:len(pairs)], sources[:len(pairs)] = zip(*pairs)
+        targets[: len(pairs)], sources[: len(pairs)] = zip(*pairs)
         with self._mesh_context():
             return self._copy_rows(state, jnp.asarray(sources), jnp.asarray(targets))
 
@@ -252,7 +304,10 @@ class GenerationEngine:
         Prefills in chunks of ≤ buckets.prefill_chunk tokens, on the appended-to rows only where that is
         cheaper (extend_plan.py); never re-reads the cached history.
         """
-        appends = {check_slot(s, self.batch_size): check_tokens(t, self.config.vocab_size, f"tokens for slot {s}") for s, t in appends.items()}
+        appends = {
+            check_slot(s, self.batch_size): check_tokens(t, self.config.vocab_size, f"tokens for slot {s}")
+            for s, t in appends.items()
+        }
         counts_b = np.zeros(self.batch_size, np.int32)
         for slot, tokens in appends.items():
             counts_b[slot] = tokens.size
@@ -263,13 +318,20 @@ class GenerationEngine:
             raise CacheFullError(f"a sequence needs more than max_cache_len={self.max_cache_len} positions")
         state = self._ensure_capacity(state, int((lengths_b + counts_b).max()))
         params = self.weights.params()
-        for call in plan_extend(counts_b, chunk=self.buckets.prefill_chunk, chunk_buckets=self._chunk_buckets,
-                                rows_ladder=self._row_buckets, capacity=state.capacity, costs=self._costs):
+        for call in plan_extend(
+            counts_b,
+            chunk=self.buckets.prefill_chunk,
+            chunk_buckets=self._chunk_buckets,
+            rows_ladder=self._row_buckets,
+            capacity=state.capacity,
+            costs=self._costs,
+        ):
             state = self._run_extend_call(params, state, call, appends)
         return state
 
-    def _run_extend_call(self, params, state: GenerationState, call: ExtendCall,
-                         appends: Mapping[int, np.ndarray]) -> GenerationState:
+    def _run_extend_call(
+        self, params, state: GenerationState, call: ExtendCall, appends: Mapping[int, np.ndarray]
+    ) -> GenerationState:
         compacted = call.compacted(self.batch_size)
         tokens = np.zeros((call.rows, call.width), np.int32)
         num_new = np.zeros(call.rows, np.int32)
@@ -277,7 +339,7 @@ class GenerationEngine:
         for u, (slot, offset, count) in enumerate(zip(call.slots, call.offsets, call.counts)):
             row = u if compacted else slot
             rows[row] = slot
-            tokens[row, :count] = appends[slot][offset:offset + count]
+            tokens[row, :count] = appends[slot][offset : offset + count]
             num_new[row] = count
         self.extend_tokens["appended"] += sum(call.counts)
         self.extend_tokens["computed"] += call.rows * call.width
@@ -299,9 +361,11 @@ class GenerationEngine:
         for slot, (keep, tokens) in tails.items():
             slot = check_slot(slot, self.batch_size)
             if not offsets_b[slot] <= keep <= lengths_b[slot]:
-                raise GenerationInputError(f"slot {slot} holds {lengths_b[slot]} tokens"
-                                           f"{f' ({offsets_b[slot]} of them a shared prompt)' if offsets_b[slot] else ''}"
-                                           f"; cannot keep {keep}")
+                raise GenerationInputError(
+                    f"slot {slot} holds {lengths_b[slot]} tokens"
+                    f"{f' ({offsets_b[slot]} of them a shared prompt)' if offsets_b[slot] else ''}"
+                    f"; cannot keep {keep}"
+                )
             if len(tokens) == 0:
                 raise GenerationInputError(f"slot {slot}: the new tail is empty (need ≥ 1 token to predict from)")
             keep_b[slot] = keep - offsets_b[slot]
@@ -310,8 +374,9 @@ class GenerationEngine:
             state = self._rewind(state, jnp.asarray(keep_b))
         return self.extend(state, appends)
 
-    def decode(self, state: GenerationState, sampling: SamplingParams, active=None,
-               max_steps: int | None = None) -> tuple[GenerationState, DecodeResult]:
+    def decode(
+        self, state: GenerationState, sampling: SamplingParams, active=None, max_steps: int | None = None
+    ) -> tuple[GenerationState, DecodeResult]:
         """Samples for the active slots (default: all non-empty) until each ends its turn.
 
         A turn ends on a stop token, after max_new_tokens tokens (counted from the turn's start,
@@ -335,24 +400,35 @@ class GenerationEngine:
             state = self._ensure_capacity(state, min(needed, self.max_cache_len))
         greedy, top_k, use_top_p = sampling.static_key(self.config.vocab_size)
         with self._mesh_context():
-            state = self._decode(self.weights.params(), state, jnp.asarray(active_b), jnp.asarray(budgets_b),
-                                 jnp.asarray(sampling.stop_ids_array()), jnp.float32(sampling.temperature),
-                                 jnp.float32(sampling.top_p), jnp.int32(min(step_limit, NO_STEP_LIMIT)),
-                                 greedy=greedy, top_k=top_k, use_top_p=use_top_p)
+            state = self._decode(
+                self.weights.params(),
+                state,
+                jnp.asarray(active_b),
+                jnp.asarray(budgets_b),
+                jnp.asarray(sampling.stop_ids_array()),
+                jnp.float32(sampling.temperature),
+                jnp.float32(sampling.top_p),
+                jnp.int32(min(step_limit, NO_STEP_LIMIT)),
+                greedy=greedy,
+                top_k=top_k,
+                use_top_p=use_top_p,
+            )
         return state, collect_decode(state, lengths_b + offsets_b)
 
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
-                 rng: int | jax.Array = 0) -> DecodeResult:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], sampling: SamplingParams, rng: int | jax.Array = 0
+    ) -> DecodeResult:
         """One turn for each prompt (in groups of batch_size); rows follow the prompts' order."""
         key = _as_key(rng)
         parts = []
         for group, first in enumerate(range(0, len(prompts), self.batch_size)):
-            chunk = prompts[first:first + self.batch_size]
+            chunk = prompts[first : first + self.batch_size]
             budgets = sampling.max_new_tokens
             if not isinstance(budgets, int):
-                budgets = tuple(budgets[first:first + len(chunk)]) + (0,) * (self.batch_size - len(chunk))
-            params = SamplingParams(sampling.temperature, sampling.top_k, sampling.top_p, sampling.greedy, budgets,
-                                    sampling.stop_token_ids)
+                budgets = tuple(budgets[first : first + len(chunk)]) + (0,) * (self.batch_size - len(chunk))
+            params = SamplingParams(
+                sampling.temperature, sampling.top_k, sampling.top_p, sampling.greedy, budgets, sampling.stop_token_ids
+            )
             state = self.start(chunk, jax.random.fold_in(key, group))
             _, result = self.decode(state, params)
             parts.append((result, len(chunk)))

@@ -21,6 +21,7 @@ Row counts of compacted calls climb by 4 (1, 4, 16, ... below B): every (rows, w
 program to compile, and the calls that gain most are those of one or a few rows.
 The plan is a pure function of the counts, tested on its own; the engine runs it (engine.extend).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,6 +54,7 @@ class ExtendCosts:
 @dataclasses.dataclass(frozen=True)
 class ExtendCall:
     """One compiled extend call: slots[i] gets tokens offsets[i] : offsets[i] + counts[i] of its append."""
+
     slots: tuple[int, ...]  # slots appended to (ascending)
     offsets: tuple[int, ...]  # where each slot's tokens of this call start in its append
     counts: tuple[int, ...]  # tokens each slot gets in this call (1..width)
@@ -88,8 +90,15 @@ def _block(num_slots: int, longest: int, batch: int, capacity: int, chunk_bucket
     return min((call_cost(rows, width, batch, capacity, costs), -rows, width) for rows in options)
 
 
-def plan_extend(counts_b: Sequence[int], *, chunk: int, chunk_buckets: Sequence[int], rows_ladder: Sequence[int],
-                capacity: int, costs: ExtendCosts = ExtendCosts()) -> list[ExtendCall]:
+def plan_extend(
+    counts_b: Sequence[int],
+    *,
+    chunk: int,
+    chunk_buckets: Sequence[int],
+    rows_ladder: Sequence[int],
+    capacity: int,
+    costs: ExtendCosts = ExtendCosts(),
+) -> list[ExtendCall]:
     """The calls that append counts_b[b] tokens to each slot b, in order (a slot's pieces in sequence).
 
     Each pass gives every slot with tokens left its next piece (≤ chunk tokens); within a pass the slots
@@ -107,8 +116,10 @@ def plan_extend(counts_b: Sequence[int], *, chunk: int, chunk_buckets: Sequence[
         pieces = np.minimum(counts[slots] - done[slots], chunk)
         order = np.argsort(pieces, kind="stable")
         slots, pieces = slots[order], pieces[order]
-        block = lambda lo, hi: _block(hi - lo, int(pieces[hi - 1]), batch, capacity, chunk_buckets, rows_ladder,
-                                      costs)
+
+        def block(lo: int, hi: int):
+            return _block(hi - lo, int(pieces[hi - 1]), batch, capacity, chunk_buckets, rows_ladder, costs)
+
         best = (block(0, len(slots))[0], len(slots))  # (cost, cut): slots[:cut] short, slots[cut:] long
         for cut in range(1, len(slots)):
             if pieces[cut - 1] == pieces[cut]:
@@ -121,7 +132,14 @@ def plan_extend(counts_b: Sequence[int], *, chunk: int, chunk_buckets: Sequence[
                 continue
             _, neg_rows, width = block(lo, hi)
             group = np.sort(slots[lo:hi])
-            calls.append(ExtendCall(tuple(int(s) for s in group), tuple(int(done[s]) for s in group),
-                                    tuple(int(min(counts[s] - done[s], chunk)) for s in group), width, -neg_rows))
+            calls.append(
+                ExtendCall(
+                    tuple(int(s) for s in group),
+                    tuple(int(done[s]) for s in group),
+                    tuple(int(min(counts[s] - done[s], chunk)) for s in group),
+                    width,
+                    -neg_rows,
+                )
+            )
         done[slots] += pieces
     return calls

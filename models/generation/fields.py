@@ -13,6 +13,7 @@ to one logical mesh axis (`envtune_jax.sharding`): B and R over the batch shards
 `cache_seq`, K and H the cache's kv-head and head axes, D and fixed sizes unsharded. The first dimension
 of every field is its row axis (B or R); S and P are sequence axes, indexed by position.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,14 @@ import jax.numpy as jnp
 
 from envtune_jax.sharding import constrain
 
-AXIS_OF_DIM = {"B": "cache_batch", "R": "cache_batch", "S": "cache_seq", "P": "cache_seq",
-               "K": "cache_kv_heads", "H": "cache_head_dim"}
+AXIS_OF_DIM = {
+    "B": "cache_batch",
+    "R": "cache_batch",
+    "S": "cache_seq",
+    "P": "cache_seq",
+    "K": "cache_kv_heads",
+    "H": "cache_head_dim",
+}
 SEQUENCE_DIMS = ("S", "P")
 
 
@@ -92,8 +99,9 @@ def map_fields(obj: Any, fields: Sequence[ArrayField], fn: Callable[[ArrayField,
 
 
 # ---------------------------------------------------------------- the operations
-def empty_arrays(fields: Sequence[ArrayField], sizes: Mapping[str, int], dtypes: Mapping[str, Any],
-                 num_layers: int) -> dict[str, Any]:
+def empty_arrays(
+    fields: Sequence[ArrayField], sizes: Mapping[str, int], dtypes: Mapping[str, Any], num_layers: int
+) -> dict[str, Any]:
     """{path: array (tuple per layer)} of an empty state. sizes: one per dimension letter used, plus any size
     an `empty` names; dtypes: "cache" and "hidden"."""
     arrays = {}
@@ -112,6 +120,7 @@ def constrain_fields(obj: Any, fields: Sequence[ArrayField]) -> Any:
 
 def pad_dim(obj: Any, fields: Sequence[ArrayField], dim: str, extra: int) -> Any:
     """Every array with dimension `dim` grown by `extra` zeros along it."""
+
     def pad(field: ArrayField, x: jax.Array) -> jax.Array:
         if dim not in field.dims:
             return x
@@ -122,10 +131,12 @@ def pad_dim(obj: Any, fields: Sequence[ArrayField], dim: str, extra: int) -> Any
     return map_fields(obj, fields, pad)
 
 
-def reset_rows(obj: Any, fields: Sequence[ArrayField], rows: str, where_x: jax.Array,
-               sizes: Mapping[str, int] = {}) -> Any:
+def reset_rows(
+    obj: Any, fields: Sequence[ArrayField], rows: str, where_x: jax.Array, sizes: Mapping[str, int] = {}
+) -> Any:
     """Rows where where_x [X] is True (X = `rows`) emptied: each resetting field of those rows gets its
     empty value; the others keep theirs."""
+
     def reset(field: ArrayField, x: jax.Array) -> jax.Array:
         mask = where_x.reshape(where_x.shape + (1,) * (x.ndim - 1))
         return jnp.where(mask, jnp.asarray(field.empty_value(sizes), x.dtype), x)
@@ -135,6 +146,7 @@ def reset_rows(obj: Any, fields: Sequence[ArrayField], rows: str, where_x: jax.A
 
 def copy_rows(obj: Any, fields: Sequence[ArrayField], rows: str, sources_u: jax.Array, targets_u: jax.Array) -> Any:
     """Row targets_u[u] of every copied field becomes a copy of row sources_u[u] [U] (a target ≥ X: padding)."""
+
     def copy(field: ArrayField, x: jax.Array) -> jax.Array:
         return x.at[targets_u].set(jnp.take(x, sources_u, axis=0, mode="clip"), mode="drop")
 
@@ -146,8 +158,9 @@ def gather_rows(obj: Any, fields: Sequence[ArrayField], rows: str, rows_u: jax.A
     return map_fields(obj, of_rows(fields, rows), lambda field, x: jnp.take(x, rows_u, axis=0, mode="clip"))
 
 
-def scatter_rows(obj: Any, rows_obj: Any, fields: Sequence[ArrayField], rows: str, rows_u: jax.Array,
-                 starts_u: jax.Array, width: int) -> Any:
+def scatter_rows(
+    obj: Any, rows_obj: Any, fields: Sequence[ArrayField], rows: str, rows_u: jax.Array, starts_u: jax.Array, width: int
+) -> Any:
     """Writes the rows of `rows_obj` (from gather_rows, then changed) back into `obj` at rows rows_u [U] (an index
     ≥ X is dropped). Fields with a sequence axis write only positions starts_u[u] .. + width - 1 (the window an
     append changed); the others write whole rows."""
@@ -155,8 +168,11 @@ def scatter_rows(obj: Any, rows_obj: Any, fields: Sequence[ArrayField], rows: st
     for field in of_rows(fields, rows):
         full, part = get(obj, field.path), get(rows_obj, field.path)
         axis = field.sequence_axis
-        write = _write_rows if axis is None else functools.partial(_write_window_of, axis=axis, width=width,
-                                                                       starts_u=starts_u)
+        write = (
+            _write_rows
+            if axis is None
+            else functools.partial(_write_window_of, axis=axis, width=width, starts_u=starts_u)
+        )
         write = functools.partial(write, rows_u=rows_u)
         changes[field.path] = tuple(map(write, full, part)) if field.per_layer else write(full, part)
     return replace(obj, changes)
@@ -166,8 +182,9 @@ def _write_rows(x: jax.Array, rows_x: jax.Array, *, rows_u: jax.Array) -> jax.Ar
     return x.at[rows_u].set(rows_x.astype(x.dtype), mode="drop")
 
 
-def _write_window_of(x: jax.Array, rows_x: jax.Array, *, rows_u: jax.Array, starts_u: jax.Array, width: int,
-                     axis: int) -> jax.Array:
+def _write_window_of(
+    x: jax.Array, rows_x: jax.Array, *, rows_u: jax.Array, starts_u: jax.Array, width: int, axis: int
+) -> jax.Array:
     return write_window(x, read_window(rows_x, starts_u, width, axis), starts_u, rows_u, axis)
 
 

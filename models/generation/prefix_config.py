@@ -2,6 +2,7 @@
 
 Kept apart from the engine so that a recipe's `sampler:` section is read and checked without JAX.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -13,6 +13,7 @@ The engine's API is unchanged; what differs underneath:
   and `max_cache_len` bounds the whole sequence, as without sharing.
 Memory: R regions x P prompt slots + B slots x S own slots, instead of B x (P + S).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,6 +41,7 @@ def _batch_shards(mesh, rows: int) -> int:
     if mesh is None:
         return 1
     from envtune_jax.sharding import logical_to_spec
+
     spec = logical_to_spec(CACHE_AXES, (rows, 1, 1, 1), mesh)[0]
     axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
     return int(np.prod([mesh.shape[axis] for axis in axes]))
@@ -54,11 +56,14 @@ class SharedPrefixSlots:
         self.num_regions = config.num_regions(engine.batch_size)
         self.shards = _batch_shards(engine.mesh, engine.batch_size)
         if _batch_shards(engine.mesh, self.num_regions) != self.shards:
-            raise ValueError(f"{self.num_regions} prefix regions do not split over the {self.shards} batch shards "
-                             f"as the {engine.batch_size} slots do: choose a multiple of {self.shards}")
+            raise ValueError(
+                f"{self.num_regions} prefix regions do not split over the {self.shards} batch shards "
+                f"as the {engine.batch_size} slots do: choose a multiple of {self.shards}"
+            )
         if engine.config.decode_attention == "pallas" and engine.mesh is not None and engine.mesh.size > 1:
-            raise ValueError("decode_attention='pallas' with shared prefixes runs on one device only; use "
-                             "'reference' on a mesh")
+            raise ValueError(
+                "decode_attention='pallas' with shared prefixes runs on one device only; use 'reference' on a mesh"
+            )
         traced, graphdef = engine._traced, engine.weights.graphdef
         prefill = functools.partial(prefix_steps.prefill_region_rows, graphdef)
         self._prefill = jax.jit(traced("prefill_regions", prefill), donate_argnums=(1,))
@@ -71,9 +76,19 @@ class SharedPrefixSlots:
     # ---- state ------------------------------------------------------------------------------
     def empty_prefix(self, capacity: int, hidden_dtype) -> PrefixState:
         cfg = self.engine.config
-        return empty_prefix(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, self.num_regions,
-                            self.config.lanes, self.engine.batch_size, capacity, self.engine.cache_dtype,
-                            hidden_dtype, self.config.attention)
+        return empty_prefix(
+            cfg.num_layers,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.hidden_size,
+            self.num_regions,
+            self.config.lanes,
+            self.engine.batch_size,
+            capacity,
+            self.engine.cache_dtype,
+            hidden_dtype,
+            self.config.attention,
+        )
 
     def offsets(self, state: GenerationState) -> np.ndarray:
         """[B] each slot's prompt length held in its region (0 without one), on the host."""
@@ -89,16 +104,23 @@ class SharedPrefixSlots:
 
         def held_prompt(region: int) -> np.ndarray:
             if region not in held:
-                held[region] = to_host(state.prefix.tokens_rp[region])[:lengths_r[region]]
+                held[region] = to_host(state.prefix.tokens_rp[region])[: lengths_r[region]]
             return held[region]
 
-        return plan_regions(prompts, to_host(state.prefix.lane_b), num_regions=self.num_regions,
-                            lanes=self.config.lanes, shards=self.shards, held_prompt=held_prompt)
+        return plan_regions(
+            prompts,
+            to_host(state.prefix.lane_b),
+            num_regions=self.num_regions,
+            lanes=self.config.lanes,
+            shards=self.shards,
+            held_prompt=held_prompt,
+        )
 
     def admissible(self, state: GenerationState, prompts: Mapping[int, Sequence[int]]) -> set[int]:
         """The slots of `prompts` that a refill would place now."""
-        plan = self._plan(state, {check_slot(s, self.engine.batch_size): np.asarray(p, np.int32)
-                                  for s, p in prompts.items()})
+        plan = self._plan(
+            state, {check_slot(s, self.engine.batch_size): np.asarray(p, np.int32) for s, p in prompts.items()}
+        )
         return set(plan.lanes)
 
     # ---- the API behind the engine's ----------------------------------------------------------
@@ -106,13 +128,15 @@ class SharedPrefixSlots:
         engine = self.engine
         for slot, tokens in slots.items():
             if tokens.size > engine.max_cache_len:
-                raise CacheFullError(f"prompt for slot {slot} has {tokens.size} tokens; max_cache_len is "
-                                     f"{engine.max_cache_len}")
+                raise CacheFullError(
+                    f"prompt for slot {slot} has {tokens.size} tokens; max_cache_len is {engine.max_cache_len}"
+                )
         plan = self._plan(state, slots)
         if plan.unplaced:
             raise GenerationInputError(
                 f"no free prefix region for slots {list(plan.unplaced)} ({self.num_regions} regions of "
-                f"{self.config.lanes} lanes): release ended slots first (engine.release) or use more regions")
+                f"{self.config.lanes} lanes): release ended slots first (engine.release) or use more regions"
+            )
         state = engine._reset_slots(state, slots, rng)
         state = self.release(state, list(slots))
         if plan.prefill:
@@ -120,7 +144,7 @@ class SharedPrefixSlots:
         pairs = sorted(plan.lanes.items())  # B rows (padding: slot B), one program
         slots_u = np.full(engine.batch_size, engine.batch_size, np.int32)
         lanes_u = np.zeros(engine.batch_size, np.int32)
-        slots_u[:len(pairs)], lanes_u[:len(pairs)] = zip(*pairs)
+        slots_u[: len(pairs)], lanes_u[: len(pairs)] = zip(*pairs)
         with engine._mesh_context():
             return self._attach(state, jnp.asarray(slots_u), jnp.asarray(lanes_u))
 
@@ -138,15 +162,20 @@ class SharedPrefixSlots:
             counts_r[region] = prompt.size
         with engine._mesh_context():
             state = self._reset(state, jnp.asarray(reset_r))
-            for call in plan_extend(counts_r, chunk=engine.buckets.prefill_chunk, chunk_buckets=engine._chunk_buckets,
-                                    rows_ladder=self._region_rows, capacity=state.prefix.capacity,
-                                    costs=engine._costs):
+            for call in plan_extend(
+                counts_r,
+                chunk=engine.buckets.prefill_chunk,
+                chunk_buckets=engine._chunk_buckets,
+                rows_ladder=self._region_rows,
+                capacity=state.prefix.capacity,
+                costs=engine._costs,
+            ):
                 tokens = np.zeros((call.rows, call.width), np.int32)
                 num_new = np.zeros(call.rows, np.int32)
                 rows = np.full(call.rows, self.num_regions, np.int32)
                 for u, (region, offset, count) in enumerate(zip(call.slots, call.offsets, call.counts)):
                     rows[u], num_new[u] = region, count
-                    tokens[u, :count] = prompts[region][offset:offset + count]
+                    tokens[u, :count] = prompts[region][offset : offset + count]
                 engine.extend_tokens["prefix_appended"] += sum(call.counts)
                 engine.extend_tokens["prefix_computed"] += call.rows * call.width
                 state = self._prefill(params, state, jnp.asarray(rows), jnp.asarray(tokens), jnp.asarray(num_new))
@@ -158,11 +187,16 @@ class SharedPrefixSlots:
         lengths_r = to_host(state.prefix.regions.lengths)
         for target, (source, prompt) in forks.items():
             region = lane_b[source] // self.config.lanes
-            held = (to_host(state.prefix.tokens_rp[region])[:lengths_r[region]] if region < self.num_regions
-                    else np.zeros(0, np.int32))
+            held = (
+                to_host(state.prefix.tokens_rp[region])[: lengths_r[region]]
+                if region < self.num_regions
+                else np.zeros(0, np.int32)
+            )
             if not np.array_equal(held, prompt):
-                raise GenerationInputError(f"fork: slot {source}'s shared prompt is not slot {target}'s prompt "
-                                           f"({held.size} vs {prompt.size} tokens)")
+                raise GenerationInputError(
+                    f"fork: slot {source}'s shared prompt is not slot {target}'s prompt "
+                    f"({held.size} vs {prompt.size} tokens)"
+                )
         return self.refill(state, {t: p for t, (_, p) in forks.items()}, rng)
 
     def release(self, state: GenerationState, slots: Sequence[int]) -> GenerationState:

@@ -8,6 +8,7 @@ A pure host-side function of the slots' current lanes, so it is tested on its ow
   a group whose slots span shards gets one region per shard;
 - slots that find no free region stay unplaced (the caller refuses them or lets them wait).
 """
+
 from __future__ import annotations
 
 import collections
@@ -24,8 +25,15 @@ class RegionPlan:
     unplaced: tuple[int, ...]  # slots without a region
 
 
-def plan_regions(prompts: Mapping[int, np.ndarray], lane_b: np.ndarray, *, num_regions: int, lanes: int,
-                 shards: int, held_prompt: Callable[[int], np.ndarray]) -> RegionPlan:
+def plan_regions(
+    prompts: Mapping[int, np.ndarray],
+    lane_b: np.ndarray,
+    *,
+    num_regions: int,
+    lanes: int,
+    shards: int,
+    held_prompt: Callable[[int], np.ndarray],
+) -> RegionPlan:
     """Places each slot of `prompts` (slot -> prompt ids) given lane_b [B] (R·M = no lane; the slots of
     `prompts` are treated as released). held_prompt(r): the prompt a live region holds."""
     batch = lane_b.shape[0]
@@ -46,8 +54,11 @@ def plan_regions(prompts: Mapping[int, np.ndarray], lane_b: np.ndarray, *, num_r
     for (_, shard), slots in by_prompt.items():
         prompt = np.asarray(prompts[slots[0]], np.int32)
         waiting = list(slots)
-        candidates = [r for r in range(num_regions) if region_shard(r) == shard and used[r] and
-                      len(used[r]) < lanes and np.array_equal(held_prompt(r), prompt)]
+        candidates = [
+            r
+            for r in range(num_regions)
+            if region_shard(r) == shard and used[r] and len(used[r]) < lanes and np.array_equal(held_prompt(r), prompt)
+        ]
         for region in candidates + [r for r in range(num_regions) if region_shard(r) == shard and not used[r]]:
             if not waiting:
                 break

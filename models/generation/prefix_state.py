@@ -9,6 +9,7 @@ Regions are laid out like slots (over the data/fsdp axes), so region r and slot 
 r // (R / D) == b // (B / D) for D batch shards: the engine places a group's slots and its region so.
 `FIELDS` declares these arrays once; creating, pinning, growing and emptying map over it (fields.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,9 @@ class PrefixState:
         return self.view().offsets_b()
 
 
-jax.tree_util.register_dataclass(PrefixState, data_fields=["regions", "tokens_rp", "hidden_rd", "lane_b"],
-                                 meta_fields=["lanes", "attention"])
+jax.tree_util.register_dataclass(
+    PrefixState, data_fields=["regions", "tokens_rp", "hidden_rd", "lane_b"], meta_fields=["lanes", "attention"]
+)
 
 # Every array of PrefixState. An emptied region (before a new prompt) gets length 0, its other entries are
 # overwritten by the prefill; a released slot gets no lane.
@@ -71,11 +73,29 @@ def constrain_prefix(prefix: PrefixState) -> PrefixState:
     return fl.constrain_fields(prefix, FIELDS)
 
 
-def empty_prefix(num_layers: int, num_kv_heads: int, head_dim: int, hidden_size: int, regions: int, lanes: int,
-                 batch: int, capacity: int, cache_dtype, hidden_dtype, attention: str) -> PrefixState:
+def empty_prefix(
+    num_layers: int,
+    num_kv_heads: int,
+    head_dim: int,
+    hidden_size: int,
+    regions: int,
+    lanes: int,
+    batch: int,
+    capacity: int,
+    cache_dtype,
+    hidden_dtype,
+    attention: str,
+) -> PrefixState:
     """R empty regions of `capacity` slots; no slot attached."""
-    sizes = {"R": regions, "B": batch, "K": num_kv_heads, "P": capacity, "H": head_dim, "D": hidden_size,
-             "no_lane": regions * lanes}
+    sizes = {
+        "R": regions,
+        "B": batch,
+        "K": num_kv_heads,
+        "P": capacity,
+        "H": head_dim,
+        "D": hidden_size,
+        "no_lane": regions * lanes,
+    }
     arrays = fl.empty_arrays(FIELDS, sizes, {"cache": cache_dtype, "hidden": hidden_dtype}, num_layers)
     cache = KVCache(arrays.pop("regions.keys"), arrays.pop("regions.values"), arrays.pop("regions.lengths"))
     return constrain_prefix(PrefixState(cache, lanes=lanes, attention=attention, **arrays))

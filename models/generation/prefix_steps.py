@@ -8,6 +8,7 @@
 - `reset_regions`: empties regions before a new prompt is prefilled there.
 The engine (prefix_engine.py) jits each with the state donated.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,14 @@ from envtune_jax.models.generation.prefix_state import reset_prefix_rows
 from envtune_jax.models.generation.state import GenerationState, constrain_state, new_turns
 
 
-def prefill_region_rows(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationState, rows_u: jax.Array,
-                        tokens_ut: jax.Array, num_new_u: jax.Array) -> GenerationState:
+def prefill_region_rows(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    state: GenerationState,
+    rows_u: jax.Array,
+    tokens_ut: jax.Array,
+    num_new_u: jax.Array,
+) -> GenerationState:
     """Appends tokens_ut [U, T] (first num_new_u [U] real) to regions rows_u [U] (an index ≥ R is padding)."""
     model = nnx.merge(graphdef, params)
     rows, width = tokens_ut.shape
@@ -33,9 +40,11 @@ def prefill_region_rows(graphdef: nnx.GraphDef, params: nnx.State, state: Genera
     hidden_utd, row_cache = model.hidden_states(tokens_ut, cache=prefix_u.regions, num_new_b=num_new_u)
     last_u = jnp.clip(num_new_u - 1, 0, width - 1)
     prefix_u = dataclasses.replace(
-        prefix_u, regions=row_cache,
+        prefix_u,
+        regions=row_cache,
         tokens_rp=kv.write_positions(prefix_u.tokens_rp, tokens_ut.astype(jnp.int32), starts_u),
-        hidden_rd=hidden_utd[jnp.arange(rows), last_u].astype(prefix_u.hidden_rd.dtype))
+        hidden_rd=hidden_utd[jnp.arange(rows), last_u].astype(prefix_u.hidden_rd.dtype),
+    )
     prefix = fl.scatter_rows(state.prefix, prefix_u, PREFIX_FIELDS, "R", rows_u, starts_u, width)
     return constrain_state(dataclasses.replace(state, prefix=prefix))
 
@@ -54,7 +63,9 @@ def attach_slots(state: GenerationState, slots_u: jax.Array, lanes_u: jax.Array)
     attached_b = put(jnp.zeros(state.batch_size, bool), jnp.ones(slots_u.shape, bool))
     lengths_b = jnp.where(attached_b, 0, state.cache.lengths)
     state = dataclasses.replace(
-        state, cache=kv.KVCache(state.cache.keys, state.cache.values, lengths_b),
+        state,
+        cache=kv.KVCache(state.cache.keys, state.cache.values, lengths_b),
         hidden_bd=put(state.hidden_bd, hidden_ud),
-        prefix=dataclasses.replace(prefix, lane_b=put(prefix.lane_b, lanes_u)))
+        prefix=dataclasses.replace(prefix, lane_b=put(prefix.lane_b, lanes_u)),
+    )
     return constrain_state(new_turns(state, attached_b, done=False))

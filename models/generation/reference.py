@@ -5,6 +5,7 @@
 - `reference_greedy`: greedy decoding by re-running the whole sequence for every new token.
 Both materialise [B, T, V] logits: for tiny test models only.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -38,15 +39,16 @@ def reference_logprobs(model: nnx.Module, tokens_bt, lengths_b=None, temperature
     return out
 
 
-def reference_greedy(model: nnx.Module, prompt: Sequence[int], num_new: int,
-                     stop_token_ids: Sequence[int] = ()) -> list[int]:
+def reference_greedy(
+    model: nnx.Module, prompt: Sequence[int], num_new: int, stop_token_ids: Sequence[int] = ()
+) -> list[int]:
     """Greedy continuation of one prompt, re-running the full sequence for each token.
 
     The sequence is right-padded to one fixed width (padding masked out) so this compiles once.
     """
     width = len(prompt) + num_new
     tokens = np.zeros((1, width), np.int32)
-    tokens[0, :len(prompt)] = prompt
+    tokens[0, : len(prompt)] = prompt
     length = len(prompt)
     generated: list[int] = []
     while length < width:

@@ -3,6 +3,7 @@
 Every check raises `GenerationInputError` (or its subclass `CacheFullError`) with a message that
 names the offending slot or value, before anything reaches a compiled program.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -28,8 +29,9 @@ def check_tokens(tokens: Sequence[int], vocab_size: int, what: str) -> np.ndarra
     """The token ids as int32 [T]; they must be a flat list of ints in [0, vocab_size)."""
     array = np.asarray(tokens)
     if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
-        raise GenerationInputError(f"{what}: expected a flat list of token ids, got shape {array.shape} "
-                                   f"dtype {array.dtype}")
+        raise GenerationInputError(
+            f"{what}: expected a flat list of token ids, got shape {array.shape} dtype {array.dtype}"
+        )
     if array.size and (array.min() < 0 or array.max() >= vocab_size):
         raise GenerationInputError(f"{what}: token ids must be in [0, {vocab_size}), got {array.min()}..{array.max()}")
     return array.astype(np.int32)

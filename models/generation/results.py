@@ -6,6 +6,7 @@ whether it ended on a stop token (the stop token itself is included in the token
 `History` is the whole of every sequence — prompt, sampled and appended tokens in order, with the
 sampler's log-probs and a mask of which tokens were sampled: what the trainer consumes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,21 +40,24 @@ class History:
     lengths: np.ndarray  # [B] int32
 
     def sequence(self, b: int) -> list[int]:
-        return self.tokens[b, :self.lengths[b]].tolist()
+        return self.tokens[b, : self.lengths[b]].tolist()
 
 
 def to_host(array: jax.Array) -> np.ndarray:
     """A NumPy copy of a (possibly multi-host sharded) array."""
     if isinstance(array, jax.Array) and not array.is_fully_addressable:
         from jax.experimental import multihost_utils
+
         array = multihost_utils.process_allgather(array, tiled=True)
     return np.asarray(jax.device_get(array))
 
 
 def history(state: GenerationState) -> History:
     """Every sequence in full: the per-position arrays that `FIELDS` shows in `History`, as NumPy."""
-    own = History(lengths=to_host(state.cache.lengths),
-                  **{field.history: to_host(fl.get(state, field.path)) for field in _HISTORY_FIELDS})
+    own = History(
+        lengths=to_host(state.cache.lengths),
+        **{field.history: to_host(fl.get(state, field.path)) for field in _HISTORY_FIELDS},
+    )
     return own if state.prefix is None else _with_prompts(own, state)
 
 
@@ -77,7 +81,7 @@ def _with_prompts(own: History, state: GenerationState) -> History:
         if start:
             whole["tokens"][b, :start] = prompts_rp[region_b[b], :start]
         for name, array in whole.items():
-            array[b, start:start + own_width] = getattr(own, name)[b]
+            array[b, start : start + own_width] = getattr(own, name)[b]
         lengths[b] += start
     return History(lengths=lengths, **whole)
 
@@ -90,8 +94,8 @@ def collect_decode(state: GenerationState, lengths_before: np.ndarray) -> Decode
     tokens = np.full((len(counts), width), PAD_TOKEN, np.int32)
     logprobs = np.zeros((len(counts), width), np.float32)
     for b, (start, count) in enumerate(zip(lengths_before, counts)):
-        tokens[b, :count] = seen.tokens[b, start:start + count]
-        logprobs[b, :count] = seen.logprobs[b, start:start + count]
+        tokens[b, :count] = seen.tokens[b, start : start + count]
+        logprobs[b, :count] = seen.logprobs[b, start : start + count]
     return DecodeResult(tokens, logprobs, counts, to_host(state.done_b), to_host(state.stop_hit_b))
 
 
@@ -108,5 +112,10 @@ def concat_results(parts: list[tuple[DecodeResult, int]]) -> DecodeResult:
             arrays.append(value)
         return np.concatenate(arrays)
 
-    return DecodeResult(rows("tokens", -1), rows("logprobs", 0.0), rows("num_tokens", 0), rows("finished", False),
-                        rows("stop_token_hit", False))
+    return DecodeResult(
+        rows("tokens", -1),
+        rows("logprobs", 0.0),
+        rows("num_tokens", 0),
+        rows("finished", False),
+        rows("stop_token_hit", False),
+    )

@@ -12,6 +12,7 @@ Conventions shared with the trainer (or importance ratios are biased):
 `filtered_probs_reference` is the plain NumPy statement of the definition the tests compare
 empirical frequencies of `sample_tokens` against.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -42,8 +43,9 @@ def _filter_top_p(sorted_logits_bk: jax.Array, top_p) -> jax.Array:
     return jnp.where(mass_before_bk < top_p, sorted_logits_bk, -jnp.inf)
 
 
-def sample_tokens(logits_bv: jax.Array, keys_b: jax.Array, temperature, top_p, *, greedy: bool, top_k: int,
-                  use_top_p: bool) -> tuple[jax.Array, jax.Array]:
+def sample_tokens(
+    logits_bv: jax.Array, keys_b: jax.Array, temperature, top_p, *, greedy: bool, top_k: int, use_top_p: bool
+) -> tuple[jax.Array, jax.Array]:
     """Samples one token per row of logits [B, V] (fp32). Returns (tokens [B] int32, log-probs [B] fp32).
 
     temperature / top_p may be traced scalars; greedy, top_k (0 = off) and use_top_p are static.
@@ -63,8 +65,9 @@ def sample_tokens(logits_bv: jax.Array, keys_b: jax.Array, temperature, top_p, *
     return tokens_b, token_logprobs(scaled_bv, tokens_b, 1.0)
 
 
-def filtered_probs_reference(logits_v: Sequence[float], temperature: float = 1.0, top_k: int = 0,
-                             top_p: float = 1.0) -> np.ndarray:
+def filtered_probs_reference(
+    logits_v: Sequence[float], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> np.ndarray:
     """The sampling distribution [V] by definition (NumPy, float64): softmax(l / T), top-k, top-p."""
     scaled = np.asarray(logits_v, np.float64) / temperature
     order = np.argsort(-scaled, kind="stable")

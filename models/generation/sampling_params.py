@@ -3,6 +3,7 @@
 A plain dataclass (NumPy only), kept apart from the jit-compiled sampling functions (sampling.py) so that
 settings are checked without importing JAX.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,7 @@ class SamplingParams:
     max_new_tokens: per turn, an int for every sequence or one int per sequence (batch slot).
     temperature also scales the reported log-probs when greedy (argmax ignores it).
     """
+
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -60,5 +62,5 @@ class SamplingParams:
     def stop_ids_array(self) -> np.ndarray:
         """Stop ids padded with -1 to [MAX_STOP_TOKENS] (int32)."""
         out = np.full((MAX_STOP_TOKENS,), -1, np.int32)
-        out[:len(self.stop_token_ids)] = self.stop_token_ids
+        out[: len(self.stop_token_ids)] = self.stop_token_ids
         return out

@@ -10,6 +10,7 @@ for one position per sequence per step. A "turn" starts when tokens are appended
 `FIELDS` declares every array (dimensions, dtype, empty value, whether emptying or copying a slot
 touches it); creating, pinning to the mesh, growing, resetting and copying map over it (fields.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,11 +80,23 @@ def constrain_state(state: GenerationState) -> GenerationState:
     return state if state.prefix is None else dataclasses.replace(state, prefix=constrain_prefix(state.prefix))
 
 
-def empty_state(num_layers: int, num_kv_heads: int, head_dim: int, hidden_size: int, batch: int, capacity: int,
-                cache_dtype, hidden_dtype) -> GenerationState:
+def empty_state(
+    num_layers: int,
+    num_kv_heads: int,
+    head_dim: int,
+    hidden_size: int,
+    batch: int,
+    capacity: int,
+    cache_dtype,
+    hidden_dtype,
+) -> GenerationState:
     """All slots empty (length 0, done). Meant to run under jit so arrays are born sharded."""
-    arrays = fl.empty_arrays(FIELDS, {"B": batch, "K": num_kv_heads, "S": capacity, "H": head_dim, "D": hidden_size},
-                             {"cache": cache_dtype, "hidden": hidden_dtype}, num_layers)
+    arrays = fl.empty_arrays(
+        FIELDS,
+        {"B": batch, "K": num_kv_heads, "S": capacity, "H": head_dim, "D": hidden_size},
+        {"cache": cache_dtype, "hidden": hidden_dtype},
+        num_layers,
+    )
     cache = KVCache(arrays.pop("cache.keys"), arrays.pop("cache.values"), arrays.pop("cache.lengths"))
     return constrain_state(GenerationState(cache=cache, **arrays))
 
@@ -99,8 +112,9 @@ def grow(state: GenerationState, capacity: int) -> GenerationState:
 def reset_slots(state: GenerationState, reset_b: jax.Array, key_data_b2: jax.Array) -> GenerationState:
     """Empties the slots where reset_b [B] is True and gives them new PRNG keys [B, 2]."""
     state = fl.reset_rows(state, FIELDS, "B", reset_b)
-    return constrain_state(dataclasses.replace(
-        state, key_data_b2=jnp.where(reset_b[:, None], key_data_b2, state.key_data_b2)))
+    return constrain_state(
+        dataclasses.replace(state, key_data_b2=jnp.where(reset_b[:, None], key_data_b2, state.key_data_b2))
+    )
 
 
 def copy_slots(state: GenerationState, sources_u: jax.Array, targets_u: jax.Array) -> GenerationState:
@@ -120,8 +134,9 @@ def gather_slots(state: GenerationState, rows_u: jax.Array) -> GenerationState:
     return dataclasses.replace(rows, prefix=dataclasses.replace(prefix, lane_b=lane_u))
 
 
-def scatter_slots(state: GenerationState, rows: GenerationState, rows_u: jax.Array, starts_u: jax.Array,
-                  width: int) -> GenerationState:
+def scatter_slots(
+    state: GenerationState, rows: GenerationState, rows_u: jax.Array, starts_u: jax.Array, width: int
+) -> GenerationState:
     """`state` with the slots of `rows` (from gather_slots, then appended to at positions starts_u [U] ..
     + width - 1) written back to slots rows_u [U]: per-position arrays and caches in that window only."""
     return constrain_state(fl.scatter_rows(state, rows, FIELDS, "B", rows_u, starts_u, width))

@@ -14,6 +14,7 @@ The engine jits each with the state donated; the model graph is closed over (`gr
 that only move state (grow, reset, rewind, copy slots) are in state.py, the shared-prefix ones in
 prefix_steps.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,9 @@ from envtune_jax.models.generation.sampling import position_keys, sample_tokens
 from envtune_jax.models.generation.state import GenerationState, constrain_state, gather_slots, new_turns, scatter_slots
 
 
-def extend_chunk(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationState, tokens_bt: jax.Array,
-                 num_new_b: jax.Array) -> GenerationState:
+def extend_chunk(
+    graphdef: nnx.GraphDef, params: nnx.State, state: GenerationState, tokens_bt: jax.Array, num_new_b: jax.Array
+) -> GenerationState:
     """Appends tokens_bt [B, T] (first num_new_b [B] of each row real) to each sequence."""
     model = nnx.merge(graphdef, params)
     batch, width = tokens_bt.shape
@@ -49,8 +51,14 @@ def extend_chunk(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationSta
     return constrain_state(new_turns(state, extended_b, done=False))
 
 
-def extend_rows(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationState, rows_u: jax.Array,
-                tokens_ut: jax.Array, num_new_u: jax.Array) -> GenerationState:
+def extend_rows(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    state: GenerationState,
+    rows_u: jax.Array,
+    tokens_ut: jax.Array,
+    num_new_u: jax.Array,
+) -> GenerationState:
     """Appends tokens_ut [U, T] (first num_new_u [U] of each row real, ≥ 1) to the sequences in slots rows_u [U].
 
     A row index ≥ B is padding: it runs on a copy of the last slot and is written nowhere. The other
@@ -66,8 +74,7 @@ def live_mask(state: GenerationState, active_b: jax.Array, budgets_b: jax.Array)
     """[B] bool: the sequence samples a token this step."""
     lengths_b = state.cache.lengths
     generated_b = lengths_b - state.turn_start_b
-    return (active_b & ~state.done_b & (_held(state) > 0) & (lengths_b < state.capacity)
-            & (generated_b < budgets_b))
+    return active_b & ~state.done_b & (_held(state) > 0) & (lengths_b < state.capacity) & (generated_b < budgets_b)
 
 
 def _held(state: GenerationState) -> jax.Array:
@@ -75,9 +82,21 @@ def _held(state: GenerationState) -> jax.Array:
     return state.cache.lengths if state.prefix is None else state.cache.lengths + state.prefix.offsets_b()
 
 
-def decode_loop(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationState, active_b: jax.Array,
-                budgets_b: jax.Array, stop_ids_k: jax.Array, temperature: jax.Array, top_p: jax.Array,
-                max_steps: jax.Array, *, greedy: bool, top_k: int, use_top_p: bool) -> GenerationState:
+def decode_loop(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    state: GenerationState,
+    active_b: jax.Array,
+    budgets_b: jax.Array,
+    stop_ids_k: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    max_steps: jax.Array,
+    *,
+    greedy: bool,
+    top_k: int,
+    use_top_p: bool,
+) -> GenerationState:
     """Samples until no sequence is live or max_steps steps ran.
 
     active_b [B] bool: sequences allowed to generate in this call; budgets_b [B] int32: max new
@@ -86,8 +105,9 @@ def decode_loop(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationStat
     """
     capacity = state.capacity
     lengths_b = state.cache.lengths
-    exhausted_b = (active_b & (_held(state) > 0)
-                   & ((lengths_b - state.turn_start_b >= budgets_b) | (lengths_b >= capacity)))
+    exhausted_b = (
+        active_b & (_held(state) > 0) & ((lengths_b - state.turn_start_b >= budgets_b) | (lengths_b >= capacity))
+    )
     state = dataclasses.replace(state, done_b=state.done_b | exhausted_b)
 
     def cond(carry):
@@ -103,14 +123,15 @@ def decode_loop(graphdef: nnx.GraphDef, params: nnx.State, state: GenerationStat
         sequence_positions_b = positions_b if prefix is None else positions_b + prefix.offsets_b()
         logits_bv = model.logits(loop_state.hidden_bd[:, None, :])[:, 0]
         keys_b = position_keys(loop_state.key_data_b2, sequence_positions_b)
-        tokens_b, logprobs_b = sample_tokens(logits_bv, keys_b, temperature, top_p, greedy=greedy, top_k=top_k,
-                                             use_top_p=use_top_p)
-        hidden_b1d, cache = model.hidden_states(tokens_b[:, None], cache=loop_state.cache,
-                                                num_new_b=live_b.astype(jnp.int32), prefix=prefix)
+        tokens_b, logprobs_b = sample_tokens(
+            logits_bv, keys_b, temperature, top_p, greedy=greedy, top_k=top_k, use_top_p=use_top_p
+        )
+        hidden_b1d, cache = model.hidden_states(
+            tokens_b[:, None], cache=loop_state.cache, num_new_b=live_b.astype(jnp.int32), prefix=prefix
+        )
         is_stop_b = jnp.any(tokens_b[:, None] == stop_ids_k[None, :], axis=-1)
         new_lengths_b = cache.lengths
-        turn_over_b = (is_stop_b | (new_lengths_b - loop_state.turn_start_b >= budgets_b)
-                       | (new_lengths_b >= capacity))
+        turn_over_b = is_stop_b | (new_lengths_b - loop_state.turn_start_b >= budgets_b) | (new_lengths_b >= capacity)
         new_state = dataclasses.replace(
             loop_state,
             cache=cache,

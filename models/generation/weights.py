@@ -8,6 +8,7 @@ tensor-parallel-only weights for decoding). An array already laid out that way i
 only the others are copied (`jax.device_put`), once per distinct array: the copies are reused
 until the trainer replaces the source array.
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -20,8 +21,12 @@ from envtune_jax.sharding import LOGICAL_AXIS_RULES, logical_to_spec
 
 
 class SamplerWeights:
-    def __init__(self, model: nnx.Module, mesh: jax.sharding.Mesh | None = None,
-                 rules: Mapping[str, tuple[str, ...]] | None = None):
+    def __init__(
+        self,
+        model: nnx.Module,
+        mesh: jax.sharding.Mesh | None = None,
+        rules: Mapping[str, tuple[str, ...]] | None = None,
+    ):
         if rules is not None and mesh is None:
             raise ValueError("resharding rules need a mesh to lay the weights out on")
         self.model = model
@@ -64,7 +69,8 @@ class SamplerWeights:
         whose Variable objects themselves were swapped needs `refresh()`.
         """
         if self._variables is not None and all(
-                _raw(v) is leaf for v, leaf in zip(self._variables, self._source_leaves)):
+            _raw(v) is leaf for v, leaf in zip(self._variables, self._source_leaves)
+        ):
             return self._params
         return self.refresh()
 
@@ -73,8 +79,11 @@ class SamplerWeights:
         state = nnx.state(self.model)
         variables = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
         leaves = [_raw(v) for v in variables]
-        if self._source_leaves is None or len(leaves) != len(self._source_leaves) or any(
-                a is not b for a, b in zip(leaves, self._source_leaves)):
+        if (
+            self._source_leaves is None
+            or len(leaves) != len(self._source_leaves)
+            or any(a is not b for a, b in zip(leaves, self._source_leaves))
+        ):
             self._params = self._laid_out(state)
         self._variables, self._source_leaves = variables, leaves
         return self._params
