@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 BFCL   := bfcl-eval==2026.3.23 mpmath==1.3.0
 
-.PHONY: setup demo test test-learning test-jax-next bench gpu-bundle clean
+.PHONY: setup demo test lint test-learning test-jax-next bench gpu-bundle clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,13 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/envtune demo
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not learning" tests
+
+# ruff (settings in pyproject.toml): `ruff format .` then `ruff check --fix .` repairs most of what this reports
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The RL learning proof (synthetic task, reward from <= 0.2 to >= 0.8): ~3 min on 2 CPU cores
 # (full XLA optimisation: tests/conftest.py's quick-compile default would double its run time)
