@@ -1,5 +1,6 @@
 """Shared test set-up (CPU only, float32 matmuls exact enough for parity checks) and the helpers that
 write tiny random Qwen3 checkpoints with `transformers` itself, for parity tests."""
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,14 @@ TINY_VARIANTS = {
 }
 
 
-def write_tiny_qwen3(out_dir: Path, variant: str = "tied_kv2", vocab_size: int = 512, seed: int = 0,
-                     dtype: str = "float32", max_shard_size: str | None = None) -> Path:
+def write_tiny_qwen3(
+    out_dir: Path,
+    variant: str = "tied_kv2",
+    vocab_size: int = 512,
+    seed: int = 0,
+    dtype: str = "float32",
+    max_shard_size: str | None = None,
+) -> Path:
     """Creates a random Qwen3ForCausalLM with transformers and saves it (safetensors) to out_dir; with
     `max_shard_size` (e.g. "100KB") as several files with a model.safetensors.index.json."""
     import torch
@@ -42,9 +49,17 @@ def write_tiny_qwen3(out_dir: Path, variant: str = "tied_kv2", vocab_size: int =
 
     hidden, inter, layers, heads, kv, head_dim, tied, theta = TINY_VARIANTS[variant]
     config = transformers.Qwen3Config(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, tie_word_embeddings=tied,
-        rope_theta=theta, max_position_embeddings=32768, rms_norm_eps=1e-6,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=head_dim,
+        tie_word_embeddings=tied,
+        rope_theta=theta,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
     )
     torch.manual_seed(seed)
     model = transformers.Qwen3ForCausalLM(config)
@@ -65,7 +80,9 @@ def hf_model(path: str, dtype: str = "float32"):
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
 
 
-def hf_logits(path: Path, tokens: np.ndarray, attention_mask: np.ndarray | None = None, dtype: str = "float32") -> np.ndarray:
+def hf_logits(
+    path: Path, tokens: np.ndarray, attention_mask: np.ndarray | None = None, dtype: str = "float32"
+) -> np.ndarray:
     import torch
 
     model = hf_model(str(path), dtype)

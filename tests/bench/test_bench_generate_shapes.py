@@ -1,5 +1,6 @@
 """`envtune bench generate --shapes`: several shapes with one model, one JSON line each, and their tokens saved;
 `envtune bench probe`: the device's two ceilings."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,10 @@ TINY = ["--preset", "tiny", "--random-weights", "--dtype", "float32", "--model-c
 
 def test_shapes_run_with_one_model_and_save_their_tokens(capsys, tmp_path):
     tokens = tmp_path / "tokens.npz"
-    assert main(["bench", "generate", *TINY, "--shapes", "1x8x4,3x8x6", "--repeats", "1",
-                 "--tokens-out", str(tokens)]) == 0
+    assert (
+        main(["bench", "generate", *TINY, "--shapes", "1x8x4,3x8x6", "--repeats", "1", "--tokens-out", str(tokens)])
+        == 0
+    )
     records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [(r["batch"], r["prompt_len"], r["new_tokens"]) for r in records] == [(1, 8, 4), (3, 8, 6)]
     with np.load(tokens) as saved:
@@ -59,8 +62,30 @@ def test_shared_prefix_measures_both_engines_on_the_same_prompts_in_one_process(
     """--shared-prefix G: B/G prompts, G slots each, measured with each prompt held once and without; the KV
     bytes a step reads are counted from the layouts the engines ran with; fp32 greedy tokens agree."""
     tokens = tmp_path / "tokens.npz"
-    assert main(["bench", "generate", *TINY, "--cache-dtype", "float32", "--batch", "4", "--prompt-len", "40",
-                 "--new-tokens", "6", "--shared-prefix", "2", "--repeats", "1", "--tokens-out", str(tokens)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "generate",
+                *TINY,
+                "--cache-dtype",
+                "float32",
+                "--batch",
+                "4",
+                "--prompt-len",
+                "40",
+                "--new-tokens",
+                "6",
+                "--shared-prefix",
+                "2",
+                "--repeats",
+                "1",
+                "--tokens-out",
+                str(tokens),
+            ]
+        )
+        == 0
+    )
     unshared, shared = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
     assert (unshared["shared_prefix"], shared["shared_prefix"]) == (None, 2)
     assert unshared["benchmark"] == shared["benchmark"] == "generate" and shared["distinct_prompts"] == 2
@@ -69,8 +94,11 @@ def test_shared_prefix_measures_both_engines_on_the_same_prompts_in_one_process(
     assert shared["kv_bytes_live_per_step"] == (2 * 40 + 4 * 3) * per_token  # each prompt once, then own tokens
     layout = shared["cache_layout"]
     assert layout["regions"] == 2 and layout["region_capacity"] >= 40
-    assert shared["kv_bytes_read_per_step"] == shared["kv_bytes_allocated"] == \
-        (2 * layout["region_capacity"] + 4 * layout["slot_capacity"]) * per_token  # the einsum reads it all
+    assert (
+        shared["kv_bytes_read_per_step"]
+        == shared["kv_bytes_allocated"]
+        == (2 * layout["region_capacity"] + 4 * layout["slot_capacity"]) * per_token
+    )  # the einsum reads it all
     assert "prefill_regions" in shared["compilations"] and "copy_rows" in unshared["compilations"]
     gain = shared["vs_unshared"]
     assert gain["rows_identical"] == gain["rows"] == 4 and gain["tokens_equal_fraction"] == 1.0

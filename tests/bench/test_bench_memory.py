@@ -1,6 +1,7 @@
 """`envtune bench memory` (envtune_jax/bench/memory.py): XLA's buffer figures for the decode loop and the
 train step agree with the arrays they must hold, donation shows as aliasing, and the fit search finds the
 boundary with a logarithmic number of compilations."""
+
 from __future__ import annotations
 
 import contextlib
@@ -71,9 +72,32 @@ def test_cli_fit_prints_a_batch_at_the_limit():
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         # float32: on a CPU, bf16 matmuls are emulated with float32 copies of the weights in the temporaries
-        assert main(["bench", "memory", "--preset", "tiny", "--program", "decode", "--context", str(CONTEXT),
-                     "--dtype", "float32", "--cache-dtype", "float32", "--fit", "--memory-gb", "0.08",
-                     "--fraction", "1.0", "--max-batch", "64"]) == 0
+        assert (
+            main(
+                [
+                    "bench",
+                    "memory",
+                    "--preset",
+                    "tiny",
+                    "--program",
+                    "decode",
+                    "--context",
+                    str(CONTEXT),
+                    "--dtype",
+                    "float32",
+                    "--cache-dtype",
+                    "float32",
+                    "--fit",
+                    "--memory-gb",
+                    "0.08",
+                    "--fraction",
+                    "1.0",
+                    "--max-batch",
+                    "64",
+                ]
+            )
+            == 0
+        )
     record = json.loads(out.getvalue())
     assert record["fit"] and record["limit_bytes"] == pytest.approx(8e7)
     # the tiny model's loop holds ~40 MB of weights + ~3.7 MB per slot (float32 [slot, vocab] temporaries)

@@ -1,5 +1,6 @@
 """`envtune bench prefill`, `extend` and `rollout` on CPU (tiny shapes): the fields they promise,
 their arithmetic (FLOP counts, time shares), their errors, and the `--profile` trace."""
+
 from __future__ import annotations
 
 import contextlib
@@ -45,14 +46,36 @@ def test_bench_extend_tiny_times_both_modes_and_counts_their_work():
     from envtune_jax.bench.extend import check_arguments as extend_check_arguments
     from envtune_jax.bench.extend import round_flops
 
-    argv = ["bench", "extend", "--preset", "tiny", "--random-weights", "--batch", "4", "--context", "32", "--tail", "8",
-            "--prompt-len", "64", "--chunk", "16", "--repeats", "1", "--dtype", "float32"]
+    argv = [
+        "bench",
+        "extend",
+        "--preset",
+        "tiny",
+        "--random-weights",
+        "--batch",
+        "4",
+        "--context",
+        "32",
+        "--tail",
+        "8",
+        "--prompt-len",
+        "64",
+        "--chunk",
+        "16",
+        "--repeats",
+        "1",
+        "--dtype",
+        "float32",
+    ]
     record = _run_cli(argv)
     assert record["benchmark"] == "extend" and record["appended_tokens"] == 3 * 8 + 64
     # compacted: one call of the 4 slots' first pieces (16 wide), then 3 one-row calls for the prompt's rest;
     # all slots: 4 calls of 4 rows x 16
     assert record["compacted"]["token_rows"] == 4 * 16 + 3 * 16 and record["all_slots"]["token_rows"] == 4 * 4 * 16
-    assert record["compacted"]["compilations"]["extend_rows"] >= 1 and "extend_rows" not in record["all_slots"]["compilations"]
+    assert (
+        record["compacted"]["compilations"]["extend_rows"] >= 1
+        and "extend_rows" not in record["all_slots"]["compilations"]
+    )
     assert record["speedup"] == pytest.approx(record["all_slots"]["round_s"] / record["compacted"]["round_s"])
     args = SimpleNamespace(batch=4, context=32, tail=8, prompt_len=64)
     cfg = preset("tiny")
@@ -60,8 +83,10 @@ def test_bench_extend_tiny_times_both_modes_and_counts_their_work():
     pairs = 3 * 8 * (32 + 4.5) + 64 * 65 / 2
     assert round_flops(cfg, args) == 2 * layer_params * 88 + 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * pairs
     rate = record["limits"]["matmul_flops_per_s"]
-    assert record["fraction_of_matmul_rate"] == pytest.approx(round_flops(cfg, args) / rate / record["compacted"]["round_s"])
-    bad = argv[:argv.index("--batch") + 1] + ["1"] + argv[argv.index("--batch") + 2:]
+    assert record["fraction_of_matmul_rate"] == pytest.approx(
+        round_flops(cfg, args) / rate / record["compacted"]["round_s"]
+    )
+    bad = argv[: argv.index("--batch") + 1] + ["1"] + argv[argv.index("--batch") + 2 :]
     assert main(bad) != 0  # the CLI reports the ConfigError and exits non-zero
     with pytest.raises(ConfigError, match="power of two"):
         extend_check_arguments(SimpleNamespace(batch=4, context=8, tail=8, prompt_len=8, repeats=1, chunk=24))
@@ -77,9 +102,27 @@ def test_prefill_rejects_a_chunk_the_engine_cannot_use():
 
 def test_bench_prefill_tiny(tmp_path):
     batch, prompt_len, chunk = 2, 64, 32
-    record = _run_cli(["bench", "prefill", "--preset", "tiny", "--random-weights", "--batch", str(batch),
-                       "--prompt-len", str(prompt_len), "--chunk", str(chunk), "--repeats", "2", "--dtype", "float32",
-                       "--profile", str(tmp_path / "trace")])
+    record = _run_cli(
+        [
+            "bench",
+            "prefill",
+            "--preset",
+            "tiny",
+            "--random-weights",
+            "--batch",
+            str(batch),
+            "--prompt-len",
+            str(prompt_len),
+            "--chunk",
+            str(chunk),
+            "--repeats",
+            "2",
+            "--dtype",
+            "float32",
+            "--profile",
+            str(tmp_path / "trace"),
+        ]
+    )
     assert record["benchmark"] == "prefill" and (record["batch"], record["prompt_len"]) == (batch, prompt_len)
     assert record["tok_s"] == pytest.approx(batch * prompt_len / record["prefill_s"], rel=1e-9)
     model_flops, executed = prefill_flops(preset("tiny"), batch, prompt_len)
@@ -97,7 +140,10 @@ def test_bench_prefill_tiny(tmp_path):
 
 def test_model_config_changes_parse_values_and_name_the_fields():
     assert model_config_changes(["vocab_size=1000", "rope_theta=5e6", "tie_word_embeddings=false"]) == {
-        "vocab_size": 1000, "rope_theta": 5e6, "tie_word_embeddings": False}
+        "vocab_size": 1000,
+        "rope_theta": 5e6,
+        "tie_word_embeddings": False,
+    }
     with pytest.raises(ConfigError, match="hidden_size"):
         model_config_changes(["hidden=128"])
     with pytest.raises(ConfigError, match="FIELD=VALUE"):
@@ -129,9 +175,25 @@ def test_choose_stage_names_the_choices():
 
 
 def test_bench_rollout_tiny_recipe_on_real_bfcl_environments(capsys):
-    record = _run_cli(["bench", "rollout", "--recipe", str(REPO / "configs/recipes/tiny_cpu.yaml"),
-                       "--stage", "stage2_hints", "--prompts", "1", "--samples", "1", "--iterations", "1", "--no-warmup",
-                       "data.source=package", "sampler.batch_size=1"])
+    record = _run_cli(
+        [
+            "bench",
+            "rollout",
+            "--recipe",
+            str(REPO / "configs/recipes/tiny_cpu.yaml"),
+            "--stage",
+            "stage2_hints",
+            "--prompts",
+            "1",
+            "--samples",
+            "1",
+            "--iterations",
+            "1",
+            "--no-warmup",
+            "data.source=package",
+            "sampler.batch_size=1",
+        ]
+    )
     assert record["benchmark"] == "rollout" and record["stage"] == "stage2_hints"
     assert record["random_weights"] and record["model"] == "tiny"
     assert record["episodes_per_iteration"] == 1

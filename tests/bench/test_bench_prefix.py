@@ -1,6 +1,7 @@
 """What sharing a group's prompt saves: the counted figures of `envtune bench prefix` at BFCL shapes (the issue's
 own arithmetic, and the targets), XLA's buffers of the shared-prefix decode loop (`bench memory --shared-prefix`),
 and the side-by-side train-step timing path on small shapes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -67,12 +68,33 @@ def test_shared_prefix_decode_loop_holds_each_prompt_once():
 
 
 def test_cli_reports_both_and_times_the_train_step_side_by_side():
-    record = run_cli(["bench", "memory", "--preset", "tiny", "--program", "decode", "--batch", "4", "--context",
-                      "64", "--dtype", "float32", "--cache-dtype", "float32", "--shared-prefix", "--prompt", "48",
-                      "--group", "4"])
+    record = run_cli(
+        [
+            "bench",
+            "memory",
+            "--preset",
+            "tiny",
+            "--program",
+            "decode",
+            "--batch",
+            "4",
+            "--context",
+            "64",
+            "--dtype",
+            "float32",
+            "--cache-dtype",
+            "float32",
+            "--shared-prefix",
+            "--prompt",
+            "48",
+            "--group",
+            "4",
+        ]
+    )
     assert record["shared_prefix"]["argument_bytes"] < record["argument_bytes"]
-    timed = run_cli(["bench", "prefix", "--prompt", "40", "--group", "3", "--train-own", "8", "--time-train",
-                     "--steps", "1"])["train_step_tiny_cpu"]
+    timed = run_cli(
+        ["bench", "prefix", "--prompt", "40", "--group", "3", "--train-own", "8", "--time-train", "--steps", "1"]
+    )["train_step_tiny_cpu"]
     assert timed["unshared"]["rows"] == 3 and timed["shared"]["rows"] == 1
     assert timed["unshared"]["model_tokens"] == timed["shared"]["model_tokens"] == 3 * 8
     assert timed["speedup"] > 0 and timed["speedup_cpu_time"] > 0
@@ -86,8 +108,11 @@ def test_prompt_tree_counts_each_distinct_prefix_once():
 
     assert trie_tokens([[1, 2, 3], [1, 2, 4, 5], [1, 2, 3], [7]]) == 3 + 2 + 1  # 1-2-3, 4-5, 7
     ids = {"a": [1, 2, 3, 4], "b": [1, 2, 3, 9, 9], "c": [5, 6]}
-    picked = [SimpleNamespace(id="a", involved_classes=["X"]), SimpleNamespace(id="b", involved_classes=["X"]),
-              SimpleNamespace(id="c", involved_classes=["Y"])]
+    picked = [
+        SimpleNamespace(id="a", involved_classes=["X"]),
+        SimpleNamespace(id="b", involved_classes=["X"]),
+        SimpleNamespace(id="c", involved_classes=["Y"]),
+    ]
     got = batch_figures(picked, ids, samples=4, own=10)
     assert (got["unshared"], got["group"], got["tree"], got["classes_tree"]) == (44, 11, 8, 8)
     assert got["common_prefix_same_classes"] == [3]

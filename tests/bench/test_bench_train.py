@@ -1,5 +1,6 @@
 """`envtune bench train` (envtune_jax/bench/train.py) on CPU with the tiny preset, its FLOP accounting,
 and the model TFLOP/s / MFU metrics of a GRPO iteration (rl/grpo.py), which use the same device table."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,10 +16,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from envtune_jax.environments.base import EpisodeOutcome
 from envtune_jax.bench.train import check_rows_split_over_mesh, model_flops_report, synthetic_batch
 from envtune_jax.cli.main import main
 from envtune_jax.config import ConfigError
+from envtune_jax.environments.base import EpisodeOutcome
 from envtune_jax.models.config import Qwen3Config, preset
 from envtune_jax.models.qwen3 import Qwen3, init_model
 from envtune_jax.rl.grpo import PolicyLearner, matmul_peak_flops
@@ -38,9 +39,27 @@ def _run_cli(argv: list[str]) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def record() -> dict:
-    code, text = _run_cli(["bench", "train", "--preset", "tiny", "--random-weights", "--batch", str(BATCH),
-                           "--seq-len", str(SEQ_LEN), "--micro-batch", str(MICRO), "--remat", "full",
-                           "--steps", str(STEPS), "--dtype", "float32"])
+    code, text = _run_cli(
+        [
+            "bench",
+            "train",
+            "--preset",
+            "tiny",
+            "--random-weights",
+            "--batch",
+            str(BATCH),
+            "--seq-len",
+            str(SEQ_LEN),
+            "--micro-batch",
+            str(MICRO),
+            "--remat",
+            "full",
+            "--steps",
+            str(STEPS),
+            "--dtype",
+            "float32",
+        ]
+    )
     assert code == 0
     lines = text.strip().splitlines()
     assert len(lines) == 1, text
@@ -48,11 +67,30 @@ def record() -> dict:
 
 
 def test_bench_train_prints_the_promised_fields(record):
-    for key in ("tokens_per_s", "step_s", "compile_s", "model_tflops_per_s", "mfu", "remat", "device_kind", "jax",
-                "first_step_s", "step_s_median", "limits", "params", "padded_shape", "loss"):
+    for key in (
+        "tokens_per_s",
+        "step_s",
+        "compile_s",
+        "model_tflops_per_s",
+        "mfu",
+        "remat",
+        "device_kind",
+        "jax",
+        "first_step_s",
+        "step_s_median",
+        "limits",
+        "params",
+        "padded_shape",
+        "loss",
+    ):
         assert key in record, key
     assert record["benchmark"] == "train" and record["model"] == "tiny"
-    assert (record["batch"], record["seq_len"], record["micro_batch"], record["steps"]) == (BATCH, SEQ_LEN, MICRO, STEPS)
+    assert (record["batch"], record["seq_len"], record["micro_batch"], record["steps"]) == (
+        BATCH,
+        SEQ_LEN,
+        MICRO,
+        STEPS,
+    )
     assert record["remat"] == "full" and record["dtype"] == "float32"
     assert record["device_kind"] == jax.devices()[0].device_kind and record["jax"] == jax.__version__
     assert record["num_devices"] == 1 and record["mesh"] is None
@@ -66,8 +104,9 @@ def test_bench_train_numbers_are_positive_and_consistent(record):
     assert record["tokens_per_step"] == BATCH * SEQ_LEN
     assert record["tokens_per_s"] == pytest.approx(BATCH * SEQ_LEN / record["step_s"], rel=1e-9)
     assert record["model_tflops_per_s"] == pytest.approx(6 * record["params"] * record["tokens_per_s"] / 1e12, rel=1e-9)
-    assert record["mfu"] == pytest.approx(record["model_tflops_per_s"] * 1e12 / record["limits"]["matmul_flops_per_s"],
-                                          rel=1e-9)
+    assert record["mfu"] == pytest.approx(
+        record["model_tflops_per_s"] * 1e12 / record["limits"]["matmul_flops_per_s"], rel=1e-9
+    )
     assert math.isfinite(record["loss"])
     # every token after the first went through the vocabulary projection
     assert record["model_tokens"] == BATCH * (SEQ_LEN - 1)
@@ -103,11 +142,14 @@ def test_synthetic_batch_trains_every_position_after_the_first():
     np.testing.assert_allclose(np.asarray(batch.old_logprobs_bk)[mask > 0], -np.log(151936), rtol=1e-6)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--batch", "2"], "--random-weights"),
-    (["--random-weights", "--batch", "3", "--micro-batch", "2"], "--micro-batch 2 must divide --batch 3"),
-    (["--random-weights", "--seq-len", "1"], "--seq-len must be ≥ 2"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch", "2"], "--random-weights"),
+        (["--random-weights", "--batch", "3", "--micro-batch", "2"], "--micro-batch 2 must divide --batch 3"),
+        (["--random-weights", "--seq-len", "1"], "--seq-len must be ≥ 2"),
+    ],
+)
 def test_bench_train_rejects_bad_arguments(argv, message, capsys):
     assert main(["bench", "train", "--preset", "tiny", *argv]) == 2
     assert message in capsys.readouterr().err
@@ -125,6 +167,7 @@ def test_rows_must_split_over_the_data_parallel_devices():
 
 
 # --- model TFLOP/s and MFU in the GRPO iteration's metrics (rl/grpo.py) ------------------------------
+
 
 def test_matmul_peak_is_the_device_table_times_the_devices():
     assert matmul_peak_flops(jax.devices()) is None  # CPU: not in the table, no MFU
@@ -150,13 +193,15 @@ def _trajectory(group: int, length: int) -> Trajectory:
     ids = np.arange(length, dtype=np.int32) % 64
     mask = (np.arange(length) >= length // 2).astype(np.int32)
     outcome = EpisodeOutcome("e", [1.0], float(group), 0.0, 0.0, float(group), bool(group), {})
-    return Trajectory(f"e{group}", "synthetic", group, ids, mask, np.where(mask > 0, -4.0, 0.0).astype(np.float32),
-                      outcome, False)
+    return Trajectory(
+        f"e{group}", "synthetic", group, ids, mask, np.where(mask > 0, -4.0, 0.0).astype(np.float32), outcome, False
+    )
 
 
 def test_grpo_iteration_reports_model_tflops_and_mfu_only_on_known_devices():
-    cfg = Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
-                      num_kv_heads=1, head_dim=8)
+    cfg = Qwen3Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8
+    )
     engine = SimpleNamespace(extend_tokens={"appended": 0, "prefix_appended": 0}, mesh=None)
     learner = PolicyLearner(init_model(cfg), engine, _TimedTrainer(), None, LossConfig(kl_coef=0.0))
     trajectories = [_trajectory(g, n) for g, n in ((0, 12), (0, 9), (1, 16), (1, 7))]
@@ -165,8 +210,9 @@ def test_grpo_iteration_reports_model_tflops_and_mfu_only_on_known_devices():
     metrics, _ = learner.iterate([[None, None], [None, None]], None, None, None, 0, on_phase=phases.append)
     assert phases == ["update"]  # (the rollout's own phases come from run_rollouts)
     assert metrics["tokens"] == 12 + 9 + 16 + 7 and metrics["train_s"] >= 0.02
-    assert metrics["train_tflops"] == pytest.approx(6 * cfg.num_params * metrics["tokens"] / metrics["train_s"] / 1e12,
-                                                    rel=1e-12)
+    assert metrics["train_tflops"] == pytest.approx(
+        6 * cfg.num_params * metrics["tokens"] / metrics["train_s"] / 1e12, rel=1e-12
+    )
     assert "mfu" not in metrics  # CPU
     learner.peak_flops = matmul_peak_flops([SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3")] * 2)
     metrics, _ = learner.iterate([[None, None], [None, None]], None, None, None, 0)

@@ -1,6 +1,7 @@
 """benchmarks/gpu_suite.py (ours and the peers in device calls under a deadline), its plan (suite_plan.py),
 benchmarks/results_table.py (RESULTS.md), and a dry run of both device calls of
 benchmarks/gpu_first_light.sh at tiny shapes on CPU (the peers absent, so their steps are skipped)."""
+
 from __future__ import annotations
 
 import json
@@ -21,42 +22,132 @@ import hf_parity  # noqa: E402
 import results_table  # noqa: E402
 import suite_plan  # noqa: E402
 
-META = {"step": "meta", "group": "meta", "source": "suite", "status": "ok", "groups": ["generate"], "tiny": False,
-        "commit": "abc1234", "date": "2026-11-24T10:00:00+00:00", "python": "3.12.3", "jax": "0.11.2", "call": "c1"}
+META = {
+    "step": "meta",
+    "group": "meta",
+    "source": "suite",
+    "status": "ok",
+    "groups": ["generate"],
+    "tiny": False,
+    "commit": "abc1234",
+    "date": "2026-11-24T10:00:00+00:00",
+    "python": "3.12.3",
+    "jax": "0.11.2",
+    "call": "c1",
+}
 H100 = "NVIDIA H100 80GB HBM3"
 
 
 def _ok(source: str, call: str = "c1", **fields) -> dict:
-    return {"step": f"{source} step {fields.get('benchmark') or fields.get('what') or fields.get('kind')}",
-            "group": "g", "source": source, "status": "ok", "call": call, **fields}
+    return {
+        "step": f"{source} step {fields.get('benchmark') or fields.get('what') or fields.get('kind')}",
+        "group": "g",
+        "source": source,
+        "status": "ok",
+        "call": call,
+        **fields,
+    }
 
 
 def test_table_prints_ratios_to_the_peers_and_the_goals():
     records = [
         META,
-        _ok("ours", benchmark="generate", batch=64, prompt_len=512, new_tokens=256, decode_tok_s=12_000.0,
-            end_to_end_tok_s=9_500.0, ms_per_decode_step=5.33, decode_fraction_of_limit=0.91,
-            compile_s={"prefill": 4.0, "decode": 20.0}, device_kind=H100),
-        dict(_ok("ours", benchmark="generate", batch=64, prompt_len=512, new_tokens=256, decode_tok_s=13_073.0,
-                 end_to_end_tok_s=10_000.0, ms_per_decode_step=4.9, decode_fraction_of_limit=0.99,
-                 decode_attention="pallas", decode_kernel_blocks=[128, 3], compile_s={"prefill": 4.0, "decode": 25.0},
-                 device_kind=H100), step="ours generate pallas"),
+        _ok(
+            "ours",
+            benchmark="generate",
+            batch=64,
+            prompt_len=512,
+            new_tokens=256,
+            decode_tok_s=12_000.0,
+            end_to_end_tok_s=9_500.0,
+            ms_per_decode_step=5.33,
+            decode_fraction_of_limit=0.91,
+            compile_s={"prefill": 4.0, "decode": 20.0},
+            device_kind=H100,
+        ),
+        dict(
+            _ok(
+                "ours",
+                benchmark="generate",
+                batch=64,
+                prompt_len=512,
+                new_tokens=256,
+                decode_tok_s=13_073.0,
+                end_to_end_tok_s=10_000.0,
+                ms_per_decode_step=4.9,
+                decode_fraction_of_limit=0.99,
+                decode_attention="pallas",
+                decode_kernel_blocks=[128, 3],
+                compile_s={"prefill": 4.0, "decode": 25.0},
+                device_kind=H100,
+            ),
+            step="ours generate pallas",
+        ),
         _ok("tunix", kind="split", B=64, P=512, N=256, decode_only_tok_per_s=8_715.0, decode_ms_per_step=7.34),
         _ok("tunix", kind="e2e", B=64, P=512, N=256, tok_per_s_median=6_261.0),
         _ok("hf", what="hf_generate", batch=64, prompt=512, new=256, out_tok_s=581.0),
-        _ok("ours", benchmark="prefill", batch=8, prompt_len=2048, attention="cudnn", tok_s=75_000.0,
-            model_tflops_per_s=603.0, fraction_of_limit=0.76, device_kind=H100),
+        _ok(
+            "ours",
+            benchmark="prefill",
+            batch=8,
+            prompt_len=2048,
+            attention="cudnn",
+            tok_s=75_000.0,
+            model_tflops_per_s=603.0,
+            fraction_of_limit=0.76,
+            device_kind=H100,
+        ),
         _ok("hf", what="hf_prefill", batch=8, seq=2048, tok_s=46_972.0, tflops=378.0),
-        _ok("ours", benchmark="extend", batch=16, context=2048, tail=128, prompt_len=4096, attention="cudnn",
-            compacted={"round_s": 0.25, "token_rows": 6144}, all_slots={"round_s": 1.5, "token_rows": 65536},
-            speedup=6.0, fraction_of_matmul_rate=0.5, all_slots_fraction_of_matmul_rate=0.0833),
-        _ok("ours", benchmark="train", batch=8, seq_len=2048, remat="full", attention="cudnn", tokens_per_s=16_000.0,
-            model_tflops_per_s=386.0, mfu=0.45, peak_memory_bytes=60e9),
-        _ok("hf", what="hf_train_fwd_bwd_remat", batch=8, seq=2048, tok_s=11_074.0, model_tflops=267.0, peak_mem_gb=50.0),
-        _ok("ours", benchmark="memory", program="decode", param_dtype="bfloat16", context=8192, largest_batch=212,
-            tokens=212 * 8192, peak_bytes=70.1e9, argument_bytes=64.0e9, limit_bytes=70.2e9, remat=None),
-        {"step": "ours rollout", "group": "rollout", "source": "ours", "status": "failed", "call": "c1",
-         "failures": [{"returncode": 1, "output_tail": "Traceback...\nRESOURCE_EXHAUSTED: out of memory"}]},
+        _ok(
+            "ours",
+            benchmark="extend",
+            batch=16,
+            context=2048,
+            tail=128,
+            prompt_len=4096,
+            attention="cudnn",
+            compacted={"round_s": 0.25, "token_rows": 6144},
+            all_slots={"round_s": 1.5, "token_rows": 65536},
+            speedup=6.0,
+            fraction_of_matmul_rate=0.5,
+            all_slots_fraction_of_matmul_rate=0.0833,
+        ),
+        _ok(
+            "ours",
+            benchmark="train",
+            batch=8,
+            seq_len=2048,
+            remat="full",
+            attention="cudnn",
+            tokens_per_s=16_000.0,
+            model_tflops_per_s=386.0,
+            mfu=0.45,
+            peak_memory_bytes=60e9,
+        ),
+        _ok(
+            "hf", what="hf_train_fwd_bwd_remat", batch=8, seq=2048, tok_s=11_074.0, model_tflops=267.0, peak_mem_gb=50.0
+        ),
+        _ok(
+            "ours",
+            benchmark="memory",
+            program="decode",
+            param_dtype="bfloat16",
+            context=8192,
+            largest_batch=212,
+            tokens=212 * 8192,
+            peak_bytes=70.1e9,
+            argument_bytes=64.0e9,
+            limit_bytes=70.2e9,
+            remat=None,
+        ),
+        {
+            "step": "ours rollout",
+            "group": "rollout",
+            "source": "ours",
+            "status": "failed",
+            "call": "c1",
+            "failures": [{"returncode": 1, "output_tail": "Traceback...\nRESOURCE_EXHAUSTED: out of memory"}],
+        },
     ]
     text = results_table.render(records)
     assert "No GPU figures" not in text
@@ -81,21 +172,51 @@ def test_table_prints_ratios_to_the_peers_and_the_goals():
 
 
 def test_table_says_not_met_below_a_goal():
-    records = [META, _ok("ours", benchmark="prefill", batch=8, prompt_len=2048, attention="reference", tok_s=40_000.0,
-                         model_tflops_per_s=320.0, fraction_of_limit=0.41)]
+    records = [
+        META,
+        _ok(
+            "ours",
+            benchmark="prefill",
+            batch=8,
+            prompt_len=2048,
+            attention="reference",
+            tok_s=40_000.0,
+            model_tflops_per_s=320.0,
+            fraction_of_limit=0.41,
+        ),
+    ]
     assert "not met (≥ 70,000)" in results_table.render(records)
 
 
 def test_table_keeps_each_steps_latest_run_and_marks_ratios_across_calls():
     """A step skipped for time in the first call and run in the second shows once, from the second; its ratio
     to a peer measured in the first call is marked †; the skip is not listed as a problem."""
-    prefill = dict(step="ours prefill", group="prefill", source="ours", benchmark="prefill", batch=8,
-                   prompt_len=2048, attention="cudnn", tok_s=75_000.0, model_tflops_per_s=603.0,
-                   fraction_of_limit=0.76, device_kind=H100)
-    records = [META, {**prefill, "status": "skipped", "reason": "needs ~40 s, 12 s left in this call",
-                      "resumable": True, "call": "c1"},
-               _ok("hf", what="hf_prefill", batch=8, seq=2048, tok_s=50_000.0, tflops=400.0),
-               dict(META, call="c2"), {**prefill, "status": "ok", "call": "c2"}]
+    prefill = dict(
+        step="ours prefill",
+        group="prefill",
+        source="ours",
+        benchmark="prefill",
+        batch=8,
+        prompt_len=2048,
+        attention="cudnn",
+        tok_s=75_000.0,
+        model_tflops_per_s=603.0,
+        fraction_of_limit=0.76,
+        device_kind=H100,
+    )
+    records = [
+        META,
+        {
+            **prefill,
+            "status": "skipped",
+            "reason": "needs ~40 s, 12 s left in this call",
+            "resumable": True,
+            "call": "c1",
+        },
+        _ok("hf", what="hf_prefill", batch=8, seq=2048, tok_s=50_000.0, tflops=400.0),
+        dict(META, call="c2"),
+        {**prefill, "status": "ok", "call": "c2"},
+    ]
     text = results_table.render(records)
     assert text.count("| 8 x 2048 | ours | cudnn") == 1 and "1.50x †" in text
     assert "needs ~40 s" not in text and "call c1" in text and "call c2" in text
@@ -104,33 +225,94 @@ def test_table_keeps_each_steps_latest_run_and_marks_ratios_across_calls():
 
 
 def test_shared_prefix_table_shows_both_engines_and_their_same_process_ratios():
-    common = dict(group="shared-prefix", step="ours generate BFCL 64x6144+256 shared prefix 16 and unshared",
-                  batch=64, prompt_len=6144, new_tokens=256, decode_attention="reference", device_kind=H100)
-    unshared = _ok("ours", benchmark="generate", shared_prefix=None, decode_tok_s=4_000.0, ms_per_decode_step=16.0,
-                   kv_bytes_read_per_step=60.4e9, kv_bytes_live_per_step=59.2e9, decode_fraction_of_limit=0.5,
-                   end_to_end_tok_s=2_000.0, peak_memory_bytes=70e9, **common)
-    shared = _ok("ours", benchmark="generate", shared_prefix=16, decode_tok_s=12_000.0, ms_per_decode_step=5.33,
-                 kv_bytes_read_per_step=6.04e9, kv_bytes_live_per_step=4.83e9, decode_fraction_of_limit=0.6,
-                 end_to_end_tok_s=5_000.0, peak_memory_bytes=20e9,
-                 vs_unshared={"decode_speedup": 3.0, "end_to_end_speedup": 2.5, "kv_bytes_read_ratio": 10.0,
-                              "kv_bytes_live_ratio": 12.25, "rows_identical": 60, "rows": 64,
-                              "tokens_equal_fraction": 0.99}, **common)
+    common = dict(
+        group="shared-prefix",
+        step="ours generate BFCL 64x6144+256 shared prefix 16 and unshared",
+        batch=64,
+        prompt_len=6144,
+        new_tokens=256,
+        decode_attention="reference",
+        device_kind=H100,
+    )
+    unshared = _ok(
+        "ours",
+        benchmark="generate",
+        shared_prefix=None,
+        decode_tok_s=4_000.0,
+        ms_per_decode_step=16.0,
+        kv_bytes_read_per_step=60.4e9,
+        kv_bytes_live_per_step=59.2e9,
+        decode_fraction_of_limit=0.5,
+        end_to_end_tok_s=2_000.0,
+        peak_memory_bytes=70e9,
+        **common,
+    )
+    shared = _ok(
+        "ours",
+        benchmark="generate",
+        shared_prefix=16,
+        decode_tok_s=12_000.0,
+        ms_per_decode_step=5.33,
+        kv_bytes_read_per_step=6.04e9,
+        kv_bytes_live_per_step=4.83e9,
+        decode_fraction_of_limit=0.6,
+        end_to_end_tok_s=5_000.0,
+        peak_memory_bytes=20e9,
+        vs_unshared={
+            "decode_speedup": 3.0,
+            "end_to_end_speedup": 2.5,
+            "kv_bytes_read_ratio": 10.0,
+            "kv_bytes_live_ratio": 12.25,
+            "rows_identical": 60,
+            "rows": 64,
+            "tokens_equal_fraction": 0.99,
+        },
+        **common,
+    )
     text = results_table.render([META, shared, unshared])
     rows = [line for line in text.splitlines() if line.startswith("| 64, 6144, 256 |")]
-    assert rows == ["| 64, 6144, 256 | per slot | reference | 4,000 | 16.00 | 60.40 (59.20) | 50% | 2,000 | 70.0 |",
-                    "| 64, 6144, 256 | once per 16 slots | reference | 12,000 | 5.33 | 6.04 (4.83) | 60% | 5,000 | 20.0 |"]
-    assert ("decode 3.00x, end-to-end 2.50x; KV bytes read per step 10.00x fewer (live 12.25x); greedy tokens: "
-            "60 of 64 rows identical, 99.0% of tokens equal.") in text
+    assert rows == [
+        "| 64, 6144, 256 | per slot | reference | 4,000 | 16.00 | 60.40 (59.20) | 50% | 2,000 | 70.0 |",
+        "| 64, 6144, 256 | once per 16 slots | reference | 12,000 | 5.33 | 6.04 (4.83) | 60% | 5,000 | 20.0 |",
+    ]
+    assert (
+        "decode 3.00x, end-to-end 2.50x; KV bytes read per step 10.00x fewer (live 12.25x); greedy tokens: "
+        "60 of 64 rows identical, 99.0% of tokens equal."
+    ) in text
 
 
 def test_parity_table_and_the_cpu_warning():
-    logits = _ok("ours", what="parity_logits", attention="reference", batch=2, prompt_len=256, new_tokens=64,
-                 rel_err_vs_hf_bf16=0.011, rel_err_vs_hf_fp32=0.007, hf_bf16_rel_err_vs_fp32=0.009, top1_vs_hf_bf16=0.97,
-                 top1_vs_hf_fp32=0.98, hf_bf16_top1_vs_fp32=0.97, logits_ok=True, device_kind="cpu")
-    greedy = _ok("ours", what="parity_greedy", attention="reference", decode_attention="reference", batch=2,
-                 prompt_len=256, new_tokens=64, rows=[{"first_difference": 64},
-                                                      {"first_difference": 40, "near_tie": True}],
-                 rows_identical=1, tokens_equal=100, tokens=128, greedy_ok=True, device_kind="cpu")
+    logits = _ok(
+        "ours",
+        what="parity_logits",
+        attention="reference",
+        batch=2,
+        prompt_len=256,
+        new_tokens=64,
+        rel_err_vs_hf_bf16=0.011,
+        rel_err_vs_hf_fp32=0.007,
+        hf_bf16_rel_err_vs_fp32=0.009,
+        top1_vs_hf_bf16=0.97,
+        top1_vs_hf_fp32=0.98,
+        hf_bf16_top1_vs_fp32=0.97,
+        logits_ok=True,
+        device_kind="cpu",
+    )
+    greedy = _ok(
+        "ours",
+        what="parity_greedy",
+        attention="reference",
+        decode_attention="reference",
+        batch=2,
+        prompt_len=256,
+        new_tokens=64,
+        rows=[{"first_difference": 64}, {"first_difference": 40, "near_tie": True}],
+        rows_identical=1,
+        tokens_equal=100,
+        tokens=128,
+        greedy_ok=True,
+        device_kind="cpu",
+    )
     text = results_table.render([META, logits, greedy])
     assert "**No GPU figures" in text
     assert "| reference | 2 x 320 | 1.10e-02 | 7.00e-03 | 9.00e-03 | 97.0% | 98.0% | 97.0% | ok |" in text
@@ -147,8 +329,13 @@ def _step(name, variants, expect_s=0, limit_s=60, **fields):
 
 
 def test_step_falls_back_to_the_next_variant_and_logs_every_line(tmp_path):
-    step = _step("fallback", [[sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"],
-                              [sys.executable, "-c", "print('log line'); print('{\"x\": 1}')"]])
+    step = _step(
+        "fallback",
+        [
+            [sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"],
+            [sys.executable, "-c", "print('log line'); print('{\"x\": 1}')"],
+        ],
+    )
     log = gpu_suite.Log(tmp_path / "suite.log")
     (record,) = gpu_suite.run_step(step, tmp_path / "state", float("inf"), log)
     assert record["status"] == "ok" and record["x"] == 1 and record["variant"] == 1
@@ -186,9 +373,13 @@ def test_a_step_whose_requirement_failed_is_skipped(tmp_path):
 
 def test_resume_runs_what_has_no_result_and_what_it_requires():
     steps = [_step(name, [["x"]], requires=("a",) if name == "b" else ()) for name in "abcdef"]
-    earlier = [{"step": "a", "status": "ok"}, {"step": "b", "status": "skipped", "resumable": True},
-               {"step": "c", "status": "ok"}, {"step": "d", "status": "failed", "failures": []},
-               {"step": "e", "status": "failed", "resumable": True}]
+    earlier = [
+        {"step": "a", "status": "ok"},
+        {"step": "b", "status": "skipped", "resumable": True},
+        {"step": "c", "status": "ok"},
+        {"step": "d", "status": "failed", "failures": []},
+        {"step": "e", "status": "failed", "resumable": True},
+    ]
     todo, done = gpu_suite.steps_to_run(steps, earlier, retry_failed=False)
     assert [s.name for s in todo] == ["a", "b", "e", "f"] and done == {"c"}  # a again: b needs it on this machine
     todo, _ = gpu_suite.steps_to_run(steps, earlier, retry_failed=True)
@@ -201,10 +392,19 @@ def test_first_light_plan_runs_the_issue_steps_in_order_at_4b_shapes(tmp_path):
     (peers / "peer_tunix_sampler.py").write_text("")
     steps = suite_plan.plan(suite_plan.PRESETS["first-light"], tiny=False, peers=peers, state_dir=tmp_path / "s")
     assert [s.name for s in steps] == [
-        "device probe", "hf reference", "ours parity", "ours generate reference", "tunix sampler",
-        "ours generate pallas", "pallas vs reference tokens", "ours prefill 8x2048 cudnn",
-        "hf transformers prefill+train", "ours train 8x2048 remat full", "ours prefill 8x2048 xla",
-        "ours generate BFCL 64x6144+256 shared prefix"]
+        "device probe",
+        "hf reference",
+        "ours parity",
+        "ours generate reference",
+        "tunix sampler",
+        "ours generate pallas",
+        "pallas vs reference tokens",
+        "ours prefill 8x2048 cudnn",
+        "hf transformers prefill+train",
+        "ours train 8x2048 remat full",
+        "ours prefill 8x2048 xla",
+        "ours generate BFCL 64x6144+256 shared prefix",
+    ]
     by_name = {s.name: s for s in steps}
     for kernel in ("reference", "pallas"):
         argv = by_name[f"ours generate {kernel}"].variants[0]
@@ -235,7 +435,7 @@ def test_every_planned_command_parses(tmp_path, tiny):
         for argv in step.variants:
             if argv[1:3] == ["-m", "envtune_jax.cli.main"]:
                 if "--shared-prefix" in argv and not option_exists:
-                    argv = argv[:argv.index("--shared-prefix")]
+                    argv = argv[: argv.index("--shared-prefix")]
                 build_parser().parse_args(argv[3:])
             elif argv[1].endswith("hf_parity.py"):
                 hf_parity.build_parser().parse_args(argv[2:])
@@ -257,8 +457,13 @@ def test_shared_prefix_steps_turn_on_with_the_generate_option(tmp_path):
     assert [argv[argv.index(flag) + 1] for flag in ("--batch", "--prompt-len", "--new-tokens")] == ["64", "6144", "256"]
     bare = suite_plan.plan(["shared-prefix"], False, tmp_path, tmp_path, shared_prefix=(True, False))
     assert bare[0].variants[0][-1] == "--shared-prefix"
-    help_text = subprocess.run([sys.executable, "-m", "envtune_jax.cli.main", "bench", "generate", "--help"],
-                               capture_output=True, text=True, cwd=BENCHMARKS.parent, check=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "envtune_jax.cli.main", "bench", "generate", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=BENCHMARKS.parent,
+        check=True,
+    ).stdout
     assert (suite_plan.shared_prefix_option() is not None) == ("--shared-prefix" in help_text)
 
 
@@ -266,11 +471,18 @@ def test_gpu_bundle_needs_the_folder_of_the_peer_script(tmp_path):
     """`make gpu-bundle` points nowhere outside the repository by itself: PEER_SCRIPTS must name the folder of
     the Tunix peer's script, else one line says so before anything is copied or downloaded."""
     env = {k: v for k, v in os.environ.items() if k not in ("PEER_SCRIPTS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    for extra, message in (([], "make gpu-bundle: set PEER_SCRIPTS to the folder that holds peer_tunix_sampler.py"),
-                           ([f"PEER_SCRIPTS={tmp_path}"], f"make gpu-bundle: no peer_tunix_sampler.py in "
-                                                          f"PEER_SCRIPTS={tmp_path}")):
-        done = subprocess.run(["make", "-s", "gpu-bundle", *extra], cwd=BENCHMARKS.parent, env=env,
-                              capture_output=True, text=True, timeout=60)
+    for extra, message in (
+        ([], "make gpu-bundle: set PEER_SCRIPTS to the folder that holds peer_tunix_sampler.py"),
+        ([f"PEER_SCRIPTS={tmp_path}"], f"make gpu-bundle: no peer_tunix_sampler.py in PEER_SCRIPTS={tmp_path}"),
+    ):
+        done = subprocess.run(
+            ["make", "-s", "gpu-bundle", *extra],
+            cwd=BENCHMARKS.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 2 and done.stderr.startswith(message), done.stderr
 
 
@@ -308,9 +520,13 @@ def test_parity_verdicts_tell_bf16_noise_from_a_real_difference():
 
 
 def test_suite_rejects_unknown_groups_steps_or_shapes(tmp_path):
-    for argv in (["--groups", "generate,decode"], ["--groups", "generate", "--generate-shapes", "64x512"],
-                 ["--groups", "generate", "--generate-shapes", ","], ["--preset", "first-light", "--only", "nope"],
-                 ["--preset", "first-light", "--resume", str(tmp_path / "missing.jsonl")]):
+    for argv in (
+        ["--groups", "generate,decode"],
+        ["--groups", "generate", "--generate-shapes", "64x512"],
+        ["--groups", "generate", "--generate-shapes", ","],
+        ["--preset", "first-light", "--only", "nope"],
+        ["--preset", "first-light", "--resume", str(tmp_path / "missing.jsonl")],
+    ):
         with pytest.raises(SystemExit):
             gpu_suite.main([*argv, "--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")])
 
@@ -318,22 +534,32 @@ def test_suite_rejects_unknown_groups_steps_or_shapes(tmp_path):
 def test_first_light_dry_run_of_both_calls_on_cpu(tmp_path):
     """The two device calls of gpu_first_light.sh at tiny shapes: the first stops starting steps when its
     short budget runs out, the second runs exactly what the first left, and its table covers both calls."""
-    env = {**os.environ, "PYTHON": sys.executable, "WHEELS": str(tmp_path / "no-wheels"),
-           "GPU_SUITE_ARGS": f"--tiny --state-dir {tmp_path / 'state'} --peers {tmp_path / 'no-peers'}"}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "WHEELS": str(tmp_path / "no-wheels"),
+        "GPU_SUITE_ARGS": f"--tiny --state-dir {tmp_path / 'state'} --peers {tmp_path / 'no-peers'}",
+    }
     script = str(BENCHMARKS / "gpu_first_light.sh")
-    first = subprocess.run(["bash", script, "first", "50"], env={**env, "OUT": str(tmp_path / "out1")},
-                           capture_output=True, text=True)
+    first = subprocess.run(
+        ["bash", script, "first", "50"], env={**env, "OUT": str(tmp_path / "out1")}, capture_output=True, text=True
+    )
     assert first.returncode == 0, first.stderr[-3000:]
-    rest = subprocess.run(["bash", script, "rest", "600"], env={**env, "OUT": str(tmp_path / "out2")},
-                          capture_output=True, text=True)
+    rest = subprocess.run(
+        ["bash", script, "rest", "600"], env={**env, "OUT": str(tmp_path / "out2")}, capture_output=True, text=True
+    )
     assert rest.returncode == 0, rest.stderr[-3000:]
     calls = []
     for out in ("out1", "out2"):
         assert sorted(p.name for p in (tmp_path / out).iterdir()) == ["RESULTS.md", "results.jsonl", "suite.log"]
         calls.append([json.loads(line) for line in (tmp_path / out / "results.jsonl").read_text().splitlines()])
     ok = [{r["step"] for r in records if r["status"] == "ok" and r["step"] != "meta"} for records in calls]
-    plan = [s.name for s in suite_plan.plan(suite_plan.PRESETS["first-light"], True, tmp_path, tmp_path,
-                                            shared_prefix=suite_plan.shared_prefix_option())]
+    plan = [
+        s.name
+        for s in suite_plan.plan(
+            suite_plan.PRESETS["first-light"], True, tmp_path, tmp_path, shared_prefix=suite_plan.shared_prefix_option()
+        )
+    ]
     assert "ours generate BFCL 4x64+8 shared prefix 2 and unshared" in plan  # step 5 runs too
     peerless = {"tunix sampler"}  # no peer script
     assert ok[0] | ok[1] == set(plan) - peerless

@@ -1,4 +1,5 @@
 """Helpers shared by the chat tests (no tests here): BFCL entries, offered docs, synthetic histories."""
+
 from __future__ import annotations
 
 import ast
@@ -56,8 +57,9 @@ def parse_ground_truth_call(call_text: str) -> dict:
     return {"name": ast.unparse(node.func), "arguments": arguments}
 
 
-def synthetic_history(entry: dict, calls_per_turn: list[list[str]], rng: random.Random, *, quirks: bool,
-                      style: str = "qwen_fc") -> list[tuple[str, list[dict]]]:
+def synthetic_history(
+    entry: dict, calls_per_turn: list[list[str]], rng: random.Random, *, quirks: bool, style: str = "qwen_fc"
+) -> list[tuple[str, list[dict]]]:
     """A plausible episode as ("env" | "assistant", messages) events: each turn's user message, its
     ground-truth calls split over one or two steps with made-up results, then a closing text reply.
     `quirks` adds reasoning, text next to calls, duplicate calls, wrapped calls and string arguments."""
@@ -86,8 +88,10 @@ def synthetic_history(entry: dict, calls_per_turn: list[list[str]], rng: random.
                     last = message["tool_calls"][-1]
                     message["tool_calls"][-1] = {"name": last.get("name", "x"), "arguments": '{"raw": true}'}
             events.append(("assistant", [message]))
-            results = [json.dumps({"result": f"ok {i}", "note": "ünïcode ✓"}) if i % 2 else f"Done: step {i}"
-                       for i, _ in enumerate(message["tool_calls"])]
+            results = [
+                json.dumps({"result": f"ok {i}", "note": "ünïcode ✓"}) if i % 2 else f"Done: step {i}"
+                for i, _ in enumerate(message["tool_calls"])
+            ]
             events.append(("env", [{"role": "tool", "name": "f", "content": result} for result in results]))
         closing: dict = {"role": "assistant", "content": f"Turn {turn_index} is complete."}
         if quirks and rng.random() < 0.3:

@@ -1,4 +1,5 @@
 """TokenConversation: appended segments equal the full tokenisation; sampled ids are never rewritten."""
+
 import random
 
 import numpy as np
@@ -65,11 +66,14 @@ def test_non_canonical_samples_are_kept_exactly(tokenizer):
     sampled = conversation.append_sampled(one_token_per_char + [IM_END_ID])
     conversation.append_environment([{"role": "user", "content": "Again"}])
     ids, mask = conversation.ids, conversation.loss_mask
-    assert ids[sampled.start:sampled.end] == one_token_per_char + [IM_END_ID]
+    assert ids[sampled.start : sampled.end] == one_token_per_char + [IM_END_ID]
     assert mask == [0] * sampled.start + [1] * (sampled.end - sampled.start) + [0] * (len(ids) - sampled.end)
     assert conversation.sampled_text(sampled) == text
-    history = [{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": text},
-               {"role": "user", "content": "Again"}]
+    history = [
+        {"role": "user", "content": "Say hello"},
+        {"role": "assistant", "content": text},
+        {"role": "user", "content": "Again"},
+    ]
     retokenised = encode_text(tokenizer, render_messages(history))
     assert retokenised != ids and len(retokenised) < len(ids)  # re-tokenising would have drifted
     assert tokenizer.decode(retokenised, skip_special_tokens=False) == conversation.text()
@@ -83,8 +87,10 @@ def test_unterminated_sample_is_closed_by_the_environment(tokenizer):
     assert sampled.unterminated
     environment = conversation.append_environment([{"role": "tool", "content": "r"}])
     assert conversation.ids[environment.start] == IM_END_ID and conversation.loss_mask[environment.start] == 0
-    assert conversation.text().endswith("cut off mid<|im_end|>\n<|im_start|>user\n<tool_response>\nr\n"
-                                        "</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert conversation.text().endswith(
+        "cut off mid<|im_end|>\n<|im_start|>user\n<tool_response>\nr\n"
+        "</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_end_of_message_id_is_the_tokenizers_own():
@@ -111,8 +117,14 @@ def test_turn_and_step_boundaries(tokenizer):
     conversation.append_sampled(encode_text(tokenizer, "ok<|im_end|>"))
     assert conversation.parse_last_step({"f"}).answer_text == "ok"
     kinds = [(s.kind, s.turn, s.step) for s in conversation.boundaries]
-    assert kinds == [("prompt", 0, 0), ("assistant", 0, 0), ("environment", 0, 1), ("assistant", 0, 1),
-                     ("environment", 1, 0), ("assistant", 1, 0)]
+    assert kinds == [
+        ("prompt", 0, 0),
+        ("assistant", 0, 0),
+        ("environment", 0, 1),
+        ("assistant", 0, 1),
+        ("environment", 1, 0),
+        ("assistant", 1, 0),
+    ]
     assert [b.start for b in conversation.boundaries[1:]] == [b.end for b in conversation.boundaries[:-1]]
 
 

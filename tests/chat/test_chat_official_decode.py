@@ -7,6 +7,7 @@ values that are not calls, JSON cut short, text around the blocks. For every out
 and ours must agree on: accepting or rejecting the step, the decoded calls (as the harness's call
 strings), the visible text, and the assistant message kept in the history.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ _HANDLER = object.__new__(qwen_fc.QwenFCHandler)  # these methods need no handle
 
 def official_step(output: str) -> tuple[str, list[str] | None, dict]:
     """(visible text, call strings or None if undecodable, history message) as the official harness has them."""
-    response = types.SimpleNamespace(choices=[types.SimpleNamespace(text=output)],
-                                     usage=types.SimpleNamespace(prompt_tokens=0, completion_tokens=0))
+    response = types.SimpleNamespace(
+        choices=[types.SimpleNamespace(text=output)], usage=types.SimpleNamespace(prompt_tokens=0, completion_tokens=0)
+    )
     parsed = _HANDLER._parse_query_response_prompting(response)
     try:
         calls = _HANDLER.decode_execute(parsed["model_responses"], has_tool_call_tag=False)
@@ -44,15 +46,21 @@ def call_strings(calls) -> list[str]:
 
 _WORDS = st.sampled_from(["ls", "cd", "", "x y", "é", "<", "{", "}", '"', "\\", "\n", " ", "\n\n"])
 _LEAVES = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False, allow_infinity=False) | _WORDS
-_JSON = st.recursive(_LEAVES, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_WORDS, kids, max_size=3),
-                     max_leaves=6)
+_JSON = st.recursive(
+    _LEAVES, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_WORDS, kids, max_size=3), max_leaves=6
+)
 _ARGUMENTS = st.one_of(
     st.dictionaries(_WORDS, _JSON, max_size=3),
     st.dictionaries(_WORDS, _JSON, max_size=3).map(json.dumps),  # a JSON string holding an object
     _JSON,  # anything else: a list, a number, a string that is not an object, null
 )
-_NAMES = st.one_of(st.sampled_from(["ls", "cd", "mv", "", "no_such_tool"]), st.integers(0, 9), st.none(),
-                   st.booleans(), st.lists(st.just("ls"), max_size=1))
+_NAMES = st.one_of(
+    st.sampled_from(["ls", "cd", "mv", "", "no_such_tool"]),
+    st.integers(0, 9),
+    st.none(),
+    st.booleans(),
+    st.lists(st.just("ls"), max_size=1),
+)
 
 
 @st.composite
@@ -69,7 +77,7 @@ def _call_objects(draw) -> str:
             value[draw(st.sampled_from(["id", "type", "function"]))] = draw(_JSON)
     text = json.dumps(value, separators=draw(st.sampled_from([(", ", ": "), (",", ":")])))
     if draw(st.integers(0, 5)) == 0:
-        text = text[:draw(st.integers(0, len(text)))]  # cut short: not JSON
+        text = text[: draw(st.integers(0, len(text)))]  # cut short: not JSON
     return draw(st.sampled_from([text, json.dumps(draw(_JSON)), text]))
 
 
@@ -81,9 +89,25 @@ def _blocks(draw) -> str:
     return opening + body + closing
 
 
-_PIECES = st.one_of(_blocks(), _blocks(), st.sampled_from(
-    ["<think>", "</think>", "<think>\nplan\n</think>\n\n", "\n", "Sure.", " ", "<tool_call>", "</tool_call>",
-     "<tool_call>\n", "\n</tool_call>", "<answer>ok</answer>"]))
+_PIECES = st.one_of(
+    _blocks(),
+    _blocks(),
+    st.sampled_from(
+        [
+            "<think>",
+            "</think>",
+            "<think>\nplan\n</think>\n\n",
+            "\n",
+            "Sure.",
+            " ",
+            "<tool_call>",
+            "</tool_call>",
+            "<tool_call>\n",
+            "\n</tool_call>",
+            "<answer>ok</answer>",
+        ]
+    ),
+)
 _OUTPUTS = st.lists(_PIECES, max_size=8).map("".join)
 
 
@@ -104,14 +128,17 @@ def test_training_and_evaluation_read_a_step_as_the_official_harness(output):
     assert repr(bfcl_history_assistant_message(output)) == repr(official_history)
 
 
-@pytest.mark.parametrize("output, accepted", [
-    ('<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>', ["ls()"]),
-    ('<tool_call>{"name": "ls", "arguments": {}}</tool_call>', []),  # accepted by training before; not officially
-    ('<tool_call>\n{"name": "ls", "arguments": {}}</tool_call>', []),
-    ('<tool_call>\n{"name": "ls", "arguments": "{\\"a\\": 1}"}\n</tool_call>', ["ls(a=1)"]),
-    ('<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>\n<tool_call>\n[1]\n</tool_call>', None),
-    ('<think><tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call></think>Done.', []),
-])
+@pytest.mark.parametrize(
+    "output, accepted",
+    [
+        ('<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>', ["ls()"]),
+        ('<tool_call>{"name": "ls", "arguments": {}}</tool_call>', []),  # accepted by training before; not officially
+        ('<tool_call>\n{"name": "ls", "arguments": {}}</tool_call>', []),
+        ('<tool_call>\n{"name": "ls", "arguments": "{\\"a\\": 1}"}\n</tool_call>', ["ls(a=1)"]),
+        ('<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>\n<tool_call>\n[1]\n</tool_call>', None),
+        ('<think><tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call></think>Done.', []),
+    ],
+)
 def test_known_cases(output, accepted):
     assert official_step(output)[1] == accepted
     parsed = parse_tool_calls(output, None)

@@ -1,4 +1,5 @@
 """Tool-call parsing: typed errors, both prompt styles, never crashing, round trips with the renderer."""
+
 import json
 
 import pytest
@@ -43,20 +44,27 @@ def test_qwen_fc_reasoning_split_like_the_official_handler():
 UNDECODABLE = pe.UndecodableStepError
 
 
-@pytest.mark.parametrize("body, error_types, calls", [
-    ('{"name": "ls", "arguments": {', [pe.InvalidJsonError], ()),  # skipped, as the harness skips it
-    ('["ls", {}]', [pe.NotAnObjectError, UNDECODABLE], ()),
-    ('{"arguments": {}}', [pe.MissingNameError, UNDECODABLE], ()),
-    ('{"name": ["ls"], "arguments": {}}', [pe.MissingNameError, UNDECODABLE], ()),  # unhashable name
-    ('{"name": "ls"}', [pe.MissingArgumentsError, UNDECODABLE], ()),
-    ('{"name": "ls", "arguments": [1]}', [pe.ArgumentsNotObjectError, UNDECODABLE], ()),
-    ('{"name": "ls", "arguments": "[1]"}', [pe.ArgumentsNotObjectError, UNDECODABLE], ()),
-    ('{"name": "ls", "arguments": "{\\"a\\": 1}"}', [], (ToolCall("ls", {"a": 1}),)),  # a JSON string holding an object
-    ('{"name": "", "arguments": {}}', [pe.UnknownToolError], ()),  # decoded (the harness runs it), not offered
-    ('{"name": 3, "arguments": {}}', [pe.UnknownToolError], ()),
-    ('{"name": "rm_rf", "arguments": {}}', [pe.UnknownToolError], ()),
-    ('{"name": "sort", "arguments": {}}', [pe.ToolNotOfferedError], ()),
-])
+@pytest.mark.parametrize(
+    "body, error_types, calls",
+    [
+        ('{"name": "ls", "arguments": {', [pe.InvalidJsonError], ()),  # skipped, as the harness skips it
+        ('["ls", {}]', [pe.NotAnObjectError, UNDECODABLE], ()),
+        ('{"arguments": {}}', [pe.MissingNameError, UNDECODABLE], ()),
+        ('{"name": ["ls"], "arguments": {}}', [pe.MissingNameError, UNDECODABLE], ()),  # unhashable name
+        ('{"name": "ls"}', [pe.MissingArgumentsError, UNDECODABLE], ()),
+        ('{"name": "ls", "arguments": [1]}', [pe.ArgumentsNotObjectError, UNDECODABLE], ()),
+        ('{"name": "ls", "arguments": "[1]"}', [pe.ArgumentsNotObjectError, UNDECODABLE], ()),
+        (
+            '{"name": "ls", "arguments": "{\\"a\\": 1}"}',
+            [],
+            (ToolCall("ls", {"a": 1}),),
+        ),  # a JSON string holding an object
+        ('{"name": "", "arguments": {}}', [pe.UnknownToolError], ()),  # decoded (the harness runs it), not offered
+        ('{"name": 3, "arguments": {}}', [pe.UnknownToolError], ()),
+        ('{"name": "rm_rf", "arguments": {}}', [pe.UnknownToolError], ()),
+        ('{"name": "sort", "arguments": {}}', [pe.ToolNotOfferedError], ()),
+    ],
+)
 def test_each_call_error_is_typed_and_readable(body, error_types, calls):
     result = parse_tool_calls(_block(body), OFFERED, known_tool_names=KNOWN)
     assert [type(error) for error in result.errors] == error_types, result.errors
@@ -92,9 +100,11 @@ def test_pathological_json_does_not_crash():
 
 def test_call_blocks_need_both_newlines_as_in_the_official_harness():
     _only_error(parse_tool_calls('<tool_call>\n{"name": "ls", "arguments": {}}', OFFERED), pe.UnmatchedTagError)
-    for compact in ('<tool_call>{"name": "ls", "arguments": {}}</tool_call>',
-                    '<tool_call>\n{"name": "ls", "arguments": {}}</tool_call>',
-                    '<tool_call>{"name": "ls", "arguments": {}}\n</tool_call>'):
+    for compact in (
+        '<tool_call>{"name": "ls", "arguments": {}}</tool_call>',
+        '<tool_call>\n{"name": "ls", "arguments": {}}</tool_call>',
+        '<tool_call>{"name": "ls", "arguments": {}}\n</tool_call>',
+    ):
         result = parse_tool_calls(compact, OFFERED)
         assert result.calls == result.well_formed_calls == () and result.num_call_blocks == 1
         assert isinstance(_only_error(result, pe.MalformedBlockError), pe.MalformedBlockError)
@@ -126,9 +136,23 @@ def test_paper_style_steps():
 
 
 # -- properties -------------------------------------------------------------------------------------
-_TAGGY_TEXT = st.lists(st.sampled_from(list("ab {}[]\":,\n\\") + [
-    "<tool_call>", "</tool_call>", "<think>", "</think>", "<answer>", "</answer>", '"name"', '"arguments"', "ls",
-]), max_size=60).map("".join)
+_TAGGY_TEXT = st.lists(
+    st.sampled_from(
+        list('ab {}[]":,\n\\')
+        + [
+            "<tool_call>",
+            "</tool_call>",
+            "<think>",
+            "</think>",
+            "<answer>",
+            "</answer>",
+            '"name"',
+            '"arguments"',
+            "ls",
+        ]
+    ),
+    max_size=60,
+).map("".join)
 # Tag text inside a JSON string is ambiguous in this format (json.dumps does not escape '<'), so the
 # generated strings avoid it; everything else, unicode and escapes included, must survive the trip.
 _PLAIN_TEXT = st.text(max_size=12).filter(lambda t: not any(tag in t for tag in ("think>", "tool_call>", "answer>")))
@@ -138,8 +162,11 @@ _JSON_VALUES = st.recursive(
     max_leaves=12,
 )
 # Names are written into the prompt unescaped (as Qwen's template does), so they are identifiers here.
-_CALLS = st.builds(ToolCall, st.from_regex(r"[A-Za-z_][A-Za-z0-9_.]{0,19}", fullmatch=True),
-                   st.dictionaries(_PLAIN_TEXT, _JSON_VALUES, max_size=5))
+_CALLS = st.builds(
+    ToolCall,
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_.]{0,19}", fullmatch=True),
+    st.dictionaries(_PLAIN_TEXT, _JSON_VALUES, max_size=5),
+)
 
 
 @settings(max_examples=300, deadline=None)

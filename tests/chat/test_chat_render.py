@@ -1,4 +1,5 @@
 """Rendering: byte-identical to the official BFCL QwenFCHandler._format_prompt; the paper style's layout."""
+
 import random
 
 import pytest
@@ -87,10 +88,18 @@ def test_official_rules_on_small_cases(reference_format_prompt):
     cases = [
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [call, call]}],
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok", "tool_calls": [call, call]},
-         {"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}, {"role": "system", "content": "note"}],
-        [{"role": "user", "content": "<tool_response>\nx\n</tool_response>"},
-         {"role": "assistant", "content": "a", "reasoning_content": "r"}, {"role": "user", "content": "q"}],
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "ok", "tool_calls": [call, call]},
+            {"role": "tool", "content": "1"},
+            {"role": "tool", "content": "2"},
+            {"role": "system", "content": "note"},
+        ],
+        [
+            {"role": "user", "content": "<tool_response>\nx\n</tool_response>"},
+            {"role": "assistant", "content": "a", "reasoning_content": "r"},
+            {"role": "user", "content": "q"},
+        ],
     ]
     for messages in cases:
         for tool_list in (tools, []):
@@ -100,15 +109,22 @@ def test_official_rules_on_small_cases(reference_format_prompt):
 
 
 def test_environment_segment_is_the_tail_of_the_full_rendering():
-    history = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [
-        {"name": "f", "arguments": {}}]}]
-    environment = [{"role": "tool", "content": "r1"}, {"role": "tool", "content": "r2"},
-                   {"role": "user", "content": "next"}]
+    history = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {}}]},
+    ]
+    environment = [
+        {"role": "tool", "content": "r1"},
+        {"role": "tool", "content": "r2"},
+        {"role": "user", "content": "next"},
+    ]
     for style in ("qwen_fc", "paper"):
         full = render_messages(history + environment, [], style)
         segment = render_environment_segment(environment, style)
-        assert segment == "\n<|im_start|>user\n<tool_response>\nr1\n</tool_response>\n<tool_response>\nr2\n" \
-                          "</tool_response><|im_end|>\n<|im_start|>user\nnext<|im_end|>\n<|im_start|>assistant\n"
+        assert (
+            segment == "\n<|im_start|>user\n<tool_response>\nr1\n</tool_response>\n<tool_response>\nr2\n"
+            "</tool_response><|im_end|>\n<|im_start|>user\nnext<|im_end|>\n<|im_start|>assistant\n"
+        )
         assert full.endswith("<|im_end|>" + segment)
     with pytest.raises(MessageError, match="assistant"):
         render_environment_segment([{"role": "assistant", "content": "x"}])
@@ -124,10 +140,15 @@ def test_paper_style_layout_and_variants():
         assert text.endswith("<|im_start|>user\nlist files<|im_end|>\n<|im_start|>assistant\n")
         assert '\n{"name": "ls", "description": "list"' in text and "<answer>" in text and "<think>" in text
     assert PAPER_STAGE34_RULES in stage34 and PAPER_STAGE34_RULES not in stage12
-    step = {"role": "assistant", "content": "", "reasoning_content": "need ls",
-            "tool_calls": [{"name": "ls", "arguments": {}}]}
+    step = {
+        "role": "assistant",
+        "content": "",
+        "reasoning_content": "need ls",
+        "tool_calls": [{"name": "ls", "arguments": {}}],
+    }
     assert render_assistant_body(step, "paper") == (
-        '<think>\nneed ls\n</think>\n<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>')
+        '<think>\nneed ls\n</think>\n<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>'
+    )
     reply = {"role": "assistant", "content": "Done.", "reasoning_content": "ok"}
     assert render_assistant_body(reply, "paper") == "<think>\nok\n</think>\n<answer>\nDone.\n</answer>"
     with pytest.raises(MessageError, match="not both"):
@@ -147,8 +168,9 @@ def test_qwen_fc_stage34_instructions_open_the_system_message(reference_format_p
     assert stage34.startswith("<|im_start|>system\n" + QWEN_FC_STAGE34_INSTRUCTIONS + "\n\n# Tools\n")
     assert QWEN_FC_STAGE34_INSTRUCTIONS not in stage12 and "<answer>" not in QWEN_FC_STAGE34_INSTRUCTIONS
     # an entry's own system message follows the instructions
-    own = render_messages([{"role": "system", "content": "Be brief."}, *messages], tools, "qwen_fc",
-                          paper_variant="stage34")
+    own = render_messages(
+        [{"role": "system", "content": "Be brief."}, *messages], tools, "qwen_fc", paper_variant="stage34"
+    )
     assert own.startswith("<|im_start|>system\n" + QWEN_FC_STAGE34_INSTRUCTIONS + "\n\nBe brief.\n\n# Tools\n")
 
 
@@ -166,8 +188,12 @@ def test_bad_input_raises_typed_errors():
 def test_history_assistant_message_follows_the_official_harness():
     call = '<tool_call>\n{"arguments": "{\\"a\\":1}", "name": "f", "id": 7}\n</tool_call>'
     with_calls = bfcl_history_assistant_message("<think>\nwhy\n</think>\n\nignored text\n" + call)
-    assert with_calls == {"role": "assistant", "content": "",
-                          "tool_calls": [{"arguments": '{"a":1}', "name": "f", "id": 7}], "reasoning_content": "why"}
+    assert with_calls == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"arguments": '{"a":1}', "name": "f", "id": 7}],
+        "reasoning_content": "why",
+    }
     without_calls = bfcl_history_assistant_message("Bye")
     assert without_calls == {"role": "assistant", "content": "Bye", "reasoning_content": ""}
 

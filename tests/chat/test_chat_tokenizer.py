@@ -1,4 +1,5 @@
 """The embedded Qwen3 tokenizer against tiktoken on the same ranks, its added tokens, save/load round trips."""
+
 import json
 import random
 import unicodedata
@@ -55,12 +56,16 @@ def _random_code(rng: random.Random) -> str:
         indent = " " * rng.choice([0, 2, 4, 8]) + "\t" * rng.randint(0, 1)
         name = rng.choice(names)
         number = rng.choice(["0", "42", "3.14159", "1e-9", "123456789", "0x1F"])
-        lines.append(rng.choice([
-            f"{indent}def {name}(a, b={number}):  # {name}'s comment",
-            f"{indent}return {name}[{number}] ** 2 != {name}",
-            f"{indent}if (a&&b) || !c {{ print(\"{name}\"); }}",
-            f"{indent}{name} = [{number}, '{name}', None]",
-        ]))
+        lines.append(
+            rng.choice(
+                [
+                    f"{indent}def {name}(a, b={number}):  # {name}'s comment",
+                    f"{indent}return {name}[{number}] ** 2 != {name}",
+                    f'{indent}if (a&&b) || !c {{ print("{name}"); }}',
+                    f"{indent}{name} = [{number}, '{name}', None]",
+                ]
+            )
+        )
     return rng.choice(["\n", "\r\n", "\n\n"]).join(lines) + rng.choice(["", "\n", "   ", "\n\n\n"])
 
 
@@ -68,7 +73,7 @@ def _random_json(rng: random.Random) -> str:
     def value(depth: int):
         kind = rng.randint(0, 6 if depth < 3 else 3)
         if kind == 0:
-            return rng.randint(-10**6, 10**6)
+            return rng.randint(-(10**6), 10**6)
         if kind == 1:
             return rng.random() * 10 ** rng.randint(-5, 5)
         if kind == 2:
@@ -121,13 +126,32 @@ def test_added_tokens_are_single_ids_with_the_qwen3_ids(tokenizer):
     # All 26 ids as in Qwen3's tokenizer_config.json (added_tokens_decoder), written out independently
     # of the list in special_tokens.py so a reordering there fails here.
     expected = {
-        151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>", 151646: "<|object_ref_start|>",
-        151647: "<|object_ref_end|>", 151648: "<|box_start|>", 151649: "<|box_end|>", 151650: "<|quad_start|>",
-        151651: "<|quad_end|>", 151652: "<|vision_start|>", 151653: "<|vision_end|>", 151654: "<|vision_pad|>",
-        151655: "<|image_pad|>", 151656: "<|video_pad|>", 151657: "<tool_call>", 151658: "</tool_call>",
-        151659: "<|fim_prefix|>", 151660: "<|fim_middle|>", 151661: "<|fim_suffix|>", 151662: "<|fim_pad|>",
-        151663: "<|repo_name|>", 151664: "<|file_sep|>", 151665: "<tool_response>", 151666: "</tool_response>",
-        151667: "<think>", 151668: "</think>",
+        151643: "<|endoftext|>",
+        151644: "<|im_start|>",
+        151645: "<|im_end|>",
+        151646: "<|object_ref_start|>",
+        151647: "<|object_ref_end|>",
+        151648: "<|box_start|>",
+        151649: "<|box_end|>",
+        151650: "<|quad_start|>",
+        151651: "<|quad_end|>",
+        151652: "<|vision_start|>",
+        151653: "<|vision_end|>",
+        151654: "<|vision_pad|>",
+        151655: "<|image_pad|>",
+        151656: "<|video_pad|>",
+        151657: "<tool_call>",
+        151658: "</tool_call>",
+        151659: "<|fim_prefix|>",
+        151660: "<|fim_middle|>",
+        151661: "<|fim_suffix|>",
+        151662: "<|fim_pad|>",
+        151663: "<|repo_name|>",
+        151664: "<|file_sep|>",
+        151665: "<tool_response>",
+        151666: "</tool_response>",
+        151667: "<think>",
+        151668: "</think>",
     }
     assert len(st.QWEN3_ADDED_TOKENS) == len(expected)
     for token_id, content in expected.items():
@@ -153,7 +177,11 @@ def test_saved_tokenizer_loads_in_transformers_with_the_same_ids(tokenizer, tmp_
     save_tokenizer(tokenizer, tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert config["added_tokens_decoder"]["151657"] == {
-        "content": "<tool_call>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+        "content": "<tool_call>",
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
         "special": False,
     }
     reloaded = load_tokenizer(tmp_path)

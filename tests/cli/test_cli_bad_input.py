@@ -5,6 +5,7 @@ so each row proves its error came from the checks that run first); a row per sub
 subprocess of the real command, which must end within 2 s without importing JAX, transformers, torch or
 TensorFlow.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,16 +55,41 @@ def files(tmp_path_factory):
     (root / "bad.yaml").write_text("run_dir: x\nmodel: {preset: tiny\n")
     (root / "base_missing.yaml").write_text("base: nowhere.yaml\n")
     (root / "replay_bad_line.jsonl").write_text('{"id": "multi_turn_base_0", "result": [["a"]]}\n{"id": oops}\n')
-    (root / "replay_twice.jsonl").write_text('{"id": "multi_turn_base_0", "result": [["a"]]}\n'
-                                             '{"id": "multi_turn_base_0", "result": [["b"]]}\n')
+    (root / "replay_twice.jsonl").write_text(
+        '{"id": "multi_turn_base_0", "result": [["a"]]}\n{"id": "multi_turn_base_0", "result": [["b"]]}\n'
+    )
     (root / "replay_shape.jsonl").write_text('{"id": "multi_turn_base_0", "result": ["a", "b"]}\n')
     (root / "replay_no_id.jsonl").write_text('{"result": [["a"]]}\n')
-    paths = {name: str(path) for name, path in {
-        "hf": hf, "broken": broken, "llama": llama, "truncated": truncated, "ckpt": ckpt, "unrelated": unrelated,
-        "finished": finished, "root": root}.items()}
-    paths.update({name: str(root / name) for name in (
-        "plain_file", "tools_numbers.json", "tools_object.json", "tools_broken.json", "bad.yaml", "base_missing.yaml",
-        "replay_bad_line.jsonl", "replay_twice.jsonl", "replay_shape.jsonl", "replay_no_id.jsonl")})
+    paths = {
+        name: str(path)
+        for name, path in {
+            "hf": hf,
+            "broken": broken,
+            "llama": llama,
+            "truncated": truncated,
+            "ckpt": ckpt,
+            "unrelated": unrelated,
+            "finished": finished,
+            "root": root,
+        }.items()
+    }
+    paths.update(
+        {
+            name: str(root / name)
+            for name in (
+                "plain_file",
+                "tools_numbers.json",
+                "tools_object.json",
+                "tools_broken.json",
+                "bad.yaml",
+                "base_missing.yaml",
+                "replay_bad_line.jsonl",
+                "replay_twice.jsonl",
+                "replay_shape.jsonl",
+                "replay_no_id.jsonl",
+            )
+        }
+    )
     paths["inside_hf"] = str(hf / "out")
     paths["recipe"] = RECIPE
     return paths
@@ -163,11 +189,17 @@ BAD_INPUT = [
 
 # One row per subcommand, run as the real command in a subprocess: exit 2, one line, < 2 s, no heavy import.
 SUBPROCESS_ROWS = [
-    "convert --hf {hf} --out {hf}", "export --ckpt {hf} --out {root}/o",
-    "generate --hf {hf} --prompt hi --temperature -1", "generate --hf {hf} --prompt hi --mesh data=2",
-    "train --config {recipe} stage_overrides=[max_steps=-1]", "train --config {bad.yaml}",
-    "eval --policy oracle --categories base,foo", "eval --replay {replay_bad_line.jsonl}",
-    "bench generate --preset tiny", "bench rollout --recipe {recipe} --prompts 0", "demo --eval-limit 0",
+    "convert --hf {hf} --out {hf}",
+    "export --ckpt {hf} --out {root}/o",
+    "generate --hf {hf} --prompt hi --temperature -1",
+    "generate --hf {hf} --prompt hi --mesh data=2",
+    "train --config {recipe} stage_overrides=[max_steps=-1]",
+    "train --config {bad.yaml}",
+    "eval --policy oracle --categories base,foo",
+    "eval --replay {replay_bad_line.jsonl}",
+    "bench generate --preset tiny",
+    "bench rollout --recipe {recipe} --prompts 0",
+    "demo --eval-limit 0",
     "plot {root}/none.jsonl",
     "recipe show {recipe} sampler.max_new_tokens=5",
 ]
@@ -201,15 +233,23 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_heavy(line, fragment, 
 def test_the_real_command_fails_fast_without_heavy_imports(files):
     """Each row in its own process: exit 2, one line on stderr, under 2 s, and none of the heavy
     modules imported by the time the error is reported."""
-    probe = ("import sys; from envtune_jax.cli.main import main; code = main(sys.argv[1:]); "
-             f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules)); sys.exit(code)")
+    probe = (
+        "import sys; from envtune_jax.cli.main import main; code = main(sys.argv[1:]); "
+        f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules)); sys.exit(code)"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     slow, heavy, wrong = [], [], []
     for line in SUBPROCESS_ROWS:
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-c", probe, *_argv(line, files)], capture_output=True, text=True,
-                                env=env, cwd=files["root"], timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-c", probe, *_argv(line, files)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=files["root"],
+            timeout=60,
+        )
         seconds = time.perf_counter() - start
         if result.returncode != 2 or len(result.stderr.splitlines()) != 1:
             wrong.append((line, result.returncode, result.stderr))
@@ -254,8 +294,8 @@ def test_an_existing_output_of_the_same_command_may_be_replaced(files, tmp_path)
 
 def test_a_mesh_that_does_not_fit_is_one_line_when_jax_counts_the_devices(files, tmp_path, capsys, monkeypatch):
     """Where the device count is only known once JAX starts, the mesh is still checked before any weight loads."""
-    from envtune_jax.models import hf_io
     from envtune_jax.cli import validate
+    from envtune_jax.models import hf_io
 
     def no_load(*args, **kwargs):
         raise AssertionError("weights were loaded before the mesh was checked")
@@ -291,5 +331,7 @@ def test_the_device_count_is_known_early_only_when_certain(monkeypatch):
     monkeypatch.setenv("PJRT_NAMES_AND_LIBRARY_PATHS", "my_chip:/opt/libmychip.so")
     assert not validate._cpu_only_install()
     monkeypatch.delenv("PJRT_NAMES_AND_LIBRARY_PATHS")
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: ["xla_cuda12"] if group == "jax_plugins" else [])
+    monkeypatch.setattr(
+        importlib.metadata, "entry_points", lambda group: ["xla_cuda12"] if group == "jax_plugins" else []
+    )
     assert not validate._cpu_only_install()

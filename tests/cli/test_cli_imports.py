@@ -1,5 +1,6 @@
 """Every import inside the CLI's functions resolves (they run only when a subcommand runs, so a renamed
 helper would otherwise surface only in a long run such as `envtune demo`)."""
+
 from __future__ import annotations
 
 import ast

@@ -1,4 +1,5 @@
 """`envtune eval`: the table, the files it writes, replay of its own result layout, the model-path error."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,24 @@ from tests.conftest import write_weightless_hf_dir
 
 def test_oracle_eval_writes_the_table_and_its_replay_scores_the_same(tmp_path, capsys):
     out = tmp_path / "oracle"
-    assert main(["eval", "--policy", "oracle", "--split", "test", "--categories", "base,miss_param",
-                 "--data-source", "package", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--policy",
+                "oracle",
+                "--split",
+                "test",
+                "--categories",
+                "base,miss_param",
+                "--data-source",
+                "package",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| multi_turn_base | 100 | 100 | 100.00% |" in printed and "| OVERALL | 200 | 200 | 100.00% |" in printed
     results = json.loads((out / "eval_results.json").read_text())
@@ -24,8 +41,24 @@ def test_oracle_eval_writes_the_table_and_its_replay_scores_the_same(tmp_path, c
     lines[1]["result"] = [["no calls"] for _ in lines[1]["result"]]
     replay_file = tmp_path / "recorded.jsonl"
     replay_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert main(["eval", "--replay", str(replay_file), "--split", "test", "--categories", "base,miss_param",
-                 "--data-source", "package", "--out", str(tmp_path / "replay")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--replay",
+                str(replay_file),
+                "--split",
+                "test",
+                "--categories",
+                "base,miss_param",
+                "--data-source",
+                "package",
+                "--out",
+                str(tmp_path / "replay"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| multi_turn_base | 98 | 100 | 98.00% |" in printed
     assert "| OVERALL | 198 | 200 | 99.00% |" in printed
@@ -48,7 +81,9 @@ def test_overall_is_the_unweighted_mean_of_category_accuracies():
         def __init__(self, category, correct):
             self.category, self.outcome = category, _Outcome(correct)
 
-    records = [_Record("multi_turn_base", i < 3) for i in range(4)] + [_Record("multi_turn_miss_func", i < 1) for i in range(2)]
+    records = [_Record("multi_turn_base", i < 3) for i in range(4)] + [
+        _Record("multi_turn_miss_func", i < 1) for i in range(2)
+    ]
     rows = category_table(records)
     assert rows[-1] == TableRow("OVERALL", 4, 6, (75.0 + 50.0) / 2)
     assert markdown_table(rows).splitlines()[-1] == "| OVERALL | 4 | 6 | 62.50% |"
@@ -56,8 +91,26 @@ def test_overall_is_the_unweighted_mean_of_category_accuracies():
 
 def test_default_data_source_is_the_tfds_dataset_built_on_first_use(tmp_path, capsys):
     data_dir = tmp_path / "tfds"
-    assert main(["eval", "--policy", "oracle", "--split", "test", "--categories", "miss_func", "--limit", "3",
-                 "--data-dir", str(data_dir), "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--policy",
+                "oracle",
+                "--split",
+                "test",
+                "--categories",
+                "miss_func",
+                "--limit",
+                "3",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "| multi_turn_miss_func | 3 | 3 | 100.00% |" in captured.out
     # one line of ours instead of TFDS's messages and its progress bars per split and pass
@@ -78,8 +131,19 @@ def test_an_interrupted_eval_goes_on_where_it_stopped(tmp_path, capsys, monkeypa
     uninterrupted run writes. Another run's command into that folder is refused."""
     from envtune_jax.environments import eval_report
 
-    command = ["eval", "--policy", "oracle", "--split", "test", "--categories", "base,miss_func", "--limit", "3",
-               "--data-source", "package"]
+    command = [
+        "eval",
+        "--policy",
+        "oracle",
+        "--split",
+        "test",
+        "--categories",
+        "base,miss_func",
+        "--limit",
+        "3",
+        "--data-source",
+        "package",
+    ]
     assert main(command + ["--out", str(tmp_path / "whole")]) == 0
     capsys.readouterr()
 
@@ -105,7 +169,9 @@ def test_an_interrupted_eval_goes_on_where_it_stopped(tmp_path, capsys, monkeypa
     assert "another evaluation" in capsys.readouterr().err
 
     played = []
-    monkeypatch.setattr(eval_report.EvalProgress, "add", lambda self, record: played.append(record.episode_id) or add(self, record))
+    monkeypatch.setattr(
+        eval_report.EvalProgress, "add", lambda self, record: played.append(record.episode_id) or add(self, record)
+    )
     assert main(command + ["--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "resuming: 4 entries already evaluated" in captured.err
@@ -120,8 +186,19 @@ def test_an_interrupted_eval_goes_on_where_it_stopped(tmp_path, capsys, monkeypa
 
 def test_a_finished_evaluation_is_replaced_only_with_overwrite(tmp_path, capsys):
     out = tmp_path / "eval"
-    command = ["eval", "--split", "test", "--categories", "base", "--limit", "2", "--data-source", "package",
-               "--out", str(out)]
+    command = [
+        "eval",
+        "--split",
+        "test",
+        "--categories",
+        "base",
+        "--limit",
+        "2",
+        "--data-source",
+        "package",
+        "--out",
+        str(out),
+    ]
     assert main(command + ["--policy", "oracle"]) == 0
     finished = (out / "eval_results.json").read_text()
     capsys.readouterr()

@@ -1,5 +1,6 @@
 """`envtune generate` streams the reply a cache-free greedy reference produces; `envtune bench generate`
 runs on CPU with the tiny preset and reports speeds, compile time and fractions of the device limit."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,16 @@ import pytest
 
 from envtune_jax.cli.main import main
 
-TOOLS = [{"type": "function", "function": {"name": "ls", "description": "List files in a folder.",
-                                           "parameters": {"type": "object",
-                                                          "properties": {"path": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "ls",
+            "description": "List files in a folder.",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
+        },
+    }
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +33,16 @@ def real_vocab_checkpoint(tmp_path_factory):
     from envtune_jax.models.qwen3 import Qwen3
     from envtune_jax.models.weights import expected_hf_shape
 
-    cfg = Qwen3Config(vocab_size=151936, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                      num_kv_heads=2, head_dim=16, tie_word_embeddings=True)
+    cfg = Qwen3Config(
+        vocab_size=151936,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        tie_word_embeddings=True,
+    )
     rng = np.random.RandomState(3)
     tensors = {}
     for _, variable in nnx.to_flat_state(nnx.state(nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0))))):
@@ -41,15 +57,32 @@ def real_vocab_checkpoint(tmp_path_factory):
 
 
 def test_generate_streams_the_greedy_reply(real_vocab_checkpoint, tmp_path, capsys):
-    from envtune_jax.models import hf_io
     from envtune_jax.chat import default_tokenizer, encode_text, render_messages
+    from envtune_jax.models import hf_io
     from envtune_jax.models.generation.reference import reference_greedy
 
     tools_file = tmp_path / "tools.json"
     tools_file.write_text(json.dumps(TOOLS))
-    code = main(["generate", "--hf", str(real_vocab_checkpoint), "--prompt", "What is in /tmp?", "--tools",
-                 str(tools_file), "--greedy", "--max-new-tokens", "14", "--stream-chunk", "4",
-                 "--dtype", "float32", "--cache-dtype", "float32"])
+    code = main(
+        [
+            "generate",
+            "--hf",
+            str(real_vocab_checkpoint),
+            "--prompt",
+            "What is in /tmp?",
+            "--tools",
+            str(tools_file),
+            "--greedy",
+            "--max-new-tokens",
+            "14",
+            "--stream-chunk",
+            "4",
+            "--dtype",
+            "float32",
+            "--cache-dtype",
+            "float32",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0
 
@@ -70,8 +103,25 @@ def test_generate_rejects_a_bad_tools_file(real_vocab_checkpoint, tmp_path, caps
 
 
 def test_bench_generate_tiny_preset_prints_one_json_line(capsys):
-    code = main(["bench", "generate", "--preset", "tiny", "--random-weights", "--batch", "2", "--prompt-len", "8",
-                 "--new-tokens", "4", "--repeats", "1", "--dtype", "float32"])
+    code = main(
+        [
+            "bench",
+            "generate",
+            "--preset",
+            "tiny",
+            "--random-weights",
+            "--batch",
+            "2",
+            "--prompt-len",
+            "8",
+            "--new-tokens",
+            "4",
+            "--repeats",
+            "1",
+            "--dtype",
+            "float32",
+        ]
+    )
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1

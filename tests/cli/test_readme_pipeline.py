@@ -15,6 +15,7 @@ ran (another recipe or checkpoint source on the same code path): they are parsed
 recipes loaded with their overrides, and the checkpoints they read must exist. The commands share a
 persistent compilation cache (a temporary folder), so the pipeline's two evaluations compile once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,15 @@ PIPELINE_MARK = "<!-- pipeline:"
 TINY_RECIPE = "configs/recipes/tiny_cpu.yaml"
 # one stage (the tiny recipe's: one step of one prompt x 2 samples; the prompt alone is ~3.5k tokens of tool
 # docs), ≤ 4 tokens a step, no KL reference
-TINY_TRAIN = ["stages=[../stages/stage1_syntax.yaml]", "data.source=package", "sampler.batch_size=2",
-              "rollout.max_new_tokens_per_step=4", "loss.kl_coef=0",
-              "checkpoint.async_save=false", "logging.progress_bar=false"]
+TINY_TRAIN = [
+    "stages=[../stages/stage1_syntax.yaml]",
+    "data.source=package",
+    "sampler.batch_size=2",
+    "rollout.max_new_tokens_per_step=4",
+    "loss.kl_coef=0",
+    "checkpoint.async_save=false",
+    "logging.progress_bar=false",
+]
 TINY_EVAL = ["--limit", "1", "--categories", "base", "--data-source", "package"]
 TINY_EVAL_MODEL = ["--max-new-tokens", "4", "--batch-size", "1", "--max-cache-len", "8192", "--dtype", "float32"]
 TINY_DEMO = ["--skip-synthetic", "--eval-limit", "1"]
@@ -48,7 +55,7 @@ ORDER = ("convert", "train", "export", "eval", "generate", "plot", "demo")
 def readme_pipeline() -> list[list[str]]:
     """The `envtune` commands of the README's pipeline block, without the program name."""
     text = (REPO / "README.md").read_text()
-    block = text[text.index(PIPELINE_MARK):].split("```bash\n", 1)[1].split("```", 1)[0]
+    block = text[text.index(PIPELINE_MARK) :].split("```bash\n", 1)[1].split("```", 1)[0]
     return [shlex.split(line, comments=True)[1:] for line in block.splitlines() if line.startswith("envtune ")]
 
 
@@ -86,8 +93,16 @@ def tiny(argv: list[str], hf_dir: Path, counter: list[int]) -> list[str]:
         recipe = yaml.safe_load((REPO / argv[at]).read_text())
         model = recipe.get("model", {})
         source = [f"model.{key}={model[key]}" for key in ("hf", "ckpt", "preset") if model.get(key)]
-        own = argv[at + 1:]
-        return [*argv[:at], TINY_RECIPE, f"run_dir={recipe['run_dir']}", "model.preset=null", *source, *TINY_TRAIN, *own]
+        own = argv[at + 1 :]
+        return [
+            *argv[:at],
+            TINY_RECIPE,
+            f"run_dir={recipe['run_dir']}",
+            "model.preset=null",
+            *source,
+            *TINY_TRAIN,
+            *own,
+        ]
     if command == "eval":
         model = _value(argv, "--ckpt") is not None or _value(argv, "--hf") is not None
         extra = TINY_EVAL + (TINY_EVAL_MODEL if model else [])
@@ -108,8 +123,11 @@ def compilation_cache(tmp_path):
     import jax
     from jax.experimental.compilation_cache import compilation_cache as cache
 
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     before = {name: getattr(jax.config, name) for name in names}
     cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla-cache"))
@@ -157,7 +175,10 @@ def test_readme_pipeline_and_help_examples_run_at_tiny_size(workdir, compilation
     assert (trained / "final").is_dir() and (trained / "export" / "stage1_syntax").is_dir()
     assert any((tmp / "hf" / "qwen3-4b-envtuned").glob("*.safetensors"))
     summary = next(text for command, text in outputs.items() if command.startswith("train"))
-    assert "training finished: 1 steps over 1 stages" in summary and f"envtune eval --ckpt runs/qwen3-4b-envtuning/final" in summary
+    assert (
+        "training finished: 1 steps over 1 stages" in summary
+        and "envtune eval --ckpt runs/qwen3-4b-envtuning/final" in summary
+    )
     # what the README's "Watching a run" section opens
     assert (trained / "logs" / "tensorboard").is_dir()
     _run(["plot", "runs/qwen3-4b-envtuning"])

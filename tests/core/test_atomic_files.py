@@ -1,5 +1,6 @@
 """Publishing a folder and replacing a file leave a complete version at the path whenever the process is
 killed (SIGKILL in a subprocess, at the worst moment of the old two-rename sequence or mid-write)."""
+
 from __future__ import annotations
 
 import os
@@ -84,7 +85,7 @@ def test_without_an_atomic_swap_the_next_write_puts_the_previous_folder_back(tmp
     assert recover_dir(out) and (out / "weights").read_text() == "old"
     _run(PUBLISH, str(out), "no-exchange")  # killed again at the same point ...
     try:
-        with staged_dir(out, all_processes=False) as tmp:  # ... the next write starts by putting it back
+        with staged_dir(out, all_processes=False):  # ... the next write starts by putting it back
             assert (out / "weights").read_text() == "old"
             raise RuntimeError("this write fails")
     except RuntimeError:

@@ -1,5 +1,6 @@
 """envtune_jax/compile_cache.py: which folder the CLI's persistent compilation cache uses, that `bench`
 leaves it off by default, and that a second process reuses what the first compiled."""
+
 from __future__ import annotations
 
 import json
@@ -30,10 +31,31 @@ def test_cache_folder_follows_the_variable_then_xdg_then_home(monkeypatch, tmp_p
 
 def test_a_second_process_reuses_the_first_ones_programs(tmp_path):
     """Two `envtune bench generate` runs with the cache named: the second compiles in a fraction of the time."""
-    env = dict(os.environ, ENVTUNE_COMPILATION_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT),
-               JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # cache even quick compiles
-    argv = [sys.executable, "-m", "envtune_jax.cli.main", "bench", "generate", "--preset", "tiny", "--random-weights",
-            "--batch", "4", "--prompt-len", "64", "--new-tokens", "32", "--repeats", "1"]
+    env = dict(
+        os.environ,
+        ENVTUNE_COMPILATION_CACHE=str(tmp_path / "cache"),
+        PYTHONPATH=str(ROOT),
+        JAX_PLATFORMS="cpu",
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )  # cache even quick compiles
+    argv = [
+        sys.executable,
+        "-m",
+        "envtune_jax.cli.main",
+        "bench",
+        "generate",
+        "--preset",
+        "tiny",
+        "--random-weights",
+        "--batch",
+        "4",
+        "--prompt-len",
+        "64",
+        "--new-tokens",
+        "32",
+        "--repeats",
+        "1",
+    ]
     runs = []
     for _ in range(2):
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -1,4 +1,5 @@
 """Typed YAML configs: overrides, unknown keys with suggestions, wrong types, includes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,9 @@ class Outer:
 def test_yaml_and_overrides(tmp_path):
     (tmp_path / "base.yaml").write_text("name: base\ninner:\n  steps: 3\n")
     (tmp_path / "run.yaml").write_text("base: base.yaml\ninner:\n  learning_rate: 2e-6\n")
-    cfg = load(Outer, tmp_path / "run.yaml", ["inner.mode=seq-mean-token-mean", "enabled=false", "stages=[3,4]", "limit=7"])
+    cfg = load(
+        Outer, tmp_path / "run.yaml", ["inner.mode=seq-mean-token-mean", "enabled=false", "stages=[3,4]", "limit=7"]
+    )
     assert cfg == Outer("base", Inner(2e-6, 3, "seq-mean-token-mean"), False, [3, 4], 7)
     save(cfg, tmp_path / "resolved.yaml")
     assert load(Outer, tmp_path / "resolved.yaml") == cfg
@@ -66,7 +69,13 @@ def test_hf_config_round_trip_for_every_preset():
 
 def test_presets_have_the_published_shapes():
     four = preset("qwen3-4b-instruct-2507")
-    assert (four.num_layers, four.hidden_size, four.num_heads, four.num_kv_heads, four.rope_theta) == (36, 2560, 32, 8, 5e6)
+    assert (four.num_layers, four.hidden_size, four.num_heads, four.num_kv_heads, four.rope_theta) == (
+        36,
+        2560,
+        32,
+        8,
+        5e6,
+    )
     assert abs(four.num_params - 4.02e9) / 4.02e9 < 0.01
     assert not preset("qwen3-8b").tie_word_embeddings
     with pytest.raises(KeyError, match="did you mean 'qwen3-4b'"):
@@ -112,12 +121,14 @@ def test_zero_and_negative_sizes_are_rejected_naming_the_field():
     from envtune_jax.rl.curriculum import StageConfig
     from envtune_jax.rl.rollout_config import RolloutConfig
 
-    for cls, override, message in [(StageConfig, "max_steps=-1", "max_steps must be ≥ 1, got -1"),
-                                   (StageConfig, "samples_per_prompt=1", "samples_per_prompt must be ≥ 2"),
-                                   (SamplerConfig, "max_cache_len=0", "max_cache_len must be ≥ 1"),
-                                   (SamplerConfig, "temperature=0", "temperature must be > 0"),
-                                   (RolloutConfig, "max_response_tokens=-1", "max_response_tokens must be ≥ 1"),
-                                   (MeshConfig, "tensor=0", "positive or -1")]:
+    for cls, override, message in [
+        (StageConfig, "max_steps=-1", "max_steps must be ≥ 1, got -1"),
+        (StageConfig, "samples_per_prompt=1", "samples_per_prompt must be ≥ 2"),
+        (SamplerConfig, "max_cache_len=0", "max_cache_len must be ≥ 1"),
+        (SamplerConfig, "temperature=0", "temperature must be > 0"),
+        (RolloutConfig, "max_response_tokens=-1", "max_response_tokens must be ≥ 1"),
+        (MeshConfig, "tensor=0", "positive or -1"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             load(cls, None, [override])
 
@@ -138,9 +149,17 @@ def test_a_recipe_loads_without_jax():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    probe = ("import sys; from envtune_jax.rl.run_config import load_run_config; "
-             "load_run_config('configs/recipes/qwen3_4b_instruct_2507.yaml'); "
-             "print([m for m in ('jax', 'flax', 'optax', 'transformers', 'torch', 'tensorflow') if m in sys.modules])")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
+    probe = (
+        "import sys; from envtune_jax.rl.run_config import load_run_config; "
+        "load_run_config('configs/recipes/qwen3_4b_instruct_2507.yaml'); "
+        "print([m for m in ('jax', 'flax', 'optax', 'transformers', 'torch', 'tensorflow') if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)},
+    )
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -1,5 +1,6 @@
 """One envtune process per run directory or evaluation folder: a second one gets one line and exit 2 (before
 any model loads), a lock left by a killed process is taken over, a lock from another host is not broken."""
+
 from __future__ import annotations
 
 import errno
@@ -18,16 +19,33 @@ from envtune_jax.folder_lock import LOCK_FILE, FolderInUse, FolderLock, hold_fol
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "configs" / "recipes" / "tiny_cpu.yaml"
-HOLD = ("import sys, time\nfrom envtune_jax.folder_lock import FolderLock\n"
-        "FolderLock(sys.argv[1], 'folder').acquire()\nprint('locked', flush=True)\ntime.sleep(300)\n")
-EVAL = ["eval", "--policy", "do-nothing", "--split", "test", "--categories", "base", "--limit", "1",
-        "--data-source", "package"]
+HOLD = (
+    "import sys, time\nfrom envtune_jax.folder_lock import FolderLock\n"
+    "FolderLock(sys.argv[1], 'folder').acquire()\nprint('locked', flush=True)\ntime.sleep(300)\n"
+)
+EVAL = [
+    "eval",
+    "--policy",
+    "do-nothing",
+    "--split",
+    "test",
+    "--categories",
+    "base",
+    "--limit",
+    "1",
+    "--data-source",
+    "package",
+]
 
 
 def _hold(folder: Path) -> subprocess.Popen:
     """Another process holding `folder`'s lock."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -77,8 +95,20 @@ def test_a_second_train_on_a_run_dir_is_refused_before_anything_loads(tmp_path, 
     run_dir = tmp_path / "run"
     holder = _hold(run_dir)
     try:
-        assert main(["train", "--config", str(RECIPE), f"run_dir={run_dir}", "stages=[../stages/stage1_syntax.yaml]",
-                     "logging.progress_bar=false", "logging.tensorboard=false"]) == 2
+        assert (
+            main(
+                [
+                    "train",
+                    "--config",
+                    str(RECIPE),
+                    f"run_dir={run_dir}",
+                    "stages=[../stages/stage1_syntax.yaml]",
+                    "logging.progress_bar=false",
+                    "logging.tensorboard=false",
+                ]
+            )
+            == 2
+        )
         line = _one_line(capsys.readouterr().err)
         assert "run directory is in use by another envtune process" in line and f"pid {holder.pid}" in line
         assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
@@ -89,8 +119,9 @@ def test_a_second_train_on_a_run_dir_is_refused_before_anything_loads(tmp_path, 
 
 def _write_record(folder: Path, **record) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / LOCK_FILE).write_text(json.dumps({"since": "2026-12-01T10:00:00+00:00", "command": "envtune train",
-                                                **record}) + "\n")
+    (folder / LOCK_FILE).write_text(
+        json.dumps({"since": "2026-12-01T10:00:00+00:00", "command": "envtune train", **record}) + "\n"
+    )
 
 
 def test_a_lock_from_another_host_is_not_broken(tmp_path):

@@ -9,6 +9,7 @@ Layers, lowest first (a module may import its own layer and the ones below it):
     commands      envtune_jax/cli/, envtune_jax/bench/, benchmarks/*.py
 Imports inside functions count like any other (they only defer loading, they do not change the direction).
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,8 +23,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # folder in the repository -> package name once installed
-FOLDERS = {"envtune_jax": "envtune_jax", "models": "envtune_jax.models", "rl": "envtune_jax.rl",
-           "environments": "envtune_jax.environments"}
+FOLDERS = {
+    "envtune_jax": "envtune_jax",
+    "models": "envtune_jax.models",
+    "rl": "envtune_jax.rl",
+    "environments": "envtune_jax.environments",
+}
 LAYERS = (  # (layer, rank, module prefixes); the longest matching prefix decides
     ("core", 0, ("envtune_jax",)),
     ("models", 1, ("envtune_jax.models",)),
@@ -35,8 +40,15 @@ LAYERS = (  # (layer, rank, module prefixes); the longest matching prefix decide
 
 
 def layer_of(module: str) -> tuple[str, int]:
-    best = max(((len(p), name, rank) for name, rank, prefixes in LAYERS for p in prefixes
-                if module == p or module.startswith(p + ".")), default=None)
+    best = max(
+        (
+            (len(p), name, rank)
+            for name, rank, prefixes in LAYERS
+            for p in prefixes
+            if module == p or module.startswith(p + ".")
+        ),
+        default=None,
+    )
     if best is None:
         raise AssertionError(f"{module} is in no layer")
     return best[1], best[2]
@@ -63,8 +75,9 @@ def imports_of(path: Path, modules: dict[str, Path]) -> list[tuple[str, int]]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names
+            ]
         elif isinstance(node, ast.ImportFrom):
             raise AssertionError(f"{path}:{node.lineno}: relative import; write the full name")
         else:
@@ -79,8 +92,9 @@ def imports_of(path: Path, modules: dict[str, Path]) -> list[tuple[str, int]]:
 
 def import_graph() -> dict[str, dict[str, int]]:
     modules = source_modules()
-    return {m: {target: line for target, line in imports_of(path, modules) if target != m}
-            for m, path in modules.items()}
+    return {
+        m: {target: line for target, line in imports_of(path, modules) if target != m} for m, path in modules.items()
+    }
 
 
 def wrong_way(graph: dict[str, dict[str, int]]) -> list[str]:
@@ -140,7 +154,8 @@ def test_the_walker_sees_imports_at_every_depth():
     # imports inside functions: the CLI loads the trainer only when `envtune train` runs
     assert "envtune_jax.rl.train_loop" in graph["envtune_jax.cli.train"]
     assert wrong_way({"envtune_jax.models.qwen3": {"envtune_jax.rl.grpo": 3}}) == [
-        "envtune_jax.models.qwen3:3 (models) imports envtune_jax.rl.grpo (rl)"]
+        "envtune_jax.models.qwen3:3 (models) imports envtune_jax.rl.grpo (rl)"
+    ]
     assert wrong_way({"envtune_jax.models.qwen3": {"envtune_jax.chat.render": 3}})  # same rank, other layer
     assert cycles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}}) == [["a", "b", "c"]]
 
@@ -183,12 +198,31 @@ def test_the_distribution_lists_every_package_folder_under_envtune_jax():
 
 @pytest.mark.slow
 def test_the_wheel_installs_one_top_level_package(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (wheel,) = tmp_path.glob("envtune_jax-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {"envtune_jax"}
-    for module in ("envtune_jax/models/qwen3.py", "envtune_jax/rl/grpo_loop.py",
-                   "envtune_jax/environments/tool_host.py", "envtune_jax/models/generation/engine.py"):
+    for module in (
+        "envtune_jax/models/qwen3.py",
+        "envtune_jax/rl/grpo_loop.py",
+        "envtune_jax/environments/tool_host.py",
+        "envtune_jax/models/generation/engine.py",
+    ):
         assert module in names

@@ -1,6 +1,7 @@
 """Ctrl-C ends an envtune process within about a second, even when its main thread does not come back to
 Python (here: it swallows the KeyboardInterrupt, as JAX's garbage-collection callback does), and waits for
 held work (an asynchronous checkpoint save) unless Ctrl-C is pressed twice."""
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,14 @@ SCRIPT = textwrap.dedent("""
 
 
 def _start(mode: str) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", SCRIPT, mode], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    process = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, mode],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert process.stdout.readline().strip() == "ready"
     return process
 
@@ -78,8 +85,9 @@ def test_the_tool_process_leaves_ctrl_c_to_its_parent():
     from envtune_jax.environments.config import EnvironmentConfig
     from envtune_jax.environments.hosted_backend import tool_host_client
 
-    env = BfclEpisode(entry_by_id("multi_turn_base_15"), dataclasses.replace(EnvironmentConfig.evaluation(),
-                                                                            call_time_limit_s=5.0))
+    env = BfclEpisode(
+        entry_by_id("multi_turn_base_15"), dataclasses.replace(EnvironmentConfig.evaluation(), call_time_limit_s=5.0)
+    )
     env.reset()
     env.step("", [ToolCall("mkdir", {"dir_name": "zz_before"})], [])
     client = tool_host_client()

@@ -1,5 +1,6 @@
 """What long work shows while it runs: the phase text on a progress bar (with "compiling" while JAX
 compiles), and the evaluation driver's entries in play."""
+
 from __future__ import annotations
 
 import io
@@ -7,12 +8,12 @@ import time
 
 import jax
 
+from envtune_jax import progress
+from envtune_jax.cli.eval import live_text
 from envtune_jax.environments.config import EnvironmentConfig
 from envtune_jax.environments.evaluation import LiveEpisode, evaluate_bfcl
 from envtune_jax.environments.policies import OraclePolicy
 from envtune_jax.environments.splits import first_per_category, split_entries
-from envtune_jax import progress
-from envtune_jax.cli.eval import live_text
 from envtune_jax.progress import PhaseDisplay, phase_text
 
 
@@ -78,8 +79,11 @@ def test_a_disabled_bar_gets_no_thread_and_no_listener():
 
 
 def test_live_text_names_the_entries_in_play():
-    live = [LiveEpisode("multi_turn_base_3", 1, 2, 4), LiveEpisode("multi_turn_miss_func_8", 0, 0, 3),
-            LiveEpisode("multi_turn_base_5", 0, 1, 2)]
+    live = [
+        LiveEpisode("multi_turn_base_3", 1, 2, 4),
+        LiveEpisode("multi_turn_miss_func_8", 0, 0, 3),
+        LiveEpisode("multi_turn_base_5", 0, 1, 2),
+    ]
     assert live_text(live, 57) == "57 steps | base_3 turn 2/4 step 3, miss_func_8 turn 1/3 step 1 (+1 more)"
     assert live_text(live[:1], 4) == "4 steps | base_3 turn 2/4 step 3"
     assert live_text([], 9) == "9 steps"
@@ -88,8 +92,12 @@ def test_live_text_names_the_entries_in_play():
 def test_the_evaluation_driver_reports_the_episodes_in_play_after_every_round():
     entries = first_per_category(split_entries("test", ["multi_turn_base"]), 2)
     rounds: list[tuple[list[LiveEpisode], int]] = []
-    records = evaluate_bfcl(entries, OraclePolicy.for_bfcl(entries), EnvironmentConfig.evaluation(),
-                            on_round=lambda live, steps: rounds.append((live, steps)))
+    records = evaluate_bfcl(
+        entries,
+        OraclePolicy.for_bfcl(entries),
+        EnvironmentConfig.evaluation(),
+        on_round=lambda live, steps: rounds.append((live, steps)),
+    )
     assert [record.outcome.correct for record in records] == [True, True]
     steps = [taken for _, taken in rounds]
     assert steps == sorted(steps) and steps[-1] == sum(sum(len(turn) for turn in r.steps) for r in records)

@@ -1,4 +1,5 @@
 """Sharding rules and the 8-fake-CPU-device mesh: same logits as one device."""
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,10 @@ CHECK = textwrap.dedent("""
 @pytest.mark.multidevice
 def test_eight_device_mesh_gives_same_logits(tmp_path):
     ckpt = write_tiny_qwen3(tmp_path / "ckpt", "tied_kv4_theta5e6", vocab_size=512)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-c", CHECK, str(ckpt)], env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK, str(ckpt)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -9,20 +9,21 @@ re-rendered in the official format and tokenized, as the model policy does.
 Also: the official verdict of a recording (QwenFCHandler.decode_execute + multi_turn_checker), for
 texts whose call names and argument keys are safe to hand to the official executor's eval.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import itertools
 from typing import Sequence
 
-from envtune_jax.environments.base import StepResult, ToolEnvironment
-from envtune_jax.environments.evaluation import EpisodeRecord, run_episodes
-from envtune_jax.environments.policies import PolicyStep
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import TokenConversation
 from envtune_jax.chat.render import render_messages
 from envtune_jax.chat.special_tokens import STOP_TOKEN_IDS
 from envtune_jax.chat.tokenizer import default_tokenizer, encode_text
+from envtune_jax.environments.base import StepResult, ToolEnvironment
+from envtune_jax.environments.evaluation import EpisodeRecord, run_episodes
+from envtune_jax.environments.policies import PolicyStep
 from envtune_jax.rl.rollout import read_last_step
 
 
@@ -31,7 +32,7 @@ def sampled_ids(text: str) -> list[int]:
     ids = encode_text(default_tokenizer(), text)
     for position, token in enumerate(ids):
         if token in STOP_TOKEN_IDS:
-            return ids[:position + 1]
+            return ids[: position + 1]
     return ids + [STOP_TOKEN_IDS[0]]
 
 
@@ -74,7 +75,9 @@ class ScriptedModelPolicy:
         return steps
 
 
-def play_evaluation(envs: Sequence[ToolEnvironment], recorded: dict[str, Sequence[Sequence[str]]]) -> list[EpisodeRecord]:
+def play_evaluation(
+    envs: Sequence[ToolEnvironment], recorded: dict[str, Sequence[Sequence[str]]]
+) -> list[EpisodeRecord]:
     """Plays the recordings through the evaluation loop (conversation kept, re-rendered, tokenized)."""
     return run_episodes(list(envs), ScriptedModelPolicy(recorded), keep_history=True)
 
@@ -102,8 +105,9 @@ def official_verdict(entry, recording: Sequence[Sequence[str]]) -> bool:
             if not is_empty_execute_response(calls):
                 steps.append(calls)
         decoded.append(steps)
-    result = multi_turn_checker(decoded, entry.ground_truth, dataclasses.asdict(entry), entry.category,
-                                f"untrusted{next(_official_runs)}")
+    result = multi_turn_checker(
+        decoded, entry.ground_truth, dataclasses.asdict(entry), entry.category, f"untrusted{next(_official_runs)}"
+    )
     return result["valid"]
 
 
@@ -111,7 +115,12 @@ def official_results(entry, call_sources: Sequence[str]) -> list[str]:
     """The official executor's result strings for trusted call strings, on fresh instances of `entry`."""
     from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_utils import execute_multi_turn_func_call
 
-    results, _ = execute_multi_turn_func_call(list(call_sources), entry.initial_config, entry.involved_classes,
-                                              f"untrusted{next(_official_runs)}", entry.id,
-                                              long_context=entry.long_context)
+    results, _ = execute_multi_turn_func_call(
+        list(call_sources),
+        entry.initial_config,
+        entry.involved_classes,
+        f"untrusted{next(_official_runs)}",
+        entry.id,
+        long_context=entry.long_context,
+    )
     return results

@@ -1,5 +1,6 @@
 """BFCL episodes: the oracle and do-nothing runs over all 800 entries, rewards, turn protocol, augmentation,
 fresh API instances per episode (long_context loading for that category only)."""
+
 from __future__ import annotations
 
 import collections
@@ -169,7 +170,9 @@ def test_miss_func_holdout_turn_offers_withheld_tools_in_the_user_message():
     assert message.endswith("\nI have updated some more functions you can choose from. What about now?")
     assert "'name': 'find'" in message and "Python 3 syntax" not in message
     assert {"find", "ls"} <= env.offered_tool_names()
-    assert all(d["description"].endswith(" Note that the provided function is in Python 3 syntax.") for d in env.tools())
+    assert all(
+        d["description"].endswith(" Note that the provided function is in Python 3 syntax.") for d in env.tools()
+    )
 
 
 def test_presets_and_yaml_overrides():
@@ -177,7 +180,12 @@ def test_presets_and_yaml_overrides():
 
     evaluation, training = EnvironmentConfig.evaluation(), EnvironmentConfig.training(augmented=True)
     assert (evaluation.max_steps_per_turn, evaluation.augmented, evaluation.execute_withheld_tools) == (20, False, True)
-    assert (training.max_steps_per_turn, training.hints, training.format_feedback, training.empty_turn_warning) == (5, True, True, True)
+    assert (training.max_steps_per_turn, training.hints, training.format_feedback, training.empty_turn_warning) == (
+        5,
+        True,
+        True,
+        True,
+    )
     assert EnvironmentConfig.replay().max_steps_per_turn is None
     loaded = load(EnvironmentConfig, None, ["max_steps_per_turn=5", "reward=syntax", "call_time_limit_s=none"])
     assert (loaded.max_steps_per_turn, loaded.reward, loaded.call_time_limit_s) == (5, "syntax", None)
@@ -227,7 +235,10 @@ def test_long_context_flag_reaches_the_api_instances_of_long_context_entries_onl
         for instances in (env._backend.agent, env._backend.truth):
             for class_name, instance in instances.items():
                 if hasattr(instance, "long_context"):  # classes whose data depends on it set the attribute
-                    assert instance.long_context is (entry.category == "multi_turn_long_context"), (entry.id, class_name)
+                    assert instance.long_context is (entry.category == "multi_turn_long_context"), (
+                        entry.id,
+                        class_name,
+                    )
                     checked[entry.category] += 1
     assert set(checked) == set(CATEGORIES)
 
@@ -241,11 +252,17 @@ def test_each_episode_gets_fresh_api_instances():
     first.reset()
     fs, twitter = first._backend.agent["GorillaFileSystem"], first._backend.agent["TwitterAPI"]
     tweets = len(twitter.tweets)
-    calls = [ToolCall("mkdir", {"dir_name": "zz_new"}), ToolCall("authenticate_twitter", login),
-             ToolCall("post_tweet", {"content": "zz"})]
+    calls = [
+        ToolCall("mkdir", {"dir_name": "zz_new"}),
+        ToolCall("authenticate_twitter", login),
+        ToolCall("post_tweet", {"content": "zz"}),
+    ]
     first.step("", calls, [])
     assert "zz_new" in fs._current_dir.contents and len(twitter.tweets) == tweets + 1 and twitter.authenticated
-    assert fs is not first._backend.truth["GorillaFileSystem"] and "zz_new" not in first._backend.truth["GorillaFileSystem"]._current_dir.contents
+    assert (
+        fs is not first._backend.truth["GorillaFileSystem"]
+        and "zz_new" not in first._backend.truth["GorillaFileSystem"]._current_dir.contents
+    )
 
     def untouched(env):
         agent = env._backend.agent

@@ -1,5 +1,6 @@
 """BFCL data: loading, the deterministic scenario split, stage subsets, the TFDS builder, the missing-package
 error and the warning for another bfcl-eval version."""
+
 from __future__ import annotations
 
 import builtins
@@ -10,7 +11,13 @@ import warnings
 import pytest
 
 from envtune_jax.environments import bfcl_data, splits
-from envtune_jax.environments.bfcl_data import CATEGORIES, BfclDataMissingError, BfclEntry, load_entries, offered_tool_docs
+from envtune_jax.environments.bfcl_data import (
+    CATEGORIES,
+    BfclDataMissingError,
+    BfclEntry,
+    load_entries,
+    offered_tool_docs,
+)
 
 
 def test_entries_and_tool_docs_match_the_package_files():
@@ -112,4 +119,6 @@ def test_tfds_builder_writes_array_record_and_reads_back_every_split(tmp_path):
     assert sorted(stored_ids) == sorted(package_ids) and stored_ids != package_ids  # shuffled on write
     for split in tfds_builder.BUILDER_SPLITS:
         assert tfds_builder.load_split_entries(split, data_dir=tmp_path) == splits.split_entries(split)
-    assert tfds_builder.load_split_entries("all", ["multi_turn_base"], data_dir=tmp_path) == load_entries(["multi_turn_base"])
+    assert tfds_builder.load_split_entries("all", ["multi_turn_base"], data_dir=tmp_path) == load_entries(
+        ["multi_turn_base"]
+    )

@@ -1,4 +1,5 @@
 """Safe executor: official result strings, whitelist, safe ground-truth parsing, pickling."""
+
 from __future__ import annotations
 
 import collections
@@ -35,14 +36,24 @@ def test_format_result_follows_the_official_type_rules():
 
 def test_results_equal_the_official_executor_on_ground_truth_calls():
     """Every ground-truth call of a sample of entries gives the same string as the official (eval) executor."""
-    for entry_id in ("multi_turn_base_0", "multi_turn_long_context_60", "multi_turn_base_110", "multi_turn_base_160",
-                     "multi_turn_miss_param_130", "multi_turn_long_context_30"):
+    for entry_id in (
+        "multi_turn_base_0",
+        "multi_turn_long_context_60",
+        "multi_turn_base_110",
+        "multi_turn_base_160",
+        "multi_turn_miss_param_130",
+        "multi_turn_long_context_30",
+    ):
         entry = entry_by_id(entry_id)
         ours = BfclEpisode(entry)
         ours.reset()
         for turn, sources in enumerate(entry.ground_truth):
             official, _ = multi_turn_utils.execute_multi_turn_func_call(
-                sources, entry.initial_config, entry.involved_classes, "executor_test", entry_id,
+                sources,
+                entry.initial_config,
+                entry.involved_classes,
+                "executor_test",
+                entry_id,
                 long_context=entry.long_context,
             )
             for call, expected in zip(ground_truth_tool_calls(sources, entry.involved_classes), official):
@@ -52,12 +63,16 @@ def test_results_equal_the_official_executor_on_ground_truth_calls():
 def test_exceptions_become_official_error_strings_and_bad_names_are_not_executed():
     executor = _executor()
     raised = executor.execute("cd", {"no_such_argument": 1})
-    assert raised.raised and raised.result.startswith("Error during execution: ") and "unexpected keyword" in raised.result
+    assert (
+        raised.raised and raised.result.startswith("Error during execution: ") and "unexpected keyword" in raised.result
+    )
     for name in ("_load_scenario", "__class__", "ls(); import os", "nonexistent", "eval"):
         result = executor.execute(name, {})
         assert result.raised and result.result == f"Error during execution: name '{name}' is not defined"
     assert executor.execute("ls", ["not", "a", "dict"]).raised
-    assert executor.execute("cd", {"folder": float("inf")}).result == "Error during execution: name 'inf' is not defined"
+    assert (
+        executor.execute("cd", {"folder": float("inf")}).result == "Error during execution: name 'inf' is not defined"
+    )
 
 
 def test_argument_validity_for_the_syntax_reward():
@@ -82,7 +97,8 @@ def test_only_offered_tools_run_unless_allowed():
 def test_ground_truth_parsing_is_literal_only():
     parsed = parse_ground_truth_call("sort('final_report.pdf')")
     assert parsed.args == ("final_report.pdf",) and parsed.as_tool_call("GorillaFileSystem") == ToolCall(
-        "sort", {"file_name": "final_report.pdf"})
+        "sort", {"file_name": "final_report.pdf"}
+    )
     for bad in ("__import__('os').system('x')", "ls(a=open('f'))", "x.y(1)", "ls(**{'a': 1})", "1 + 2", "ls("):
         with pytest.raises(GroundTruthSyntaxError):
             parse_ground_truth_call(bad)

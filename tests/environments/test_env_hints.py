@@ -7,6 +7,7 @@ zipcodes, the broken weather service, engine start without its preconditions, ac
 unknown tools). A leak is a ground-truth argument value that appears in a hint but nowhere in the
 conversation so far (tool docs, messages, this step's call, the official result the hint is attached to).
 """
+
 from __future__ import annotations
 
 import collections
@@ -61,7 +62,10 @@ def _noisy_calls(truth: list[ToolCall], involved: list[str]) -> list[ToolCall]:
         if call.name == "estimate_distance":
             noisy.append(ToolCall(call.name, {"cityA": "Zzville", "cityB": "Zztown"}))
     if "VehicleControlAPI" in involved:
-        noisy += [ToolCall("get_outside_temperature_from_weather_com", {}), ToolCall("startEngine", {"ignitionMode": "START"})]
+        noisy += [
+            ToolCall("get_outside_temperature_from_weather_com", {}),
+            ToolCall("startEngine", {"ignitionMode": "START"}),
+        ]
     if "TwitterAPI" in involved:
         noisy.append(ToolCall("list_all_following", {}))
     if "TradingBot" in involved:
@@ -144,12 +148,21 @@ def test_forbidden_character_and_non_empty_rmdir_hints_quote_no_ground_truth():
     env = BfclEpisode(entry, EnvironmentConfig.training(augmented=True))
     conversation = json.dumps(env.tools()) + "".join(m["content"] for m in env.reset())
     cases = [
-        (ToolCall("touch", {"file_name": "zz?notes.txt"}), "touch: cannot touch 'zz?notes.txt': Invalid character",
-         f"names cannot contain any of the characters {FORBIDDEN_NAME_CHARACTERS}; use a plain name."),
-        (ToolCall("mkdir", {"dir_name": "a*b"}), "mkdir: cannot create directory 'a*b': Invalid character",
-         "names cannot contain any of the characters"),
-        (ToolCall("rmdir", {"dir_name": "document"}), "rmdir: cannot remove 'document': Directory not empty",
-         "rmdir only removes empty folders: move or remove what is inside first."),
+        (
+            ToolCall("touch", {"file_name": "zz?notes.txt"}),
+            "touch: cannot touch 'zz?notes.txt': Invalid character",
+            f"names cannot contain any of the characters {FORBIDDEN_NAME_CHARACTERS}; use a plain name.",
+        ),
+        (
+            ToolCall("mkdir", {"dir_name": "a*b"}),
+            "mkdir: cannot create directory 'a*b': Invalid character",
+            "names cannot contain any of the characters",
+        ),
+        (
+            ToolCall("rmdir", {"dir_name": "document"}),
+            "rmdir: cannot remove 'document': Directory not empty",
+            "rmdir only removes empty folders: move or remove what is inside first.",
+        ),
     ]
     for call, official_error, hint_text in cases:
         text = render_calls([call])
@@ -163,8 +176,18 @@ def test_forbidden_character_and_non_empty_rmdir_hints_quote_no_ground_truth():
 
 # Words that say how far or how much: a hint using one names a value (pressBrakePedal's doc maps "fully"
 # to 1.0, the value of every ground-truth press), so it may use one only where the official result does.
-DEGREE_WORDS = ("fully", "full", "all the way", "completely", "entirely", "maximum", "minimum", "halfway", "half",
-                "100%")
+DEGREE_WORDS = (
+    "fully",
+    "full",
+    "all the way",
+    "completely",
+    "entirely",
+    "maximum",
+    "minimum",
+    "halfway",
+    "half",
+    "100%",
+)
 
 
 def _changed(value):
@@ -202,11 +225,13 @@ def _mutated_steps(truth: list[ToolCall], rng) -> list[list[ToolCall]]:
         if call.arguments:
             key = rng.choice(sorted(call.arguments))
             args, value = call.arguments, call.arguments[key]
-            variants += [ToolCall(call.name, {**args, key: _changed(value)}),
-                         ToolCall(call.name, {k: v for k, v in args.items() if k != key}),
-                         ToolCall(call.name, {**args, key: _retyped(value)})]
+            variants += [
+                ToolCall(call.name, {**args, key: _changed(value)}),
+                ToolCall(call.name, {k: v for k, v in args.items() if k != key}),
+                ToolCall(call.name, {**args, key: _retyped(value)}),
+            ]
         for variant in variants:
-            steps.append(truth[:index] + ([variant] if variant else []) + truth[index + 1:])
+            steps.append(truth[:index] + ([variant] if variant else []) + truth[index + 1 :])
     return steps
 
 
@@ -240,9 +265,12 @@ def test_hints_on_mutated_ground_truth_calls_leak_no_ground_truth_value():
                         hints["brake"] += "pressBrakePedal" in hint
                         hints["login"] += "logged-in session" in hint
                         leaks += [(entry.id, hint, v) for v in _leaks(hint, truth_values, conversation)]
-                        leaks += [(entry.id, hint, word) for word in DEGREE_WORDS
-                                  if re.search(rf"\b{re.escape(word)}\b", hint, re.I)
-                                  and not re.search(rf"\b{re.escape(word)}\b", official, re.I)]
+                        leaks += [
+                            (entry.id, hint, word)
+                            for word in DEGREE_WORDS
+                            if re.search(rf"\b{re.escape(word)}\b", hint, re.I)
+                            and not re.search(rf"\b{re.escape(word)}\b", official, re.I)
+                        ]
                         if "logged-in session" in hint and "get_login_status" in hint:
                             leaks.append((entry.id, hint, "a status tool named as a login tool"))
                     conversation += message["content"]
@@ -261,8 +289,9 @@ def test_brake_hint_says_fully_only_after_the_official_message_does_and_login_hi
     second = hint_for(ExecutedCall("startEngine", {"ignitionMode": "START"}, not_fully, True, False, True), vehicle)
     assert "pressBrakePedal" in first and not any(word in first.lower() for word in DEGREE_WORDS)
     assert "pressBrakePedal" in second and "fully" in second
-    twitter = HintContext({name: "TwitterAPI" for name in ("post_tweet", "authenticate_twitter",
-                                                           "posting_get_login_status")}, {})
+    twitter = HintContext(
+        {name: "TwitterAPI" for name in ("post_tweet", "authenticate_twitter", "posting_get_login_status")}, {}
+    )
     result = json.dumps({"error": "User not authenticated. Please authenticate before posting."})
     login = hint_for(ExecutedCall("post_tweet", {"content": "hi"}, result, True, False, True), twitter)
     assert "authenticate_twitter" in login and "posting_get_login_status" not in login

@@ -7,6 +7,7 @@ the official pipeline (QwenFCHandler.decode_execute + multi_turn_checker, with t
 length check of eval_runner). The official executor evals strings; it only sees strings made here from
 trusted ground-truth literals.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,20 @@ READ_ONLY_CALLS = {
     "TravelAPI": ToolCall("list_all_airports", {}),
     "VehicleControlAPI": ToolCall("displayCarStatus", {"option": "fuel"}),
 }
-MUTATIONS = ("identity", "drop", "duplicate", "reorder", "wrong_argument", "extra_read_only", "split_steps",
-             "empty_turn", "unknown_tool", "withheld_early", "odd_texts", "missing_turn")
+MUTATIONS = (
+    "identity",
+    "drop",
+    "duplicate",
+    "reorder",
+    "wrong_argument",
+    "extra_read_only",
+    "split_steps",
+    "empty_turn",
+    "unknown_tool",
+    "withheld_early",
+    "odd_texts",
+    "missing_turn",
+)
 _HANDLER = object.__new__(qwen_fc.QwenFCHandler)  # decode_execute needs no handler state
 _model_counter = itertools.count()
 
@@ -151,8 +164,9 @@ def test_replay_verdicts_match_official_checker_on_mutated_recordings():
     for mutation in MUTATIONS:  # one replay run per mutation kind (ids must be unique within a run)
         batch = [(entry, recording) for entry, m, recording in cases if m == mutation]
         recorded = {entry.id: recording for entry, recording in batch}
-        records = evaluate_bfcl([entry for entry, _ in batch], ReplayPolicy(recorded), EnvironmentConfig.replay(),
-                                keep_history=False)
+        records = evaluate_bfcl(
+            [entry for entry, _ in batch], ReplayPolicy(recorded), EnvironmentConfig.replay(), keep_history=False
+        )
         for (entry, recording), record in zip(batch, records):
             ours_by_case.append((entry.id, mutation, record.outcome.correct, _official_verdict(entry, recording)))
     disagreements = [case for case in ours_by_case if case[2] != case[3]]
@@ -168,9 +182,11 @@ ODD_TEXTS = [
     "",
     "I have finished.",
     '<tool_call>\n{"name": "ls", "arguments": {"a": true}}\n</tool_call>',
-    '<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>\n<tool_call>\n{"name": "pwd", "arguments": {}}\n</tool_call>',
+    '<tool_call>\n{"name": "ls", "arguments": {}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "pwd", "arguments": {}}\n</tool_call>',
     '<tool_call>{"name": "ls", "arguments": {}}</tool_call>',
-    '<tool_call>\n{"name": "ls", "arguments": {}}</tool_call>\n<tool_call>\n{"name": "pwd", "arguments": {}}\n</tool_call>',
+    '<tool_call>\n{"name": "ls", "arguments": {}}</tool_call>\n'
+    '<tool_call>\n{"name": "pwd", "arguments": {}}\n</tool_call>',
     '<tool_call>\n{"name": "ls", "arguments": "{\\"a\\": false}"}\n</tool_call>',
     '<tool_call>\n{"name": "ls", "arguments": "[1]"}\n</tool_call>',
     '<tool_call>\n{"name": "ls", "arguments": [1]}\n</tool_call>',
@@ -178,7 +194,8 @@ ODD_TEXTS = [
     '<tool_call>\n{"name": 7, "arguments": {"x": 1.5}}\n</tool_call>',
     '<tool_call>\n{"name": "cd", "arguments": {"folder": "a\\nb", "n": null, "l": [1, {"k": "v"}]}}\n</tool_call>',
     '<tool_call>\n"just a string"\n</tool_call>',
-    '<tool_call>\n{"name": "ls", "arguments": {}} trailing\n</tool_call>\n<tool_call>\n{"name": "pwd", "arguments": {}}\n</tool_call>',
+    '<tool_call>\n{"name": "ls", "arguments": {}} trailing\n</tool_call>\n'
+    '<tool_call>\n{"name": "pwd", "arguments": {}}\n</tool_call>',
     'text first\n<tool_call>\n{"arguments": {}, "name": "mv", "extra": 1}\n</tool_call> and after',
 ]
 
@@ -203,5 +220,7 @@ def test_chat_parser_and_official_decoding_agree_on_well_formed_calls():
             text = render_calls(calls)
             parsed = parse_tool_calls(text, None, "qwen_fc")
             assert not parsed.errors
-            assert [(c.name, c.arguments) for c in parsed.calls] == [(c.name, c.arguments) for c in decode_official_step(text)]
+            assert [(c.name, c.arguments) for c in parsed.calls] == [
+                (c.name, c.arguments) for c in decode_official_step(text)
+            ]
             assert decode_official_step(text) == calls

@@ -1,4 +1,5 @@
 """Episodes stepped in worker processes give the same results as in-process stepping."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -29,14 +30,18 @@ def test_step_batch_in_a_process_pool_matches_local_stepping():
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
         for turn in range(2):
-            actions = [StepAction.of("", ground_truth_tool_calls(e.ground_truth[turn], e.involved_classes)) for e in entries]
+            actions = [
+                StepAction.of("", ground_truth_tool_calls(e.ground_truth[turn], e.involved_classes)) for e in entries
+            ]
             actions = [a if a.calls else StepAction.of("", [], ["bad json"]) for a in actions]
             remote, remote_results = step_batch(pool, remote, actions, num_chunks=2)
             local_results = [env.step(a.assistant_text, a.calls, a.format_errors) for env, a in zip(local, actions)]
             assert remote_results == local_results
             ends = [StepAction.of("Done.", [])] * len(entries)
             remote, remote_results = step_batch(pool, remote, ends, num_chunks=2)
-            assert remote_results == [env.step(a.assistant_text, a.calls, a.format_errors) for env, a in zip(local, ends)]
+            assert remote_results == [
+                env.step(a.assistant_text, a.calls, a.format_errors) for env, a in zip(local, ends)
+            ]
     assert [env.outcome() for env in remote] == [env.outcome() for env in local]
 
 

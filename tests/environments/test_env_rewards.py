@@ -3,6 +3,7 @@
 R_format = (N - steps with format errors) / N over all N steps, R_tool = valid / (valid + invalid) calls,
 I_tool = 1 iff a tool call was attempted (a malformed call counts as an attempt); R1 lies in [0, 2].
 """
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The synthetic task: exact text protocol, same reward machinery, low reward for random text, hints."""
+
 from __future__ import annotations
 
 import random
@@ -10,7 +11,11 @@ from envtune_jax.environments.config import EnvironmentConfig
 from envtune_jax.environments.evaluation import run_episodes
 from envtune_jax.environments.policies import DoNothingPolicy, OraclePolicy, PolicyStep
 from envtune_jax.environments.synthetic import (
-    SyntheticConfig, SyntheticEpisode, make_synthetic_tasks, parse_compact_calls, user_request,
+    SyntheticConfig,
+    SyntheticEpisode,
+    make_synthetic_tasks,
+    parse_compact_calls,
+    user_request,
 )
 
 CONFIG = SyntheticConfig(num_turns=3, chat_turn_probability=0.3)
@@ -25,8 +30,10 @@ class _RandomTextPolicy:
         self.vocabulary, self.rng, self.max_words = vocabulary, random.Random(seed), max_words
 
     def act(self, states):
-        return [PolicyStep("".join(self.rng.choice(self.vocabulary) for _ in range(self.rng.randint(0, self.max_words))))
-                for _ in states]
+        return [
+            PolicyStep("".join(self.rng.choice(self.vocabulary) for _ in range(self.rng.randint(0, self.max_words))))
+            for _ in states
+        ]
 
 
 def _episodes(tasks, hints=False):
@@ -73,7 +80,8 @@ def test_at_most_max_live_episodes_play_and_a_finished_ones_place_goes_to_the_ne
     episodes end, the next two take their places beside the three-turn one. Records are those of all episodes
     in play at once: episodes are independent."""
     tasks = make_synthetic_tasks(1, SyntheticConfig(num_turns=3), seed=5) + make_synthetic_tasks(
-        5, SyntheticConfig(num_turns=1), seed=4)
+        5, SyntheticConfig(num_turns=1), seed=4
+    )
     plain = run_episodes(_episodes(tasks), OraclePolicy.for_synthetic(tasks))
     watched = _WatchedOracle(tasks)
     records = run_episodes(_episodes(tasks), watched, max_live=3)

@@ -1,5 +1,6 @@
 """The per-call time limit holds for calls that never return to Python: the tool process is killed at the
 limit, the call becomes an error string without effect, and every episode goes on from where it was."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -11,6 +11,7 @@ text beside the calls, repeated calls, reasoning (with and without calls inside 
 blocks without their newlines, non-string names, NaN arguments, empty replies. The official executor
 evals strings: it only sees calls written here from ground-truth literals and fixed names.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,20 +24,22 @@ import warnings
 
 import pytest
 
+from envtune_jax.chat.render import render_messages
 from envtune_jax.environments.bfcl_data import entry_by_id
 from envtune_jax.environments.bfcl_env import BfclEpisode
 from envtune_jax.environments.config import EnvironmentConfig
 from envtune_jax.environments.evaluation import run_episodes
 from envtune_jax.environments.gt_calls import ground_truth_tool_calls
 from envtune_jax.environments.policies import PolicyStep
-from envtune_jax.chat.render import render_messages
 
 qwen_fc = pytest.importorskip("bfcl_eval.model_handler.local_inference.qwen_fc")
 from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils  # noqa: E402
 from bfcl_eval.utils import load_dataset_entry  # noqa: E402
 
-ENTRY_IDS = [f"multi_turn_{category}_{index}" for category, index in itertools.product(
-    ("base", "long_context", "miss_func", "miss_param"), (3, 57, 112, 160))]
+ENTRY_IDS = [
+    f"multi_turn_{category}_{index}"
+    for category, index in itertools.product(("base", "long_context", "miss_func", "miss_param"), (3, 57, 112, 160))
+]
 _run_counter = itertools.count()
 
 
@@ -56,30 +59,92 @@ def _first_arguments(calls) -> tuple[str, dict]:
 # kind -> (output of the target step from its turn's ground-truth calls, target: "first" or "last" turn with calls)
 KINDS = {
     "plain": (lambda c: _calls_text(c, lambda n, a: {"name": n, "arguments": a}), "first"),
-    "string_arguments": (lambda c: _calls_text(c, lambda n, a: {"name": n, "arguments": json.dumps(
-        {**a, "note": "é"}, separators=(",", ":"), ensure_ascii=False)}), "first"),
-    "string_arguments_spaced": (lambda c: _calls_text(c, lambda n, a: {"name": n, "arguments": json.dumps(a)}), "first"),
-    "extra_keys": (lambda c: "\n".join(_block({"name": x.name, "arguments": x.arguments, "id": f"call_{i}"})
-                                       for i, x in enumerate([c[0], *c])), "first"),
-    "key_order_compact": (lambda c: "\n".join(_block({"arguments": x.arguments, "name": x.name}, False, (",", ":")) for x in c), "first"),
-    "non_ascii": (lambda c: _block({"name": c[0].name, "arguments": {**c[0].arguments, "note": "café ☕"}}, False), "first"),
-    "text_beside": (lambda c: "Let me do that.\n" + _calls_text(c, lambda n, a: {"name": n, "arguments": a}) + "\nDone soon.", "first"),
-    "repeated": (lambda c: "\n".join([_block({"name": c[0].name, "arguments": c[0].arguments})] * 2 + [_calls_text(c, lambda n, a: {"name": n, "arguments": a})]), "first"),
-    "reasoning": (lambda c: "<think>\nI should act.\n</think>\n\n" + _calls_text(c, lambda n, a: {"name": n, "arguments": a}), "first"),
-    "call_in_reasoning": (lambda c: "<think>\nMaybe " + _block({"name": "pwd", "arguments": {}}) + "\n</think>\n\n"
-                          + _calls_text(c, lambda n, a: {"name": n, "arguments": a}), "first"),
-    "only_reasoning_call": (lambda c: "<think>\n" + _block({"name": c[0].name, "arguments": c[0].arguments}) + "\n</think>\n\nOK.", "first"),
+    "string_arguments": (
+        lambda c: _calls_text(
+            c,
+            lambda n, a: {
+                "name": n,
+                "arguments": json.dumps({**a, "note": "é"}, separators=(",", ":"), ensure_ascii=False),
+            },
+        ),
+        "first",
+    ),
+    "string_arguments_spaced": (
+        lambda c: _calls_text(c, lambda n, a: {"name": n, "arguments": json.dumps(a)}),
+        "first",
+    ),
+    "extra_keys": (
+        lambda c: "\n".join(
+            _block({"name": x.name, "arguments": x.arguments, "id": f"call_{i}"}) for i, x in enumerate([c[0], *c])
+        ),
+        "first",
+    ),
+    "key_order_compact": (
+        lambda c: "\n".join(_block({"arguments": x.arguments, "name": x.name}, False, (",", ":")) for x in c),
+        "first",
+    ),
+    "non_ascii": (
+        lambda c: _block({"name": c[0].name, "arguments": {**c[0].arguments, "note": "café ☕"}}, False),
+        "first",
+    ),
+    "text_beside": (
+        lambda c: "Let me do that.\n" + _calls_text(c, lambda n, a: {"name": n, "arguments": a}) + "\nDone soon.",
+        "first",
+    ),
+    "repeated": (
+        lambda c: "\n".join(
+            [_block({"name": c[0].name, "arguments": c[0].arguments})] * 2
+            + [_calls_text(c, lambda n, a: {"name": n, "arguments": a})]
+        ),
+        "first",
+    ),
+    "reasoning": (
+        lambda c: "<think>\nI should act.\n</think>\n\n" + _calls_text(c, lambda n, a: {"name": n, "arguments": a}),
+        "first",
+    ),
+    "call_in_reasoning": (
+        lambda c: (
+            "<think>\nMaybe "
+            + _block({"name": "pwd", "arguments": {}})
+            + "\n</think>\n\n"
+            + _calls_text(c, lambda n, a: {"name": n, "arguments": a})
+        ),
+        "first",
+    ),
+    "only_reasoning_call": (
+        lambda c: "<think>\n" + _block({"name": c[0].name, "arguments": c[0].arguments}) + "\n</think>\n\nOK.",
+        "first",
+    ),
     "wrapped_function": (lambda c: _block({"function": {"name": c[0].name, "arguments": c[0].arguments}}), "first"),
     "list_arguments": (lambda c: _block({"name": c[0].name, "arguments": [1, 2]}, True, (",", ":")), "first"),
     "null_arguments": (lambda c: _block({"name": c[0].name, "arguments": None}, True, (",", ":")), "first"),
     "string_not_object": (lambda c: _block({"name": c[0].name, "arguments": "[1]"}, True, (",", ":")), "first"),
-    "bad_json_beside": (lambda c: "<tool_call>\n{\"name\": \"pwd\", \"arguments\": {\n</tool_call>\n"
-                        + _calls_text(c, lambda n, a: {"name": n, "arguments": a}), "first"),
-    "no_newlines": (lambda c: "<tool_call>" + json.dumps({"name": c[0].name, "arguments": c[0].arguments}) + "</tool_call>", "first"),
-    "nan_argument": (lambda c: _block({"name": c[0].name, "arguments": {k: float("nan") for k in c[0].arguments} or {"x": float("nan")}}), "first"),
+    "bad_json_beside": (
+        lambda c: (
+            '<tool_call>\n{"name": "pwd", "arguments": {\n</tool_call>\n'
+            + _calls_text(c, lambda n, a: {"name": n, "arguments": a})
+        ),
+        "first",
+    ),
+    "no_newlines": (
+        lambda c: "<tool_call>" + json.dumps({"name": c[0].name, "arguments": c[0].arguments}) + "</tool_call>",
+        "first",
+    ),
+    "nan_argument": (
+        lambda c: _block(
+            {"name": c[0].name, "arguments": {k: float("nan") for k in c[0].arguments} or {"x": float("nan")}}
+        ),
+        "first",
+    ),
     "empty": (lambda c: "", "first"),
-    "not_an_object_last_turn": (lambda c: _block([1, 2]) + "\n" + _calls_text(c, lambda n, a: {"name": n, "arguments": a}), "last"),
-    "not_an_object": (lambda c: _block([1, 2]) + "\n" + _calls_text(c, lambda n, a: {"name": n, "arguments": a}), "first"),
+    "not_an_object_last_turn": (
+        lambda c: _block([1, 2]) + "\n" + _calls_text(c, lambda n, a: {"name": n, "arguments": a}),
+        "last",
+    ),
+    "not_an_object": (
+        lambda c: _block([1, 2]) + "\n" + _calls_text(c, lambda n, a: {"name": n, "arguments": a}),
+        "first",
+    ),
     "missing_arguments": (lambda c: _block({"name": c[0].name}), "first"),
     "number_name": (lambda c: _block({"name": 7, "arguments": {}}), "first"),
 }
@@ -175,7 +240,7 @@ def test_every_later_prompt_equals_the_official_harness(kind, official_entries):
 
 def _first_difference(a: str, b: str) -> str:
     index = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return f"at {index}: ours {a[index - 80:index + 80]!r} / official {b[index - 80:index + 80]!r}"
+    return f"at {index}: ours {a[index - 80 : index + 80]!r} / official {b[index - 80 : index + 80]!r}"
 
 
 def test_an_inference_error_is_written_and_resumed_as_the_official_result(tmp_path):

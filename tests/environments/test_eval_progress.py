@@ -1,5 +1,6 @@
 """An evaluation's progress file survives a kill at any point: resuming after a line cut short, and being
 killed again while doing so, keeps every finished record (it is only ever appended to)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,13 @@ def test_a_kill_while_resuming_after_a_cut_line_keeps_every_record(tmp_path):
         progress.add(_record(i))
     with (tmp_path / PROGRESS_FILE).open("a") as handle:
         handle.write('{"id": "multi_turn_base_999", "categ')  # the kill that interrupted the evaluation
-    result = subprocess.run([sys.executable, "-c", RESUME_THEN_DIE, str(tmp_path), json.dumps(RUN)],
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", RESUME_THEN_DIE, str(tmp_path), json.dumps(RUN)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode in (0, -signal.SIGKILL), result.stderr
     resumed = EvalProgress(tmp_path, RUN)
     assert len(resumed.done) == RECORDS

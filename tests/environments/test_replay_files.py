@@ -1,14 +1,15 @@
 """`envtune eval --replay`: reads the folder `envtune eval` writes, names file and line of what it refuses,
 and reports (stderr and eval_results.json) every recording that is not scored as recorded."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from envtune_jax.cli.main import main
 from envtune_jax.environments.replay_files import ReplayFileError, load_recordings
 from envtune_jax.environments.splits import split_entries
-from envtune_jax.cli.main import main
 
 COMMAND = ["eval", "--split", "test", "--categories", "base,miss_func", "--limit", "2", "--data-source", "package"]
 
@@ -34,10 +35,12 @@ def test_recordings_not_scored_as_recorded_are_reported(oracle_run, tmp_path, ca
     lines[0]["result"] = "Error during inference: CUDA out of memory"  # the official harness's failed inference
     lines[1]["result"] = lines[1]["result"][:-1]  # a turn short
     train_base = next(entry.id for entry in split_entries("train", ["multi_turn_base"]))
-    lines += [dict(lines[2]),  # the same record again
-              {"id": "simple_0", "result": [["x"]]},
-              {"id": "multi_turn_miss_param_0", "result": [["x"]]},
-              {"id": train_base, "result": [["x"]]}]
+    lines += [
+        dict(lines[2]),  # the same record again
+        {"id": "simple_0", "result": [["x"]]},
+        {"id": "multi_turn_miss_param_0", "result": [["x"]]},
+        {"id": train_base, "result": [["x"]]},
+    ]
     replay = tmp_path / "recorded.jsonl"
     replay.write_text("".join(json.dumps(line) + "\n" for line in lines))
     capsys.readouterr()
@@ -45,10 +48,14 @@ def test_recordings_not_scored_as_recorded_are_reported(oracle_run, tmp_path, ca
     captured = capsys.readouterr()
     assert "| OVERALL | 2 | 4 | 50.00% |" in captured.out
     warnings = captured.err.splitlines()
-    expected = ["1 recordings hold an error text", "1 recordings have another number of turns",
-                "1 ids are recorded more than once", "not a BFCL V3 multi-turn entry id (first: simple_0 at",
-                "in a category not evaluated (--categories) (first: multi_turn_miss_param_0",
-                f"not among the evaluated entries (--split test with --limit) (first: {train_base}"]
+    expected = [
+        "1 recordings hold an error text",
+        "1 recordings have another number of turns",
+        "1 ids are recorded more than once",
+        "not a BFCL V3 multi-turn entry id (first: simple_0 at",
+        "in a category not evaluated (--categories) (first: multi_turn_miss_param_0",
+        f"not among the evaluated entries (--split test with --limit) (first: {train_base}",
+    ]
     for fragment in expected:
         assert sum(fragment in line for line in warnings) == 1, (fragment, warnings)
     unscored = json.loads((tmp_path / "o" / "eval_results.json").read_text())["unscored_recordings"]
@@ -56,14 +63,22 @@ def test_recordings_not_scored_as_recorded_are_reported(oracle_run, tmp_path, ca
     assert unscored["repeated"] == [lines[2]["id"]] and unscored["not a BFCL V3 multi-turn entry id"] == ["simple_0"]
 
 
-@pytest.mark.parametrize("text,message", [
-    ('{"id": "a", "result": [["x"]]}\n\n{"id": "b", "result": [["x"]]\n', r"recorded\.jsonl:3: not valid JSON"),
-    ('[{"id": "a", "result": [["x"]]},\n {"id": "b"}]', r"recorded\.jsonl record 2: a record needs a string 'id'"),
-    ('{"id": "a", "result": [[{"ls": "{}"}]]}\n', r"recorded\.jsonl:1: 'result' of a must be a list of turns.*"
-                                                    r"got a list of list of dict"),
-    ('{"id": "a", "result": [["x"]]}\n{"id": "a", "result": [["y"]]}\n',
-     r"a is recorded twice with different results: .*recorded\.jsonl:1 and .*recorded\.jsonl:2"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('{"id": "a", "result": [["x"]]}\n\n{"id": "b", "result": [["x"]]\n', r"recorded\.jsonl:3: not valid JSON"),
+        ('[{"id": "a", "result": [["x"]]},\n {"id": "b"}]', r"recorded\.jsonl record 2: a record needs a string 'id'"),
+        (
+            '{"id": "a", "result": [[{"ls": "{}"}]]}\n',
+            r"recorded\.jsonl:1: 'result' of a must be a list of turns.*"
+            r"got a list of list of dict",
+        ),
+        (
+            '{"id": "a", "result": [["x"]]}\n{"id": "a", "result": [["y"]]}\n',
+            r"a is recorded twice with different results: .*recorded\.jsonl:1 and .*recorded\.jsonl:2",
+        ),
+    ],
+)
 def test_a_malformed_recording_is_refused_naming_file_and_line(tmp_path, text, message):
     path = tmp_path / "recorded.jsonl"
     path.write_text(text)

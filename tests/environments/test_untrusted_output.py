@@ -1,5 +1,6 @@
 """Model output that used to stop a whole run comes back to the model as a bounded error string, through
 both paths (training and evaluation), as the official executor's string where it defines one."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,13 @@ import sys
 
 import pytest
 
+from envtune_jax.chat.parse import parse_tool_calls
+from envtune_jax.chat.render import render_messages
+from envtune_jax.chat.tokenizer import default_tokenizer, encode_text
 from envtune_jax.environments.bfcl_data import entry_by_id
 from envtune_jax.environments.bfcl_env import BfclEpisode
 from envtune_jax.environments.config import EnvironmentConfig
 from envtune_jax.environments.protocol import decode_official_step, history_message
-from envtune_jax.chat.parse import parse_tool_calls
-from envtune_jax.chat.render import render_messages
-from envtune_jax.chat.tokenizer import default_tokenizer, encode_text
 from envtune_jax.untrusted_json import MAX_JSON_DEPTH, JsonTooDeepError, json_text_depth, loads_bounded, value_depth
 from envtune_jax.untrusted_text import ECHO_LIMIT, MESSAGE_LIMIT, clip_middle, replace_surrogates
 from tests.environments.conftest import official_results, play_evaluation, play_training
@@ -41,10 +42,13 @@ def _first_tool_contents(entry, text, config):
 TRAINING = EnvironmentConfig.training(augmented=True)
 
 
-@pytest.mark.parametrize("call_source, arguments, name", [
-    ("power(base=10,exponent=5000)", {"base": 10, "exponent": 5000}, "power"),
-    ("multiply(a=%d,b=%d)" % (10**3000, 7 * 10**2999), {"a": 10**3000, "b": 7 * 10**2999}, "multiply"),
-])
+@pytest.mark.parametrize(
+    "call_source, arguments, name",
+    [
+        ("power(base=10,exponent=5000)", {"base": 10, "exponent": 5000}, "power"),
+        ("multiply(a=%d,b=%d)" % (10**3000, 7 * 10**2999), {"a": 10**3000, "b": 7 * 10**2999}, "multiply"),
+    ],
+)
 def test_results_over_the_digit_limit_are_the_official_error_string(call_source, arguments, name):
     [official] = official_results(MATH, [call_source])
     assert official.startswith("Error during execution: Exceeds the limit (4300 digits)")
@@ -71,7 +75,7 @@ def test_a_lone_surrogate_in_a_tool_name_is_tokenized_as_the_replacement_charact
     assert "ls\ufffd" in conversation.text()  # the environment's echo, tokenized with U+FFFD
     tokenizer = default_tokenizer()
     assert encode_text(tokenizer, "a\udfffb\ud800") == encode_text(tokenizer, "a\ufffdb\ufffd")
-    assert replace_surrogates("ok \U0001F600") == "ok \U0001F600"  # real astral characters are kept
+    assert replace_surrogates("ok \U0001f600") == "ok \U0001f600"  # real astral characters are kept
 
 
 def _at_stack_depth(frames: int, function):
@@ -100,8 +104,9 @@ def test_deep_arguments_get_the_official_nesting_error_and_deeper_bodies_do_not_
         _at_stack_depth(150, lambda: _decode_and_render(text))
     for depth in (MAX_JSON_DEPTH - 3, MAX_JSON_DEPTH - 2):  # the deepest bodies that decode (+2: call, arguments)
         text = '<tool_call>\n{"name": "ls", "arguments": {"a": ' + "[" * depth + "]" * depth + "}}\n</tool_call>"
-        [record] = _at_stack_depth(100, lambda: play_evaluation([BfclEpisode(FILES, EnvironmentConfig.evaluation())],
-                                                                {FILES.id: [[text]]}))
+        [record] = _at_stack_depth(
+            100, lambda: play_evaluation([BfclEpisode(FILES, EnvironmentConfig.evaluation())], {FILES.id: [[text]]})
+        )
         assert record.outcome.counters["tool_calls"] == 1
 
 
@@ -134,8 +139,12 @@ def test_a_ten_megabyte_tool_name_is_echoed_bounded():
     # What the environment appends to a training conversation quotes the name bounded.
     _, conversation = play_training(BfclEpisode(FILES, TRAINING), [[_call("a" * 5000, {})]])
     ids = conversation.ids
-    replies = [default_tokenizer().decode(ids[s.start:s.end]) for s in conversation.boundaries if s.kind == "environment"]
-    assert "a" * 5000 not in "".join(replies) and max(len(run) for run in re.findall("a+", "".join(replies))) < ECHO_LIMIT
+    replies = [
+        default_tokenizer().decode(ids[s.start : s.end]) for s in conversation.boundaries if s.kind == "environment"
+    ]
+    assert (
+        "a" * 5000 not in "".join(replies) and max(len(run) for run in re.findall("a+", "".join(replies))) < ECHO_LIMIT
+    )
 
 
 def test_clip_middle_keeps_both_ends_and_counts_what_it_cut():

@@ -2,6 +2,7 @@
 the engine with compaction against the same engine running every call on all slots (same tokens,
 log-probs and logits; fewer token-rows computed), prompt deduplication in refill, copy_slots, and fork
 (a prompt another slot holds, copied instead of prefilled)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,9 +11,9 @@ import pytest
 from envtune_jax.models import hf_io
 from envtune_jax.models.generation.buckets import BucketConfig
 from envtune_jax.models.generation.engine import GenerationEngine
+from envtune_jax.models.generation.extend_plan import ExtendCosts, call_cost, plan_extend, row_buckets
 from envtune_jax.models.generation.requests import GenerationInputError
 from envtune_jax.models.generation.sampling_params import SamplingParams
-from envtune_jax.models.generation.extend_plan import ExtendCosts, call_cost, plan_extend, row_buckets
 from tests.conftest import write_tiny_qwen3
 
 VOCAB = 512
@@ -60,18 +61,28 @@ def test_a_new_episode_in_one_slot_costs_one_row_and_does_not_pad_the_others():
     ladder = row_buckets(16)
     assert ladder == (1, 4, 16)
     counts = [120] * 15 + [4000]
-    plan = plan_extend(counts, chunk=512, chunk_buckets=(16, 32, 64, 128, 256, 512), rows_ladder=ladder,
-                       capacity=8192, costs=QWEN3_4B_COSTS)
+    plan = plan_extend(
+        counts,
+        chunk=512,
+        chunk_buckets=(16, 32, 64, 128, 256, 512),
+        rows_ladder=ladder,
+        capacity=8192,
+        costs=QWEN3_4B_COSTS,
+    )
     assert [(c.rows, c.width, len(c.slots)) for c in plan] == [(16, 128, 15), (1, 512, 1)] + [(1, 512, 1)] * 7
     computed = sum(c.rows * c.width for c in plan)
     assert computed == 16 * 128 + 8 * 512  # was 8 calls x 16 rows x 512 = 65,536 token-rows
 
 
 def test_without_compaction_the_plan_is_the_old_chunk_loop():
-    plan = plan_extend([3, 130, 0], chunk=64, chunk_buckets=CHUNKS, rows_ladder=row_buckets(3, compact=False),
-                       capacity=256)
+    plan = plan_extend(
+        [3, 130, 0], chunk=64, chunk_buckets=CHUNKS, rows_ladder=row_buckets(3, compact=False), capacity=256
+    )
     assert [(c.rows, c.width, c.slots, c.offsets, c.counts) for c in plan] == [
-        (3, 64, (0, 1), (0, 0), (3, 64)), (3, 64, (1,), (64,), (64,)), (3, 16, (1,), (128,), (2,))]
+        (3, 64, (0, 1), (0, 0), (3, 64)),
+        (3, 64, (1,), (64,), (64,)),
+        (3, 16, (1,), (128,), (2,)),
+    ]
     with pytest.raises(ValueError, match="must end with the batch size"):
         plan_extend([1, 2], chunk=64, chunk_buckets=CHUNKS, rows_ladder=(1,), capacity=256)
 
@@ -83,8 +94,9 @@ def model(tmp_path_factory):
 
 
 def make_engine(model, compact: bool) -> GenerationEngine:
-    buckets = BucketConfig(min_cache_len=128, min_chunk_len=16, prefill_chunk=64, cache_half_steps=False,
-                           compact_rows=compact)
+    buckets = BucketConfig(
+        min_cache_len=128, min_chunk_len=16, prefill_chunk=64, cache_half_steps=False, compact_rows=compact
+    )
     return GenerationEngine(model, batch_size=BATCH, max_cache_len=512, cache_dtype="float32", buckets=buckets)
 
 
@@ -106,8 +118,11 @@ def episode(engine):
     state, second = engine.decode(state, SAMPLED, active=[1, 2])
     state = engine.extend(state, {3: tokens(3, 6)})  # one slot of four
     state, third = engine.decode(state, SAMPLED, active=[3])
-    return ([r.token_lists() for r in (first, second, third)], engine.history(state),
-            np.asarray(engine.next_token_logits(state)))
+    return (
+        [r.token_lists() for r in (first, second, third)],
+        engine.history(state),
+        np.asarray(engine.next_token_logits(state)),
+    )
 
 
 def test_compacted_extends_give_the_all_slot_engines_tokens_logprobs_and_logits(engines):
@@ -173,7 +188,7 @@ def test_fork_samples_as_a_refill_of_the_same_prompt_would(engines):
         appended = engine.extend_tokens["appended"] - before
         branched, result = engine.decode(branched, SAMPLED, active=[2])
         history = engine.history(branched)
-        results.append((result.token_lists()[2], history.logprobs[2, :history.lengths[2]], appended))
+        results.append((result.token_lists()[2], history.logprobs[2, : history.lengths[2]], appended))
         state = engine.start([prompt, tokens(9, 32)], rng=1)  # the state was donated: rebuild it
         state, _ = engine.decode(state, SAMPLED)
     (fork_tokens, fork_logprobs, fork_appended), (tokens_, logprobs, appended) = results

@@ -1,6 +1,7 @@
 """The generation engine on a tiny fp32 Qwen3 written by transformers: greedy parity with HF generate,
 multi-turn extend vs fresh prefill, sampler log-probs vs the trainer's recomputation, chunking,
 streaming, continuous batching, bounded compilations, weight sharing and input errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,7 +57,7 @@ def full_forward_last_logits(model, sequences):
     tokens = np.zeros((len(sequences), width), np.int32)
     segments = np.zeros_like(tokens)
     for b, seq in enumerate(sequences):
-        tokens[b, :len(seq)], segments[b, :len(seq)] = seq, 1
+        tokens[b, : len(seq)], segments[b, : len(seq)] = seq, 1
     logits = np.asarray(model(jnp.asarray(tokens), None, jnp.asarray(segments)))
     return np.stack([logits[b, len(seq) - 1] for b, seq in enumerate(sequences)])
 
@@ -75,11 +76,17 @@ def test_greedy_matches_transformers_generate(engine, checkpoint):
     input_ids = np.zeros((3, width), np.int64)
     mask = np.zeros((3, width), np.int64)
     for b, prompt in enumerate(prompts):  # left padding, as HF batches prompts for generate
-        input_ids[b, width - len(prompt):], mask[b, width - len(prompt):] = prompt, 1
+        input_ids[b, width - len(prompt) :], mask[b, width - len(prompt) :] = prompt, 1
     hf = hf_model(str(checkpoint))
     with torch.no_grad():
-        out = hf.generate(input_ids=torch.tensor(input_ids), attention_mask=torch.tensor(mask), do_sample=False,
-                          max_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None)
+        out = hf.generate(
+            input_ids=torch.tensor(input_ids),
+            attention_mask=torch.tensor(mask),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
     expected = out[:, width:].numpy()
     for b in range(3):
         assert result.tokens[b].tolist() == expected[b].tolist(), f"sequence {b} diverges from transformers"
@@ -96,8 +103,9 @@ def test_pallas_decode_kernel_gives_the_einsums_tokens_and_logprobs(engine, chec
     monkeypatch.setattr(attention, "pallas_decode_attention", lambda *a: traced.append(1) or kernel(*a))
     kernel_model = hf_io.load_pretrained(checkpoint, progress=False, decode_attention="pallas")
     buckets = BucketConfig(min_cache_len=128, min_chunk_len=16, prefill_chunk=64, cache_half_steps=False)
-    kernel_engine = GenerationEngine(kernel_model, batch_size=BATCH, max_cache_len=256, cache_dtype="float32",
-                                     buckets=buckets)
+    kernel_engine = GenerationEngine(
+        kernel_model, batch_size=BATCH, max_cache_len=256, cache_dtype="float32", buckets=buckets
+    )
 
     def episode(eng):
         state = eng.start(prompts_of([6, 29, 13], seed=8), rng=5)
@@ -121,7 +129,7 @@ def test_stop_token_ends_the_turn_and_is_kept(engine, model):
     reference = reference_greedy(model, prompt, 40)
     stop = reference[9]
     end = min(reference.index(token) for token in (stop, 7) if token in reference)
-    expected = reference[:end + 1]
+    expected = reference[: end + 1]
     state = engine.start([prompt])
     state, result = engine.decode(state, SamplingParams(greedy=True, max_new_tokens=40, stop_token_ids=(stop, 7)))
     assert result.token_lists()[0] == expected
@@ -157,9 +165,11 @@ def test_replacing_a_tail_gives_the_logits_and_tokens_of_a_fresh_prefill(engine)
     state = engine.start(prompts_of([20, 33, 9], seed=11))
     state, _ = engine.decode(state, greedy)
     before = engine.history(state)
-    tails = {0: (25, prompts_of([6], 12)[0]),  # keeps part of the sampled turn
-             2: (before.lengths[2], prompts_of([14], 13)[0]),  # keeps everything: a plain extend
-             1: (0, prompts_of([40], 14)[0])}  # keeps nothing: a new conversation in the slot
+    tails = {
+        0: (25, prompts_of([6], 12)[0]),  # keeps part of the sampled turn
+        2: (before.lengths[2], prompts_of([14], 13)[0]),  # keeps everything: a plain extend
+        1: (0, prompts_of([40], 14)[0]),
+    }  # keeps nothing: a new conversation in the slot
     state = engine.replace_tail(state, tails)
     expected = [before.sequence(b)[:keep] + list(tail) for b, (keep, tail) in sorted(tails.items())]
     got_logits = np.asarray(engine.next_token_logits(state))
@@ -190,17 +200,25 @@ def test_sampler_logprobs_equal_the_trainers_recomputation(engine, model):
 
     # the trainer's own chunked log-prob function on the model's hidden states gives the same numbers
     import jax.numpy as jnp
+
     from envtune_jax.rl.logprobs import token_logprobs_and_entropy
 
     segments = (np.arange(history.tokens.shape[1])[None] < history.lengths[:, None]).astype(np.int32)
     hidden_btd, _ = model.hidden_states(jnp.asarray(history.tokens), None, jnp.asarray(segments))
-    trainer, _ = token_logprobs_and_entropy(hidden_btd[:, :-1], model.unembedding().T, jnp.asarray(history.tokens[:, 1:]),
-                                            SAMPLED.temperature, chunk_size_t=32, chunk_size_v=128)
+    trainer, _ = token_logprobs_and_entropy(
+        hidden_btd[:, :-1],
+        model.unembedding().T,
+        jnp.asarray(history.tokens[:, 1:]),
+        SAMPLED.temperature,
+        chunk_size_t=32,
+        chunk_size_v=128,
+    )
     assert np.abs(history.logprobs[:, 1:][mask[:, 1:]] - np.asarray(trainer)[mask[:, 1:]]).max() <= 1e-5
     for b in range(BATCH):  # the decode results are the same tokens and log-probs as the history
         start = len(prompts_of([6, 21, 13], seed=8)[b])
-        np.testing.assert_array_equal(first.tokens[b, :first.num_tokens[b]],
-                                      history.tokens[b, start:start + first.num_tokens[b]])
+        np.testing.assert_array_equal(
+            first.tokens[b, : first.num_tokens[b]], history.tokens[b, start : start + first.num_tokens[b]]
+        )
 
 
 def test_streaming_in_chunks_gives_the_same_tokens_as_one_call(engine):

@@ -3,6 +3,7 @@ cache is sharded (batch over data/fsdp, kv heads over tensor); the trainer's wei
 place when their layout agrees and resharded explicitly when the sampler asks for another; with the
 batch unsharded (tensor parallelism only) extends are compacted to the appended rows; the Pallas
 decode kernel runs per shard and gives the same generations."""
+
 from __future__ import annotations
 
 import os
@@ -109,8 +110,10 @@ CHECK = textwrap.dedent("""
 @pytest.mark.multidevice
 def test_eight_device_mesh_gives_the_same_generations(tmp_path):
     ckpt = write_tiny_qwen3(tmp_path / "ckpt", "tied_kv2", vocab_size=512)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-c", CHECK, str(ckpt)], env=env, capture_output=True, text=True,
-                            timeout=300)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK, str(ckpt)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr

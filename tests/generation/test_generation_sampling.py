@@ -1,5 +1,6 @@
 """Sampling matches its definitions (empirical frequencies on a tiny vocabulary), full-vocab log-probs,
 per-sequence keys, parameter validation and shape buckets. No model involved."""
+
 from __future__ import annotations
 
 import jax
@@ -8,8 +9,13 @@ import numpy as np
 import pytest
 
 from envtune_jax.models.generation.buckets import BucketConfig, BucketError, geometric_ladder, round_up
-from envtune_jax.models.generation.sampling import (MAX_STOP_TOKENS, SamplingParams, filtered_probs_reference, position_keys,
-                                        sample_tokens)
+from envtune_jax.models.generation.sampling import (
+    MAX_STOP_TOKENS,
+    SamplingParams,
+    filtered_probs_reference,
+    position_keys,
+    sample_tokens,
+)
 
 LOGITS_V = np.array([2.0, 1.5, 1.2, 0.9, 0.3, 0.0, -0.4, -1.0], np.float32)
 DRAWS = 40_000
@@ -21,14 +27,21 @@ def empirical(temperature=1.0, top_k=0, top_p=1.0, seed=0):
     key_data = jax.random.key_data(jax.random.split(jax.random.key(seed), DRAWS))
     keys_b = position_keys(key_data, jnp.zeros(DRAWS, jnp.int32))
     tokens_b, logprobs_b = jax.jit(sample_tokens, static_argnames=("greedy", "top_k", "use_top_p"))(
-        logits_bv, keys_b, temperature, top_p, greedy=False, top_k=top_k, use_top_p=top_p < 1.0)
+        logits_bv, keys_b, temperature, top_p, greedy=False, top_k=top_k, use_top_p=top_p < 1.0
+    )
     tokens_b = np.asarray(tokens_b)
     return np.bincount(tokens_b, minlength=LOGITS_V.size) / DRAWS, tokens_b, np.asarray(logprobs_b)
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [
-    (0.6, 0, 1.0), (1.3, 3, 1.0), (1.0, 0, 0.7), (0.8, 5, 0.6),
-])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p",
+    [
+        (0.6, 0, 1.0),
+        (1.3, 3, 1.0),
+        (1.0, 0, 0.7),
+        (0.8, 5, 0.6),
+    ],
+)
 def test_empirical_frequencies_match_the_definition(temperature, top_k, top_p):
     freqs, tokens, logprobs = empirical(temperature, top_k, top_p)
     expected = filtered_probs_reference(LOGITS_V, temperature, top_k, top_p)

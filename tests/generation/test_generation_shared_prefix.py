@@ -2,6 +2,7 @@
 their own tokens, gives token for token the sequences of the per-slot engine (greedy, fp32) through ragged
 own lengths, early ends, extends and refills; sampled log-probs equal the trainer's recomputation; regions
 free and are reused as groups end (continuous batching); the engine refuses what sharing cannot do."""
+
 from __future__ import annotations
 
 import jax
@@ -12,16 +13,17 @@ from flax import nnx
 from envtune_jax.models.config import Qwen3Config
 from envtune_jax.models.generation.buckets import BucketConfig
 from envtune_jax.models.generation.engine import GenerationEngine
+from envtune_jax.models.generation.prefix_config import SharedPrefixConfig
 from envtune_jax.models.generation.reference import reference_logprobs
 from envtune_jax.models.generation.requests import GenerationInputError
 from envtune_jax.models.generation.sampling_params import SamplingParams
-from envtune_jax.models.generation.prefix_config import SharedPrefixConfig
 from envtune_jax.models.qwen3 import init_model
 
 VOCAB = 256
 BATCH = 6
-CFG = Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=16)
+CFG = Qwen3Config(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16
+)
 # one capacity (128) and one chunk width (32): few programs to compile
 BUCKETS = BucketConfig(min_cache_len=128, min_chunk_len=32, prefill_chunk=32, cache_half_steps=False)
 SAMPLED = SamplingParams(temperature=0.9, top_k=40, max_new_tokens=12, stop_token_ids=())
@@ -38,8 +40,14 @@ def model():
 @pytest.fixture(scope="module")
 def engines(model):
     plain = GenerationEngine(model, batch_size=BATCH, max_cache_len=128, cache_dtype="float32", buckets=BUCKETS)
-    shared = GenerationEngine(model, batch_size=BATCH, max_cache_len=128, cache_dtype="float32", buckets=BUCKETS,
-                              shared_prefix=SharedPrefixConfig(lanes=3, regions=2))
+    shared = GenerationEngine(
+        model,
+        batch_size=BATCH,
+        max_cache_len=128,
+        cache_dtype="float32",
+        buckets=BUCKETS,
+        shared_prefix=SharedPrefixConfig(lanes=3, regions=2),
+    )
     return plain, shared
 
 
@@ -55,8 +63,9 @@ def episode(engine):
     state = engine.start([first] * 3 + [second] * 3, rng=0)
     state, turn1 = engine.decode(state, greedy)
     state = engine.extend(state, {0: tokens(5, 4), 4: tokens(40, 5), 5: tokens(1, 6)})
-    state, turn2 = engine.decode(state, SamplingParams(greedy=True, max_new_tokens=6, stop_token_ids=()),
-                                 active=[0, 4, 5])
+    state, turn2 = engine.decode(
+        state, SamplingParams(greedy=True, max_new_tokens=6, stop_token_ids=()), active=[0, 4, 5]
+    )
     done = engine.history(state)
     state = engine.release(state, [0, 1, 2])
     state = engine.refill(state, {0: third, 1: third, 2: third}, rng=1)
@@ -93,8 +102,14 @@ def test_pallas_decode_kernel_path_gives_the_same_generations(engines, model, mo
     monkeypatch.setattr(prefix_kernels, "pallas_prefix_decode", lambda *a: traced.append(1) or kernel(*a))
     graphdef = nnx.split(init_model(dataclasses.replace(CFG, decode_attention="pallas"), seed=0))[0]
     pallas_model = nnx.merge(graphdef, nnx.split(model)[1])
-    pallas = GenerationEngine(pallas_model, batch_size=BATCH, max_cache_len=128, cache_dtype="float32",
-                              buckets=BUCKETS, shared_prefix=SharedPrefixConfig(lanes=3, regions=2))
+    pallas = GenerationEngine(
+        pallas_model,
+        batch_size=BATCH,
+        max_cache_len=128,
+        cache_dtype="float32",
+        buckets=BUCKETS,
+        shared_prefix=SharedPrefixConfig(lanes=3, regions=2),
+    )
     want_turns, _, want = episode(engines[1])
     got_turns, _, got = episode(pallas)
     assert traced, "the Pallas shared-prefix decode path was never traced"

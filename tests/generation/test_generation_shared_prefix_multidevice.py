@@ -1,6 +1,7 @@
 """Shared prefixes on an 8-fake-CPU-device mesh (data 2 x fsdp 2 x tensor 2): the prefix regions are laid out
 like the slots, every slot reads a region on its own batch shard (a group spread over shards gets one region
 per shard), and greedy sequences and sampled log-probs equal the single-device per-slot engine's."""
+
 from __future__ import annotations
 
 import os
@@ -84,7 +85,8 @@ CHECK = textwrap.dedent("""
 
 @pytest.mark.multidevice
 def test_shared_prefixes_on_an_eight_device_mesh():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)
+    )
     result = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr

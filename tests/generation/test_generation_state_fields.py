@@ -2,6 +2,7 @@
 operation maps over the declaration: each array is declared exactly once with its shape and dtype, growing,
 emptying, copying and gathering/scattering rows touch exactly the arrays their declaration says, and the
 windowed write-back equals the KV cache's own writes. No model runs here."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,23 +23,36 @@ def _state(with_prefix: bool = True) -> state.GenerationState:
     """An empty state with every array filled with distinct numbers (so that moves are visible)."""
     empty = state.empty_state(LAYERS, KV_HEADS, HEAD_DIM, HIDDEN, BATCH, CAPACITY, jnp.float32, jnp.float32)
     if with_prefix:
-        empty = dataclasses.replace(empty, prefix=prefix_state.empty_prefix(
-            LAYERS, KV_HEADS, HEAD_DIM, HIDDEN, REGIONS, LANES, BATCH, PROMPT_CAPACITY, jnp.float32, jnp.float32,
-            "two_level"))
+        empty = dataclasses.replace(
+            empty,
+            prefix=prefix_state.empty_prefix(
+                LAYERS,
+                KV_HEADS,
+                HEAD_DIM,
+                HIDDEN,
+                REGIONS,
+                LANES,
+                BATCH,
+                PROMPT_CAPACITY,
+                jnp.float32,
+                jnp.float32,
+                "two_level",
+            ),
+        )
     leaves, treedef = jax.tree_util.tree_flatten(empty)
     filled = [(jnp.arange(x.size) % 97 + 1 + i).reshape(x.shape).astype(x.dtype) for i, x in enumerate(leaves)]
     return jax.tree_util.tree_unflatten(treedef, filled)
 
 
 def _declared(obj, fields) -> dict[str, list[np.ndarray]]:
-    return {f.path: [np.asarray(x) for x in (fl.get(obj, f.path) if f.per_layer else [fl.get(obj, f.path)])]
-            for f in fields}
+    return {
+        f.path: [np.asarray(x) for x in (fl.get(obj, f.path) if f.per_layer else [fl.get(obj, f.path)])] for f in fields
+    }
 
 
 def test_every_array_is_declared_once_with_its_shape_and_dtype():
     s = _state()
-    sizes = {"B": BATCH, "K": KV_HEADS, "S": CAPACITY, "H": HEAD_DIM, "D": HIDDEN, "R": REGIONS,
-             "P": PROMPT_CAPACITY}
+    sizes = {"B": BATCH, "K": KV_HEADS, "S": CAPACITY, "H": HEAD_DIM, "D": HIDDEN, "R": REGIONS, "P": PROMPT_CAPACITY}
     declared_ids = []
     for obj, fields in ((s, state.FIELDS), (s.prefix, prefix_state.FIELDS)):
         for field in fields:
@@ -58,8 +72,19 @@ def test_an_empty_state_holds_each_arrays_empty_value():
     empty = state.empty_state(LAYERS, KV_HEADS, HEAD_DIM, HIDDEN, BATCH, CAPACITY, jnp.float32, jnp.float32)
     assert np.all(np.asarray(empty.done_b)) and not np.any(np.asarray(empty.stop_hit_b))
     assert not np.any(np.asarray(empty.cache.lengths))
-    prefix = prefix_state.empty_prefix(LAYERS, KV_HEADS, HEAD_DIM, HIDDEN, REGIONS, LANES, BATCH, PROMPT_CAPACITY,
-                                       jnp.float32, jnp.float32, "two_level")
+    prefix = prefix_state.empty_prefix(
+        LAYERS,
+        KV_HEADS,
+        HEAD_DIM,
+        HIDDEN,
+        REGIONS,
+        LANES,
+        BATCH,
+        PROMPT_CAPACITY,
+        jnp.float32,
+        jnp.float32,
+        "two_level",
+    )
     np.testing.assert_array_equal(prefix.lane_b, np.full(BATCH, REGIONS * LANES))  # no slot has a lane
 
 
@@ -147,9 +172,11 @@ def test_the_windows_equal_the_kv_caches_own_reads_and_writes():
     starts_u, rows_u = jnp.array([1, 7, 0]), jnp.array([2, 0, BATCH])
     new_utkh = jnp.asarray(rng.normal(size=(3, 3, KV_HEADS, HEAD_DIM)), jnp.float32)
     new_ut = jnp.asarray(rng.integers(0, 100, (3, 3)), jnp.int32)
-    np.testing.assert_array_equal(fl.write_window(cache_bksh, new_utkh, starts_u, rows_u, 2),
-                                  kv.write_kv(cache_bksh, new_utkh, starts_u, rows_u))
-    np.testing.assert_array_equal(fl.write_window(tokens_bs, new_ut, starts_u, rows_u, 1),
-                                  kv.write_positions(tokens_bs, new_ut, starts_u, rows_u))
+    np.testing.assert_array_equal(
+        fl.write_window(cache_bksh, new_utkh, starts_u, rows_u, 2), kv.write_kv(cache_bksh, new_utkh, starts_u, rows_u)
+    )
+    np.testing.assert_array_equal(
+        fl.write_window(tokens_bs, new_ut, starts_u, rows_u, 1), kv.write_positions(tokens_bs, new_ut, starts_u, rows_u)
+    )
     starts_b = jnp.array([0, 3, 6, 7])
     np.testing.assert_array_equal(fl.read_window(cache_bksh, starts_b, 3, 2), kv.read_window(cache_bksh, starts_b, 3))

@@ -1,4 +1,5 @@
 """Every attention back-end against the plain einsum reference, on padded and packed masks."""
+
 from __future__ import annotations
 
 import jax
@@ -71,8 +72,18 @@ def test_model_without_positions_or_segments_uses_the_plain_causal_path():
     from envtune_jax.models.config import Qwen3Config
     from envtune_jax.models.qwen3 import Qwen3, init_model
 
-    cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                      num_kv_heads=2, head_dim=8, param_dtype="float32", dtype="float32", attention_impl="xla")
+    cfg = Qwen3Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        param_dtype="float32",
+        dtype="float32",
+        attention_impl="xla",
+    )
     model = init_model(cfg, seed=0)
     tokens = jnp.asarray(np.random.RandomState(0).randint(0, 64, (2, 12)), jnp.int32)
     seen = []
@@ -96,6 +107,7 @@ def test_chunked_backend_matches_reference_values_and_gradients():
 
     def loss(impl, q, k, v):
         from envtune_jax.models.attention import chunked_attention
+
         out = chunked_attention(q, k, v, info, chunk=64) if impl == "chunked" else attend(q, k, v, info, impl)
         return jnp.sum(jnp.where(valid, out, 0.0) ** 2), out
 
@@ -136,8 +148,13 @@ def test_attention_against_a_cache_layout_matches_numpy(queries, impl):
     q_positions = lengths[:, None] - queries + np.arange(queries)[None, :]
     slots = np.tile(np.arange(s), (b, 1))
     filled = (slots < lengths[:, None]).astype(np.int32)
-    info = MaskInfo(jnp.asarray(q_positions), jnp.ones((b, queries), jnp.int32), jnp.asarray(slots),
-                    jnp.asarray(filled), self_attention=False)
+    info = MaskInfo(
+        jnp.asarray(q_positions),
+        jnp.ones((b, queries), jnp.int32),
+        jnp.asarray(slots),
+        jnp.asarray(filled),
+        self_attention=False,
+    )
     got = np.asarray(attend_cache(q, keys_bksh, values_bksh, info, impl))
     want = _naive(q, np.swapaxes(keys_bksh, 1, 2), np.swapaxes(values_bksh, 1, 2), info)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -156,20 +173,27 @@ def test_pallas_decode_kernel_matches_the_einsum_on_ragged_lengths(capacity):
     keys = np.where(filled[:, None, :, None], rng.randn(b, k, capacity, h), 1e3).astype(np.float32)
     values = np.where(filled[:, None, :, None], rng.randn(b, k, capacity, h), 1e3).astype(np.float32)
     q = jnp.asarray(rng.randn(b, 1, n, h), jnp.float32)
-    info = MaskInfo(jnp.asarray(lengths[:, None] - 1), jnp.ones((b, 1), jnp.int32), jnp.asarray(slots),
-                    jnp.asarray(filled.astype(np.int32)), self_attention=False)
+    info = MaskInfo(
+        jnp.asarray(lengths[:, None] - 1),
+        jnp.ones((b, 1), jnp.int32),
+        jnp.asarray(slots),
+        jnp.asarray(filled.astype(np.int32)),
+        self_attention=False,
+    )
     keys, values = jnp.asarray(keys), jnp.asarray(values)
     einsum = np.asarray(attend_cache(q, keys, values, info, "reference"))
-    kernel = np.asarray(attend_cache(q, keys, values, info, "reference", decode="pallas",
-                                     kv_lengths_b=jnp.asarray(lengths, jnp.int32)))
+    kernel = np.asarray(
+        attend_cache(q, keys, values, info, "reference", decode="pallas", kv_lengths_b=jnp.asarray(lengths, jnp.int32))
+    )
     np.testing.assert_allclose(kernel, einsum, rtol=1e-5, atol=1e-5)
     want = _naive(q, np.swapaxes(keys, 1, 2), np.swapaxes(values, 1, 2), info)
     np.testing.assert_allclose(kernel, want, rtol=1e-5, atol=1e-5)
 
     # bf16 in, bf16 out (the decode loop's carry keeps its dtype), within bf16 rounding of the einsum
     q16, keys16, values16 = (x.astype(jnp.bfloat16) for x in (q, keys, values))
-    kernel16 = attend_cache(q16, keys16, values16, info, "reference", decode="pallas",
-                            kv_lengths_b=jnp.asarray(lengths, jnp.int32))
+    kernel16 = attend_cache(
+        q16, keys16, values16, info, "reference", decode="pallas", kv_lengths_b=jnp.asarray(lengths, jnp.int32)
+    )
     assert kernel16.dtype == jnp.bfloat16
     einsum16 = attend_cache(q16, keys16, values16, info, "reference")
     np.testing.assert_allclose(np.asarray(kernel16, np.float32), np.asarray(einsum16, np.float32), atol=3e-2)

@@ -1,5 +1,6 @@
 """Model checkpoints: convert → restore (same and other mesh, other dtype) → export, via the CLI too;
 a failed convert keeps the previous checkpoint and leaves no partial one."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from envtune_jax.models import checkpointing, hf_io
 from envtune_jax.cli.main import main as envtune
+from envtune_jax.models import checkpointing, hf_io
 from tests.conftest import hf_logits, write_tiny_qwen3
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +122,14 @@ def test_checkpoint_written_on_one_device_restores_sharded_on_eight(source, tmp_
     model = hf_io.load_pretrained(source, progress=False)
     checkpointing.save_model(model, tmp_path / "ckpt")
     np.save(tmp_path / "gate.npy", np.asarray(model.layers[0].mlp.gate[...]))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-c", RESTORE_ON_MESH, str(tmp_path / "ckpt"), str(tmp_path / "gate.npy")],
-                            env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", RESTORE_ON_MESH, str(tmp_path / "ckpt"), str(tmp_path / "gate.npy")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

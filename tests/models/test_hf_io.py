@@ -1,5 +1,6 @@
 """HF import/export: bit-exact round trip, transformers reloads our export, sharded files, clear errors,
 tokenizer files copied, and a mesh load that reads only each device's shard of the stored tensors."""
+
 from __future__ import annotations
 
 import itertools
@@ -137,8 +138,10 @@ def test_failed_export_leaves_nothing_behind(tied, tmp_path, monkeypatch):
 def test_export_copies_tokenizer_files(tied, tmp_path):
     source = tmp_path / "with_tokenizer"
     shutil.copytree(tied, source)
-    tokenizer = {"tokenizer_config.json": json.dumps({"eos_token": "<|im_end|>", "model_max_length": 4096}),
-                 "tokenizer.json": json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}}})}
+    tokenizer = {
+        "tokenizer_config.json": json.dumps({"eos_token": "<|im_end|>", "model_max_length": 4096}),
+        "tokenizer.json": json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}}}),
+    }
     for name, text in tokenizer.items():
         (source / name).write_text(text)
     (source / "generation_config.json").write_text(json.dumps({"temperature": 0.6}))
@@ -151,10 +154,16 @@ def test_export_copies_tokenizer_files(tied, tmp_path):
     assert not (out / "notes.txt").exists()
 
 
-@pytest.mark.parametrize("hf_layout, layout, shape", [
-    ("(N H) D", "D N H", (4, 6, 2)), ("D (N H)", "N H D", (6, 2, 4)), ("F D", "D F", (4, 6)),
-    ("V D", "V D", (6, 4)), ("D", "D", (6,)),
-])
+@pytest.mark.parametrize(
+    "hf_layout, layout, shape",
+    [
+        ("(N H) D", "D N H", (4, 6, 2)),
+        ("D (N H)", "N H D", (6, 2, 4)),
+        ("F D", "D F", (4, 6)),
+        ("V D", "V D", (6, 4)),
+        ("D", "D", (6,)),
+    ],
+)
 def test_read_plan_reads_just_the_box(hf_layout, layout, shape):
     ours = np.random.RandomState(0).standard_normal(shape)
     hf = ours_to_hf(ours, hf_layout, layout)
@@ -218,8 +227,13 @@ def test_index_sharded_checkpoint_loads_onto_mesh_reading_only_each_shard(tmp_pa
     ckpt = write_tiny_qwen3(tmp_path / "ckpt", "tied_kv4_theta5e6", vocab_size=VOCAB, max_shard_size="100KB")
     assert len(json.loads((ckpt / "model.safetensors.index.json").read_text())["weight_map"]) > 0
     assert len(list(ckpt.glob("model-*.safetensors"))) > 2
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-c", MESH_LOAD, str(ckpt)], env=env, capture_output=True, text=True,
-                            timeout=300)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", MESH_LOAD, str(ckpt)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,6 +1,7 @@
 """The HF loader refuses what it cannot run or read — settings this Qwen3 does not compute, weights that are
 not floating point, index entries outside the folder, damaged files — with one typed error naming the file
 and the field or tensor, which `envtune` shows as one line with exit code 2."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from envtune_jax.models import hf_io
 from envtune_jax.cli.main import main
+from envtune_jax.models import hf_io
 from tests.conftest import write_tiny_qwen3
 
 TENSOR = "model.layers.0.mlp.up_proj.weight"
@@ -24,8 +25,9 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    return write_tiny_qwen3(tmp_path_factory.mktemp("sharded") / "ckpt", "tied_kv2", vocab_size=128,
-                            max_shard_size="100KB")
+    return write_tiny_qwen3(
+        tmp_path_factory.mktemp("sharded") / "ckpt", "tied_kv2", vocab_size=128, max_shard_size="100KB"
+    )
 
 
 def _copy(source, tmp_path, name="bad"):
@@ -40,17 +42,20 @@ def _edit_config(folder, **changes):
     (folder / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"use_sliding_window": True, "sliding_window": 4096}, r"use_sliding_window=True .*full attention only"),
-    ({"hidden_act": "gelu"}, r"hidden_act='gelu'.*silu only"),
-    ({"attention_bias": True}, r"attention_bias=True.*no biases"),
-    ({"rope_scaling": {"factor": 4.0}}, r"rope_scaling .*names no rope_type"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, r"rope_scaling of rope_type 'yarn' is not supported"),
-    ({"layer_types": ["full_attention", "sliding_attention"]}, r"layer_types lists \['sliding_attention'\]"),
-    ({"hidden_size": "64"}, r"field 'hidden_size' is '64'; expected a positive integer"),
-    ({"num_key_value_heads": 3}, r"num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
-    ({"rms_norm_eps": None}, r"missing field 'rms_norm_eps'"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"use_sliding_window": True, "sliding_window": 4096}, r"use_sliding_window=True .*full attention only"),
+        ({"hidden_act": "gelu"}, r"hidden_act='gelu'.*silu only"),
+        ({"attention_bias": True}, r"attention_bias=True.*no biases"),
+        ({"rope_scaling": {"factor": 4.0}}, r"rope_scaling .*names no rope_type"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, r"rope_scaling of rope_type 'yarn' is not supported"),
+        ({"layer_types": ["full_attention", "sliding_attention"]}, r"layer_types lists \['sliding_attention'\]"),
+        ({"hidden_size": "64"}, r"field 'hidden_size' is '64'; expected a positive integer"),
+        ({"num_key_value_heads": 3}, r"num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
+        ({"rms_norm_eps": None}, r"missing field 'rms_norm_eps'"),
+    ],
+)
 def test_settings_this_qwen3_does_not_compute_are_refused(tiny, tmp_path, changes, message):
     bad = _copy(tiny, tmp_path)
     _edit_config(bad, **changes)
@@ -78,7 +83,9 @@ def test_integer_or_bool_weights_are_refused_naming_the_tensor(tiny, tmp_path, d
     tensors = load_file(str(bad / "model.safetensors"))
     tensors[TENSOR] = (tensors[TENSOR] > 0).astype(dtype)
     save_file(tensors, str(bad / "model.safetensors"))
-    with pytest.raises(hf_io.CheckpointError, match=rf"model\.safetensors: tensor '{TENSOR}' is stored as (I32|I8|BOOL)"):
+    with pytest.raises(
+        hf_io.CheckpointError, match=rf"model\.safetensors: tensor '{TENSOR}' is stored as (I32|I8|BOOL)"
+    ):
         hf_io.load_pretrained(bad, progress=False)
 
 
@@ -135,11 +142,21 @@ def _damage(folder, fault):
             path.unlink()
 
 
-@pytest.mark.parametrize("fault, layout", [("cut_file", "tiny"), ("garbage", "tiny"), ("cut_file", "sharded"),
-                                           ("missing_shard", "sharded"), ("outside_entry", "sharded"),
-                                           ("broken_index", "sharded"), ("no_weights", "tiny")])
+@pytest.mark.parametrize(
+    "fault, layout",
+    [
+        ("cut_file", "tiny"),
+        ("garbage", "tiny"),
+        ("cut_file", "sharded"),
+        ("missing_shard", "sharded"),
+        ("outside_entry", "sharded"),
+        ("broken_index", "sharded"),
+        ("no_weights", "tiny"),
+    ],
+)
 def test_the_command_line_check_and_the_loader_refuse_a_damaged_folder_with_the_same_error(
-        tiny, sharded, tmp_path, fault, layout):
+    tiny, sharded, tmp_path, fault, layout
+):
     """One JAX-free module (models/hf_files.py) reads the index and the file headers for both: the check that
     runs before any heavy import and the loader raise the same CheckpointError, word for word."""
     from envtune_jax.cli import validate

@@ -1,4 +1,5 @@
 """Our Qwen3 against transformers' on tiny random checkpoints it wrote itself (long, padded prompts)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +44,7 @@ def test_right_padded_batch_matches_unpadded_sequences(checkpoint, forward):
         segments[row, :length] = 1
     ours = forward(tokens, None, segments)
     for row, length in enumerate(lengths):
-        ref = hf_logits(checkpoint, tokens[row:row + 1, :length])[0]
+        ref = hf_logits(checkpoint, tokens[row : row + 1, :length])[0]
         assert rel_err(ours[row, :length], ref) <= 1e-5
 
 

@@ -1,6 +1,7 @@
 """Shared-prefix attention: the two-level (log-sum-exp) paths against the plain einsum over the concatenated
 keys, for decode and extends against prefix regions, the Pallas kernel path (interpret mode), and packed
 training rows (prompt once, continuations after) with their gradients."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,12 @@ import numpy as np
 import pytest
 
 from envtune_jax.models.attention import MaskInfo, attend
-from envtune_jax.models.prefix_attention import (partial_attention, shared_prefix_attention,
-                                                 shared_prefix_attention_reference, two_level_packed_attention)
+from envtune_jax.models.prefix_attention import (
+    partial_attention,
+    shared_prefix_attention,
+    shared_prefix_attention_reference,
+    two_level_packed_attention,
+)
 from envtune_jax.models.prefix_parts import merge_partials
 from envtune_jax.models.row_layout import PackedRowLayout
 
@@ -49,10 +54,20 @@ def _regions_case(t, seed=0):
     q_pos = offsets[:, None] + before[:, None] + np.arange(t)[None]
     kv_pos = offsets[:, None] + np.arange(s)[None]
     filled = (np.arange(s)[None] < (before + t)[:, None]).astype(np.int32)
-    info = MaskInfo(jnp.asarray(q_pos), jnp.ones((b, t), jnp.int32), jnp.asarray(kv_pos), jnp.asarray(filled),
-                    self_attention=False)
-    args = (jnp.asarray(q), jnp.asarray(prefix_k), jnp.asarray(prefix_v), jnp.asarray(prefix_lengths),
-            jnp.asarray(lane_b), lanes, jnp.asarray(suffix_k), jnp.asarray(suffix_v), info)
+    info = MaskInfo(
+        jnp.asarray(q_pos), jnp.ones((b, t), jnp.int32), jnp.asarray(kv_pos), jnp.asarray(filled), self_attention=False
+    )
+    args = (
+        jnp.asarray(q),
+        jnp.asarray(prefix_k),
+        jnp.asarray(prefix_v),
+        jnp.asarray(prefix_lengths),
+        jnp.asarray(lane_b),
+        lanes,
+        jnp.asarray(suffix_k),
+        jnp.asarray(suffix_v),
+        info,
+    )
     naive = np.zeros_like(q)
     for slot in range(b):
         region = lane_b[slot] // lanes
@@ -105,12 +120,14 @@ def test_merge_of_partials_is_the_union_softmax_and_ignores_empty_parts():
     whole, lse_whole = part(q, k, v, jnp.asarray(full))
     a, lse_a = part(q, k, v, jnp.asarray(first))
     b, lse_b = part(q, k, v, jnp.asarray(second))
-    np.testing.assert_allclose(np.asarray(merge_partials([a, b], [lse_a, lse_b])), np.asarray(whole), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(merge_partials([a, b], [lse_a, lse_b])), np.asarray(whole), rtol=1e-5, atol=1e-6
+    )
     empty, lse_empty = part(q, k, v, jnp.zeros((2, 3, 10), bool))
     assert np.isneginf(np.asarray(lse_empty)).all() and not np.asarray(empty).any()
-    np.testing.assert_allclose(np.asarray(merge_partials([whole, empty], [lse_whole, lse_empty])), np.asarray(whole),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(merge_partials([whole, empty], [lse_whole, lse_empty])), np.asarray(whole), rtol=1e-6
+    )
 
 
 # ---------------------------------------------------------------- packed training rows
@@ -120,8 +137,11 @@ LAYOUT = PackedRowLayout(groups=2, prompt_width=8, branches=3, branch_width=5)
 # (layout, prompt lengths [row][group], continuation lengths [row][group][branch]) of two rows
 NARROW = (LAYOUT, ((8, 5), (7, 3)), (((5, 2, 4), (1, 0, 5)), ((3, 3, 3), (5, 5, 1))))
 # rows of 256 tokens (two splash blocks): a full prompt, a full continuation, and a group place left empty
-WIDE = (PackedRowLayout(groups=2, prompt_width=32, branches=3, branch_width=32), [[32, 19], [26, 0]],
-        [[[32, 2, 17], [1, 0, 30]], [[9, 32, 3], [0, 0, 0]]])
+WIDE = (
+    PackedRowLayout(groups=2, prompt_width=32, branches=3, branch_width=32),
+    [[32, 19], [26, 0]],
+    [[[32, 2, 17], [1, 0, 30]], [[9, 32, 3], [0, 0, 0]]],
+)
 
 
 def _packed_rows(seed=0, layout=NARROW[0], prompts=NARROW[1], conts=NARROW[2], with_layout=False):
@@ -136,16 +156,22 @@ def _packed_rows(seed=0, layout=NARROW[0], prompts=NARROW[1], conts=NARROW[2], w
         for g in range(layout.groups):
             base = g * layout.group_width
             plen = prompts[row][g]
-            positions[row, base:base + plen] = np.arange(plen)
-            segments[row, base:base + plen] = g + 1
+            positions[row, base : base + plen] = np.arange(plen)
+            segments[row, base : base + plen] = g + 1
             for c, clen in enumerate(conts[row][g]):
                 start = base + layout.prompt_width + c * layout.branch_width
-                positions[row, start:start + clen] = plen + np.arange(clen)
-                segments[row, start:start + clen] = g + 1
-                branches[row, start:start + layout.branch_width] = c + 1
-    info = MaskInfo(jnp.asarray(positions), jnp.asarray(segments), jnp.asarray(positions), jnp.asarray(segments),
-                    q_branches=jnp.asarray(branches), kv_branches=jnp.asarray(branches),
-                    row_layout=layout if with_layout else None)
+                positions[row, start : start + clen] = plen + np.arange(clen)
+                segments[row, start : start + clen] = g + 1
+                branches[row, start : start + layout.branch_width] = c + 1
+    info = MaskInfo(
+        jnp.asarray(positions),
+        jnp.asarray(segments),
+        jnp.asarray(positions),
+        jnp.asarray(segments),
+        q_branches=jnp.asarray(branches),
+        kv_branches=jnp.asarray(branches),
+        row_layout=layout if with_layout else None,
+    )
     q = jnp.asarray(rng.randn(rows, t, N, H), jnp.float32)
     k = jnp.asarray(rng.randn(rows, t, K, H), jnp.float32)
     v = jnp.asarray(rng.randn(rows, t, K, H), jnp.float32)
@@ -158,9 +184,9 @@ def test_branch_mask_sees_prompt_and_own_continuation_only():
     first_branch = LAYOUT.prompt_width  # row 0, group 1, continuation 1, its first token
     second_branch = LAYOUT.prompt_width + LAYOUT.branch_width
     assert dense[first_branch, :8].all()  # the whole prompt (8 tokens)
-    assert not dense[first_branch, second_branch:second_branch + 5].any()  # not a sibling continuation
+    assert not dense[first_branch, second_branch : second_branch + 5].any()  # not a sibling continuation
     assert not dense[2, first_branch:].any()  # prompt tokens never see continuations
-    assert not dense[first_branch, LAYOUT.group_width:].any()  # nor another group of the row
+    assert not dense[first_branch, LAYOUT.group_width :].any()  # nor another group of the row
 
 
 @pytest.mark.parametrize("impl", ["chunked", "xla"])
@@ -183,9 +209,11 @@ def test_row_layout_pattern_is_the_branch_mask_on_real_tokens(layout, prompts, c
     assert pattern[~valid].any(axis=-1).all()  # a padding query sees at least itself (no empty softmax row)
     wide = np.arange(layout.row_width + 128)
     beyond = layout.visible(wide[:, None], wide[None, :])
-    assert not beyond[layout.row_width:, :layout.row_width].any()
-    np.testing.assert_array_equal(np.asarray(layout.visible(jnp.asarray(index[:, None]), jnp.asarray(index[None, :]))),
-                                  beyond[:layout.row_width, :layout.row_width])  # JAX arrays give the same
+    assert not beyond[layout.row_width :, : layout.row_width].any()
+    np.testing.assert_array_equal(
+        np.asarray(layout.visible(jnp.asarray(index[:, None]), jnp.asarray(index[None, :]))),
+        beyond[: layout.row_width, : layout.row_width],
+    )  # JAX arrays give the same
 
 
 def test_splash_refuses_branch_ids_without_the_row_layout():
@@ -247,8 +275,12 @@ def test_two_level_rows_equal_masked_attention_with_gradients(query_block, monke
 
     reference = lambda q, k, v: attend(q, k, v, info, "reference")  # noqa: E731
     two_level = lambda q, k, v: two_level_packed_attention(q, k, v, info, LAYOUT)  # noqa: E731
-    np.testing.assert_allclose(np.asarray(jax.jit(two_level)(q, k, v))[valid],
-                               np.asarray(jax.jit(reference)(q, k, v))[valid], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(two_level)(q, k, v))[valid],
+        np.asarray(jax.jit(reference)(q, k, v))[valid],
+        rtol=1e-5,
+        atol=1e-5,
+    )
     grads_ref = jax.jit(jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2)))(q, k, v)
     grads_two = jax.jit(jax.grad(lambda *a: loss(two_level, *a), argnums=(0, 1, 2)))(q, k, v)
     for got, want in zip(grads_two, grads_ref):

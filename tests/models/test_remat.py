@@ -1,4 +1,5 @@
 """Remat policies change memory, never results: gradients equal the plain ones."""
+
 from __future__ import annotations
 
 import jax
@@ -9,8 +10,9 @@ from flax import nnx
 from envtune_jax.models.config import Qwen3Config
 from envtune_jax.models.qwen3 import init_model
 
-CFG = Qwen3Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4,
-                  num_kv_heads=2, head_dim=8)
+CFG = Qwen3Config(
+    vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8
+)
 
 
 def _grads(cfg):

@@ -18,6 +18,7 @@ Each process prints one line `MULTIHOST_RESULT {json}` that the test compares ac
 Distribution comes from the environment (`initialize_distributed`): JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID; without them this is a single-process run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +38,12 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
-from envtune_jax.environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks  # noqa: E402
-from envtune_jax.models import hf_io  # noqa: E402
-from envtune_jax.chat.tokenizer import load_tokenizer  # noqa: E402
 from envtune_jax.chat.chat_config import ChatConfig  # noqa: E402
+from envtune_jax.chat.tokenizer import load_tokenizer  # noqa: E402
+from envtune_jax.environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks  # noqa: E402
 from envtune_jax.folder_lock import LOCK_FILE, hold_folder  # noqa: E402
 from envtune_jax.mesh import MeshConfig, initialize_distributed, make_mesh  # noqa: E402
+from envtune_jax.models import hf_io  # noqa: E402
 from envtune_jax.models.generation.buckets import BucketConfig  # noqa: E402
 from envtune_jax.models.generation.engine import GenerationEngine  # noqa: E402
 from envtune_jax.models.generation.sampling import SamplingParams  # noqa: E402
@@ -74,34 +75,48 @@ class SyntheticRollouts:
     and gathers its results to every process, so every process gets every trajectory."""
 
     def __init__(self, model, mesh, tokenizer_dir):
-        self.engine = GenerationEngine(model, batch_size=BATCH_B, max_cache_len=CACHE_LEN, mesh=mesh,
-                                       cache_dtype="float32", buckets=BUCKETS)
+        self.engine = GenerationEngine(
+            model, batch_size=BATCH_B, max_cache_len=CACHE_LEN, mesh=mesh, cache_dtype="float32", buckets=BUCKETS
+        )
         self.tokenizer, self.chat = load_tokenizer(tokenizer_dir), ChatConfig()
         self.sampling = SamplingParams(temperature=1.0, max_new_tokens=NEW_TOKENS_PER_STEP)
-        self.config = RolloutConfig(max_prompt_tokens=CACHE_LEN // 2, max_response_tokens=CACHE_LEN // 2,
-                                    max_context_tokens=CACHE_LEN, max_new_tokens_per_step=NEW_TOKENS_PER_STEP)
+        self.config = RolloutConfig(
+            max_prompt_tokens=CACHE_LEN // 2,
+            max_response_tokens=CACHE_LEN // 2,
+            max_context_tokens=CACHE_LEN,
+            max_new_tokens_per_step=NEW_TOKENS_PER_STEP,
+        )
 
     def play(self, seed: int) -> list[Trajectory]:
         tasks = make_synthetic_tasks(PROMPTS, TASK_CONFIG, seed=seed)
         episodes = [SyntheticEpisode(task, TASK_CONFIG) for task in tasks for _ in range(SAMPLES_PER_PROMPT)]
         groups = [g for g in range(PROMPTS) for _ in range(SAMPLES_PER_PROMPT)]
-        return run_rollouts(self.engine, self.tokenizer, self.chat, episodes, groups, self.sampling, self.config,
-                            rng=seed)
+        return run_rollouts(
+            self.engine, self.tokenizer, self.chat, episodes, groups, self.sampling, self.config, rng=seed
+        )
 
 
 def trajectory_record(trajectories: list[Trajectory]) -> dict:
     """What the test compares across processes: token ids, sampler log-probs, loss masks, rewards."""
-    return {"token_ids": [t.token_ids.tolist() for t in trajectories],
-            "sampler_logprobs": [t.sampler_logprobs.tolist() for t in trajectories],
-            "loss_masks": [t.loss_mask.tolist() for t in trajectories],
-            "rewards": [t.reward for t in trajectories], "truncated": [t.truncated for t in trajectories]}
+    return {
+        "token_ids": [t.token_ids.tolist() for t in trajectories],
+        "sampler_logprobs": [t.sampler_logprobs.tolist() for t in trajectories],
+        "loss_masks": [t.loss_mask.tolist() for t in trajectories],
+        "rewards": [t.reward for t in trajectories],
+        "truncated": [t.truncated for t in trajectories],
+    }
 
 
 def global_batch(mesh, trajectories: list[Trajectory]):
     """(batch, this process's rows (start, stop)) as envtune_jax.rl.batch.process_batch builds it: this process packs
     and supplies only its own rows."""
-    return process_batch(mesh, [t.token_ids for t in trajectories], [t.loss_mask for t in trajectories],
-                         [t.sampler_logprobs for t in trajectories], ROW_ADVANTAGES)
+    return process_batch(
+        mesh,
+        [t.token_ids for t in trajectories],
+        [t.loss_mask for t in trajectories],
+        [t.sampler_logprobs for t in trajectories],
+        ROW_ADVANTAGES,
+    )
 
 
 @jax.jit
@@ -126,7 +141,9 @@ def copy_tree(tree):
 
 def zeros_like_tree(tree):
     """Zeros with the same shardings: the target a checkpoint is restored into."""
-    return jax.jit(lambda t: jax.tree.map(jnp.zeros_like, t), out_shardings=jax.tree.map(lambda x: x.sharding, tree))(tree)
+    return jax.jit(lambda t: jax.tree.map(jnp.zeros_like, t), out_shardings=jax.tree.map(lambda x: x.sharding, tree))(
+        tree
+    )
 
 
 def fraction_held(tree) -> float:
@@ -156,8 +173,12 @@ def phase_rollout(ctx: dict) -> None:
 def phase_train(ctx: dict) -> None:
     """`steps` iterations of: step on the latest rollout, then the sampler rolls out with the new weights."""
     args, model, rollouts = ctx["args"], ctx["model"], ctx["rollouts"]
-    trainer = Trainer(ctx["graphdef"], LossConfig(), OptimizerConfig(learning_rate=LEARNING_RATE),
-                      TrainStepConfig(micro_batch_size=BATCH_B // 2, logprob_chunk_t=64))
+    trainer = Trainer(
+        ctx["graphdef"],
+        LossConfig(),
+        OptimizerConfig(learning_rate=LEARNING_RATE),
+        TrainStepConfig(micro_batch_size=BATCH_B // 2, logprob_chunk_t=64),
+    )
     ref_params = copy_tree(ctx["params"])
     state = trainer.init(copy_tree(ctx["params"]))
     losses, metric_records = [], []
@@ -172,9 +193,12 @@ def phase_train(ctx: dict) -> None:
             ctx["trajectories"] = rollouts.play(seed=step + 1)
             ctx["result"]["rollouts"].append(trajectory_record(ctx["trajectories"]))
     ctx.update(trainer=trainer, state=state, ref_params=ref_params, metric_records=metric_records)
-    ctx["result"].update(losses=losses, param_checksum=checksum(state.params),
-                         engine_compilations=dict(rollouts.engine.trace_counts),
-                         sampler_weight_copies=rollouts.engine.weights.copied_arrays)
+    ctx["result"].update(
+        losses=losses,
+        param_checksum=checksum(state.params),
+        engine_compilations=dict(rollouts.engine.trace_counts),
+        sampler_weight_copies=rollouts.engine.weights.copied_arrays,
+    )
 
 
 def phase_resume(ctx: dict) -> None:
@@ -196,9 +220,13 @@ def phase_resume(ctx: dict) -> None:
     # importance ratios of every step (1 when the trainer's log-probs equal the sampler's, i.e. when the
     # sampler rolled out with the weights being trained)
     ctx["result"]["ratio_means"] = [r["ratio_mean"] for r in ctx["metric_records"]]
-    ctx["result"].update(restored_step=int(record["step"]), continued_loss=float(metrics["loss"]),
-                         resumed_loss=float(resumed_metrics["loss"]), resumed_checksum=checksum(resumed.params),
-                         continued_checksum=checksum(continued.params))
+    ctx["result"].update(
+        restored_step=int(record["step"]),
+        continued_loss=float(metrics["loss"]),
+        resumed_loss=float(resumed_metrics["loss"]),
+        resumed_checksum=checksum(resumed.params),
+        continued_checksum=checksum(continued.params),
+    )
 
 
 def phase_export(ctx: dict) -> None:
@@ -207,8 +235,11 @@ def phase_export(ctx: dict) -> None:
     hf_io.save_pretrained(model, out / "export", tokenizer_dir=ctx["args"].hf, progress=False)
     with hold_folder(out / "run", "run directory") as lock:  # what `envtune train` holds: process 0 alone
         holder = json.loads((out / "run" / LOCK_FILE).read_text())
-        ctx["result"]["lock"] = {"held_here": lock is not None and lock.held, "pid": os.getpid(),
-                                 "holder_pid": holder["pid"]}
+        ctx["result"]["lock"] = {
+            "held_here": lock is not None and lock.held,
+            "pid": os.getpid(),
+            "holder_pid": holder["pid"],
+        }
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("lock read")  # before process 0 releases it
     writer = MetricsWriter(out / "metrics", tensorboard=False)
@@ -225,14 +256,23 @@ def phase_learner(ctx: dict) -> None:
     tasks = make_synthetic_tasks(PROMPTS, TASK_CONFIG, seed=100)
     groups = [[SyntheticEpisode(task, TASK_CONFIG) for _ in range(SAMPLES_PER_PROMPT)] for task in tasks]
     metrics, trajectories = learner.iterate(groups, rollouts.chat, rollouts.sampling, rollouts.config, rng=100)
-    ctx["result"]["learner"] = {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
-                                "rows_supplied": metrics["train_rows_supplied"],
-                                "rewards": [t.reward for t in trajectories],
-                                "checksum": checksum(learner.state.params)}
+    ctx["result"]["learner"] = {
+        "loss": metrics["loss"],
+        "grad_norm": metrics["grad_norm"],
+        "rows_supplied": metrics["train_rows_supplied"],
+        "rewards": [t.reward for t in trajectories],
+        "checksum": checksum(learner.state.params),
+    }
 
 
-PHASES = {"load": phase_load, "rollout": phase_rollout, "train": phase_train, "resume": phase_resume,
-          "export": phase_export, "learner": phase_learner}
+PHASES = {
+    "load": phase_load,
+    "rollout": phase_rollout,
+    "train": phase_train,
+    "resume": phase_resume,
+    "export": phase_export,
+    "learner": phase_learner,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,10 +288,18 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")
     data, fsdp, tensor = (int(s) for s in args.mesh.split(","))
     mesh = make_mesh(MeshConfig(data=data, fsdp=fsdp, tensor=tensor))
-    ctx = {"args": args, "mesh": mesh, "result": {
-        "process_index": jax.process_index(), "process_count": jax.process_count(), "distributed": distributed,
-        "num_devices": jax.device_count(), "local_devices": jax.local_device_count(),
-        "mesh": dict(zip(mesh.axis_names, mesh.axis_sizes))}}
+    ctx = {
+        "args": args,
+        "mesh": mesh,
+        "result": {
+            "process_index": jax.process_index(),
+            "process_count": jax.process_count(),
+            "distributed": distributed,
+            "num_devices": jax.device_count(),
+            "local_devices": jax.local_device_count(),
+            "mesh": dict(zip(mesh.axis_names, mesh.axis_sizes)),
+        },
+    }
     timings = ctx["result"]["seconds"] = {}
     cpu_timings = ctx["result"]["cpu_seconds"] = {"startup": round(time.process_time(), 2)}  # imports, runtime
     with jax.set_mesh(mesh):

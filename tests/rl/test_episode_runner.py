@@ -3,6 +3,7 @@ shared-prefix engine, whose first prompts live in prefix regions (fewer regions 
 for a region), plays the records and steps of the per-slot engine; prefilling every prompt in full (with
 shared prefixes: each step restarts its episode in a fresh region) plays them too. Training's token-level protocol is
 tested through `run_rollouts` (tests/rl/test_rl_rollout.py)."""
+
 from __future__ import annotations
 
 import ast
@@ -11,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from envtune_jax.chat.tokenizer import compact_qwen_tokenizer
 from envtune_jax.environments.config import EnvironmentConfig
 from envtune_jax.environments.evaluation import run_episodes
 from envtune_jax.environments.policies import PolicyState
 from envtune_jax.environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks
-from envtune_jax.chat.tokenizer import compact_qwen_tokenizer
 from envtune_jax.models.config import Qwen3Config
 from envtune_jax.models.generation.buckets import BucketConfig
 from envtune_jax.models.generation.engine import GenerationEngine
@@ -25,9 +26,19 @@ from envtune_jax.rl.episode_runner import common_prefix
 from envtune_jax.rl.model_policy import ModelPolicy
 
 SLOTS = 3
-TINY = Qwen3Config(vocab_size=8320, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=1,
-                   head_dim=16, tie_word_embeddings=False, max_position_embeddings=4096, dtype="float32",
-                   param_dtype="float32")
+TINY = Qwen3Config(
+    vocab_size=8320,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=1,
+    head_dim=16,
+    tie_word_embeddings=False,
+    max_position_embeddings=4096,
+    dtype="float32",
+    param_dtype="float32",
+)
 TASKS = SyntheticConfig(num_turns=2, doc_style="system")
 
 
@@ -38,8 +49,14 @@ def setup():
     buckets = BucketConfig(min_cache_len=256, min_chunk_len=64, prefill_chunk=64)
 
     def engine(shared_prefix=None):
-        return GenerationEngine(model, batch_size=SLOTS, max_cache_len=512, cache_dtype="float32", buckets=buckets,
-                                shared_prefix=shared_prefix)
+        return GenerationEngine(
+            model,
+            batch_size=SLOTS,
+            max_cache_len=512,
+            cache_dtype="float32",
+            buckets=buckets,
+            shared_prefix=shared_prefix,
+        )
 
     return tokenizer, engine
 
@@ -67,8 +84,9 @@ def test_a_shared_prefix_engine_plays_the_records_of_the_per_slot_engine(setup):
     # two regions for three slots: a refill of three first prompts would be refused, so one episode waits
     shared_engine = engine(SharedPrefixConfig(lanes=1, regions=2))
     live_counts = []
-    got, got_steps, shared = evaluate(setup, shared_engine, extra_stops=stops,
-                                      on_round=lambda live, taken: live_counts.append(len(live)))
+    got, got_steps, shared = evaluate(
+        setup, shared_engine, extra_stops=stops, on_round=lambda live, taken: live_counts.append(len(live))
+    )
     assert got == want and got_steps == want_steps
     assert live_counts and shared.stats.restarts == 0  # (the episodes begun, placed or waiting)
     first_prompts = []

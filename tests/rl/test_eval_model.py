@@ -1,4 +1,5 @@
 """`envtune eval --hf` drives a real model through the official protocol and writes the table."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,31 @@ def full_vocab_checkpoint(tmp_path_factory):
 def test_eval_of_a_model_writes_the_table(full_vocab_checkpoint, tmp_path, capsys):
     # One engine slot for the one entry (each generate re-prefills its ~6.2k-token conversation; 4 slots made
     # every call ~4x slower on CPU: 111 s against 27 s measured); float32 since bf16 is slow on CPU.
-    code = envtune(["eval", "--hf", str(full_vocab_checkpoint), "--split", "test", "--limit", "1", "--categories", "base",
-                    "--data-source", "package", "--max-new-tokens", "4", "--batch-size", "1",
-                    "--max-cache-len", "8192", "--dtype", "float32", "--out", str(tmp_path)])
+    code = envtune(
+        [
+            "eval",
+            "--hf",
+            str(full_vocab_checkpoint),
+            "--split",
+            "test",
+            "--limit",
+            "1",
+            "--categories",
+            "base",
+            "--data-source",
+            "package",
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "1",
+            "--max-cache-len",
+            "8192",
+            "--dtype",
+            "float32",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| OVERALL | 0 | 1 | 0.00% |" in printed  # a random tiny model solves nothing
@@ -40,10 +63,17 @@ def test_eval_passes_the_attention_choices_to_the_model(full_vocab_checkpoint):
     from envtune_jax.cli.main import build_parser
     from envtune_jax.rl.model_policy import build_model_policy
 
-    args = build_parser().parse_args(["eval", "--hf", str(full_vocab_checkpoint), "--attention", "xla",
-                                      "--decode-attention", "pallas"])
-    policy = build_model_policy(hf_dir=str(full_vocab_checkpoint), batch_size=1, max_cache_len=256, dtype="float32",
-                                attention_impl=args.attention, decode_attention=args.decode_attention)
+    args = build_parser().parse_args(
+        ["eval", "--hf", str(full_vocab_checkpoint), "--attention", "xla", "--decode-attention", "pallas"]
+    )
+    policy = build_model_policy(
+        hf_dir=str(full_vocab_checkpoint),
+        batch_size=1,
+        max_cache_len=256,
+        dtype="float32",
+        attention_impl=args.attention,
+        decode_attention=args.decode_attention,
+    )
     assert (policy.engine.config.attention_impl, policy.engine.config.decode_attention) == ("xla", "pallas")
 
 
@@ -60,8 +90,9 @@ def test_kept_conversations_give_the_steps_of_fresh_prefills(full_vocab_checkpoi
     entries = first_per_category(split_entries_from("package", "test", ("multi_turn_base", "multi_turn_miss_param")), 1)
 
     def play(reuse_cache):
-        policy = build_model_policy(hf_dir=str(full_vocab_checkpoint), batch_size=1, max_cache_len=8192,
-                                    max_new_tokens=4, dtype="float32")
+        policy = build_model_policy(
+            hf_dir=str(full_vocab_checkpoint), batch_size=1, max_cache_len=8192, max_new_tokens=4, dtype="float32"
+        )
         policy.reuse_cache = reuse_cache  # False: every step's prompt prefilled in full
         episodes = [BfclEpisode(entry, EnvironmentConfig.evaluation()) for entry in entries]
         records = run_episodes(episodes, policy)  # the policy's one slot
@@ -97,13 +128,23 @@ def test_streamed_steps_give_the_records_of_whole_steps(varied_checkpoint):
     tasks = make_synthetic_tasks(6, config, seed=0)
 
     def play(decode_chunk, extra_stops=()):
-        policy = build_model_policy(hf_dir=str(varied_checkpoint), batch_size=3, max_cache_len=2048, max_new_tokens=12,
-                                    dtype="float32", decode_chunk=decode_chunk)
-        policy.sampling = dataclasses.replace(policy.sampling, stop_token_ids=policy.sampling.stop_token_ids + tuple(extra_stops))
+        policy = build_model_policy(
+            hf_dir=str(varied_checkpoint),
+            batch_size=3,
+            max_cache_len=2048,
+            max_new_tokens=12,
+            dtype="float32",
+            decode_chunk=decode_chunk,
+        )
+        policy.sampling = dataclasses.replace(
+            policy.sampling, stop_token_ids=policy.sampling.stop_token_ids + tuple(extra_stops)
+        )
         steps = []
         policy_step = policy._policy_step
         policy._policy_step = lambda ids: steps.append(ids) or policy_step(ids)  # each finished step's ids
-        records = run_episodes([SyntheticEpisode(task, config, EnvironmentConfig.evaluation()) for task in tasks], policy)
+        records = run_episodes(
+            [SyntheticEpisode(task, config, EnvironmentConfig.evaluation()) for task in tasks], policy
+        )
         return [(record.to_json(), record.steps) for record in records], policy, steps
 
     _, _, budget_steps = play(0)  # every step runs to the 12-token budget (no stop token drawn)

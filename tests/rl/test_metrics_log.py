@@ -1,5 +1,6 @@
 """The metrics log has one line per step across resumes, and a step's TensorBoard events are on disk as
 soon as it is logged (a SIGKILL right after loses nothing)."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,8 @@ def _events(folder: Path) -> list[Event]:
         data = path.read_bytes()
         offset = 0
         while offset + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            payload = data[offset + 12: offset + 12 + length]
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            payload = data[offset + 12 : offset + 12 + length]
             if len(payload) < length:
                 break
             events.append(Event.FromString(payload))
@@ -46,11 +47,20 @@ def _scalars(events: list[Event]) -> dict[tuple[int, str], float]:
 
 
 def test_a_step_logged_before_a_sigkill_is_in_the_event_file(tmp_path):
-    result = subprocess.run([sys.executable, "-c", WRITE_THEN_DIE, str(tmp_path)], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", WRITE_THEN_DIE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+        timeout=120,
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert _scalars(_events(tmp_path / "tensorboard")) == {
-        (1, "loss"): 0.25, (1, "reward_mean"): 0.5, (2, "loss"): 0.125, (2, "reward_mean"): 0.75}
+        (1, "loss"): 0.25,
+        (1, "reward_mean"): 0.5,
+        (2, "loss"): 0.125,
+        (2, "reward_mean"): 0.75,
+    }
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 

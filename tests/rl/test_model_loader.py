@@ -1,6 +1,7 @@
 """The one model loader (rl/model_loader.py): every source (HF folder, envtune checkpoint, preset with random
 weights) gets the dtypes of its use from one rule, the tokenizer comes from the checkpoint's own files or else
 the bundled one, random weights on a mesh equal the eager ones, and every command loads through it."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,9 @@ import jax
 import pytest
 from flax import nnx
 
-from envtune_jax.models import checkpointing, hf_io
 from envtune_jax.chat.tokenizer import compact_qwen_tokenizer, save_tokenizer
 from envtune_jax.cli.main import main
+from envtune_jax.models import checkpointing, hf_io
 from envtune_jax.models.dtype_rule import model_dtypes
 from envtune_jax.rl import model_loader
 from envtune_jax.rl.model_loader import load_model
@@ -37,16 +38,19 @@ def checkpoints(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("use, param, compute, expected", [
-    ("train", None, None, ("float32", "bfloat16")),
-    ("inference", None, None, ("bfloat16", "bfloat16")),
-    ("convert", None, None, ("float32", "float32")),
-    ("inference", "float32", None, ("float32", "float32")),  # --dtype: weights and compute
-    ("inference", None, "float32", ("float32", "float32")),
-    ("train", None, "float32", ("float32", "float32")),  # training keeps float32 weights
-    ("train", "bfloat16", None, ("bfloat16", "bfloat16")),
-    ("train", "float32", "bfloat16", ("float32", "bfloat16")),
-])
+@pytest.mark.parametrize(
+    "use, param, compute, expected",
+    [
+        ("train", None, None, ("float32", "bfloat16")),
+        ("inference", None, None, ("bfloat16", "bfloat16")),
+        ("convert", None, None, ("float32", "float32")),
+        ("inference", "float32", None, ("float32", "float32")),  # --dtype: weights and compute
+        ("inference", None, "float32", ("float32", "float32")),
+        ("train", None, "float32", ("float32", "float32")),  # training keeps float32 weights
+        ("train", "bfloat16", None, ("bfloat16", "bfloat16")),
+        ("train", "float32", "bfloat16", ("float32", "bfloat16")),
+    ],
+)
 def test_one_dtype_rule_by_use_with_explicit_dtypes_winning(use, param, compute, expected):
     dtypes = model_dtypes(use, param, compute)
     assert (dtypes.param, dtypes.compute) == expected
@@ -54,8 +58,11 @@ def test_one_dtype_rule_by_use_with_explicit_dtypes_winning(use, param, compute,
 
 @pytest.mark.parametrize("source", ["hf", "ckpt", "preset"])
 def test_every_source_gets_the_dtypes_of_its_use_whatever_it_stores(checkpoints, source):
-    where = {"preset": {"preset": "tiny", "preset_changes": SMALL}, "hf": {"hf": checkpoints["hf"]},
-             "ckpt": {"ckpt": checkpoints["ckpt"]}}[source]
+    where = {
+        "preset": {"preset": "tiny", "preset_changes": SMALL},
+        "hf": {"hf": checkpoints["hf"]},
+        "ckpt": {"ckpt": checkpoints["ckpt"]},
+    }[source]
     for use in ("train", "inference", "convert"):
         model = load_model(use=use, progress=False, **where).model
         rule = model_dtypes(use)
@@ -114,7 +121,8 @@ MESH_CHECK = textwrap.dedent("""
     assert len(jax.devices()) == 4
     cfg = preset("tiny", vocab_size=512, param_dtype="bfloat16")
     eager = nnx.to_flat_state(nnx.state(init_model(cfg, 3), nnx.Param))
-    placed = nnx.to_flat_state(nnx.state(random_weights(cfg, make_mesh(MeshConfig(data=1, fsdp=2, tensor=2)), 3), nnx.Param))
+    mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=2))
+    placed = nnx.to_flat_state(nnx.state(random_weights(cfg, mesh, 3), nnx.Param))
     assert [path for path, _ in eager] == [path for path, _ in placed]
     for (path, a), (_, b) in zip(eager, placed):
         assert np.array_equal(np.asarray(a[...]), np.asarray(b[...])), path
@@ -125,8 +133,9 @@ MESH_CHECK = textwrap.dedent("""
 
 
 def test_random_weights_on_a_mesh_are_created_sharded_and_equal_the_eager_ones():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)
+    )
     done = subprocess.run([sys.executable, "-c", MESH_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "same" in done.stdout, done.stderr[-3000:]
 
@@ -146,8 +155,22 @@ def test_every_command_loads_through_the_one_loader_with_its_use(checkpoints, tm
     recipe = str(ROOT / "configs" / "recipes" / "tiny_cpu.yaml")
     commands = [
         (["generate", "--hf", str(checkpoints["hf"]), "--prompt", "hi"], "inference"),
-        (["eval", "--hf", str(checkpoints["hf"]), "--categories", "base", "--limit", "1", "--data-source", "package",
-          "--out", str(tmp_path / "eval")], "inference"),
+        (
+            [
+                "eval",
+                "--hf",
+                str(checkpoints["hf"]),
+                "--categories",
+                "base",
+                "--limit",
+                "1",
+                "--data-source",
+                "package",
+                "--out",
+                str(tmp_path / "eval"),
+            ],
+            "inference",
+        ),
         (["convert", "--hf", str(checkpoints["hf"]), "--out", str(tmp_path / "converted")], "convert"),
         (["export", "--ckpt", str(checkpoints["ckpt"]), "--out", str(tmp_path / "exported")], "convert"),
         (["bench", "generate", "--preset", "tiny", "--random-weights"], "inference"),

@@ -8,6 +8,7 @@ rows), roll out again with the new weights, checkpoint, restore, export. Every p
 same trajectories, losses and parameters — and match a single-process run; only process 0 may write
 the export and the metrics log.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,15 @@ WORKER = Path(__file__).resolve().parent / "multihost_worker.py"
 LAUNCH = ROOT / "launch"
 STEPS = 1
 # Cluster variables of the machine running the tests must not leak into the workers.
-CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "ENVTUNE_DISTRIBUTED",
-                "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", *mesh_module.SLURM_STEP_VARS)
+CLUSTER_VARS = (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+    "ENVTUNE_DISTRIBUTED",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+    *mesh_module.SLURM_STEP_VARS,
+)
 
 
 def _free_port() -> int:
@@ -46,8 +54,10 @@ def _worker_env(devices: int, **extra: str) -> dict[str, str]:
     # Optimisation level 0 without LLVM's expensive passes: the tiny train step compiles in about half the
     # time (compilation dominates these runs). One compute thread per process: three processes share two
     # cores, and more threads only contend. All runs share the flags.
-    flags = (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 "
-             "--xla_llvm_disable_expensive_passes=true --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    flags = (
+        f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 "
+        "--xla_llvm_disable_expensive_passes=true --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS=flags, **extra)
     return env
 
@@ -79,7 +89,7 @@ def _run_all(jobs: dict[str, tuple[list[str], dict]], logs: Path, timeout: float
     for name, text in texts.items():
         lines = [line for line in text.splitlines() if line.startswith(RESULT_PREFIX)]
         assert len(lines) == 1, f"{name}: expected one result line\n{text[-3000:]}"
-        results[name] = json.loads(lines[0][len(RESULT_PREFIX):])
+        results[name] = json.loads(lines[0][len(RESULT_PREFIX) :])
     return results
 
 
@@ -87,14 +97,20 @@ def _worker_argv(hf: Path, out: Path, mesh: str) -> list[str]:
     return [sys.executable, str(WORKER), "--hf", str(hf), "--out", str(out), "--steps", str(STEPS), "--mesh", mesh]
 
 
-def _multi_and_reference(hf: Path, tmp: Path, processes: int, devices: int, mesh: str,
-                         timeout: float = 240) -> tuple[list[dict], dict]:
+def _multi_and_reference(
+    hf: Path, tmp: Path, processes: int, devices: int, mesh: str, timeout: float = 240
+) -> tuple[list[dict], dict]:
     """Runs `processes` distributed workers and a one-device single-process reference side by side."""
     address = f"127.0.0.1:{_free_port()}"
-    jobs = {f"process{i}": (_worker_argv(hf, tmp / "multi", mesh),
-                            _worker_env(devices, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=str(processes),
-                                        JAX_PROCESS_ID=str(i)))
-            for i in range(processes)}
+    jobs = {
+        f"process{i}": (
+            _worker_argv(hf, tmp / "multi", mesh),
+            _worker_env(
+                devices, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i)
+            ),
+        )
+        for i in range(processes)
+    }
     jobs["reference"] = (_worker_argv(hf, tmp / "single", "1,-1,1"), _worker_env(1))
     results = _run_all(jobs, tmp / "logs", timeout)
     return [results[f"process{i}"] for i in range(processes)], results["reference"]
@@ -153,8 +169,10 @@ def _check_rollouts(workers: list[dict], reference: dict) -> None:
             mask, logprobs = np.asarray(mask, bool), np.asarray(logprobs)
             assert 0 < mask.sum() < len(ids)
             assert np.all(logprobs[mask] < 0) and np.all(logprobs[~mask] == 0)
-        sampled = [tuple(np.asarray(ids)[np.asarray(mask, bool)]) for ids, mask in
-                   zip(record["token_ids"], record["loss_masks"])]
+        sampled = [
+            tuple(np.asarray(ids)[np.asarray(mask, bool)])
+            for ids, mask in zip(record["token_ids"], record["loss_masks"])
+        ]
         assert len(set(sampled)) == len(sampled), "two slots sampled the same tokens"
     assert len({tuple(map(tuple, r["token_ids"])) for r in rollouts}) == len(rollouts)
     # the trainer's log-probs of the sampled tokens are the sampler's (importance ratio 1 on fresh rollouts),
@@ -214,7 +232,12 @@ def _check_agreement(workers: list[dict], reference: dict, processes: int, out: 
     # one complete export, no half-written folders, equal to the single-process export
     assert sorted(p.name for p in out.iterdir() if "export" in p.name) == ["export"]
     assert sorted(p.name for p in (out / "export").iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     exported = _read_safetensors(out / "export" / "model.safetensors")
     expected = _read_safetensors(ref_out / "export" / "model.safetensors")
     assert exported.keys() == expected.keys()
@@ -231,8 +254,10 @@ def test_two_processes_train_resume_and_export_like_one_process(tiny_hf, tmp_pat
 
 @pytest.mark.multidevice
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("ENVTUNE_SLOW_TESTS") != "1",
-                    reason="5 processes take minutes on 2 shared CPU cores; set ENVTUNE_SLOW_TESTS=1 to run")
+@pytest.mark.skipif(
+    os.environ.get("ENVTUNE_SLOW_TESTS") != "1",
+    reason="5 processes take minutes on 2 shared CPU cores; set ENVTUNE_SLOW_TESTS=1 to run",
+)
 def test_four_processes_one_device_each_with_data_and_fsdp_axes(tiny_hf, tmp_path):
     workers, reference = _multi_and_reference(tiny_hf, tmp_path, processes=4, devices=1, mesh="2,2,1", timeout=900)
     assert all(w["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1} for w in workers)
@@ -241,16 +266,30 @@ def test_four_processes_one_device_each_with_data_and_fsdp_axes(tiny_hf, tmp_pat
 
 # --- initialize_distributed: which environments start the distributed runtime -------------------
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, None),
-    ({"SLURM_JOB_ID": "7"}, None),  # an sbatch/salloc shell outside srun: one process
-    ({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
-      "SLURM_LOCALID": "0"}, {}),
-    ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, {}),
-    ({"ENVTUNE_DISTRIBUTED": "1"}, {}),
-    ({"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
-     {"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1}),
-])
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, None),
+        ({"SLURM_JOB_ID": "7"}, None),  # an sbatch/salloc shell outside srun: one process
+        (
+            {
+                "SLURM_JOB_ID": "7",
+                "SLURM_STEP_NODELIST": "n[1-2]",
+                "SLURM_NTASKS": "2",
+                "SLURM_PROCID": "1",
+                "SLURM_LOCALID": "0",
+            },
+            {},
+        ),
+        ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, {}),
+        ({"ENVTUNE_DISTRIBUTED": "1"}, {}),
+        (
+            {"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+            {"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1},
+        ),
+    ],
+)
 def test_initialize_distributed_detects_the_environment(monkeypatch, env, expected):
     for name in CLUSTER_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -295,15 +334,25 @@ def test_launch_script_is_valid_bash_and_strict(script):
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_launch_script_prints_usage(script):
-    result = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30,
-                            env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")})
+    result = subprocess.run(
+        ["bash", str(script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage:"), result.stdout
 
 
 def test_tpu_pod_script_refuses_to_run_without_its_variables():
-    result = subprocess.run(["bash", str(LAUNCH / "tpu_pod.sh"), "run", "train"], capture_output=True, text=True,
-                            timeout=30, env={"PATH": os.environ["PATH"]})
+    result = subprocess.run(
+        ["bash", str(LAUNCH / "tpu_pod.sh"), "run", "train"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert result.returncode == 2 and "TPU_NAME" in result.stderr, result.stderr
 
 
@@ -315,9 +364,12 @@ def _fake_tools(tmp_path: Path) -> tuple[dict[str, str], Path]:
     for path in (bin_dir, repo_bin):
         path.mkdir(parents=True)
     scripts = {
-        bin_dir / "gcloud": 'while [ $# -gt 0 ]; do [ "$1" = --command ] && cd "$HOME" && exec bash -c "$2"; shift; done\n',
+        bin_dir
+        / "gcloud": 'while [ $# -gt 0 ]; do [ "$1" = --command ] && cd "$HOME" && exec bash -c "$2"; shift; done\n',
         bin_dir / "srun": 'while [ "${1#--}" != "$1" ]; do echo "srun $1"; shift; done; exec "$@"\n',
-        repo_bin / "envtune": 'echo "DIST=${ENVTUNE_DISTRIBUTED:-} IDS=${JAX_LOCAL_DEVICE_IDS:-} PWD=$PWD"; printf "<%s>\\n" "$@"\n',
+        repo_bin / "envtune": (
+            'echo "DIST=${ENVTUNE_DISTRIBUTED:-} IDS=${JAX_LOCAL_DEVICE_IDS:-} PWD=$PWD"; printf "<%s>\\n" "$@"\n'
+        ),
     }
     for path, body in scripts.items():
         path.write_text("#!/usr/bin/env bash\n" + body)
@@ -330,8 +382,9 @@ def test_tpu_pod_run_passes_arguments_intact_to_every_worker(tmp_path):
     env, repo = _fake_tools(tmp_path)
     env.update(TPU_NAME="slice", ZONE="zone", EXTRA_ENV="JAX_TRACEBACK_FILTERING=off")
     args = ["train", "--config", "a b.yaml", "model.ckpt=/x y", "$(touch pwned)"]
-    result = subprocess.run(["bash", str(LAUNCH / "tpu_pod.sh"), "run", *args], capture_output=True, text=True,
-                            timeout=30, env=env)
+    result = subprocess.run(
+        ["bash", str(LAUNCH / "tpu_pod.sh"), "run", *args], capture_output=True, text=True, timeout=30, env=env
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"DIST=1 IDS= PWD={repo}"
@@ -343,18 +396,21 @@ def test_slurm_script_runs_one_process_per_gpu_or_per_node(tmp_path):
     env, repo = _fake_tools(tmp_path)
     env.update(SLURM_JOB_ID="42", REPO_DIR=str(repo), GPUS_PER_NODE="4")
     script = str(LAUNCH / "slurm_gpu.sh")
-    per_gpu = subprocess.run(["bash", script, "eval", "--split", "test"], capture_output=True, text=True,
-                             timeout=30, env=env)
+    per_gpu = subprocess.run(
+        ["bash", script, "eval", "--split", "test"], capture_output=True, text=True, timeout=30, env=env
+    )
     assert per_gpu.returncode == 0, per_gpu.stderr
     assert "srun --ntasks-per-node=4" in per_gpu.stdout and "IDS= " in per_gpu.stdout
     assert per_gpu.stdout.splitlines()[-3:] == ["<eval>", "<--split>", "<test>"]
-    per_node = subprocess.run(["bash", script, "eval"], capture_output=True, text=True, timeout=30,
-                              env=dict(env, PROCESS_PER="node"))
+    per_node = subprocess.run(
+        ["bash", script, "eval"], capture_output=True, text=True, timeout=30, env=dict(env, PROCESS_PER="node")
+    )
     assert "srun --ntasks-per-node=1" in per_node.stdout and "IDS=0,1,2,3 " in per_node.stdout
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_launch_scripts_pass_shellcheck():
-    result = subprocess.run(["shellcheck", "--shell=bash", "--severity=style", *map(str, SCRIPTS)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["shellcheck", "--shell=bash", "--severity=style", *map(str, SCRIPTS)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr

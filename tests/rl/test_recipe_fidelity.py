@@ -2,6 +2,7 @@
 the stage 3/4 instructions in a stage-3 episode's first prompt, and the rule that a config field its mode
 ignores is an error naming it, for every row of every config class's FIELD_USE table. Config-level only:
 no model is loaded."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,11 @@ def test_shipped_recipes_follow_the_paper_table(recipe):
     assert [stage.name for stage in stages] == list(PAPER_STAGES)
     kinds = ("method",) if recipe.stem in SMOKE_RECIPES else ("method", "scale")
     rows = card_rows(cfg, stages)
-    drift = [f"{r.stage}: {r.setting.label} = {r.shown}, paper {r.setting.figure(r.stage)}"
-             for r in rows if r.status == "differs" and r.setting.kind in kinds]
+    drift = [
+        f"{r.stage}: {r.setting.label} = {r.shown}, paper {r.setting.figure(r.stage)}"
+        for r in rows
+        if r.status == "differs" and r.setting.kind in kinds
+    ]
     assert not drift, drift
     assert len(rows) == len(stages) * len(PAPER_SETTINGS)
 
@@ -81,12 +85,20 @@ def test_recipe_show_reads_a_recipe_built_on_a_base_without_starting_jax(tmp_pat
     derived.parent.mkdir()
     derived.write_text(f"base: {os.path.relpath(PAPER_RECIPE, derived.parent)}\noptimizer: {{learning_rate: 2.0e-6}}\n")
     heavy = ("jax", "flax", "optax", "transformers", "torch", "tensorflow")
-    probe = ("import sys; from envtune_jax.cli.main import main; code = main(sys.argv[1:]); "
-             f"print('heavy:', [m for m in {heavy!r} if m in sys.modules]); sys.exit(code)")
+    probe = (
+        "import sys; from envtune_jax.cli.main import main; code = main(sys.argv[1:]); "
+        f"print('heavy:', [m for m in {heavy!r} if m in sys.modules]); sys.exit(code)"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for extra, code in (([], 0), (["--check"], 1)):
-        result = subprocess.run([sys.executable, "-c", probe, "recipe", "show", str(derived), *extra],
-                                capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-c", probe, "recipe", "show", str(derived), *extra],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=60,
+        )
         assert result.returncode == code, result.stderr
         assert "scale settings that differ from the paper: learning rate" in result.stdout
         assert result.stdout.rstrip().endswith("heavy: []"), result.stdout[-300:]
@@ -107,8 +119,11 @@ def test_per_model_recipes_extend_the_base_with_only_their_models_settings(name)
     base, base_stages = load_run_config(BASE_RECIPE)
     assert stages == base_stages
     expected = dataclasses.replace(
-        base, run_dir=raw["run_dir"], model=dataclasses.replace(base.model, ckpt=raw["model"]["ckpt"]),
-        train_step=dataclasses.replace(base.train_step, micro_batch_size=raw["train_step"]["micro_batch_size"]))
+        base,
+        run_dir=raw["run_dir"],
+        model=dataclasses.replace(base.model, ckpt=raw["model"]["ckpt"]),
+        train_step=dataclasses.replace(base.train_step, micro_batch_size=raw["train_step"]["micro_batch_size"]),
+    )
     assert cfg == expected
 
 
@@ -135,7 +150,7 @@ def test_a_stage3_episode_prompt_carries_the_stage34_instructions_and_stage2s_do
     assert prompts["stage4_independent"] == prompts["stage3_hard"]
     assert "Guidelines" not in prompts["stage2_hints"]
     assert prompts["stage2_hints"].startswith("<|im_start|>system\n# Tools\n")
-    assert prompts["stage3_hard"].endswith(prompts["stage2_hints"][len("<|im_start|>system\n"):])
+    assert prompts["stage3_hard"].endswith(prompts["stage2_hints"][len("<|im_start|>system\n") :])
 
 
 # ---------------------------------------------------------------- a field its mode ignores is an error
@@ -148,8 +163,9 @@ def _config_classes(root: type, seen: set[type]) -> set[type]:
     return seen
 
 
-CONFIG_CLASSES = _config_classes(RunConfig, set()) | _config_classes(StageConfig, set()) | \
-    _config_classes(SyntheticRecipe, set())
+CONFIG_CLASSES = (
+    _config_classes(RunConfig, set()) | _config_classes(StageConfig, set()) | _config_classes(SyntheticRecipe, set())
+)
 
 # For every FIELD_USE row: overrides that set the field while its mode ignores it (the last override is the
 # field itself). Loaded as a class on its own, or as a recipe (RunConfig rows and RECIPE_FIELD_USE).
@@ -171,26 +187,53 @@ BAD_COMBINATIONS: dict[tuple[type, str], list[str]] = {
     (DataConfig, "data_dir"): ["source=package", "data_dir=data"],
     (DataConfig, "shortest_prompts_first"): ["limit_per_category=null", "shortest_prompts_first=true"],
     (StageConfig, "validation_entries"): ["validation_every=0", "validation_entries=8"],
-    **{(WarmupConfig, name): ["steps=0", f"{name}={value}"] for name, value in (
-        ("batch", 8), ("learning_rate", 0.1), ("device_accuracy", 0.5), ("value_accuracy", 0.5),
-        ("syntax_accuracy", 0.5), ("attempts", 3))},
+    **{
+        (WarmupConfig, name): ["steps=0", f"{name}={value}"]
+        for name, value in (
+            ("batch", 8),
+            ("learning_rate", 0.1),
+            ("device_accuracy", 0.5),
+            ("value_accuracy", 0.5),
+            ("syntax_accuracy", 0.5),
+            ("attempts", 3),
+        )
+    },
     # the synthetic run (its own recipe, configs/synthetic/learning_run.yaml) reads none of these
-    **{(SyntheticRecipe, field): [setting] for field, setting in (
-        ("run.run_dir", "run.run_dir=runs/elsewhere"), ("run.data", "run.data.source=package"),
-        ("run.checkpoint", "run.checkpoint.keep=5"), ("run.stages", "run.stages=[a.yaml]"),
-        ("run.stage_overrides", "run.stage_overrides=[max_steps=3]"),
-        ("run.logging.progress_bar", "run.logging.progress_bar=false"), ("stage.data", "stage.data=base_train"),
-        ("stage.epochs", "stage.epochs=3"),
-        ("stage.export_hf", "stage.export_hf=false"))},
-    **{(AdvanceRule, name): ["kind=fixed", f"{name}={value}"] for name, value in (
-        ("patience", 3), ("min_delta", 0.02), ("grad_norm_window", 5), ("grad_norm_cv_max", 0.3), ("min_steps", 10))},
+    **{
+        (SyntheticRecipe, field): [setting]
+        for field, setting in (
+            ("run.run_dir", "run.run_dir=runs/elsewhere"),
+            ("run.data", "run.data.source=package"),
+            ("run.checkpoint", "run.checkpoint.keep=5"),
+            ("run.stages", "run.stages=[a.yaml]"),
+            ("run.stage_overrides", "run.stage_overrides=[max_steps=3]"),
+            ("run.logging.progress_bar", "run.logging.progress_bar=false"),
+            ("stage.data", "stage.data=base_train"),
+            ("stage.epochs", "stage.epochs=3"),
+            ("stage.export_hf", "stage.export_hf=false"),
+        )
+    },
+    **{
+        (AdvanceRule, name): ["kind=fixed", f"{name}={value}"]
+        for name, value in (
+            ("patience", 3),
+            ("min_delta", 0.02),
+            ("grad_norm_window", 5),
+            ("grad_norm_cv_max", 0.3),
+            ("min_steps", 10),
+        )
+    },
     (RunConfig, "train_step.temperature"): ["train_step.temperature=1.0"],
     (RunConfig, "sampler.max_new_tokens"): ["sampler.max_new_tokens=4096"],
     (RunConfig, "rollout.decode_chunk"): ["sampler.compact_rows=false", "rollout.decode_chunk=64"],
-    (None, "data.validation_limit_per_category"): ["stage_overrides=[validation_every=0,advance.kind=fixed]",
-                                                   "data.validation_limit_per_category=4"],
-    **{(None, f"rollout.{limit}"): [f"stage_overrides=[rollout.{limit}=2048]", f"rollout.{limit}=4096"]
-       for limit in ("max_prompt_tokens", "max_response_tokens", "max_context_tokens", "max_new_tokens_per_step")},
+    (None, "data.validation_limit_per_category"): [
+        "stage_overrides=[validation_every=0,advance.kind=fixed]",
+        "data.validation_limit_per_category=4",
+    ],
+    **{
+        (None, f"rollout.{limit}"): [f"stage_overrides=[rollout.{limit}=2048]", f"rollout.{limit}=4096"]
+        for limit in ("max_prompt_tokens", "max_response_tokens", "max_context_tokens", "max_new_tokens_per_step")
+    },
 }
 
 

@@ -1,5 +1,6 @@
 """The stage budget (epochs over the stage's data, capped by max_steps), the stage-advance rule, and the
 shipped stage configs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,14 @@ from pathlib import Path
 import pytest
 
 from envtune_jax.config import ConfigError, load
-from envtune_jax.rl.curriculum import (AdvanceRule, StageConfig, check_plateau_can_fire, decide_advance, plateau_first_step,
-                           stage_budget)
+from envtune_jax.rl.curriculum import (
+    AdvanceRule,
+    StageConfig,
+    check_plateau_can_fire,
+    decide_advance,
+    plateau_first_step,
+    stage_budget,
+)
 from envtune_jax.rl.run_config import load_run_config, stage_budgets
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -58,8 +65,14 @@ def test_shipped_recipe_stages_train_20_epochs_and_can_plateau_in_every_stage():
 
 def test_a_budget_the_plateau_rule_cannot_fire_in_is_rejected():
     # the old stage 1: 40 steps, validation every 10, patience 3 -> the rule needs 40 steps: it never fires
-    old_stage1 = StageConfig(name="stage1_syntax", data="stage1_easy", max_steps=40, prompts_per_step=16,
-                             validation_every=10, advance=AdvanceRule(kind="plateau"))
+    old_stage1 = StageConfig(
+        name="stage1_syntax",
+        data="stage1_easy",
+        max_steps=40,
+        prompts_per_step=16,
+        validation_every=10,
+        advance=AdvanceRule(kind="plateau"),
+    )
     assert plateau_first_step(old_stage1) == 40
     with pytest.raises(ConfigError, match=r"stage1_syntax.*after 40 steps.*ends the stage after 40.*max_steps"):
         check_plateau_can_fire(old_stage1, stage_budget(old_stage1, 76))

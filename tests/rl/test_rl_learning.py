@@ -6,6 +6,7 @@ please"); GRPO through the real rollout, environment and train-step code must th
 episode reward from ≤ 0.2 to ≥ 0.8. About 3-4 minutes on 2 CPU cores, so `make test` deselects it
 (marker `learning`); `make test-learning` and CI run it.
 """
+
 from __future__ import annotations
 
 import json

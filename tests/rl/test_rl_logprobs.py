@@ -1,4 +1,5 @@
 """Chunked log-probs / entropy (rl/logprobs.py) against the full-logits reference and NumPy."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,9 +35,11 @@ SHAPES = [(2, 13, 8, 37, 4, 5), (1, 8, 16, 32, 4, 8), (3, 5, 4, 19, 16, 64)]
 def _values_and_gradients(fn, logp_weights_bt, entropy_weights_bt):
     """Jitted (h, w, temperature) -> (logp_bt, entropy_bt, d/dh, d/dw) of sum(w_l * logp) + sum(w_e * entropy).
     The temperature is a traced argument, so this also checks that it may be one."""
+
     def run(hidden_btd, unembed_dv, temperature):
         outputs, pullback = jax.vjp(lambda h, w: fn(h, w, temperature), hidden_btd, unembed_dv)
         return (*outputs, *pullback((logp_weights_bt, entropy_weights_bt)))
+
     return jax.jit(run)
 
 
@@ -46,10 +49,14 @@ def test_chunked_matches_reference_and_numpy_values_and_gradients(batch, tokens,
     logp_weights_bt, entropy_weights_bt = np.random.default_rng(7).standard_normal((2, batch, tokens), np.float32)
     chunked = _values_and_gradients(
         lambda h, w, temp: token_logprobs_and_entropy(h, w, targets_bt, temp, chunk_t, chunk_v),
-        logp_weights_bt, entropy_weights_bt)
+        logp_weights_bt,
+        entropy_weights_bt,
+    )
     plain = _values_and_gradients(
         lambda h, w, temp: token_logprobs_and_entropy_reference(h, w, targets_bt, temp),
-        logp_weights_bt, entropy_weights_bt)
+        logp_weights_bt,
+        entropy_weights_bt,
+    )
     temperature = jnp.float32(0.7)
     got, want = chunked(hidden_btd, unembed_dv, temperature), plain(hidden_btd, unembed_dv, temperature)
     assert got[0].shape == got[1].shape == (batch, tokens)
@@ -80,8 +87,10 @@ def test_uniform_logits_give_log_vocab():
 def test_out_of_range_targets_give_nan_logp_in_both_versions():
     hidden_btd, unembed_dv, targets_bt = _inputs(1, 4, 8, 12)
     targets_bt = targets_bt.at[0, 1].set(12).at[0, 2].set(-1)
-    for logp_bt, entropy_bt in (token_logprobs_and_entropy(hidden_btd, unembed_dv, targets_bt, 1.0, 2, 5),
-                                reference(hidden_btd, unembed_dv, targets_bt)):
+    for logp_bt, entropy_bt in (
+        token_logprobs_and_entropy(hidden_btd, unembed_dv, targets_bt, 1.0, 2, 5),
+        reference(hidden_btd, unembed_dv, targets_bt),
+    ):
         assert np.isnan(logp_bt[0, 1]) and np.isnan(logp_bt[0, 2])
         assert np.all(np.isfinite(logp_bt[0, [0, 3]])) and np.all(np.isfinite(entropy_bt))
 

@@ -1,4 +1,5 @@
 """GRPO advantages and the policy loss (rl/advantages.py, rl/losses.py) against independent NumPy code."""
+
 import dataclasses
 
 import jax
@@ -56,22 +57,27 @@ def np_ppo(ratio, adv, eps_low, eps_high, dual_c):
 def np_ratio(logp, old, mask, level):
     if level == "token":
         return np.where(mask > 0, np.exp(logp - old), 1.0)
-    seq = np.array([np.exp(np.mean((logp[b] - old[b])[mask[b] > 0])) if mask[b].any() else 1.0
-                    for b in range(logp.shape[0])])
+    seq = np.array(
+        [np.exp(np.mean((logp[b] - old[b])[mask[b] > 0])) if mask[b].any() else 1.0 for b in range(logp.shape[0])]
+    )
     return np.broadcast_to(seq[:, None], logp.shape)
 
 
 def np_policy_loss(logp, old, ref, adv, ent, mask, cfg):
     ratio = np_ratio(logp, old, mask, cfg.ratio_level)
-    pg = np_aggregate(np_ppo(ratio, adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c), mask,
-                      cfg.loss_agg_mode, cfg.seq_sum_norm_length)
-    kl = np_aggregate(np_kl(logp, ref, cfg.kl_estimator, cfg.kl_clamp), mask, cfg.loss_agg_mode,
-                      cfg.seq_sum_norm_length)
+    pg = np_aggregate(
+        np_ppo(ratio, adv, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c), mask, cfg.loss_agg_mode, cfg.seq_sum_norm_length
+    )
+    kl = np_aggregate(
+        np_kl(logp, ref, cfg.kl_estimator, cfg.kl_clamp), mask, cfg.loss_agg_mode, cfg.seq_sum_norm_length
+    )
     entropy = np_aggregate(ent, mask, cfg.loss_agg_mode, cfg.seq_sum_norm_length)
     counted = mask > 0
     token_ratio = np.exp(logp - old)[counted]
     metrics = {
-        "pg_loss": pg, "kl": kl, "entropy": entropy,
+        "pg_loss": pg,
+        "kl": kl,
+        "entropy": entropy,
         "clip_frac_high": np.mean(((adv > 0) & (ratio > 1 + cfg.eps_high))[counted]),
         "clip_frac_low": np.mean(((adv < 0) & (ratio < 1 - cfg.eps_low))[counted]),
         "dual_clip_frac": np.mean(((adv < 0) & (ratio > cfg.dual_clip_c))[counted]),
@@ -97,8 +103,9 @@ def random_batch(seed, batch=4, tokens=9, spread=0.4):
 # Jitted wrappers: one compile per test instead of one per eager op (tests share a 2-core CPU).
 jit_policy_loss = jax.jit(losses.policy_loss, static_argnames="config")
 jit_group_advantages = jax.jit(advantages.group_advantages, static_argnames=("scale_by_std", "eps", "ddof"))
-jit_group_advantages_from_ids = jax.jit(advantages.group_advantages_from_ids,
-                                        static_argnames=("num_groups", "scale_by_std", "eps", "ddof"))
+jit_group_advantages_from_ids = jax.jit(
+    advantages.group_advantages_from_ids, static_argnames=("num_groups", "scale_by_std", "eps", "ddof")
+)
 
 
 # ---------------------------------------------------------------- advantages
@@ -129,8 +136,9 @@ def test_group_ids_form_matches_grid_form_and_numpy_for_uneven_groups():
     np.testing.assert_allclose(got_b, want_b, rtol=1e-5, atol=1e-6)
     uneven_ids = np.array([0, 0, 1, 1, 1, 2, 2, 2, 2, 0])
     uneven_rewards = rng.uniform(0, 1, 10).astype(np.float32)
-    got = jit_group_advantages_from_ids(jnp.asarray(uneven_rewards), jnp.asarray(uneven_ids), num_groups=3,
-                                        scale_by_std=True, ddof=0)
+    got = jit_group_advantages_from_ids(
+        jnp.asarray(uneven_rewards), jnp.asarray(uneven_ids), num_groups=3, scale_by_std=True, ddof=0
+    )
     for g in range(3):
         members = uneven_ids == g
         want = np_group_advantages(uneven_rewards[members][None], True, 1e-6, ddof=0)[0]
@@ -160,7 +168,7 @@ def test_aggregations_match_numpy_and_accumulate_exactly(mode):
     # Micro-batches weighted by aggregation_weight reproduce the whole-batch value.
     parts = [(jnp.asarray(loss_bt[s]), jnp.asarray(mask_bt[s])) for s in (slice(0, 2), slice(2, 6))]
     weights = [losses.aggregation_weight(m, mode) for _, m in parts]
-    combined = sum(losses.aggregate(l, m, mode, 20) * w for (l, m), w in zip(parts, weights)) / sum(weights)
+    combined = sum(losses.aggregate(part, m, mode, 20) * w for (part, m), w in zip(parts, weights)) / sum(weights)
     np.testing.assert_allclose(combined, got, rtol=1e-6)
 
 
@@ -176,8 +184,10 @@ def test_ppo_clip_values_and_zero_gradients_where_clipped():
     eps_low, eps_high, dual_c = 0.2, 0.28, 10.0
     ratio = np.float32([0.5, 1.0, 1.5, 0.5, 1.0, 1.5, 20.0, 0.9])
     adv = np.float32([1.0, 1.0, 1.0, -1.0, -1.0, -2.0, -2.0, 0.0])
+
     def total(r):
         return jnp.sum(losses.ppo_clip_loss(r, jnp.asarray(adv), eps_low, eps_high, dual_c).loss_bt)
+
     out = losses.ppo_clip_loss(jnp.asarray(ratio), jnp.asarray(adv), eps_low, eps_high, dual_c)
     np.testing.assert_allclose(out.loss_bt, np_ppo(ratio, adv, eps_low, eps_high, dual_c), rtol=1e-6)
     grad = np.asarray(jax.grad(total)(jnp.asarray(ratio)))
@@ -194,16 +204,25 @@ def test_ppo_clip_values_and_zero_gradients_where_clipped():
 
 # ---------------------------------------------------------------- composed loss
 # Every aggregation mode, both ratio levels (GSPO with its small clip range) and every estimator.
-@pytest.mark.parametrize("mode,ratio_level,estimator,eps", [
-    ("token-mean", "token", "low_var_kl", (0.2, 0.28)),
-    ("seq-mean-token-mean", "sequence", "k1", (3e-4, 4e-4)),
-    ("seq-mean-token-sum-norm", "token", "k3", (0.2, 0.28)),
-    ("token-mean", "sequence", "k3", (3e-4, 4e-4)),
-])
+@pytest.mark.parametrize(
+    "mode,ratio_level,estimator,eps",
+    [
+        ("token-mean", "token", "low_var_kl", (0.2, 0.28)),
+        ("seq-mean-token-mean", "sequence", "k1", (3e-4, 4e-4)),
+        ("seq-mean-token-sum-norm", "token", "k3", (0.2, 0.28)),
+        ("token-mean", "sequence", "k3", (3e-4, 4e-4)),
+    ],
+)
 def test_policy_loss_matches_numpy(mode, ratio_level, estimator, eps):
     norm_length = 16 if mode == "seq-mean-token-sum-norm" else None
-    config = LossConfig(loss_agg_mode=mode, ratio_level=ratio_level, kl_estimator=estimator,
-                        seq_sum_norm_length=norm_length, eps_low=eps[0], eps_high=eps[1])
+    config = LossConfig(
+        loss_agg_mode=mode,
+        ratio_level=ratio_level,
+        kl_estimator=estimator,
+        seq_sum_norm_length=norm_length,
+        eps_low=eps[0],
+        eps_high=eps[1],
+    )
     logp, old, ref, adv, ent, mask = random_batch(4, spread=0.5)
     adv[0], mask[0, :2], logp[0, :2] = -1.5, 1.0, old[0, :2] + 3.0  # ratio e^3 > c with A < 0: dual clip
     loss, metrics = jit_policy_loss(*map(jnp.asarray, (logp, old, ref, adv, ent, mask)), config=config)
@@ -250,16 +269,21 @@ def test_unknown_names_suggest_the_closest():
     with pytest.raises(ConfigError, match="dual_clip_c"):
         LossConfig(dual_clip_c=0.5)
     with pytest.raises(ValueError, match="ref_logp_bt"):
-        losses.policy_loss(*map(jnp.asarray, random_batch(0)[:2]), None, *map(jnp.asarray, random_batch(0)[3:]),
-                           LossConfig())
+        losses.policy_loss(
+            *map(jnp.asarray, random_batch(0)[:2]), None, *map(jnp.asarray, random_batch(0)[3:]), LossConfig()
+        )
 
 
 def test_config_defaults_and_yaml_overrides(tmp_path):
     path = tmp_path / "loss.yaml"
     path.write_text("eps_high: 0.3\nloss_agg_mode: seq-mean-token-sum-norm\n")
     config = load(LossConfig, path, ["seq_sum_norm_length=24576", "dual_clip_c=none"])
-    assert dataclasses.replace(config, eps_high=0.28, loss_agg_mode="token-mean", seq_sum_norm_length=None,
-                               dual_clip_c=10.0) == LossConfig()
+    assert (
+        dataclasses.replace(
+            config, eps_high=0.28, loss_agg_mode="token-mean", seq_sum_norm_length=None, dual_clip_c=10.0
+        )
+        == LossConfig()
+    )
     assert (config.eps_high, config.seq_sum_norm_length, config.dual_clip_c) == (0.3, 24576, None)
     default = LossConfig()
     assert (default.eps_low, default.kl_coef, default.entropy_coef, default.kl_clamp) == (0.2, 0.1, 0.001, 10.0)
@@ -273,8 +297,11 @@ def test_seq_mean_token_sum_norm_divides_by_constants_only():
     loss, mask = jnp.asarray(loss_bt), jnp.asarray(mask_bt)
     value = float(losses.aggregate(loss, mask, "seq-mean-token-sum-norm", 100))
     assert value == pytest.approx(float(np.sum(loss_bt * mask_bt)) / 100 / 4, rel=1e-6)
-    padded = float(losses.aggregate(jnp.pad(loss, ((0, 0), (0, 23))), jnp.pad(mask, ((0, 0), (0, 23))),
-                                    "seq-mean-token-sum-norm", 100))
+    padded = float(
+        losses.aggregate(
+            jnp.pad(loss, ((0, 0), (0, 23))), jnp.pad(mask, ((0, 0), (0, 23))), "seq-mean-token-sum-norm", 100
+        )
+    )
     assert padded == pytest.approx(value, rel=1e-6)  # the old divisor followed the padded length (9 -> 32)
     emptied = float(losses.aggregate(loss, mask.at[1].set(0.0), "seq-mean-token-sum-norm", 100))
     others = float(np.sum((loss_bt * mask_bt)[[0, 2, 3]])) / 100 / 4

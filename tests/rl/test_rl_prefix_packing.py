@@ -2,6 +2,7 @@
 gradient equal those of the unshared batch, with ragged continuations, several groups per row, both mask
 forms (one masked attention, also on splash; two-level with a log-sum-exp merge) and micro-batches, through
 the Trainer's reference-model and recompute passes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,9 @@ from envtune_jax.rl.prefix_packing import pack_shared_prefix, sample_order
 from envtune_jax.rl.rl_config import LossConfig
 from envtune_jax.rl.train_step import Trainer, TrainStepConfig, sampled_logprobs
 
-CFG = Qwen3Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=8)
+CFG = Qwen3Config(
+    vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8
+)
 CHUNKS = dict(temperature=1.0, chunk_t=16, chunk_v=40)
 
 
@@ -115,18 +117,43 @@ def test_trainer_step_with_reference_and_recompute_passes_matches(setup):
     base = TrainStepConfig(old_logprobs="recompute", logprob_chunk_t=16, logprob_chunk_v=40)
     metrics = {}
     for name, mode, micro, batch, model in (
-            ("plain", "off", 0, pack_batch(tokens, masks, logprobs, advantages), graphdef),
-            ("shared", "two_level", 1, pack_shared_prefix(tokens, masks, logprobs, advantages, groups,
-                                                          groups_per_row=2, rows_multiple=1), graphdef),
-            ("splash", "mask", 1, pack_shared_prefix(tokens, masks, logprobs, advantages, groups, groups_per_row=2,
-                                                     rows_multiple=1, two_level=False), splash_graphdef)):
-        trainer = Trainer(model, loss_cfg, OptimizerConfig(learning_rate=1e-3),
-                          dataclasses.replace(base, micro_batch_size=micro, shared_prefix=mode))
+        ("plain", "off", 0, pack_batch(tokens, masks, logprobs, advantages), graphdef),
+        (
+            "shared",
+            "two_level",
+            1,
+            pack_shared_prefix(tokens, masks, logprobs, advantages, groups, groups_per_row=2, rows_multiple=1),
+            graphdef,
+        ),
+        (
+            "splash",
+            "mask",
+            1,
+            pack_shared_prefix(
+                tokens, masks, logprobs, advantages, groups, groups_per_row=2, rows_multiple=1, two_level=False
+            ),
+            splash_graphdef,
+        ),
+    ):
+        trainer = Trainer(
+            model,
+            loss_cfg,
+            OptimizerConfig(learning_rate=1e-3),
+            dataclasses.replace(base, micro_batch_size=micro, shared_prefix=mode),
+        )
         copy = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
         _, out = trainer.step(trainer.init(copy), ref_params, batch)
         metrics[name] = {k: float(v) for k, v in jax.device_get(out).items()}
-    for key in ("loss", "kl", "entropy", "pg_loss", "grad_norm", "model_tokens", "sampler_logp_abs_diff",
-                "sampler_ratio_outside_clip"):
+    for key in (
+        "loss",
+        "kl",
+        "entropy",
+        "pg_loss",
+        "grad_norm",
+        "model_tokens",
+        "sampler_logp_abs_diff",
+        "sampler_ratio_outside_clip",
+    ):
         for name in ("shared", "splash"):
             want, got = metrics["plain"][key], metrics[name][key]
             assert abs(got - want) <= 1e-5 * max(abs(want), 1e-3), (name, key, got, want)
@@ -157,10 +184,14 @@ def test_the_learner_packs_groups_once_when_the_train_step_shares_prefixes():
     from envtune_jax.rl.train_step import TrainState
 
     tokens, masks, logprobs, advantages, groups = _trajectories()
-    trajectories = [Trajectory(f"e{i}", "synthetic", g, t, m, lp.astype(np.float32), None, False)
-                    for i, (t, m, lp, g) in enumerate(zip(tokens, masks, logprobs, groups))]
-    trainer = SimpleNamespace(step_cfg=TrainStepConfig(shared_prefix="two_level", micro_batch_size=2),
-                              init=lambda params: TrainState(params, None, jnp.zeros((), jnp.int32)))
+    trajectories = [
+        Trajectory(f"e{i}", "synthetic", g, t, m, lp.astype(np.float32), None, False)
+        for i, (t, m, lp, g) in enumerate(zip(tokens, masks, logprobs, groups))
+    ]
+    trainer = SimpleNamespace(
+        step_cfg=TrainStepConfig(shared_prefix="two_level", micro_batch_size=2),
+        init=lambda params: TrainState(params, None, jnp.zeros((), jnp.int32)),
+    )
     learner = PolicyLearner(init_model(CFG), None, trainer, None, LossConfig(kl_coef=0.0))
     batch, rows = learner._train_batch(trajectories, advantages)
     assert isinstance(batch.tokens_bt, PrefixRows) and rows == len(trajectories)

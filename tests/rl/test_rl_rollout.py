@@ -4,6 +4,7 @@ calls than fixed waves would take), the samples of a group that start together s
 trajectory's sampler log-probs are the trainer's recomputation (forked prompts included: samples that
 start while another sample of their prompt is live copy its cache), the same rng gives the same rollout,
 decoded whole steps at a time or in chunks."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,10 +12,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from envtune_jax.environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks
 from envtune_jax.chat.chat_config import ChatConfig
 from envtune_jax.chat.conversation import TokenConversation
 from envtune_jax.chat.tokenizer import compact_qwen_tokenizer, stop_token_ids
+from envtune_jax.environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks
 from envtune_jax.models.generation.buckets import BucketConfig
 from envtune_jax.models.generation.engine import GenerationEngine
 from envtune_jax.models.generation.reference import reference_logprobs
@@ -45,13 +46,20 @@ def play(setup, rng: int, decode_chunk: int = 0, sampling: SamplingParams | None
     episodes = [SyntheticEpisode(make_synthetic_tasks(1, short, seed=1)[0], short) for _ in range(SAMPLES)]
     episodes += [SyntheticEpisode(make_synthetic_tasks(1, long, seed=2)[0], long) for _ in range(SAMPLES)]
     groups = [0] * SAMPLES + [1] * SAMPLES
-    sampling = sampling or SamplingParams(temperature=1.0, max_new_tokens=NEW_TOKENS,
-                                          stop_token_ids=stop_token_ids(tokenizer))
-    config = RolloutConfig(max_prompt_tokens=128, max_response_tokens=128, max_context_tokens=256,
-                           max_new_tokens_per_step=NEW_TOKENS, decode_chunk=decode_chunk)
+    sampling = sampling or SamplingParams(
+        temperature=1.0, max_new_tokens=NEW_TOKENS, stop_token_ids=stop_token_ids(tokenizer)
+    )
+    config = RolloutConfig(
+        max_prompt_tokens=128,
+        max_response_tokens=128,
+        max_context_tokens=256,
+        max_new_tokens_per_step=NEW_TOKENS,
+        decode_chunk=decode_chunk,
+    )
     stats = RolloutStats()
-    trajectories = run_rollouts(engine, tokenizer, ChatConfig(), episodes, groups, sampling, config, rng=rng,
-                                stats=stats, on_phase=on_phase)
+    trajectories = run_rollouts(
+        engine, tokenizer, ChatConfig(), episodes, groups, sampling, config, rng=rng, stats=stats, on_phase=on_phase
+    )
     return trajectories, stats
 
 
@@ -129,8 +137,9 @@ def test_steps_that_end_early_rejoin_between_chunks_with_the_same_rollout(setup)
     sampled = [t.token_ids[t.loss_mask > 0] for t in free_run]
     counts = np.bincount(np.concatenate(sampled))
     in_steps = {int(token) for token in np.flatnonzero(counts)}
-    stop = next(token for token in sorted(in_steps, key=lambda t: -counts[t])
-                if not all(token in ids for ids in sampled))  # frequent, but not in every trajectory
+    stop = next(
+        token for token in sorted(in_steps, key=lambda t: -counts[t]) if not all(token in ids for ids in sampled)
+    )  # frequent, but not in every trajectory
     greedy = SamplingParams(greedy=True, max_new_tokens=NEW_TOKENS, stop_token_ids=(stop,))
     whole, _ = play(setup, rng=0, sampling=greedy)
     chunked, _ = play(setup, rng=0, decode_chunk=4, sampling=greedy)
@@ -173,10 +182,15 @@ def test_the_configured_token_limits_are_the_real_caps(setup, limit):
         prompt_lengths[episode.episode_id] = len(conversation)
     # two 6-token steps and their ~18-token replies leave 2-4 tokens of 52: the third step must be cut short
     cap = 52 if limit == "max_response_tokens" else max(prompt_lengths.values()) + 52
-    config = dataclasses.replace(RolloutConfig(max_prompt_tokens=256, max_response_tokens=256, max_context_tokens=256,
-                                               max_new_tokens_per_step=NEW_TOKENS), **{limit: cap})
-    trajectories = run_rollouts(engine, tokenizer, ChatConfig(), episodes, list(range(len(episodes))), sampling,
-                                config, rng=1)
+    config = dataclasses.replace(
+        RolloutConfig(
+            max_prompt_tokens=256, max_response_tokens=256, max_context_tokens=256, max_new_tokens_per_step=NEW_TOKENS
+        ),
+        **{limit: cap},
+    )
+    trajectories = run_rollouts(
+        engine, tokenizer, ChatConfig(), episodes, list(range(len(episodes))), sampling, config, rng=1
+    )
     clipped_steps = 0
     for t in trajectories:
         prompt = prompt_lengths[t.episode_id]
@@ -197,15 +211,21 @@ def test_a_shared_prefix_engine_plays_the_same_rollout(setup):
     from envtune_jax.models.generation.prefix_config import SharedPrefixConfig
 
     model, _, engine = setup
-    shared = GenerationEngine(model, batch_size=SLOTS, max_cache_len=256, cache_dtype="float32",
-                              buckets=engine.buckets, shared_prefix=SharedPrefixConfig(lanes=3, regions=2))
+    shared = GenerationEngine(
+        model,
+        batch_size=SLOTS,
+        max_cache_len=256,
+        cache_dtype="float32",
+        buckets=engine.buckets,
+        shared_prefix=SharedPrefixConfig(lanes=3, regions=2),
+    )
     want, _ = play(setup, rng=0)
     got, stats = play(setup, rng=0, engine=shared)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a.token_ids, b.token_ids)
         np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
         np.testing.assert_allclose(a.sampler_logprobs, b.sampler_logprobs, atol=1e-5)
-    prompt_tokens = [len(t.token_ids) - len(t.loss_mask[np.argmax(t.loss_mask > 0):]) for t in (got[0], got[3])]
+    prompt_tokens = [len(t.token_ids) - len(t.loss_mask[np.argmax(t.loss_mask > 0) :]) for t in (got[0], got[3])]
     assert shared.extend_tokens["prefix_appended"] == sum(prompt_tokens)  # one prefill per task
     assert stats.shared_prompts == 2
 
@@ -218,14 +238,20 @@ def test_the_prompt_tokens_prefilled_count_each_groups_prompt_once(setup):
     from envtune_jax.rl.grpo import prefilled_tokens, prompt_tokens_prefilled
 
     model, _, engine = setup
-    shared = GenerationEngine(model, batch_size=SLOTS, max_cache_len=256, cache_dtype="float32",
-                              buckets=engine.buckets, shared_prefix=SharedPrefixConfig(lanes=3, regions=2))
+    shared = GenerationEngine(
+        model,
+        batch_size=SLOTS,
+        max_cache_len=256,
+        cache_dtype="float32",
+        buckets=engine.buckets,
+        shared_prefix=SharedPrefixConfig(lanes=3, regions=2),
+    )
     counted = {}
     for name, chosen in (("per_slot", engine), ("shared", shared)):
         before = prefilled_tokens(chosen)
         trajectories, stats = play(setup, rng=0, engine=chosen)
         counted[name] = (prompt_tokens_prefilled(chosen, before, stats), stats.shared_prompts)
-    prompt_tokens = [len(t.token_ids) - len(t.loss_mask[np.argmax(t.loss_mask > 0):]) for t in trajectories[::3]]
+    prompt_tokens = [len(t.token_ids) - len(t.loss_mask[np.argmax(t.loss_mask > 0) :]) for t in trajectories[::3]]
     assert counted["shared"][0] == sum(prompt_tokens)
     forks = counted["per_slot"][1]
     assert forks == 2 and counted["per_slot"][0] == sum(prompt_tokens) + forks

@@ -1,5 +1,6 @@
 """Run checkpoints: resume continues exactly; a save killed mid-way never becomes the latest; a checkpoint
 damaged afterwards is set aside and the newest one that restores is used."""
+
 from __future__ import annotations
 
 import jax
@@ -11,13 +12,15 @@ from flax import nnx
 from envtune_jax.models.config import Qwen3Config
 from envtune_jax.models.hf_io import CheckpointError
 from envtune_jax.models.qwen3 import init_model
+from envtune_jax.rl.batch import dense_to_packed
 from envtune_jax.rl.optimizer import OptimizerConfig
 from envtune_jax.rl.rl_config import LossConfig
 from envtune_jax.rl.run_checkpoint import RunCheckpointer
-from envtune_jax.rl.batch import dense_to_packed
 from envtune_jax.rl.train_step import Trainer, TrainStepConfig
 
-CFG = Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8)
+CFG = Qwen3Config(
+    vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8
+)
 
 
 def _batch(seed):
@@ -35,12 +38,16 @@ def test_resume_gives_the_same_next_step_loss(tmp_path):
     for i in range(2):
         state, _ = trainer.step(state, ref, _batch(i))
     checkpointer = RunCheckpointer(tmp_path / "ckpt", keep=2)
-    checkpointer.save(2, state, ref, {"step": 2, "stage": "stage2", "rng": [1, 2], "data_position": 7, "history": [0.5]})
+    checkpointer.save(
+        2, state, ref, {"step": 2, "stage": "stage2", "rng": [1, 2], "data_position": 7, "history": [0.5]}
+    )
     checkpointer.wait()
     _, uninterrupted = trainer.step(jax.tree.map(jnp.copy, state), ref, _batch(2))
 
     fresh = trainer.init(jax.tree.map(jnp.zeros_like, params))
-    restored_state, restored_ref, record = RunCheckpointer(tmp_path / "ckpt").restore(fresh, jax.tree.map(jnp.zeros_like, params))
+    restored_state, restored_ref, record = RunCheckpointer(tmp_path / "ckpt").restore(
+        fresh, jax.tree.map(jnp.zeros_like, params)
+    )
     assert record["stage"] == "stage2" and record["data_position"] == 7 and int(restored_state.step) == 2
     _, resumed = trainer.step(restored_state, restored_ref, _batch(2))
     assert float(resumed["loss"]) == float(uninterrupted["loss"])
@@ -84,8 +91,9 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_newest_that_restores(
     assert record["step"] == 1
     assert len(said) == 1 and "\n" not in said[0], said
     assert said[0].startswith("checkpoints step 3 (ValueError: ") and ", step 2 (JSONDecodeError: " in said[0]
-    assert said[0].endswith(f"were moved to {tmp_path / 'unreadable_checkpoints'}; resuming from step 1, the newest "
-                            "that restores")
+    assert said[0].endswith(
+        f"were moved to {tmp_path / 'unreadable_checkpoints'}; resuming from step 1, the newest that restores"
+    )
     assert sorted(p.name for p in (tmp_path / "unreadable_checkpoints").iterdir()) == ["2", "3"]
     # the run goes on from step 1: its next saves are kept (Orbax skips steps up to the newest one it holds)
     reopened.save(2, state, params, {"step": 2, "again": True})

@@ -1,4 +1,5 @@
 """Stage data: subsets from either source, shortest-first limits, and the resumable draw order."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,4 +37,4 @@ def test_draw_resumes_at_any_position():
     entries = load_subset("validation", source="package")
     whole = draw(entries, 0, 3 * len(entries), seed=7)
     assert draw(entries, 5, 10, seed=7) == whole[5:15]
-    assert sorted(id(e) for e in whole[:len(entries)]) == sorted(id(e) for e in entries)  # an epoch is a permutation
+    assert sorted(id(e) for e in whole[: len(entries)]) == sorted(id(e) for e in entries)  # an epoch is a permutation

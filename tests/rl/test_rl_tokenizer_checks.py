@@ -1,5 +1,6 @@
 """Stop ids and tokenizer/model agreement where a run starts: `envtune train` and the evaluation policy
 take the end-of-message ids from the checkpoint's tokenizer, and refuse a tokenizer from another model."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,8 @@ import pytest
 from envtune_jax.chat.tokenizer import TokenizerLoadError, compact_qwen_tokenizer, default_tokenizer
 from envtune_jax.config import ConfigError
 from envtune_jax.models.generation.sampling import QWEN3_STOP_TOKEN_IDS
-from envtune_jax.rl.model_policy import ModelPolicy
 from envtune_jax.rl.grpo_loop import check_tokenizer
+from envtune_jax.rl.model_policy import ModelPolicy
 
 
 def test_train_accepts_the_qwen3_tokenizer_with_the_default_stop_ids():
@@ -17,7 +18,9 @@ def test_train_accepts_the_qwen3_tokenizer_with_the_default_stop_ids():
 
 def test_train_names_the_stop_ids_a_different_tokenizer_needs():
     compact = compact_qwen_tokenizer(1000)  # <|im_end|> = 1002, <|endoftext|> = 1000
-    with pytest.raises(ConfigError, match=r"lack this tokenizer's <\|im_end\|> id 1002; set sampler.stop_token_ids=\[1002,1000\]"):
+    with pytest.raises(
+        ConfigError, match=r"lack this tokenizer's <\|im_end\|> id 1002; set sampler.stop_token_ids=\[1002,1000\]"
+    ):
         check_tokenizer(compact, 1026, QWEN3_STOP_TOKEN_IDS)
     check_tokenizer(compact, 1026, (1002, 1000))
 

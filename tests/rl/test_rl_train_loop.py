@@ -9,6 +9,7 @@ refused; allowed, it falls back to the step-1 checkpoint (written at the stage b
 and produces the same step 2 as A — same trajectories (tokens, rewards), same loss and gradient norm
 (the learning rate acts only after them) — logged once, with both sets of settings kept.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,17 @@ COMPARED = ("loss", "grad_norm", "reward_mean", "tokens", "kl", "entropy")
 
 
 def _overrides(run_dir: Path, *more: str) -> list[str]:
-    return [f"run_dir={run_dir}", "stages=[../stages/stage1_syntax.yaml,../stages/stage2_hints.yaml]",
-            "checkpoint.async_save=false", "checkpoint.keep=3", "logging.tensorboard=false",
-            "logging.progress_bar=false", "sampler.batch_size=2", "rollout.max_new_tokens_per_step=6", *more]
+    return [
+        f"run_dir={run_dir}",
+        "stages=[../stages/stage1_syntax.yaml,../stages/stage2_hints.yaml]",
+        "checkpoint.async_save=false",
+        "checkpoint.keep=3",
+        "logging.tensorboard=false",
+        "logging.progress_bar=false",
+        "sampler.batch_size=2",
+        "rollout.max_new_tokens_per_step=6",
+        *more,
+    ]
 
 
 def _config(run_dir: Path, *overrides: str):
@@ -50,8 +59,9 @@ def test_train_runs_the_curriculum_and_resumes_exactly_after_a_kill(tmp_path, ca
     metrics = _metrics(straight)
     assert sorted(metrics) == [1, 2] and [metrics[1]["stage"], metrics[2]["stage"]] == [0, 1]
     for name in ("stage1_syntax", "stage2_hints"):
-        assert (straight / "export" / name / "model.safetensors.index.json").exists() or \
-            any((straight / "export" / name).glob("*.safetensors"))
+        assert (straight / "export" / name / "model.safetensors.index.json").exists() or any(
+            (straight / "export" / name).glob("*.safetensors")
+        )
     assert (straight / "final").is_dir() and (straight / "config.yaml").is_file()
     assert json.loads((straight / "finished.json").read_text())["step"] == 2
     assert [p.name for p in (straight / "configs").iterdir()] == ["config.step0.yaml"]

@@ -1,5 +1,6 @@
 """The train step: accumulation over micro-batches is exact, the loss equals the plain formulation,
 and optimisation moves log-probs in the direction of the advantages."""
+
 from __future__ import annotations
 
 import jax
@@ -11,13 +12,15 @@ from flax import nnx
 from envtune_jax.config import ConfigError
 from envtune_jax.models.config import Qwen3Config
 from envtune_jax.models.qwen3 import init_model
+from envtune_jax.rl.batch import dense_to_packed
 from envtune_jax.rl.losses import policy_loss
 from envtune_jax.rl.optimizer import OptimizerConfig
 from envtune_jax.rl.rl_config import LossConfig
-from envtune_jax.rl.batch import dense_to_packed
 from envtune_jax.rl.train_step import Trainer, TrainStepConfig
 
-CFG = Qwen3Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+CFG = Qwen3Config(
+    vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8
+)
 B, T = 4, 24
 
 
@@ -26,7 +29,7 @@ def _batch(seed=0):
     tokens = rng.randint(0, CFG.vocab_size, (B, T)).astype(np.int32)
     mask = np.zeros((B, T), np.float32)
     for b in range(B):
-        mask[b, 6 + b: 18 + b] = 1.0  # model tokens after a prompt; ragged ends
+        mask[b, 6 + b : 18 + b] = 1.0  # model tokens after a prompt; ragged ends
     old = np.where(mask > 0, -np.log(CFG.vocab_size) + 0.05 * rng.randn(B, T), 0.0).astype(np.float32)
     adv = np.array([1.0, -1.0, 0.5, -0.5], np.float32)
     return tokens, mask, old, adv
@@ -118,9 +121,16 @@ def test_both_modes_log_the_sampler_trainer_mismatch(setup, whole_batch_trainer,
     mean |Δ log p| and the share of tokens whose ratio leaves the clip range; recompute trains at ratio 1."""
     graphdef, params = setup
     tokens, mask, _, adv = _batch(3)
-    trainer = whole_batch_trainer if mode == "sampler" else Trainer(
-        graphdef, LossConfig(), OptimizerConfig(),
-        TrainStepConfig(logprob_chunk_t=8, logprob_chunk_v=40, old_logprobs="recompute"))
+    trainer = (
+        whole_batch_trainer
+        if mode == "sampler"
+        else Trainer(
+            graphdef,
+            LossConfig(),
+            OptimizerConfig(),
+            TrainStepConfig(logprob_chunk_t=8, logprob_chunk_v=40, old_logprobs="recompute"),
+        )
+    )
     exact, _ = trainer.logprobs(params, jnp.asarray(tokens))
     offsets = np.where(np.arange(T) % 3 == 0, 0.5, 0.01).astype(np.float32)  # every third token way off
     sampler = np.asarray(exact) + offsets[None, :]
@@ -145,9 +155,19 @@ def test_per_micro_batch_weighting_is_the_mean_of_micro_batch_token_means(setup)
     tokens, mask, old, adv = _batch(4)
     mask[0, 6:16] = 0.0  # row 0 keeps 2 tokens, the others 12: micro-batch token counts differ
     batch = dense_to_packed(tokens, mask, old, adv)
-    verl = Trainer(graphdef, LossConfig(kl_coef=0.0, entropy_coef=0.0), OptimizerConfig(learning_rate=1e-3),
-                   TrainStepConfig(micro_batch_size=2, loss_weighting="per_micro_batch", weighting_micro_batch_rows=2,
-                                   logprob_chunk_t=8, logprob_chunk_v=40, old_logprobs="sampler"))
+    verl = Trainer(
+        graphdef,
+        LossConfig(kl_coef=0.0, entropy_coef=0.0),
+        OptimizerConfig(learning_rate=1e-3),
+        TrainStepConfig(
+            micro_batch_size=2,
+            loss_weighting="per_micro_batch",
+            weighting_micro_batch_rows=2,
+            logprob_chunk_t=8,
+            logprob_chunk_v=40,
+            old_logprobs="sampler",
+        ),
+    )
     _, verl_metrics = verl.step(verl.init(_copy(params)), None, batch)
     logp = np.asarray(verl.logprobs(params, jnp.asarray(tokens))[0])
     loss_cfg = LossConfig(kl_coef=0.0, entropy_coef=0.0)

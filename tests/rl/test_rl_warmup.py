@@ -1,5 +1,6 @@
 """The synthetic run's pieces: doc styles, the partly-right warm-up demonstrations, and one small
 end-to-end run_synthetic (warm-up steps, then GRPO iterations through the real engine and train step)."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,10 @@ import random
 import numpy as np
 import pytest
 
-from envtune_jax.environments.config import EnvironmentConfig
-from envtune_jax.environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks, system_line
 from envtune_jax.chat import default_tokenizer
 from envtune_jax.chat.chat_config import ChatConfig
+from envtune_jax.environments.config import EnvironmentConfig
+from envtune_jax.environments.synthetic import SyntheticConfig, SyntheticEpisode, make_synthetic_tasks, system_line
 from envtune_jax.rl.synthetic_run import FOUR_VALUE_DEVICES, load_synthetic_recipe, run_synthetic
 from envtune_jax.rl.warmup import demos_batch, weak_prior_demos
 
@@ -50,8 +51,9 @@ def test_weak_prior_demos_name_the_requested_device(value_accuracy):
     tokenizer, chat = default_tokenizer(), ChatConfig()
     tasks = make_synthetic_tasks(40, CONFIG, seed=3)
     episodes = [SyntheticEpisode(t, CONFIG, EnvironmentConfig.training(augmented=True)) for t in tasks]
-    demos = weak_prior_demos(episodes, tokenizer, chat, device_accuracy=1.0, value_accuracy=value_accuracy,
-                             rng=random.Random(0))
+    demos = weak_prior_demos(
+        episodes, tokenizer, chat, device_accuracy=1.0, value_accuracy=value_accuracy, rng=random.Random(0)
+    )
     values_right = []
     for task, episode, demo in zip(tasks, episodes, demos):
         steps = _assistant_texts(demo, tokenizer)
@@ -75,8 +77,7 @@ def test_misspelt_demonstrations_get_feedback_and_a_retry_only_when_augmented(au
     tokenizer, chat = default_tokenizer(), ChatConfig()
     tasks = make_synthetic_tasks(30, CONFIG, seed=5)
     episodes = [SyntheticEpisode(t, CONFIG, EnvironmentConfig.training(augmented=augmented)) for t in tasks]
-    demos = weak_prior_demos(episodes, tokenizer, chat, 1.0, 1.0, random.Random(1), syntax_accuracy=0.0,
-                             max_attempts=2)
+    demos = weak_prior_demos(episodes, tokenizer, chat, 1.0, 1.0, random.Random(1), syntax_accuracy=0.0, max_attempts=2)
     for task, episode, demo in zip(tasks, episodes, demos):
         steps = _assistant_texts(demo, tokenizer)
         counters = episode.outcome().counters
@@ -97,11 +98,20 @@ def test_weak_prior_demos_reject_probabilities_outside_0_1():
 
 
 def test_run_synthetic_end_to_end_small(tmp_path):
-    recipe = load_synthetic_recipe(["tasks.count=8", "warmup.steps=2", "warmup.batch=4", "stage.max_steps=2",
-                                    "stage.prompts_per_step=2", "stage.samples_per_prompt=2",
-                                    "run.sampler.batch_size=4", "run.sampler.max_cache_len=128",
-                                    "run.rollout.max_response_tokens=128",
-                                    "run.rollout.max_context_tokens=128"])
+    recipe = load_synthetic_recipe(
+        [
+            "tasks.count=8",
+            "warmup.steps=2",
+            "warmup.batch=4",
+            "stage.max_steps=2",
+            "stage.prompts_per_step=2",
+            "stage.samples_per_prompt=2",
+            "run.sampler.batch_size=4",
+            "run.sampler.max_cache_len=128",
+            "run.rollout.max_response_tokens=128",
+            "run.rollout.max_context_tokens=128",
+        ]
+    )
     seen = []
     result = run_synthetic(recipe, tmp_path, on_step=lambda step, record: seen.append(step))
     assert seen == [0, 1] and [r["step"] for r in result.history] == [1, 2]  # records: optimizer steps taken

@@ -1,6 +1,7 @@
 """A run directory's settings checks, made before any model loads: a resume with other settings is refused
 unless allowed (runtime settings excepted), every set of settings is kept with the step it started at,
 a finished run is recognised."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,13 @@ import yaml
 
 from envtune_jax.rl.run_config import load_run_config
 from envtune_jax.rl.run_dir import (
-    SettingsChanged, inspect_run_dir, mark_finished, record_settings, run_settings, settings_changes, settings_history,
+    SettingsChanged,
+    inspect_run_dir,
+    mark_finished,
+    record_settings,
+    run_settings,
+    settings_changes,
+    settings_history,
 )
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "tiny_cpu.yaml"
@@ -26,9 +33,14 @@ def test_a_resume_with_other_settings_is_refused_naming_them(tmp_path):
     cfg, stages = _config(tmp_path)
     record_settings(tmp_path, cfg, stages, 0)
     assert inspect_run_dir(tmp_path, cfg, stages, [], allow_change=False).latest_checkpoint is None
-    changed, changed_stages = _config(tmp_path, "seed=1", "optimizer.learning_rate=2e-4", "data.limit_per_category=3",
-                                      "stage_overrides=[max_steps=3,rollout.max_response_tokens=1024,"
-                                      "prompts_per_step=1,samples_per_prompt=2,validation_every=0,advance.kind=fixed]")
+    changed, changed_stages = _config(
+        tmp_path,
+        "seed=1",
+        "optimizer.learning_rate=2e-4",
+        "data.limit_per_category=3",
+        "stage_overrides=[max_steps=3,rollout.max_response_tokens=1024,"
+        "prompts_per_step=1,samples_per_prompt=2,validation_every=0,advance.kind=fixed]",
+    )
     assert inspect_run_dir(tmp_path, changed, changed_stages, [], allow_change=False).changes == ()  # nothing trained
     with pytest.raises(SettingsChanged) as refused:
         inspect_run_dir(tmp_path, changed, changed_stages, [4], allow_change=False)
@@ -44,8 +56,15 @@ def test_a_resume_with_other_settings_is_refused_naming_them(tmp_path):
 def test_runtime_settings_may_change_on_resume(tmp_path):
     cfg, stages = _config(tmp_path)
     record_settings(tmp_path, cfg, stages, 0)
-    moved, moved_stages = _config(tmp_path / "elsewhere", "mesh.fsdp=2", "mesh.data=-1", "checkpoint.keep=9",
-                                  "logging.tensorboard=false", "model.attention_impl=reference", "model.remat=full")
+    moved, moved_stages = _config(
+        tmp_path / "elsewhere",
+        "mesh.fsdp=2",
+        "mesh.data=-1",
+        "checkpoint.keep=9",
+        "logging.tensorboard=false",
+        "model.attention_impl=reference",
+        "model.remat=full",
+    )
     assert inspect_run_dir(tmp_path, moved, moved_stages, [3], allow_change=False).changes == ()
 
 
@@ -54,7 +73,8 @@ def test_a_changed_stage_list_is_a_change(tmp_path):
     record_settings(tmp_path, cfg, stages, 0)
     one, one_stage = load_run_config(RECIPE, [f"run_dir={tmp_path}", "stages=[../stages/stage1_syntax.yaml]"])
     assert settings_changes(run_settings(cfg, stages), run_settings(one, one_stage)) == [
-        "stages: ['stage1_syntax', 'stage2_hints'] → ['stage1_syntax']"]
+        "stages: ['stage1_syntax', 'stage2_hints'] → ['stage1_syntax']"
+    ]
 
 
 def test_each_set_of_settings_is_kept_with_the_step_it_started_at(tmp_path):
@@ -90,8 +110,7 @@ def test_a_finished_run_is_recognised_with_its_own_settings_only(tmp_path):
 def test_rewrite_final_on_a_run_that_is_not_finished_is_refused_before_anything_loads(tmp_path, capsys):
     from envtune_jax.cli.main import main
 
-    assert main(["train", "--config", str(RECIPE), f"run_dir={tmp_path / 'run'}", TWO_STAGES,
-                 "--rewrite-final"]) == 2
+    assert main(["train", "--config", str(RECIPE), f"run_dir={tmp_path / 'run'}", TWO_STAGES, "--rewrite-final"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--rewrite-final:" in err and "holds no finished run" in err
 

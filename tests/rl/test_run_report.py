@@ -1,5 +1,6 @@
 """The end-of-training summary (rl/run_summary.py) and `envtune plot` (rl/run_plot.py) on a run folder
 as `envtune train` leaves it: metrics.jsonl with a step logged twice (a resume) and a line cut short."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,17 +17,30 @@ STAGES = ["stage1_syntax", "stage2_hints", "stage3_hard"]
 
 
 def _record(step: int, stage: int, reward: float, accuracy: float, **extra) -> dict:
-    return {"step": step, "stage": stage, "stage_name": STAGES[stage], "reward_mean": reward, "accuracy": accuracy,
-            "kl": 0.01 * step, "entropy": 2.0 - 0.1 * step, "grad_norm": 1.0 + step, **extra}
+    return {
+        "step": step,
+        "stage": stage,
+        "stage_name": STAGES[stage],
+        "reward_mean": reward,
+        "accuracy": accuracy,
+        "kl": 0.01 * step,
+        "entropy": 2.0 - 0.1 * step,
+        "grad_norm": 1.0 + step,
+        **extra,
+    }
 
 
 @pytest.fixture
 def run_dir(tmp_path):
     run = tmp_path / "run"
     (run / "logs").mkdir(parents=True)
-    lines = [_record(1, 0, 0.1, 0.0), _record(2, 0, 0.3, 0.5, **{"val/accuracy": 0.25}),
-             _record(3, 1, 9.9, 9.9),  # logged before a kill ...
-             _record(3, 1, 0.4, 0.5), _record(4, 1, 0.6, 1.0)]  # ... and again after the resume
+    lines = [
+        _record(1, 0, 0.1, 0.0),
+        _record(2, 0, 0.3, 0.5, **{"val/accuracy": 0.25}),
+        _record(3, 1, 9.9, 9.9),  # logged before a kill ...
+        _record(3, 1, 0.4, 0.5),
+        _record(4, 1, 0.6, 1.0),
+    ]  # ... and again after the resume
     text = "\n".join(json.dumps(line) for line in lines) + '\n{"step": 5, "stage": 1, "rew'  # cut short
     (run / "logs" / "metrics.jsonl").write_text(text)
     (run / "config.yaml").write_text("run_dir: run\n")
@@ -45,10 +59,32 @@ def test_metrics_are_read_one_record_per_step(run_dir):
 def test_summary_gives_reward_and_accuracy_per_stage_and_the_written_paths(run_dir):
     table = stage_table(load_step_metrics(run_dir), STAGES).splitlines()
     assert table[0].split("  ")[0] == "stage"
-    assert table[1].split() == ["stage1_syntax", "2", "0.200", "(0.100", "→", "0.300)", "0.250", "(0.000", "→",
-                                "0.500)", "0.250"]
-    assert table[2].split() == ["stage2_hints", "2", "0.500", "(0.400", "→", "0.600)", "0.750", "(0.500", "→",
-                                "1.000)", "-"]
+    assert table[1].split() == [
+        "stage1_syntax",
+        "2",
+        "0.200",
+        "(0.100",
+        "→",
+        "0.300)",
+        "0.250",
+        "(0.000",
+        "→",
+        "0.500)",
+        "0.250",
+    ]
+    assert table[2].split() == [
+        "stage2_hints",
+        "2",
+        "0.500",
+        "(0.400",
+        "→",
+        "0.600)",
+        "0.750",
+        "(0.500",
+        "→",
+        "1.000)",
+        "-",
+    ]
     assert table[3].split() == ["stage3_hard", "0", "-", "-", "-"]  # never reached
     summary = run_summary(run_dir, STAGES)
     assert summary.startswith("training finished: 4 steps over 3 stages")
@@ -79,7 +115,9 @@ def test_plot_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err.startswith("envtune plot: error:") and "nowhere" in err and len(err.splitlines()) == 1
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a)
+    )
     assert main(["plot", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "envtune plot: error: matplotlib is not installed; pip install 'envtune-jax[plot]'"
