@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests compile many small programs: skipping LLVM's backend optimisation roughly halves compile time
@@ -21,6 +22,26 @@ os.environ.setdefault("BFCL_PROJECT_ROOT", os.path.join(os.path.dirname(__file__
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture
+def compilation_cache(tmp_path):
+    """A persistent compilation cache for this test only, in its temporary folder, caching every program: a test
+    that builds the same programs several times (a second engine, trainer or CLI command) compiles each once.
+    JAX's settings and cache state are restored after."""
+    from jax.experimental.compilation_cache import compilation_cache as cache
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    before = {name: getattr(jax.config, name) for name in names}
+    cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla-cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield tmp_path / "xla-cache"
+    for name, value in before.items():
+        jax.config.update(name, value)
+    cache.reset_cache()
 
 
 # ---------------------------------------------------------------- tiny HF checkpoints
