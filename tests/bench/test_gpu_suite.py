@@ -319,7 +319,8 @@ def test_first_light_dry_run_of_both_calls_on_cpu(tmp_path):
     """The two device calls of gpu_first_light.sh at tiny shapes: the first stops starting steps when its
     short budget runs out, the second runs exactly what the first left, and its table covers both calls."""
     env = {**os.environ, "PYTHON": sys.executable, "WHEELS": str(tmp_path / "no-wheels"),
-           "GPU_SUITE_ARGS": f"--tiny --state-dir {tmp_path / 'state'} --peers {tmp_path / 'no-peers'}"}
+           "GPU_SUITE_ARGS": f"--tiny --state-dir {tmp_path / 'state'} --peers {tmp_path / 'no-peers'}",
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     script = str(BENCHMARKS / "gpu_first_light.sh")
     first = subprocess.run(["bash", script, "first", "50"], env={**env, "OUT": str(tmp_path / "out1")},
                            capture_output=True, text=True)
