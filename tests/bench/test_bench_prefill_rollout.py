@@ -128,7 +128,7 @@ def test_choose_stage_names_the_choices():
         choose_stage(stages, "stage9")
 
 
-def test_bench_rollout_tiny_recipe_on_real_bfcl_environments(capsys):
+def test_bench_rollout_tiny_recipe_on_real_bfcl_environments(capsys, optimized_programs):
     record = _run_cli(["bench", "rollout", "--recipe", str(REPO / "configs/recipes/tiny_cpu.yaml"),
                        "--stage", "stage2_hints", "--prompts", "1", "--samples", "1", "--iterations", "1", "--no-warmup",
                        "data.source=package", "sampler.batch_size=1"])

@@ -128,7 +128,7 @@ def test_the_pipeline_block_is_the_five_documented_steps():
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("readme_pipeline")
-def test_readme_pipeline_and_help_examples_run_at_tiny_size(workdir, compilation_cache):
+def test_readme_pipeline_and_help_examples_run_at_tiny_size(workdir, compilation_cache, optimized_programs):
     tmp, hf_dir = workdir
     counter = [0]
     outputs = {}
