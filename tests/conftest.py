@@ -28,6 +28,26 @@ import jax  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+# The longest tests of `make test`, longest first, run before all others: pytest-xdist hands tests to its two
+# workers in collection order, so one of these collected last would run alone at the end of the suite.
+LONGEST_FIRST = (
+    "tests/bench/test_gpu_suite.py::test_first_light_dry_run_of_both_calls_on_cpu",
+    "tests/rl/test_rl_train_loop.py::test_train_runs_the_curriculum_and_resumes_exactly_after_a_kill",
+    "tests/rl/test_multihost.py::test_two_processes_train_resume_and_export_like_one_process",
+    "tests/cli/test_readme_pipeline.py::test_readme_pipeline_and_help_examples_run_at_tiny_size",
+    "tests/bench/test_bench_prefill_rollout.py::test_bench_rollout_tiny_recipe_on_real_bfcl_environments",
+    "tests/core/test_compile_cache.py::test_a_second_process_reuses_the_first_ones_programs",
+    "tests/generation/test_generation_multidevice.py::test_eight_device_mesh_gives_the_same_generations",
+    "tests/generation/test_generation_shared_prefix_multidevice.py::test_shared_prefixes_on_an_eight_device_mesh",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Moves LONGEST_FIRST to the front, in its order; the other tests keep theirs."""
+    rank = {nodeid: index for index, nodeid in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("@")[0], len(rank)))
+
+
 @pytest.fixture
 def optimized_programs():
     """XLA's optimisation (LLVM level 1) for the programs this test compiles, for tests that run the model over
