@@ -174,7 +174,7 @@ def test_choose_stage_names_the_choices():
         choose_stage(stages, "stage9")
 
 
-def test_bench_rollout_tiny_recipe_on_real_bfcl_environments(capsys):
+def test_bench_rollout_tiny_recipe_on_real_bfcl_environments(capsys, optimized_programs):
     record = _run_cli(
         [
             "bench",

@@ -118,28 +118,6 @@ def tiny(argv: list[str], hf_dir: Path, counter: list[int]) -> list[str]:
 
 
 @pytest.fixture
-def compilation_cache(tmp_path):
-    """A persistent compilation cache for this test only (JAX's settings and cache state restored after)."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as cache
-
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    before = {name: getattr(jax.config, name) for name in names}
-    cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla-cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    yield
-    for name, value in before.items():
-        jax.config.update(name, value)
-    cache.reset_cache()
-
-
-@pytest.fixture
 def workdir(tmp_path, monkeypatch):
     (tmp_path / "configs").symlink_to(REPO / "configs")
     monkeypatch.chdir(tmp_path)
@@ -165,7 +143,7 @@ def test_the_pipeline_block_is_the_five_documented_steps():
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("readme_pipeline")
-def test_readme_pipeline_and_help_examples_run_at_tiny_size(workdir, compilation_cache):
+def test_readme_pipeline_and_help_examples_run_at_tiny_size(workdir, compilation_cache, optimized_programs):
     tmp, hf_dir = workdir
     counter = [0]
     outputs = {}

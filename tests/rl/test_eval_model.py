@@ -80,14 +80,21 @@ def test_eval_passes_the_attention_choices_to_the_model(full_vocab_checkpoint):
 def test_kept_conversations_give_the_steps_of_fresh_prefills(full_vocab_checkpoint):
     """The model policy keeps each live episode's conversation cached and prefills only the tail of each
     re-rendered prompt; two episodes through one slot (the second takes it when the first ends) give the
-    same steps and records as a policy that prefills every prompt in full, for a fraction of the tokens."""
+    same steps and records as a policy that prefills every prompt in full, for a fraction of the tokens.
+    The episodes: a base and a miss-param test entry of three turns each with the shortest prompts
+    (~3.4k tokens of TradingBot documentation), since the full-prefill policy re-prefills every step's prompt."""
     from envtune_jax.environments.config import EnvironmentConfig
     from envtune_jax.environments.evaluation import BfclEpisode, run_episodes
     from envtune_jax.environments.split_sources import split_entries_from
-    from envtune_jax.environments.splits import first_per_category
     from envtune_jax.rl.model_policy import build_model_policy
 
-    entries = first_per_category(split_entries_from("package", "test", ("multi_turn_base", "multi_turn_miss_param")), 1)
+    chosen = ("multi_turn_base_115", "multi_turn_miss_param_105")
+    entries = [
+        entry
+        for entry in split_entries_from("package", "test", ("multi_turn_base", "multi_turn_miss_param"))
+        if entry.id in chosen
+    ]
+    assert [(entry.id, len(entry.question)) for entry in entries] == [(chosen[0], 3), (chosen[1], 3)]
 
     def play(reuse_cache):
         policy = build_model_policy(

@@ -51,7 +51,7 @@ def _metrics(run_dir: Path) -> dict[int, dict]:
 
 
 @pytest.mark.xdist_group("train_loop")
-def test_train_runs_the_curriculum_and_resumes_exactly_after_a_kill(tmp_path, capsys):
+def test_train_runs_the_curriculum_and_resumes_exactly_after_a_kill(tmp_path, capsys, optimized_programs):
     straight = tmp_path / "straight"
     cfg, stages = _config(straight)
     assert [stage.max_steps for stage in stages] == [1, 1]
