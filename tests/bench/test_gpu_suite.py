@@ -539,8 +539,6 @@ def test_first_light_dry_run_of_both_calls_on_cpu(tmp_path):
         "PYTHON": sys.executable,
         "WHEELS": str(tmp_path / "no-wheels"),
         "GPU_SUITE_ARGS": f"--tiny --state-dir {tmp_path / 'state'} --peers {tmp_path / 'no-peers'}",
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
     script = str(BENCHMARKS / "gpu_first_light.sh")
     first = subprocess.run(
